@@ -1,0 +1,40 @@
+//! mxguard's core vocabulary: domain names, TTLs, MX/A/AAAA/TXT record sets, and the
+//! [`DnsProvider`] port that every provider crate implements.
+#![forbid(unsafe_code)]
+
+mod name;
+mod provider;
+mod record;
+
+pub use name::{DomainName, Fqdn};
+pub use provider::{Capabilities, Change, ChangeSet, DnsProvider, ProviderError, RrsetKey};
+pub use record::{MxRecord, Preference, RData, RecordSet, RecordType, Ttl};
+
+/// A value that failed to parse into the model. Messages say what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid domain name {input:?}: {reason}")]
+    InvalidName { input: String, reason: String },
+    #[error("invalid TTL {0}: expected seconds 0..=2147483647")]
+    InvalidTtl(String),
+    #[error("invalid {rtype} record {input:?}: {reason}")]
+    InvalidRecord {
+        rtype: RecordType,
+        input: String,
+        reason: String,
+    },
+    #[error("unsupported record type {0:?}: expected MX, A, AAAA or TXT")]
+    UnsupportedType(String),
+    #[error("empty {rtype} record set at {name}: a record set holds at least one record")]
+    EmptyRecordSet { name: String, rtype: RecordType },
+    #[error("{found} record in the {expected} set at {name}")]
+    MixedTypes {
+        name: String,
+        expected: RecordType,
+        found: RecordType,
+    },
+    #[error("duplicate record {record:?} at {name}")]
+    DuplicateRecord { name: String, record: String },
+    #[error("a Null MX (\"0 .\", RFC 7505) at {name} must be the only MX record")]
+    NullMxNotAlone { name: String },
+}

@@ -1,0 +1,145 @@
+//! The port every DNS provider implements. Providers speak RRsets and change sets; their own
+//! wire types (Cloudflare JSON, aws-sdk types, DNS messages) never leave their crate.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{Fqdn, RecordSet, RecordType};
+
+/// The key of an RRset: owner name and type.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct RrsetKey {
+    pub name: Fqdn,
+    #[serde(rename = "type")]
+    pub rtype: RecordType,
+}
+
+impl RrsetKey {
+    pub fn new(name: Fqdn, rtype: RecordType) -> Self {
+        RrsetKey { name, rtype }
+    }
+    pub fn of(set: &RecordSet) -> Self {
+        RrsetKey::new(set.name().clone(), set.rtype())
+    }
+}
+
+/// One change to one RRset. `expected` is what the planner read before planning: providers that
+/// can (RFC 2136 prerequisites) refuse the change when the live RRset differs, so a change
+/// made by someone else in between is detected, not overwritten.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// Replace the RRset at `set`'s name and type with exactly `set`.
+    Upsert {
+        set: RecordSet,
+        expected: Option<RecordSet>,
+    },
+    /// Remove the RRset.
+    Delete {
+        key: RrsetKey,
+        expected: Option<RecordSet>,
+    },
+}
+
+impl Change {
+    pub fn key(&self) -> RrsetKey {
+        match self {
+            Change::Upsert { set, .. } => RrsetKey::of(set),
+            Change::Delete { key, .. } => key.clone(),
+        }
+    }
+}
+
+/// Changes to one zone, applied as one request where the provider allows it.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ChangeSet {
+    pub changes: Vec<Change>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// What a provider can and cannot do; the planner and the retry machinery read it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct Capabilities {
+    /// The lowest TTL the provider accepts; lower TTLs are raised to it on write.
+    pub min_ttl: u32,
+    /// Most RRset changes in one request.
+    pub max_changes_per_request: usize,
+    /// Whether one `apply` is all-or-nothing.
+    pub atomic: bool,
+    /// Whether `list_zone` is supported (whole-zone snapshots).
+    pub zone_listing: bool,
+}
+
+/// Why a provider call failed. `is_retryable` drives the retry machinery.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ProviderError {
+    #[error("rate limited by the provider; retry after {retry_after:?}")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("transient provider failure: {0}")]
+    Transient(String),
+    #[error("authentication or authorisation failed: {0}")]
+    Auth(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("the provider rejected the change: {reason}")]
+    Rejected { reason: String },
+}
+
+impl ProviderError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. } | ProviderError::Transient(_)
+        )
+    }
+
+    /// A stable label for metrics and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Transient(_) => "transient",
+            ProviderError::Auth(_) => "auth",
+            ProviderError::NotFound(_) => "not_found",
+            ProviderError::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// A DNS provider mxguard can read from and write to.
+#[async_trait]
+pub trait DnsProvider: Send + Sync {
+    /// A short name for logs and events (the config key, e.g. `cf`).
+    fn name(&self) -> &str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// The live RRsets at `keys` in `zone`; an absent RRset is simply missing from the result.
+    async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError>;
+
+    /// Every RRset of a managed type in `zone`, for whole-zone snapshots.
+    async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError>;
+
+    /// Applies `changes` to `zone`.
+    async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rate_limits_and_transients_are_retried() {
+        assert!(ProviderError::RateLimited { retry_after: None }.is_retryable());
+        assert!(ProviderError::Transient("x".into()).is_retryable());
+        assert!(!ProviderError::Auth("x".into()).is_retryable());
+        assert!(!ProviderError::NotFound("x".into()).is_retryable());
+        assert!(!ProviderError::Rejected { reason: "x".into() }.is_retryable());
+    }
+}

@@ -1,0 +1,50 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::{AppState, OPENAPI};
+
+/// A store that does not answer within this is not ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The process is up and serving HTTP.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers a round trip.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = match state.store.kind() {
+        crate::config::StoreKind::Sqlite => "sqlite",
+        crate::config::StoreKind::Postgres => "postgres",
+    };
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "store": store })),
+        ),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {READY_TIMEOUT:?}"),
+            };
+            tracing::warn!(error = %why, "readiness check: store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "status": "unavailable", "store": store, "reason": "store unreachable" }),
+                ),
+            )
+        }
+    }
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+}

@@ -1,0 +1,205 @@
+//! The command line. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::logging::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mxguard",
+    version,
+    about = "DNS failover controller for email",
+    long_about = "mxguard health-checks a domain's MX hosts from several resolvers, moves the MX \
+                  (or the MX host's A/AAAA) records to a backup when the primary is down, verifies \
+                  the change, and fails back only when the primary has been healthy long enough."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, embedded defaults are used:
+    /// SQLite store ./mxguard.db, API on 127.0.0.1:8053, no domains.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "MXGUARD_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Log line format on stderr (filter with RUST_LOG, default "info").
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller and its HTTP API until SIGTERM or SIGINT.
+    Serve {
+        /// Address for the HTTP API (overrides server.listen and MXGUARD_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply the store's schema migrations and exit.
+    Migrate,
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate FILE; prints every problem with its field path and exits 2 if there is any.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print a commented example configuration.
+    Example,
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", crate::config::EXAMPLE);
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
+        Command::Migrate => with_runtime(migrate(cli.config)),
+    }
+}
+
+fn config_check(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(cfg) => {
+            println!(
+                "{}: OK ({} domain(s), {} provider(s), {} token(s))",
+                file.display(),
+                cfg.domains.len(),
+                cfg.providers.len(),
+                cfg.tokens.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            if let ConfigError::Invalid { errors, .. } = &e {
+                eprintln!("{} problem(s) found", errors.len());
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Loads the file (or embedded defaults) and applies environment overrides.
+fn load_config(file: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let mut cfg = match file {
+        Some(path) => Config::load(&path)?,
+        None => Config::embedded(),
+    };
+    cfg.apply_env(|k| std::env::var(k).ok())?;
+    Ok(cfg)
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("mxguard: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
+    let mut cfg = match load_config(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(addr) = listen {
+        cfg.server.listen = addr;
+    }
+    if cfg.file.is_none() {
+        tracing::info!("no --config given: running on embedded defaults (no domains)");
+    }
+    let listener = match tokio::net::TcpListener::bind(cfg.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mxguard: cannot listen on {}: {e}", cfg.server.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match crate::run(cfg, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "mxguard failed");
+            eprintln!("mxguard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(file: Option<PathBuf>) -> ExitCode {
+    let cfg = match load_config(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::open_store(&cfg).await {
+        Ok(store) => {
+            store.close().await;
+            println!("migrations applied to {}", cfg.store.url);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mxguard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops mxguard");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}

@@ -1,0 +1,818 @@
+//! Configuration: a TOML file (shape in `example.toml`), then environment overrides for the
+//! server and store keys. Parsing happens in one pass that reports every problem at once,
+//! each with the file and the field path; what comes out is trusted by the rest of mxguard.
+
+mod reader;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mxguard_core::{Fqdn, MxRecord, Ttl};
+use toml::Table;
+
+pub use reader::FieldError;
+use reader::{Errors, Section};
+pub use types::*;
+
+/// The commented example printed by `mxguard config example`.
+pub const EXAMPLE: &str = include_str!("example.toml");
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{}", render_invalid(file, errors))]
+    Invalid {
+        file: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+fn render_invalid(file: &str, errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{file}: {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Embedded defaults: SQLite in the working directory, API on 127.0.0.1:8053, no domains.
+    pub fn embedded() -> Config {
+        Config {
+            file: None,
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            },
+            store: StoreConfig {
+                url: StoreUrl::default_sqlite(),
+                observation_retention: DEFAULT_RETENTION,
+            },
+            tokens: Vec::new(),
+            providers: BTreeMap::new(),
+            checks: Checks::default(),
+            domains: Vec::new(),
+        }
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&file, &text)?;
+        cfg.file = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Validates TOML `text`; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let table: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let mut errs = Errors::default();
+        let cfg = from_table(table, &mut errs);
+        if errs.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                errors: errs.0,
+            })
+        }
+    }
+
+    /// Applies `MXGUARD_STORE_URL` and `MXGUARD_LISTEN` from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut errs = Errors::default();
+        if let Some(url) = env("MXGUARD_STORE_URL") {
+            match StoreUrl::parse(&url) {
+                Ok(u) => self.store.url = u,
+                Err(why) => errs.push("MXGUARD_STORE_URL", why),
+            }
+        }
+        if let Some(listen) = env("MXGUARD_LISTEN") {
+            match listen.parse::<SocketAddr>() {
+                Ok(a) => self.server.listen = a,
+                Err(_) => errs.push(
+                    "MXGUARD_LISTEN",
+                    format!("expected IP:PORT such as 127.0.0.1:8053, got {listen:?}"),
+                ),
+            }
+        }
+        if errs.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: "environment".to_string(),
+                errors: errs.0,
+            })
+        }
+    }
+}
+
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn from_table(table: Table, errs: &mut Errors) -> Config {
+    let mut root = Section::new("", table);
+    let defaults = Config::embedded();
+
+    let mut server = root.child("server", errs);
+    let listen = match server.string("listen", errs) {
+        None => defaults.server.listen,
+        Some(s) => s.parse().unwrap_or_else(|_| {
+            errs.push(
+                server.field("listen"),
+                format!("expected IP:PORT such as 127.0.0.1:8053, got {s:?}"),
+            );
+            defaults.server.listen
+        }),
+    };
+    server.finish(errs, &["listen"]);
+
+    let mut store = root.child("store", errs);
+    let url = match store.string("url", errs) {
+        None => defaults.store.url,
+        Some(s) => StoreUrl::parse(&s).unwrap_or_else(|why| {
+            errs.push(store.field("url"), why);
+            StoreUrl::default_sqlite()
+        }),
+    };
+    let observation_retention = store.duration(
+        "observation_retention",
+        Duration::from_secs(60),
+        365 * DAY,
+        DEFAULT_RETENTION,
+        errs,
+    );
+    store.finish(errs, &["url", "observation_retention"]);
+
+    let tokens = root
+        .tables("tokens", errs)
+        .into_iter()
+        .filter_map(|sec| parse_token(sec, errs))
+        .collect::<Vec<_>>();
+    let mut seen = BTreeSet::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !seen.insert(t.name.clone()) {
+            errs.push(
+                format!("tokens[{i}].name"),
+                format!("duplicate token name {:?}", t.name),
+            );
+        }
+    }
+
+    let providers: BTreeMap<String, ProviderConfig> = root
+        .named_tables("providers", errs)
+        .into_iter()
+        .filter_map(|(name, sec)| parse_provider(sec, errs).map(|p| (name, p)))
+        .collect();
+
+    let checks_sec = root.child("checks", errs);
+    let checks = parse_checks(checks_sec, &Checks::default(), errs);
+
+    let domains: Vec<DomainConfig> = root
+        .tables("domains", errs)
+        .into_iter()
+        .filter_map(|sec| parse_domain(sec, &checks, &providers, errs))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (i, d) in domains.iter().enumerate() {
+        if !seen.insert(d.name.clone()) {
+            errs.push(
+                format!("domains[{i}].name"),
+                format!("duplicate domain {}", d.name),
+            );
+        }
+    }
+
+    root.finish(
+        errs,
+        &[
+            "server",
+            "store",
+            "tokens",
+            "providers",
+            "checks",
+            "domains",
+        ],
+    );
+    Config {
+        file: None,
+        server: ServerConfig { listen },
+        store: StoreConfig {
+            url,
+            observation_retention,
+        },
+        tokens,
+        providers,
+        checks,
+        domains,
+    }
+}
+
+fn parse_token(mut sec: Section, errs: &mut Errors) -> Option<TokenConfig> {
+    let name = sec.required_string("name", errs);
+    let sha = sec.string("sha256", errs);
+    let env = sec.string("env", errs);
+    let secret = match (sha, env) {
+        (Some(h), None) => match parse_sha256(&h) {
+            Some(d) => Some(TokenSecret::Sha256(d)),
+            None => {
+                errs.push(
+                    sec.field("sha256"),
+                    "expected 64 hexadecimal characters (the SHA-256 of the token)",
+                );
+                None
+            }
+        },
+        (None, Some(var)) => Some(TokenSecret::Env(var)),
+        (Some(_), Some(_)) => {
+            errs.push(sec.path(), "give either sha256 or env, not both");
+            None
+        }
+        (None, None) => {
+            errs.push(
+                sec.path(),
+                "missing sha256 or env: how is this token's secret given?",
+            );
+            None
+        }
+    };
+    let scopes = sec.strings("scopes", errs).unwrap_or_default();
+    let scopes: Vec<Scope> = scopes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            Scope::parse(s).or_else(|| {
+                errs.push(
+                    format!("{}[{i}]", sec.field("scopes")),
+                    format!("expected read, operate or admin, got {s:?}"),
+                );
+                None
+            })
+        })
+        .collect();
+    if scopes.is_empty() && !errs.0.iter().any(|e| e.path.starts_with(sec.path())) {
+        errs.push(
+            sec.field("scopes"),
+            "expected at least one of read, operate, admin",
+        );
+    }
+    sec.finish(errs, &["name", "sha256", "env", "scopes"]);
+    Some(TokenConfig {
+        name: name?,
+        secret: secret?,
+        scopes,
+    })
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `NAME_env` or `NAME_file`: exactly one.
+fn secret_source(sec: &mut Section, key: &str, errs: &mut Errors) -> Option<SecretSource> {
+    let env_key = format!("{key}_env");
+    let file_key = format!("{key}_file");
+    let env = sec.string(&env_key, errs);
+    let file = sec.string(&file_key, errs);
+    match (env, file) {
+        (Some(v), None) if !v.is_empty() => Some(SecretSource::Env(v)),
+        (None, Some(f)) if !f.is_empty() => Some(SecretSource::File(PathBuf::from(f))),
+        (Some(_), Some(_)) => {
+            errs.push(
+                sec.path(),
+                format!("give either {env_key} or {file_key}, not both"),
+            );
+            None
+        }
+        _ => {
+            errs.push(
+                sec.field(&env_key),
+                format!(
+                    "missing: name the environment variable ({env_key}) or file ({file_key}) holding the secret; secrets are never written in the config file"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig> {
+    let kind = sec.required_string("kind", errs)?;
+    let cfg = match kind.as_str() {
+        "cloudflare" => {
+            let api_token = secret_source(&mut sec, "api_token", errs);
+            let api_url = sec.string("api_url", errs);
+            let min_ttl = sec.int("min_ttl", "seconds", 1..=86400, 60, errs) as u32;
+            sec.finish(
+                errs,
+                &[
+                    "kind",
+                    "api_token_env",
+                    "api_token_file",
+                    "api_url",
+                    "min_ttl",
+                ],
+            );
+            ProviderConfig::Cloudflare {
+                api_token: api_token?,
+                api_url,
+                min_ttl,
+            }
+        }
+        "route53" => {
+            let region = sec.string("region", errs);
+            let endpoint_url = sec.string("endpoint_url", errs);
+            sec.finish(errs, &["kind", "region", "endpoint_url"]);
+            ProviderConfig::Route53 {
+                region,
+                endpoint_url,
+            }
+        }
+        "rfc2136" => {
+            let server = sec.required_string("server", errs).and_then(|s| {
+                parse_server_addr(&s).or_else(|| {
+                    errs.push(
+                        sec.field("server"),
+                        format!("expected IP or IP:PORT of the primary DNS server, got {s:?}"),
+                    );
+                    None
+                })
+            });
+            let tsig_name = sec.required_string("tsig_name", errs).and_then(|s| {
+                Fqdn::parse(&s)
+                    .map_err(|e| errs.push(sec.field("tsig_name"), e.to_string()))
+                    .ok()
+            });
+            let algorithm = match sec.string("tsig_algorithm", errs).as_deref() {
+                None | Some("hmac-sha256") => Some(TsigAlgorithm::HmacSha256),
+                Some("hmac-sha512") => Some(TsigAlgorithm::HmacSha512),
+                Some(other) => {
+                    errs.push(
+                        sec.field("tsig_algorithm"),
+                        format!("expected hmac-sha256 or hmac-sha512, got {other:?}"),
+                    );
+                    None
+                }
+            };
+            let tsig_secret = secret_source(&mut sec, "tsig_secret", errs);
+            sec.finish(
+                errs,
+                &[
+                    "kind",
+                    "server",
+                    "tsig_name",
+                    "tsig_algorithm",
+                    "tsig_secret_env",
+                    "tsig_secret_file",
+                ],
+            );
+            ProviderConfig::Rfc2136 {
+                server: server?,
+                tsig_name: tsig_name?,
+                tsig_algorithm: algorithm?,
+                tsig_secret: tsig_secret?,
+            }
+        }
+        other => {
+            errs.push(
+                sec.field("kind"),
+                format!("expected cloudflare, route53 or rfc2136, got {other:?}"),
+            );
+            return None;
+        }
+    };
+    Some(cfg)
+}
+
+/// `192.0.2.53`, `192.0.2.53:5353`, `::1` or `[::1]:5353`; port 53 when none is given.
+pub fn parse_server_addr(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    // A domain's [checks] inherits the global values; it only re-reports cross-field problems
+    // for the fields it sets itself.
+    let is_global = sec.path() == "checks";
+    let timing_set = is_global || sec.has("interval") || sec.has("timeout");
+    let quorum_set = is_global || sec.has("resolvers") || sec.has("resolver_quorum");
+    let interval = sec.duration("interval", s(1), s(3600), d.interval, errs);
+    let timeout = sec.duration("timeout", ms(100), s(120), d.timeout, errs);
+    let fail_after = sec.int("fail_after", "rounds", 1..=100, d.fail_after.into(), errs) as u32;
+    let recover_after = sec.int(
+        "recover_after",
+        "rounds",
+        1..=1000,
+        d.recover_after.into(),
+        errs,
+    ) as u32;
+    let confirm_interval =
+        sec.duration("confirm_interval", ms(50), s(600), d.confirm_interval, errs);
+    let resolvers = match sec.strings("resolvers", errs) {
+        None => d.resolvers.clone(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, r) in list.iter().enumerate() {
+                match parse_server_addr(r) {
+                    Some(a) => out.push(a),
+                    None => errs.push(
+                        format!("{}[{i}]", sec.field("resolvers")),
+                        format!("expected \"ip\" or \"ip:port\", got {r:?}"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                errs.push(sec.field("resolvers"), "expected at least one resolver");
+            }
+            out
+        }
+    };
+    let quorum_given = sec.has("resolver_quorum");
+    let resolver_quorum = sec.int(
+        "resolver_quorum",
+        "resolvers",
+        1..=64,
+        d.resolver_quorum.into(),
+        errs,
+    ) as u32;
+    let smtp_port = sec.int("smtp_port", "a port", 1..=65535, d.smtp_port.into(), errs) as u16;
+    let starttls = match sec.string("starttls", errs).as_deref() {
+        None => d.starttls,
+        Some("require") => StartTls::Require,
+        Some("opportunistic") => StartTls::Opportunistic,
+        Some("off") => StartTls::Off,
+        Some(other) => {
+            errs.push(
+                sec.field("starttls"),
+                format!("expected require, opportunistic or off, got {other:?}"),
+            );
+            d.starttls
+        }
+    };
+    let ca_file = match sec.string("ca_file", errs) {
+        None => d.ca_file.clone(),
+        Some(f) if f.is_empty() => None,
+        Some(f) => Some(PathBuf::from(f)),
+    };
+    let cert_min_days = sec.int(
+        "cert_min_days",
+        "days",
+        0..=365,
+        d.cert_min_days.into(),
+        errs,
+    ) as u32;
+    let ehlo_name = match sec.string("ehlo_name", errs) {
+        None => d.ehlo_name.clone(),
+        Some(n) => Fqdn::parse(&n).unwrap_or_else(|e| {
+            errs.push(sec.field("ehlo_name"), e.to_string());
+            d.ehlo_name.clone()
+        }),
+    };
+    if timing_set && timeout >= interval {
+        errs.push(
+            sec.field("timeout"),
+            format!(
+                "must be shorter than interval ({}), or probe rounds would overlap",
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    if quorum_set && resolver_quorum as usize > resolvers.len() && !resolvers.is_empty() {
+        let field = if quorum_given {
+            "resolver_quorum"
+        } else {
+            "resolvers"
+        };
+        errs.push(
+            sec.field(field),
+            format!(
+                "resolver_quorum is {resolver_quorum} but only {} resolver(s) are configured",
+                resolvers.len()
+            ),
+        );
+    }
+    sec.finish(errs, &CHECK_KEYS);
+    Checks {
+        interval,
+        timeout,
+        fail_after,
+        recover_after,
+        confirm_interval,
+        resolvers,
+        resolver_quorum,
+        smtp_port,
+        starttls,
+        ca_file,
+        cert_min_days,
+        ehlo_name,
+    }
+}
+
+const CHECK_KEYS: [&str; 12] = [
+    "interval",
+    "timeout",
+    "fail_after",
+    "recover_after",
+    "confirm_interval",
+    "resolvers",
+    "resolver_quorum",
+    "smtp_port",
+    "starttls",
+    "ca_file",
+    "cert_min_days",
+    "ehlo_name",
+];
+
+fn parse_domain(
+    mut sec: Section,
+    global: &Checks,
+    providers: &BTreeMap<String, ProviderConfig>,
+    errs: &mut Errors,
+) -> Option<DomainConfig> {
+    let name = sec.required_string("name", errs).and_then(|s| {
+        Fqdn::parse(&s)
+            .map_err(|e| errs.push(sec.field("name"), e.to_string()))
+            .ok()
+    });
+    let provider = sec.required_string("provider", errs);
+    if let Some(p) = &provider {
+        if !providers.contains_key(p) {
+            let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+            errs.push(
+                sec.field("provider"),
+                format!(
+                    "unknown provider {p:?}; defined providers: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+    let zone = match sec.string("zone", errs) {
+        None => name.clone(),
+        Some(z) => Fqdn::parse(&z)
+            .map_err(|e| errs.push(sec.field("zone"), e.to_string()))
+            .ok(),
+    };
+    if let (Some(n), Some(z)) = (&name, &zone) {
+        if !n.is_within(z) {
+            errs.push(sec.field("zone"), format!("{n} is not inside zone {z}"));
+        }
+    }
+    let mode = sec.string("mode", errs).unwrap_or_else(|| "mx".to_string());
+    let primary = sec.strings("primary", errs);
+    let backup = sec.strings("backup", errs);
+    let host = sec.string("host", errs);
+    let targets = match mode.as_str() {
+        "mx" => {
+            if host.is_some() {
+                errs.push(sec.field("host"), "only used with mode = \"a\"");
+            }
+            let p = mx_list(&sec, "primary", primary, errs);
+            let b = mx_list(&sec, "backup", backup, errs);
+            match (p, b) {
+                (Some(p), Some(b)) => Some(Targets::Mx {
+                    primary: p,
+                    backup: b,
+                }),
+                _ => None,
+            }
+        }
+        "a" => {
+            let host = match host {
+                None => {
+                    errs.push(
+                        sec.field("host"),
+                        "missing; mode = \"a\" needs the MX host whose A/AAAA records move",
+                    );
+                    None
+                }
+                Some(h) => Fqdn::parse(&h)
+                    .map_err(|e| errs.push(sec.field("host"), e.to_string()))
+                    .ok(),
+            };
+            if let (Some(h), Some(z)) = (&host, &zone) {
+                if !h.is_within(z) {
+                    errs.push(sec.field("host"), format!("{h} is not inside zone {z}"));
+                }
+            }
+            let p = ip_list(&sec, "primary", primary, errs);
+            let b = ip_list(&sec, "backup", backup, errs);
+            match (host, p, b) {
+                (Some(host), Some(primary), Some(backup)) => Some(Targets::A {
+                    host,
+                    primary,
+                    backup,
+                }),
+                _ => None,
+            }
+        }
+        other => {
+            errs.push(
+                sec.field("mode"),
+                format!("expected mx or a, got {other:?}"),
+            );
+            None
+        }
+    };
+    if let Some(t) = &targets {
+        if t.sides_identical() {
+            errs.push(
+                sec.field("backup"),
+                "is identical to primary: failing over would change nothing",
+            );
+        }
+    }
+    let failover_ttl = sec.int("failover_ttl", "seconds", 1..=86400, 60, errs) as u32;
+    let failover_ttl = Ttl::new(failover_ttl).ok()?;
+    let mut fb = sec.child("failback", errs);
+    let hold = if fb.has("hold") {
+        Some(fb.duration(
+            "hold",
+            Duration::from_secs(0),
+            7 * DAY,
+            Duration::ZERO,
+            errs,
+        ))
+    } else {
+        None
+    };
+    let approval = fb.bool("approval", false, errs);
+    fb.finish(errs, &["hold", "approval"]);
+    let drift = match sec.string("drift", errs).as_deref() {
+        None | Some("report") => Drift::Report,
+        Some("correct") => Drift::Correct,
+        Some(other) => {
+            errs.push(
+                sec.field("drift"),
+                format!("expected report or correct, got {other:?}"),
+            );
+            Drift::Report
+        }
+    };
+    let checks_sec = sec.child("checks", errs);
+    let checks = parse_checks(checks_sec, global, errs);
+    sec.finish(
+        errs,
+        &[
+            "name",
+            "provider",
+            "zone",
+            "mode",
+            "host",
+            "primary",
+            "backup",
+            "failover_ttl",
+            "failback",
+            "drift",
+            "checks",
+        ],
+    );
+    Some(DomainConfig {
+        name: name?,
+        provider: provider?,
+        zone: zone?,
+        targets: targets?,
+        failover_ttl,
+        failback: Failback { hold, approval },
+        drift,
+        checks,
+    })
+}
+
+fn mx_list(
+    sec: &Section,
+    key: &str,
+    list: Option<Vec<String>>,
+    errs: &mut Errors,
+) -> Option<Vec<MxRecord>> {
+    let path = sec.field(key);
+    let Some(list) = list else {
+        errs.push(
+            path,
+            "missing; expected MX records such as [\"10 mx1.example.com.\"]",
+        );
+        return None;
+    };
+    if list.is_empty() {
+        errs.push(
+            path,
+            "expected at least one MX record; an empty set is never published",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, r) in list.iter().enumerate() {
+        match MxRecord::parse(r) {
+            Ok(mx) if mx.is_null() => {
+                errs.push(
+                    format!("{path}[{i}]"),
+                    "a Null MX (\"0 .\") accepts no mail: nothing to fail over to or from",
+                );
+                ok = false;
+            }
+            Ok(mx) if out.contains(&mx) => {
+                errs.push(format!("{path}[{i}]"), format!("duplicate MX record {mx}"));
+                ok = false;
+            }
+            Ok(mx) => out.push(mx),
+            Err(e) => {
+                errs.push(format!("{path}[{i}]"), e.to_string());
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| {
+        out.sort();
+        out
+    })
+}
+
+fn ip_list(
+    sec: &Section,
+    key: &str,
+    list: Option<Vec<String>>,
+    errs: &mut Errors,
+) -> Option<Vec<IpAddr>> {
+    let path = sec.field(key);
+    let Some(list) = list else {
+        errs.push(
+            path,
+            "missing; expected IP addresses such as [\"192.0.2.10\"]",
+        );
+        return None;
+    };
+    if list.is_empty() {
+        errs.push(
+            path,
+            "expected at least one address; an empty set is never published",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, r) in list.iter().enumerate() {
+        match r.parse::<IpAddr>() {
+            Ok(ip) if out.contains(&ip) => {
+                errs.push(format!("{path}[{i}]"), format!("duplicate address {ip}"));
+                ok = false;
+            }
+            Ok(ip) => out.push(ip),
+            Err(_) => {
+                errs.push(
+                    format!("{path}[{i}]"),
+                    format!("expected an IPv4 or IPv6 address, got {r:?}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| {
+        out.sort();
+        out
+    })
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Mx => "mx",
+            Mode::A => "a",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

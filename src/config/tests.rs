@@ -1,0 +1,276 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse("mxguard.toml", text)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Err(ConfigError::Invalid { errors, .. }) => errors.iter().map(|e| e.to_string()).collect(),
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+}
+
+const PROVIDER: &str = r#"
+[providers.ns1]
+kind = "rfc2136"
+server = "127.0.0.1:5353"
+tsig_name = "mxguard"
+tsig_secret_env = "TSIG"
+"#;
+
+#[test]
+fn example_is_valid() {
+    let cfg = parse(EXAMPLE).expect("the shipped example must pass config check");
+    assert_eq!(cfg.domains.len(), 2);
+    assert_eq!(cfg.providers.len(), 3);
+    assert_eq!(cfg.tokens.len(), 2);
+    let org = &cfg.domains[1];
+    assert_eq!(org.targets.mode(), Mode::A);
+    assert_eq!(org.checks.fail_after, 2, "per-domain override");
+    assert_eq!(org.checks.recover_after, 6, "inherited from [checks]");
+    assert_eq!(
+        org.zone.as_str(),
+        "example.org.",
+        "zone defaults to the domain"
+    );
+    assert_eq!(cfg.domains[0].failback.hold, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn empty_file_gives_embedded_defaults() {
+    let cfg = parse("").unwrap();
+    let d = Config::embedded();
+    assert_eq!(cfg.server.listen, d.server.listen);
+    assert_eq!(cfg.store.url, d.store.url);
+    assert_eq!(cfg.store.url.kind(), StoreKind::Sqlite);
+    assert!(cfg.domains.is_empty());
+}
+
+#[test]
+fn reports_every_error_with_its_path() {
+    let text = format!(
+        r#"{PROVIDER}
+[checks]
+resolvers = ["127.0.0.1:53", "nonsense"]
+resolver_quorum = 3
+[[domains]]
+name = "example.com"
+provider = "ns1"
+primary = ["10 mx1.example.com."]
+backup = ["10 mx1.example.com."]
+failover_ttl = "abc"
+[[domains]]
+name = "example.net"
+provider = "cloudfare"
+primary = ["10 mx1.example.net."]
+backup = ["10 mx2.example.net."]
+colour = "blue"
+"#
+    );
+    let errs = errors(&text);
+    let expect = [
+        r#"checks.resolvers[1]: expected "ip" or "ip:port", got "nonsense""#,
+        "checks.resolver_quorum: resolver_quorum is 3 but only 1 resolver(s) are configured",
+        "domains[0].backup: is identical to primary",
+        r#"domains[0].failover_ttl: expected seconds 1..=86400, got "abc""#,
+        r#"domains[1].provider: unknown provider "cloudfare"; defined providers: ns1"#,
+        "domains[1].colour: unknown field",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn rendered_errors_name_the_file() {
+    let err = parse("[server]\nlisten = 8053\n").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "mxguard.toml: server.listen: expected a string, got 8053"
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_with_the_file() {
+    let err = parse("[server\nlisten=").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }));
+    assert!(err.to_string().starts_with("mxguard.toml: not valid TOML"));
+}
+
+#[test]
+fn secrets_cannot_be_written_inline() {
+    let errs = errors(
+        r#"
+[providers.cf]
+kind = "cloudflare"
+api_token = "abcd"
+"#,
+    );
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("providers.cf.api_token_env: missing")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("providers.cf.api_token: unknown field")));
+    assert!(
+        errs.iter().all(|e| !e.contains("abcd")),
+        "the value must not be echoed: {errs:?}"
+    );
+}
+
+#[test]
+fn mode_a_needs_a_host_inside_the_zone_and_addresses() {
+    let text = format!(
+        r#"{PROVIDER}
+[[domains]]
+name = "example.com"
+provider = "ns1"
+mode = "a"
+host = "mx.example.net"
+primary = ["192.0.2.1"]
+backup = ["mx2.example.com"]
+"#
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("domains[0].host: mx.example.net. is not inside zone example.com.")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("domains[0].backup[0]: expected an IPv4 or IPv6 address")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn null_mx_and_empty_sides_are_refused() {
+    let text = format!(
+        r#"{PROVIDER}
+[[domains]]
+name = "example.com"
+provider = "ns1"
+primary = ["0 ."]
+backup = []
+"#
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("domains[0].primary[0]: a Null MX")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("domains[0].backup: expected at least one MX record")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn domain_checks_override_is_validated_against_its_own_values() {
+    let text = format!(
+        r#"{PROVIDER}
+[checks]
+resolvers = ["127.0.0.1:53", "127.0.0.2:53"]
+[[domains]]
+name = "example.com"
+provider = "ns1"
+primary = ["10 mx1.example.com."]
+backup = ["10 mx2.example.com."]
+checks = {{ resolver_quorum = 3, interval = "2s", timeout = "2s" }}
+"#
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("domains[0].checks.resolver_quorum: resolver_quorum is 3 but only 2")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("domains[0].checks.timeout: must be shorter than interval")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn env_overrides_store_and_listen() {
+    let mut cfg = parse("").unwrap();
+    cfg.apply_env(|k| match k {
+        "MXGUARD_STORE_URL" => Some("postgres://mx:hunter2@db/mxguard".to_string()),
+        "MXGUARD_LISTEN" => Some("0.0.0.0:9000".to_string()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(cfg.store.url.kind(), StoreKind::Postgres);
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(cfg.store.url.to_string(), "postgres://mx:***@db/mxguard");
+    assert!(!format!("{cfg:?}").contains("hunter2"));
+
+    let err = cfg
+        .apply_env(|k| (k == "MXGUARD_LISTEN").then(|| "nope".to_string()))
+        .unwrap_err();
+    assert!(err
+        .to_string()
+        .starts_with("environment: MXGUARD_LISTEN: expected IP:PORT"));
+}
+
+#[test]
+fn store_url_scheme_is_checked_and_password_redacted() {
+    let errs = errors("[store]\nurl = \"mysql://u:pw@h/db\"\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("store.url: expected sqlite://PATH or postgres://"));
+    assert!(!errs[0].contains("pw@"), "{errs:?}");
+}
+
+#[test]
+fn tokens_are_validated() {
+    let errs = errors(
+        r#"
+[[tokens]]
+name = "a"
+sha256 = "xyz"
+scopes = ["read", "root"]
+[[tokens]]
+name = "b"
+scopes = ["read"]
+"#,
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tokens[0].sha256: expected 64 hexadecimal")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with(r#"tokens[0].scopes[1]: expected read, operate or admin, got "root""#)),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tokens[1]: missing sha256 or env")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn durations_accept_units_and_reject_out_of_range() {
+    let cfg = parse("[checks]\ninterval = \"1m\"\ntimeout = \"1500ms\"\n").unwrap();
+    assert_eq!(cfg.checks.interval, Duration::from_secs(60));
+    assert_eq!(cfg.checks.timeout, Duration::from_millis(1500));
+    let errs = errors("[checks]\nconfirm_interval = \"1ms\"\n");
+    assert!(
+        errs[0].starts_with("checks.confirm_interval: expected a duration between 50ms and 10m"),
+        "{errs:?}"
+    );
+    assert!(errs[0].ends_with(r#"got "1ms""#), "{errs:?}");
+}

@@ -1,0 +1,321 @@
+//! The validated configuration types. Values here have been checked; secrets are only named.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mxguard_core::{Fqdn, MxRecord, Ttl};
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; `None` for embedded defaults.
+    pub file: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub tokens: Vec<TokenConfig>,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub checks: Checks,
+    pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: StoreUrl,
+    /// Probe observations older than this are pruned.
+    pub observation_retention: Duration,
+}
+
+/// Which store backend a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A store URL: `sqlite://PATH` or `postgres://…`. It may hold a password, so `Display`
+/// and `Debug` print it with the password replaced.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    url: String,
+    kind: StoreKind,
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let kind = if url.starts_with("sqlite:") {
+            StoreKind::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            StoreKind::Postgres
+        } else {
+            return Err(format!(
+                "expected sqlite://PATH or postgres://USER@HOST/DB, got {:?}",
+                redact_password(url)
+            ));
+        };
+        Ok(StoreUrl {
+            url: url.to_string(),
+            kind,
+        })
+    }
+
+    /// `sqlite://mxguard.db` in the working directory.
+    pub fn default_sqlite() -> Self {
+        StoreUrl {
+            url: "sqlite://mxguard.db".to_string(),
+            kind: StoreKind::Sqlite,
+        }
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// The full URL, password included: only for handing to the driver.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_password(&self.url))
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+/// Where a secret lives. The secret itself is read only when needed, never stored in config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Reads the secret. Errors name the variable or file, never the value.
+    pub fn resolve(&self) -> Result<SecretString, String> {
+        match self {
+            SecretSource::Env(var) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from)
+                .ok_or_else(|| format!("environment variable {var} is not set or empty")),
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| SecretString::from(s.trim().to_string()))
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Operate,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "read" => Some(Scope::Read),
+            "operate" => Some(Scope::Operate),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// How an API token is recognised: by the SHA-256 of the token, or by a token held in env.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSecret {
+    Sha256([u8; 32]),
+    Env(String),
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSecret::Sha256(_) => f.write_str("Sha256(<redacted>)"),
+            TokenSecret::Env(var) => write!(f, "Env({var})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub name: String,
+    pub secret: TokenSecret,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha512,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    Cloudflare {
+        api_token: SecretSource,
+        /// Override of the API base URL (tests, proxies).
+        api_url: Option<String>,
+        min_ttl: u32,
+    },
+    Route53 {
+        region: Option<String>,
+        endpoint_url: Option<String>,
+    },
+    Rfc2136 {
+        server: SocketAddr,
+        tsig_name: Fqdn,
+        tsig_algorithm: TsigAlgorithm,
+        tsig_secret: SecretSource,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    Require,
+    Opportunistic,
+    Off,
+}
+
+/// Probe settings; global defaults, overridable per domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checks {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fail_after: u32,
+    pub recover_after: u32,
+    pub confirm_interval: Duration,
+    pub resolvers: Vec<SocketAddr>,
+    pub resolver_quorum: u32,
+    pub smtp_port: u16,
+    pub starttls: StartTls,
+    pub ca_file: Option<PathBuf>,
+    pub cert_min_days: u32,
+    pub ehlo_name: Fqdn,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        let resolver = |ip: [u8; 4]| SocketAddr::from((ip, 53));
+        Checks {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
+            fail_after: 3,
+            recover_after: 6,
+            confirm_interval: Duration::from_millis(500),
+            resolvers: vec![
+                resolver([8, 8, 8, 8]),
+                resolver([1, 1, 1, 1]),
+                resolver([9, 9, 9, 9]),
+            ],
+            resolver_quorum: 2,
+            smtp_port: 25,
+            starttls: StartTls::Require,
+            ca_file: None,
+            cert_min_days: 7,
+            ehlo_name: Fqdn::parse("mxguard.invalid").expect("static name is valid"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The apex MX RRset moves between the primary and backup sets.
+    Mx,
+    /// MX names stay; the A/AAAA RRsets of `host` move between addresses.
+    A,
+}
+
+/// What moves on failover, per mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    Mx {
+        primary: Vec<MxRecord>,
+        backup: Vec<MxRecord>,
+    },
+    A {
+        host: Fqdn,
+        primary: Vec<IpAddr>,
+        backup: Vec<IpAddr>,
+    },
+}
+
+impl Targets {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Targets::Mx { .. } => Mode::Mx,
+            Targets::A { .. } => Mode::A,
+        }
+    }
+
+    pub fn sides_identical(&self) -> bool {
+        match self {
+            Targets::Mx { primary, backup } => primary == backup,
+            Targets::A {
+                primary, backup, ..
+            } => primary == backup,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failback {
+    /// `None`: max(10 min, 2 × the TTL live before failover).
+    pub hold: Option<Duration>,
+    /// Failback waits for an operator.
+    pub approval: bool,
+}
+
+/// What to do when a managed RRset was changed outside mxguard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    Report,
+    Correct,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    pub name: Fqdn,
+    pub provider: String,
+    pub zone: Fqdn,
+    pub targets: Targets,
+    pub failover_ttl: Ttl,
+    pub failback: Failback,
+    pub drift: Drift,
+    pub checks: Checks,
+}

@@ -1,0 +1,114 @@
+//! mxguard: a DNS failover controller for email.
+//!
+//! `main.rs` only parses the command line; everything a test may want to drive lives here.
+//! [`run`] is the service: open the store, migrate, serve the API until the shutdown token fires.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod model;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// How long in-flight HTTP requests get to finish after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("store {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Opens the configured store and applies its migrations.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+    let url = &config.store.url;
+    let err = |source| RunError::Store {
+        url: url.to_string(),
+        source,
+    };
+    let store = store::open(url).await.map_err(err)?;
+    store.migrate().await.map_err(err)?;
+    Ok(store)
+}
+
+/// Runs the service on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let store = open_store(&config).await?;
+    tracing::info!(
+        store = %config.store.url,
+        domains = config.domains.len(),
+        listen = %listener.local_addr()?,
+        "mxguard serving"
+    );
+    let tasks = TaskTracker::new();
+    tasks.spawn(prune_observations(
+        store.clone(),
+        config.store.observation_retention,
+        shutdown.clone(),
+    ));
+
+    let app = api::router(api::AppState {
+        store: store.clone(),
+    });
+    let graceful = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        graceful.cancelled().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    });
+    // A slow client must not hold the process past the grace period.
+    let result = tokio::select! {
+        r = server => r.map_err(RunError::from),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; closing");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    store.close().await;
+    tracing::info!("mxguard stopped");
+    result
+}
+
+/// Deletes probe observations older than the retention, hourly.
+async fn prune_observations(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(retention) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let before = chrono::Utc::now() - retention;
+        match store.prune_observations(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, %before, "pruned old probe observations"),
+            Err(e) => tracing::warn!(error = %e, "pruning probe observations failed"),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Persistence: one narrow [`Store`] trait, two sqlx backends chosen by the URL scheme —
+//! SQLite (embedded, zero-setup, single instance) and PostgreSQL (production, HA).
+//! Both run the same SQL (`sql.rs`); only connection setup and migrations differ.
+
+mod postgres;
+mod sql;
+mod sqlite;
+mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mxguard_core::Fqdn;
+
+use crate::config::{StoreKind, StoreUrl};
+pub use types::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store migration failed: {0}")]
+    Migration(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("stored data could not be read back: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Everything mxguard keeps. Times are passed in by the caller (the injected clock).
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn kind(&self) -> StoreKind;
+
+    /// Applies pending migrations (idempotent).
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes the connection pool; later calls fail with `Unavailable`.
+    async fn close(&self);
+
+    // --- per-domain runtime state (compare-and-swap on `version`) ---
+
+    async fn load_state(&self, domain: &Fqdn) -> Result<Option<DomainStateRow>, StoreError>;
+
+    /// Writes `state` when the stored version equals `expected_version` (`None`: no row yet).
+    /// Returns the new version, or `Conflict` when another writer got there first.
+    async fn save_state(
+        &self,
+        domain: &Fqdn,
+        state: &serde_json::Value,
+        expected_version: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+
+    // --- probe observations (bounded by retention) ---
+
+    async fn record_observations(&self, obs: &[Observation]) -> Result<(), StoreError>;
+
+    /// The newest observations of `domain`, newest first.
+    async fn recent_observations(
+        &self,
+        domain: &Fqdn,
+        limit: u32,
+    ) -> Result<Vec<Observation>, StoreError>;
+
+    /// Deletes observations older than `before`; returns how many.
+    async fn prune_observations(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    // --- the audit timeline ---
+
+    async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError>;
+
+    /// Events of `domain` with id greater than `after` (oldest first), at most `limit`.
+    async fn events(
+        &self,
+        domain: &Fqdn,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    // --- snapshots ---
+
+    async fn save_snapshot(&self, snapshot: &NewSnapshot) -> Result<Snapshot, StoreError>;
+
+    async fn snapshot(&self, id: i64) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Snapshots, newest first, of one domain or all.
+    async fn snapshots(
+        &self,
+        domain: Option<&Fqdn>,
+        limit: u32,
+    ) -> Result<Vec<Snapshot>, StoreError>;
+
+    // --- write-ahead change intents ---
+
+    /// Commits the snapshot of what is about to be replaced and a `pending` change row, in one
+    /// transaction, before the provider is called.
+    async fn begin_change(
+        &self,
+        snapshot: &NewSnapshot,
+        change: &NewChange,
+    ) -> Result<(Snapshot, ChangeIntent), StoreError>;
+
+    /// Moves a change along `pending → applied → verified` (or to `failed` from either).
+    /// Any other move is a `Conflict`; an unknown id is `NotFound`.
+    async fn set_change_status(
+        &self,
+        id: i64,
+        status: ChangeStatus,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<ChangeIntent, StoreError>;
+
+    async fn change(&self, id: i64) -> Result<Option<ChangeIntent>, StoreError>;
+
+    /// Changes still `pending` or `applied`, oldest first: what a restart must finish.
+    async fn unfinished_changes(&self) -> Result<Vec<ChangeIntent>, StoreError>;
+
+    // --- idempotency keys for API mutations ---
+
+    async fn idempotency_get(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Stores the first response for (scope, key). Returns `false` when one was already there
+    /// (the stored one wins).
+    async fn idempotency_put(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
+}
+
+/// Opens the backend the URL names. Does not migrate.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    match url.kind() {
+        StoreKind::Sqlite => Ok(Arc::new(sqlite::SqliteStore::open(url).await?)),
+        StoreKind::Postgres => Ok(Arc::new(postgres::PgStore::open(url).await?)),
+    }
+}

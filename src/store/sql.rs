@@ -1,0 +1,420 @@
+//! The SQL both backends share. SQLite and PostgreSQL accept the same statements here
+//! (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so one macro implements [`Store`] for
+//! each pool type; only `KIND` and `run_migrations` differ per backend.
+
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+
+pub(super) fn ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(super) fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} ms is out of range")))
+}
+
+pub(super) fn fqdn(s: String) -> Result<mxguard_core::Fqdn, StoreError> {
+    mxguard_core::Fqdn::parse(&s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(
+    v: sqlx::types::Json<serde_json::Value>,
+) -> Result<T, StoreError> {
+    Ok(serde_json::from_value(v.0)?)
+}
+
+/// Observations are inserted in chunks small enough for SQLite's parameter limit.
+pub(super) const OBSERVATION_CHUNK: usize = 500;
+
+macro_rules! impl_sql_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            fn event_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Event, $crate::store::StoreError> {
+                use sqlx::Row;
+                Ok($crate::store::Event {
+                    id: row.try_get("id")?,
+                    domain: $crate::store::sql::fqdn(row.try_get("domain")?)?,
+                    at: $crate::store::sql::time(row.try_get("at_ms")?)?,
+                    kind: row.try_get("kind")?,
+                    actor: row.try_get("actor")?,
+                    reason: row.try_get("reason")?,
+                    message: row.try_get("message")?,
+                    evidence: row.try_get::<sqlx::types::Json<serde_json::Value>, _>("evidence")?.0,
+                })
+            }
+
+            fn snapshot_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Snapshot, $crate::store::StoreError> {
+                use sqlx::Row;
+                Ok($crate::store::Snapshot {
+                    id: row.try_get("id")?,
+                    domain: $crate::store::sql::fqdn(row.try_get("domain")?)?,
+                    provider: row.try_get("provider")?,
+                    zone: $crate::store::sql::fqdn(row.try_get("zone")?)?,
+                    label: row.try_get("label")?,
+                    reason: row.try_get("reason")?,
+                    taken_at: $crate::store::sql::time(row.try_get("taken_at_ms")?)?,
+                    taken_by: row.try_get("taken_by")?,
+                    records: $crate::store::sql::from_json(row.try_get("records")?)?,
+                })
+            }
+
+            fn change_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::ChangeIntent, $crate::store::StoreError> {
+                use sqlx::Row;
+                let status: String = row.try_get("status")?;
+                Ok($crate::store::ChangeIntent {
+                    id: row.try_get("id")?,
+                    domain: $crate::store::sql::fqdn(row.try_get("domain")?)?,
+                    provider: row.try_get("provider")?,
+                    zone: $crate::store::sql::fqdn(row.try_get("zone")?)?,
+                    epoch: row.try_get("epoch")?,
+                    snapshot_id: row.try_get("snapshot_id")?,
+                    before: $crate::store::sql::from_json(row.try_get("before")?)?,
+                    after: $crate::store::sql::from_json(row.try_get("after")?)?,
+                    status: status.parse().map_err($crate::store::StoreError::Corrupt)?,
+                    error: row.try_get("error")?,
+                    created_at: $crate::store::sql::time(row.try_get("created_at_ms")?)?,
+                    updated_at: $crate::store::sql::time(row.try_get("updated_at_ms")?)?,
+                })
+            }
+
+            async fn insert_snapshot<'e, E>(exec: E, s: &$crate::store::NewSnapshot) -> Result<$crate::store::Snapshot, $crate::store::StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                let records = serde_json::to_value(&s.records)?;
+                let row = sqlx::query(
+                    "INSERT INTO snapshots (domain, provider, zone, label, reason, taken_at_ms, taken_by, records) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+                )
+                .bind(s.domain.as_str())
+                .bind(&s.provider)
+                .bind(s.zone.as_str())
+                .bind(&s.label)
+                .bind(&s.reason)
+                .bind($crate::store::sql::ms(s.taken_at))
+                .bind(&s.taken_by)
+                .bind(sqlx::types::Json(records))
+                .fetch_one(exec)
+                .await?;
+                Self::snapshot_row(&row)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn kind(&self) -> $crate::config::StoreKind {
+                Self::KIND
+            }
+
+            async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            async fn load_state(&self, domain: &mxguard_core::Fqdn) -> Result<Option<$crate::store::DomainStateRow>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT domain, state, version, updated_at_ms FROM domain_state WHERE domain = $1")
+                    .bind(domain.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| {
+                    Ok($crate::store::DomainStateRow {
+                        domain: $crate::store::sql::fqdn(r.try_get("domain")?)?,
+                        state: r.try_get::<sqlx::types::Json<serde_json::Value>, _>("state")?.0,
+                        version: r.try_get("version")?,
+                        updated_at: $crate::store::sql::time(r.try_get("updated_at_ms")?)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn save_state(
+                &self,
+                domain: &mxguard_core::Fqdn,
+                state: &serde_json::Value,
+                expected_version: Option<i64>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<i64, $crate::store::StoreError> {
+                let at = $crate::store::sql::ms(at);
+                let (done, version) = match expected_version {
+                    None => {
+                        let r = sqlx::query(
+                            "INSERT INTO domain_state (domain, state, version, updated_at_ms) VALUES ($1, $2, 1, $3) \
+                             ON CONFLICT (domain) DO NOTHING",
+                        )
+                        .bind(domain.as_str())
+                        .bind(sqlx::types::Json(state))
+                        .bind(at)
+                        .execute(&self.pool)
+                        .await?;
+                        (r.rows_affected() == 1, 1)
+                    }
+                    Some(v) => {
+                        let r = sqlx::query(
+                            "UPDATE domain_state SET state = $1, version = version + 1, updated_at_ms = $2 \
+                             WHERE domain = $3 AND version = $4",
+                        )
+                        .bind(sqlx::types::Json(state))
+                        .bind(at)
+                        .bind(domain.as_str())
+                        .bind(v)
+                        .execute(&self.pool)
+                        .await?;
+                        (r.rows_affected() == 1, v + 1)
+                    }
+                };
+                if done {
+                    Ok(version)
+                } else {
+                    Err($crate::store::StoreError::Conflict(format!(
+                        "state of {domain} was changed by another writer (expected version {expected_version:?})"
+                    )))
+                }
+            }
+
+            async fn record_observations(&self, obs: &[$crate::store::Observation]) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                for chunk in obs.chunks($crate::store::sql::OBSERVATION_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO observations (domain, vantage, side, target, resolver, address, outcome, phase, latency_ms, detail, observed_at_ms) ",
+                    );
+                    q.push_values(chunk, |mut b, o| {
+                        b.push_bind(o.domain.as_str().to_string())
+                            .push_bind(o.vantage.clone())
+                            .push_bind(o.side.clone())
+                            .push_bind(o.target.clone())
+                            .push_bind(o.resolver.clone())
+                            .push_bind(o.address.clone())
+                            .push_bind(o.outcome.clone())
+                            .push_bind(o.phase.clone())
+                            .push_bind(o.latency_ms)
+                            .push_bind(o.detail.clone())
+                            .push_bind($crate::store::sql::ms(o.observed_at));
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn recent_observations(&self, domain: &mxguard_core::Fqdn, limit: u32) -> Result<Vec<$crate::store::Observation>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT * FROM observations WHERE domain = $1 ORDER BY observed_at_ms DESC, id DESC LIMIT $2",
+                )
+                .bind(domain.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::store::Observation {
+                            domain: $crate::store::sql::fqdn(r.try_get("domain")?)?,
+                            vantage: r.try_get("vantage")?,
+                            side: r.try_get("side")?,
+                            target: r.try_get("target")?,
+                            resolver: r.try_get("resolver")?,
+                            address: r.try_get("address")?,
+                            outcome: r.try_get("outcome")?,
+                            phase: r.try_get("phase")?,
+                            latency_ms: r.try_get("latency_ms")?,
+                            detail: r.try_get("detail")?,
+                            observed_at: $crate::store::sql::time(r.try_get("observed_at_ms")?)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn prune_observations(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::StoreError> {
+                let r = sqlx::query("DELETE FROM observations WHERE observed_at_ms < $1")
+                    .bind($crate::store::sql::ms(before))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+
+            async fn append_event(&self, e: &$crate::store::NewEvent) -> Result<$crate::store::Event, $crate::store::StoreError> {
+                let row = sqlx::query(
+                    "INSERT INTO events (domain, at_ms, kind, actor, reason, message, evidence) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                )
+                .bind(e.domain.as_str())
+                .bind($crate::store::sql::ms(e.at))
+                .bind(&e.kind)
+                .bind(&e.actor)
+                .bind(&e.reason)
+                .bind(&e.message)
+                .bind(sqlx::types::Json(&e.evidence))
+                .fetch_one(&self.pool)
+                .await?;
+                Self::event_row(&row)
+            }
+
+            async fn events(&self, domain: &mxguard_core::Fqdn, after: Option<i64>, limit: u32) -> Result<Vec<$crate::store::Event>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM events WHERE domain = $1 AND id > $2 ORDER BY id LIMIT $3")
+                    .bind(domain.as_str())
+                    .bind(after.unwrap_or(0))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::event_row).collect()
+            }
+
+            async fn save_snapshot(&self, s: &$crate::store::NewSnapshot) -> Result<$crate::store::Snapshot, $crate::store::StoreError> {
+                Self::insert_snapshot(&self.pool, s).await
+            }
+
+            async fn snapshot(&self, id: i64) -> Result<Option<$crate::store::Snapshot>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::snapshot_row).transpose()
+            }
+
+            async fn snapshots(&self, domain: Option<&mxguard_core::Fqdn>, limit: u32) -> Result<Vec<$crate::store::Snapshot>, $crate::store::StoreError> {
+                let rows = match domain {
+                    Some(d) => {
+                        sqlx::query("SELECT * FROM snapshots WHERE domain = $1 ORDER BY id DESC LIMIT $2")
+                            .bind(d.as_str())
+                            .bind(i64::from(limit))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    None => {
+                        sqlx::query("SELECT * FROM snapshots ORDER BY id DESC LIMIT $1")
+                            .bind(i64::from(limit))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                rows.iter().map(Self::snapshot_row).collect()
+            }
+
+            async fn begin_change(
+                &self,
+                snapshot: &$crate::store::NewSnapshot,
+                c: &$crate::store::NewChange,
+            ) -> Result<($crate::store::Snapshot, $crate::store::ChangeIntent), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let snap = Self::insert_snapshot(&mut *tx, snapshot).await?;
+                let row = sqlx::query(
+                    "INSERT INTO changes (domain, provider, zone, epoch, snapshot_id, before, after, status, error, created_at_ms, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, $8, $8) RETURNING *",
+                )
+                .bind(c.domain.as_str())
+                .bind(&c.provider)
+                .bind(c.zone.as_str())
+                .bind(c.epoch)
+                .bind(snap.id)
+                .bind(sqlx::types::Json(serde_json::to_value(&c.before)?))
+                .bind(sqlx::types::Json(serde_json::to_value(&c.after)?))
+                .bind($crate::store::sql::ms(c.at))
+                .fetch_one(&mut *tx)
+                .await?;
+                let change = Self::change_row(&row)?;
+                tx.commit().await?;
+                Ok((snap, change))
+            }
+
+            async fn set_change_status(
+                &self,
+                id: i64,
+                status: $crate::store::ChangeStatus,
+                error: Option<&str>,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::ChangeIntent, $crate::store::StoreError> {
+                let from = status.allowed_from();
+                if !from.is_empty() {
+                    // The IN list is built from fixed status names, never from input.
+                    let list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+                    let sql = format!(
+                        "UPDATE changes SET status = $1, error = COALESCE($2, error), updated_at_ms = $3 \
+                         WHERE id = $4 AND status IN ({list}) RETURNING *"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(status.as_str())
+                        .bind(error)
+                        .bind($crate::store::sql::ms(at))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if let Some(row) = row {
+                        return Self::change_row(&row);
+                    }
+                }
+                match $crate::store::Store::change(self, id).await? {
+                    None => Err($crate::store::StoreError::NotFound(format!("change {id}"))),
+                    Some(c) => Err($crate::store::StoreError::Conflict(format!(
+                        "change {id} is {}; it cannot become {status}",
+                        c.status
+                    ))),
+                }
+            }
+
+            async fn change(&self, id: i64) -> Result<Option<$crate::store::ChangeIntent>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM changes WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::change_row).transpose()
+            }
+
+            async fn unfinished_changes(&self) -> Result<Vec<$crate::store::ChangeIntent>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM changes WHERE status IN ('pending', 'applied') ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::change_row).collect()
+            }
+
+            async fn idempotency_get(&self, scope: &str, key: &str) -> Result<Option<$crate::store::IdempotencyRecord>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                    .bind(scope)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| {
+                    let status: i64 = r.try_get("status")?;
+                    Ok($crate::store::IdempotencyRecord {
+                        scope: r.try_get("scope")?,
+                        key: r.try_get("key")?,
+                        request_hash: r.try_get("request_hash")?,
+                        status: u16::try_from(status).map_err(|_| $crate::store::StoreError::Corrupt(format!("HTTP status {status}")))?,
+                        body: r.try_get::<sqlx::types::Json<serde_json::Value>, _>("body")?.0,
+                        created_at: $crate::store::sql::time(r.try_get("created_at_ms")?)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn idempotency_put(&self, rec: &$crate::store::IdempotencyRecord) -> Result<bool, $crate::store::StoreError> {
+                let r = sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
+                )
+                .bind(&rec.scope)
+                .bind(&rec.key)
+                .bind(&rec.request_hash)
+                .bind(i64::from(rec.status))
+                .bind(sqlx::types::Json(&rec.body))
+                .bind($crate::store::sql::ms(rec.created_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_sql_store;

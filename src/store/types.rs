@@ -1,0 +1,169 @@
+//! Rows as the rest of mxguard sees them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use mxguard_core::{ChangeSet, Fqdn, RecordSet};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainStateRow {
+    pub domain: Fqdn,
+    pub state: serde_json::Value,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One probe result: one (target, resolver, address) in one round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    pub domain: Fqdn,
+    pub vantage: String,
+    pub side: String,
+    pub target: String,
+    pub resolver: String,
+    pub address: Option<String>,
+    pub outcome: String,
+    pub phase: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub detail: String,
+    pub observed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub domain: Fqdn,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    /// `automation` or the API token's name.
+    pub actor: String,
+    pub reason: Option<String>,
+    pub message: String,
+    pub evidence: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub domain: Fqdn,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub message: String,
+    pub evidence: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSnapshot {
+    pub domain: Fqdn,
+    pub provider: String,
+    pub zone: Fqdn,
+    pub label: Option<String>,
+    pub reason: String,
+    pub taken_at: DateTime<Utc>,
+    pub taken_by: String,
+    pub records: Vec<RecordSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub id: i64,
+    pub domain: Fqdn,
+    pub provider: String,
+    pub zone: Fqdn,
+    pub label: Option<String>,
+    pub reason: String,
+    pub taken_at: DateTime<Utc>,
+    pub taken_by: String,
+    pub records: Vec<RecordSet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeStatus {
+    Pending,
+    Applied,
+    Verified,
+    Failed,
+}
+
+impl ChangeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeStatus::Pending => "pending",
+            ChangeStatus::Applied => "applied",
+            ChangeStatus::Verified => "verified",
+            ChangeStatus::Failed => "failed",
+        }
+    }
+
+    /// The statuses a change may move to `self` from.
+    pub fn allowed_from(self) -> &'static [ChangeStatus] {
+        match self {
+            ChangeStatus::Pending => &[],
+            ChangeStatus::Applied => &[ChangeStatus::Pending],
+            ChangeStatus::Verified => &[ChangeStatus::Applied],
+            ChangeStatus::Failed => &[ChangeStatus::Pending, ChangeStatus::Applied],
+        }
+    }
+}
+
+impl fmt::Display for ChangeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ChangeStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(ChangeStatus::Pending),
+            "applied" => Ok(ChangeStatus::Applied),
+            "verified" => Ok(ChangeStatus::Verified),
+            "failed" => Ok(ChangeStatus::Failed),
+            other => Err(format!("unknown change status {other:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewChange {
+    pub domain: Fqdn,
+    pub provider: String,
+    pub zone: Fqdn,
+    /// Fencing epoch of the instance that writes.
+    pub epoch: i64,
+    pub before: Vec<RecordSet>,
+    pub after: ChangeSet,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangeIntent {
+    pub id: i64,
+    pub domain: Fqdn,
+    pub provider: String,
+    pub zone: Fqdn,
+    pub epoch: i64,
+    pub snapshot_id: Option<i64>,
+    pub before: Vec<RecordSet>,
+    pub after: ChangeSet,
+    pub status: ChangeStatus,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub scope: String,
+    pub key: String,
+    /// Hash of the request, so a reused key with a different body can be refused.
+    pub request_hash: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
