@@ -1,0 +1,83 @@
+# shellcheck shell=bash
+# Installs and starts the real peers the tests talk to. Sourced by scripts/test.
+# Every function either leaves its peer ready or exits non-zero saying why.
+
+log() { printf '[peers] %s\n' "$*" >&2; }
+die() { printf '[peers] FATAL: %s\n' "$*" >&2; exit 1; }
+
+APT_UPDATED=0
+apt_install() {
+  # apt_install PACKAGE... (only when some are missing)
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} by hand"
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+pg_answers() { # pg_answers HOST PORT
+  pg_isready -q -h "$1" -p "$2" >/dev/null 2>&1
+}
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
+    [ $SECONDS -ge $deadline ] && return 1
+    sleep 0.2
+  done
+  log "$what is up"
+}
+
+# PostgreSQL: the server on 127.0.0.1:5432 when one answers; else the Debian cluster; else a
+# throwaway cluster in a temp dir. Exports DATABASE_URL (a database the tests may create
+# databases from).
+ensure_postgres() {
+  apt_install postgresql postgresql-client
+  local host=127.0.0.1 port=5432
+  if ! pg_answers $host $port; then
+    local ver
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1 || true)
+    if [ -n "$ver" ] && command -v pg_ctlcluster >/dev/null; then
+      log "starting PostgreSQL cluster $ver/main"
+      if pg_ctlcluster --skip-systemctl-redirect "$ver" main start >/dev/null 2>&1; then
+        wait_for 60 "PostgreSQL $ver/main" pg_answers $host $port || true
+      fi
+    fi
+  fi
+  if ! pg_answers $host $port; then
+    port=54329
+    local bindir dir
+    bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+    [ -n "$bindir" ] || die "no PostgreSQL binaries found"
+    dir=$(mktemp -d /tmp/mxguard-pg.XXXXXX)
+    chown postgres "$dir"
+    log "starting a throwaway PostgreSQL in $dir on port $port"
+    su postgres -c "$bindir/initdb -D $dir/data -A trust -U postgres" >/dev/null \
+      || die "initdb failed"
+    su postgres -c "$bindir/pg_ctl -D $dir/data -o '-p $port -k $dir -c listen_addresses=127.0.0.1' -l $dir/log start" >/dev/null \
+      || die "pg_ctl start failed; see $dir/log"
+    wait_for 60 "throwaway PostgreSQL" pg_answers $host $port || die "PostgreSQL did not start; see $dir/log"
+  fi
+  local admin="postgres://postgres@$host:$port/postgres"
+  psql "$admin" -qtAc 'SELECT 1' >/dev/null 2>&1 \
+    || die "PostgreSQL on $host:$port does not accept user postgres without a password (trust auth expected)"
+  psql "$admin" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'mxguard_test'" | grep -q 1 \
+    || psql "$admin" -qc 'CREATE DATABASE mxguard_test' >/dev/null
+  export DATABASE_URL="postgres://postgres@$host:$port/mxguard_test"
+  log "DATABASE_URL=$DATABASE_URL"
+}
+
+# BIND 9 (named, nsupdate, dig): the tests start their own named on a loopback port.
+ensure_bind() {
+  apt_install bind9 bind9-utils bind9-dnsutils
+  command -v named >/dev/null || [ -x /usr/sbin/named ] || die "named not found after installing bind9"
+  export PATH="$PATH:/usr/sbin"
+}

@@ -1,0 +1,263 @@
+//! The `mxguard` binary, run as a user would: serve on embedded defaults, signals, config check,
+//! migrate.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mxguard");
+
+fn mxguard(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("MXGUARD_CONFIG")
+        .env_remove("MXGUARD_STORE_URL")
+        .env_remove("MXGUARD_LISTEN")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    mxguard(dir, args).output().expect("run mxguard")
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Waits for the child to exit within `deadline`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("mxguard did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+async fn get(url: &str) -> Option<(u16, serde_json::Value)> {
+    let resp = reqwest::get(url).await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.json().await.ok()?))
+}
+
+async fn serve_until_signal(sig: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = mxguard(dir.path(), &["serve", "--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mxguard serve");
+    let base = format!("http://{listen}");
+    let health = format!("{base}/healthz");
+    let (status, body) =
+        common::poll("GET /healthz", Duration::from_secs(60), || get(&health)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+    let (status, body) = get(&format!("{base}/readyz"))
+        .await
+        .expect("readyz answers");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["store"], "sqlite");
+    assert!(
+        dir.path().join("mxguard.db").exists(),
+        "embedded default store is ./mxguard.db"
+    );
+
+    signal(&child, sig);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "exit status after {sig}");
+}
+
+#[tokio::test]
+async fn serve_on_embedded_defaults_and_exit_on_sigterm() {
+    serve_until_signal("-TERM").await;
+}
+
+#[tokio::test]
+async fn serve_exits_on_sigint() {
+    serve_until_signal("-INT").await;
+}
+
+#[test]
+fn config_check_reports_three_mistakes_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mxguard.toml"),
+        r#"
+[providers.ns1]
+kind = "rfc2136"
+server = "127.0.0.1:5353"
+tsig_name = "mxguard"
+tsig_secret_env = "TSIG"
+
+[checks]
+resolvers = ["127.0.0.1"]
+resolver_quorum = 2
+
+[[domains]]
+name = "example.com"
+provider = "cloudflare"
+primary = ["10 mx1.example.com."]
+backup = ["10 mx2.example.com."]
+failover_ttl = "abc"
+"#,
+    )
+    .unwrap();
+    let out = run(dir.path(), &["config", "check", "mxguard.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "mxguard.toml: checks.resolver_quorum: resolver_quorum is 2 but only 1 resolver(s) are configured",
+        "mxguard.toml: domains[0].provider: unknown provider \"cloudflare\"; defined providers: ns1",
+        "mxguard.toml: domains[0].failover_ttl: expected seconds 1..=86400, got \"abc\"",
+        "3 problem(s) found",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn example_config_passes_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["config", "example"]);
+    assert!(out.status.success());
+    std::fs::write(dir.path().join("example.toml"), &out.stdout).unwrap();
+    let out = run(dir.path(), &["config", "check", "example.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("example.toml: OK (2 domain(s)"));
+}
+
+#[test]
+fn config_check_on_a_missing_file_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["config", "check", "nope.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("nope.toml: cannot read"));
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[server]\nlisten = \"nowhere\"\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["--config", "bad.toml", "serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml: server.listen: expected IP:PORT")
+    );
+    assert!(
+        !dir.path().join("mxguard.db").exists(),
+        "nothing created on bad input"
+    );
+}
+
+#[test]
+fn unreachable_store_fails_without_leaking_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = mxguard(dir.path(), &["migrate"])
+        .env(
+            "MXGUARD_STORE_URL",
+            format!("postgres://mx:s3cr3t-pw@127.0.0.1:{port}/mxguard"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("postgres://mx:***@127.0.0.1:{port}/mxguard")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+}
+
+#[tokio::test]
+async fn migrate_applies_the_postgres_schema() {
+    let db = common::fresh_pg_database("migrate").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = mxguard(dir.path(), &["migrate"])
+        .env("MXGUARD_STORE_URL", db.url.expose())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(db.url.expose()).await.unwrap();
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+    for t in [
+        "changes",
+        "domain_state",
+        "events",
+        "idempotency_keys",
+        "observations",
+        "snapshots",
+    ] {
+        assert!(names.contains(&t), "{t} missing from {names:?}");
+    }
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[test]
+fn help_and_version_work_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = run(dir.path(), &["--version"]);
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("mxguard "));
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["config", "--help"],
+        &["config", "check", "--help"],
+        &["config", "example", "--help"],
+    ] {
+        let out = run(dir.path(), args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+    let bad = run(dir.path(), &["frobnicate"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -1,0 +1,381 @@
+//! One story, told to every store backend: the same code runs against SQLite and PostgreSQL.
+//! It covers every table, concurrent writers, and a restart (close + reopen) in the middle.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use mxguard::config::StoreUrl;
+use mxguard::model::{Fqdn, RecordSet, RecordType, Ttl};
+use mxguard::store::{
+    self, ChangeStatus, IdempotencyRecord, NewChange, NewEvent, NewSnapshot, Observation, Store,
+    StoreError,
+};
+use mxguard_core::{Change, ChangeSet};
+use serde_json::json;
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + secs, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn domain() -> Fqdn {
+    Fqdn::parse("Example.TEST").expect("name")
+}
+
+fn mx(ttl: u32, records: &[&str]) -> RecordSet {
+    RecordSet::parse(
+        domain(),
+        RecordType::Mx,
+        Ttl::new(ttl).expect("ttl"),
+        records,
+    )
+    .expect("mx set")
+}
+
+async fn open(url: &StoreUrl) -> Arc<dyn Store> {
+    let s = store::open(url).await.expect("open store");
+    s.migrate().await.expect("migrate");
+    s
+}
+
+async fn story(url: StoreUrl) {
+    let s = open(&url).await;
+    s.migrate().await.expect("migrations are idempotent");
+    s.ping().await.expect("ping");
+
+    // --- runtime state: compare-and-swap, and concurrent writers that retry on conflict ---
+    let d = domain();
+    assert!(s.load_state(&d).await.unwrap().is_none());
+    let v1 = s
+        .save_state(&d, &json!({"n": 0}), None, t(0))
+        .await
+        .unwrap();
+    assert_eq!(v1, 1);
+    assert!(matches!(
+        s.save_state(&d, &json!({"n": 99}), None, t(0)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        let d = d.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                loop {
+                    let row = s.load_state(&d).await.unwrap().unwrap();
+                    let n = row.state["n"].as_i64().unwrap();
+                    match s
+                        .save_state(&d, &json!({"n": n + 1}), Some(row.version), t(1))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => panic!("unexpected store error: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let row = s.load_state(&d).await.unwrap().unwrap();
+    assert_eq!(
+        row.state["n"], 20,
+        "no increment lost under concurrent writers"
+    );
+    assert_eq!(row.version, 21);
+    assert_eq!(row.domain.as_str(), "example.test.");
+
+    // --- events appended concurrently keep distinct, increasing ids ---
+    let mut appenders = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        appenders.push(tokio::spawn(async move {
+            for i in 0..25 {
+                s.append_event(&NewEvent {
+                    domain: domain(),
+                    at: t(10 + i),
+                    kind: "probe".into(),
+                    actor: "automation".into(),
+                    reason: None,
+                    message: format!("writer {w} event {i}"),
+                    evidence: json!({"writer": w, "i": i}),
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for a in appenders {
+        a.await.unwrap();
+    }
+    let first = s.events(&d, None, 60).await.unwrap();
+    let rest = s.events(&d, first.last().map(|e| e.id), 60).await.unwrap();
+    assert_eq!(first.len(), 60);
+    assert_eq!(rest.len(), 40);
+    let ids: Vec<i64> = first.iter().chain(&rest).map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let op = s
+        .append_event(&NewEvent {
+            domain: d.clone(),
+            at: t(100),
+            kind: "operator".into(),
+            actor: "chatops".into(),
+            reason: Some("provider incident #123".into()),
+            message: "pinned to backup".into(),
+            evidence: json!({"pin": "backup"}),
+        })
+        .await
+        .unwrap();
+    assert_eq!(op.reason.as_deref(), Some("provider incident #123"));
+    assert_eq!(op.at, t(100));
+
+    // --- observations: bulk insert across chunks, newest first, pruned by age ---
+    let obs: Vec<Observation> = (0..1200)
+        .map(|i| Observation {
+            domain: d.clone(),
+            vantage: "local".into(),
+            side: if i % 2 == 0 { "primary" } else { "backup" }.into(),
+            target: "mx1.example.test.".into(),
+            resolver: "127.0.0.1:53".into(),
+            address: Some("192.0.2.1".into()),
+            outcome: "pass".into(),
+            phase: None,
+            latency_ms: Some(i),
+            detail: "250 OK".into(),
+            observed_at: t(i),
+        })
+        .collect();
+    s.record_observations(&obs).await.unwrap();
+    let recent = s.recent_observations(&d, 3).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|o| o.latency_ms).collect::<Vec<_>>(),
+        vec![Some(1199), Some(1198), Some(1197)]
+    );
+    assert_eq!(s.prune_observations(t(1000)).await.unwrap(), 1000);
+    assert_eq!(s.recent_observations(&d, 5000).await.unwrap().len(), 200);
+
+    // --- a write-ahead change: snapshot + pending intent in one transaction ---
+    let before = vec![mx(3600, &["10 mx1.example.test.", "20 mx2.example.test."])];
+    let after = ChangeSet {
+        changes: vec![Change::Upsert {
+            set: mx(60, &["10 backup.example.net."]),
+            expected: Some(before[0].clone()),
+        }],
+    };
+    let (snap, change) = s
+        .begin_change(
+            &NewSnapshot {
+                domain: d.clone(),
+                provider: "ns1".into(),
+                zone: d.clone(),
+                label: None,
+                reason: "failover".into(),
+                taken_at: t(2000),
+                taken_by: "automation".into(),
+                records: before.clone(),
+            },
+            &NewChange {
+                domain: d.clone(),
+                provider: "ns1".into(),
+                zone: d.clone(),
+                epoch: 7,
+                before: before.clone(),
+                after: after.clone(),
+                at: t(2000),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(change.status, ChangeStatus::Pending);
+    assert_eq!(change.snapshot_id, Some(snap.id));
+    assert_eq!(change.epoch, 7);
+
+    // --- restart in the middle: everything written so far is still there ---
+    s.close().await;
+    assert!(s.ping().await.is_err(), "a closed store is unavailable");
+    let s = open(&url).await;
+    let unfinished = s.unfinished_changes().await.unwrap();
+    assert_eq!(unfinished.len(), 1);
+    assert_eq!(unfinished[0].id, change.id);
+    assert_eq!(
+        unfinished[0].after, after,
+        "the change set survives the restart"
+    );
+    let snap_back = s.snapshot(snap.id).await.unwrap().expect("snapshot kept");
+    assert_eq!(snap_back.records, before);
+    assert_eq!(snap_back.records[0].ttl().secs(), 3600, "TTL kept exactly");
+    assert_eq!(s.load_state(&d).await.unwrap().unwrap().version, 21);
+    assert_eq!(s.events(&d, None, 1000).await.unwrap().len(), 101);
+
+    // --- the intent moves forward only ---
+    let applied = s
+        .set_change_status(change.id, ChangeStatus::Applied, None, t(2001))
+        .await
+        .unwrap();
+    assert_eq!(applied.status, ChangeStatus::Applied);
+    assert!(matches!(
+        s.set_change_status(change.id, ChangeStatus::Applied, None, t(2002))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.set_change_status(change.id, ChangeStatus::Pending, None, t(2002))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let verified = s
+        .set_change_status(change.id, ChangeStatus::Verified, None, t(2003))
+        .await
+        .unwrap();
+    assert_eq!(verified.updated_at, t(2003));
+    assert!(matches!(
+        s.set_change_status(change.id, ChangeStatus::Failed, Some("x"), t(2004))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.set_change_status(999_999, ChangeStatus::Applied, None, t(2004))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s.unfinished_changes().await.unwrap().is_empty());
+
+    // --- concurrent snapshots, listed newest first ---
+    let mut takers = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        let rec = before.clone();
+        takers.push(tokio::spawn(async move {
+            s.save_snapshot(&NewSnapshot {
+                domain: domain(),
+                provider: "ns1".into(),
+                zone: domain(),
+                label: Some(format!("manual-{i}")),
+                reason: "before maintenance".into(),
+                taken_at: t(3000 + i),
+                taken_by: "chatops".into(),
+                records: rec,
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for tk in takers {
+        tk.await.unwrap();
+    }
+    let listed = s.snapshots(Some(&d), 100).await.unwrap();
+    assert_eq!(listed.len(), 7);
+    assert!(listed.windows(2).all(|w| w[0].id > w[1].id));
+    let other = Fqdn::parse("other.test").unwrap();
+    assert!(s.snapshots(Some(&other), 100).await.unwrap().is_empty());
+    assert_eq!(s.snapshots(None, 3).await.unwrap().len(), 3);
+
+    // --- idempotency keys: of concurrent first uses, exactly one wins ---
+    let mut racers = Vec::new();
+    for i in 0..6u16 {
+        let s = s.clone();
+        racers.push(tokio::spawn(async move {
+            s.idempotency_put(&IdempotencyRecord {
+                scope: "chatops".into(),
+                key: "k-1".into(),
+                request_hash: "h".into(),
+                status: 200 + i,
+                body: json!({"message": format!("attempt {i}")}),
+                created_at: t(4000),
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for r in racers {
+        if r.await.unwrap() {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1);
+    let stored = s.idempotency_get("chatops", "k-1").await.unwrap().unwrap();
+    assert!((200..206).contains(&stored.status));
+    assert_eq!(
+        stored.body["message"],
+        format!("attempt {}", stored.status - 200)
+    );
+    assert!(s.idempotency_get("other", "k-1").await.unwrap().is_none());
+
+    // a failed change is not unfinished
+    let (_, c2) = s
+        .begin_change(
+            &NewSnapshot {
+                domain: d.clone(),
+                provider: "ns1".into(),
+                zone: d.clone(),
+                label: None,
+                reason: "failback".into(),
+                taken_at: t(5000),
+                taken_by: "automation".into(),
+                records: vec![mx(60, &["10 backup.example.net."])],
+            },
+            &NewChange {
+                domain: d.clone(),
+                provider: "ns1".into(),
+                zone: d.clone(),
+                epoch: 7,
+                before: vec![],
+                after: ChangeSet::default(),
+                at: t(5000),
+            },
+        )
+        .await
+        .unwrap();
+    let failed = s
+        .set_change_status(c2.id, ChangeStatus::Failed, Some("REFUSED"), t(5001))
+        .await
+        .unwrap();
+    assert_eq!(failed.error.as_deref(), Some("REFUSED"));
+    assert!(s.unfinished_changes().await.unwrap().is_empty());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn store_story_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::parse(&format!(
+        "sqlite://{}",
+        dir.path().join("mxguard.db").display()
+    ))
+    .unwrap();
+    story(url).await;
+}
+
+#[tokio::test]
+async fn store_story_postgres() {
+    let db = common::fresh_pg_database("story").await;
+    story(db.url.clone()).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn sqlite_store_uses_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    let url = StoreUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
+    let s = open(&url).await;
+    s.ping().await.unwrap();
+    s.close().await;
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        path.display()
+    ))
+    .await
+    .unwrap();
+    let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode.0.to_lowercase(), "wal");
+}
