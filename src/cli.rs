@@ -49,9 +49,57 @@ pub enum Command {
     },
     /// Apply the store's schema migrations and exit.
     Migrate,
+    /// Check a domain's mail setup now, as the runbook does by hand: MX per resolver, A/AAAA,
+    /// SMTP + STARTTLS + certificate per address, relay refusal of backups, SPF/DMARC/DKIM.
+    /// Needs no configuration. Exit 0: all good; 1: a problem was found; 2: usage error.
+    Check(CheckArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// The mail domain to check, e.g. example.com
+    pub domain: String,
+    /// Resolver to ask, "ip" or "ip:port" (repeatable). Default: the system resolvers
+    /// (nameserver lines of /etc/resolv.conf).
+    #[arg(long = "resolver", value_name = "ADDR")]
+    pub resolvers: Vec<String>,
+    /// SMTP port of the MX hosts.
+    #[arg(long, default_value_t = 25)]
+    pub port: u16,
+    /// Also probe HOST as a backup MX, relay check included (repeatable).
+    #[arg(long = "backup", value_name = "HOST")]
+    pub backups: Vec<String>,
+    /// Extra trust anchors (PEM) besides the system roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// STARTTLS policy.
+    #[arg(long, value_enum, default_value = "require")]
+    pub starttls: StartTlsArg,
+    /// DKIM selector to look up (repeatable).
+    #[arg(long = "dkim-selector", value_name = "S")]
+    pub dkim_selectors: Vec<String>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Timeout per DNS query and per SMTP phase, e.g. "5s".
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Name sent in EHLO.
+    #[arg(long, default_value = "mxguard.invalid")]
+    pub ehlo_name: String,
+    /// A certificate expiring in fewer days is a problem.
+    #[arg(long, default_value_t = 7)]
+    pub cert_min_days: u32,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum StartTlsArg {
+    Require,
+    Opportunistic,
+    Off,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
         Command::Migrate => with_runtime(migrate(cli.config)),
+        Command::Check(args) => with_runtime(check(args)),
     }
 }
 
@@ -202,4 +251,97 @@ async fn cancel_on_signal(token: CancellationToken) {
         let _ = tokio::signal::ctrl_c().await;
     }
     token.cancel();
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("mxguard check: {msg}");
+        ExitCode::from(2)
+    };
+    let domain = match crate::model::Fqdn::parse(&args.domain) {
+        Ok(d) => d,
+        Err(e) => return usage(e.to_string()),
+    };
+    let resolvers = if args.resolvers.is_empty() {
+        match system_resolvers() {
+            Ok(r) => r,
+            Err(e) => return usage(e),
+        }
+    } else {
+        let mut out = Vec::new();
+        for r in &args.resolvers {
+            match crate::config::parse_server_addr(r) {
+                Some(a) => out.push(a),
+                None => {
+                    return usage(format!(
+                        "--resolver: expected \"ip\" or \"ip:port\", got {r:?}"
+                    ))
+                }
+            }
+        }
+        out
+    };
+    let mut backups = Vec::new();
+    for b in &args.backups {
+        match crate::model::Fqdn::parse(b) {
+            Ok(h) => backups.push(h),
+            Err(e) => return usage(format!("--backup: {e}")),
+        }
+    }
+    let ehlo_name = match crate::model::Fqdn::parse(&args.ehlo_name) {
+        Ok(n) => n,
+        Err(e) => return usage(format!("--ehlo-name: {e}")),
+    };
+    let req = crate::check::CheckRequest {
+        domain,
+        resolvers,
+        port: args.port,
+        backups,
+        ca_file: args.ca_file,
+        starttls: match args.starttls {
+            StartTlsArg::Require => crate::config::StartTls::Require,
+            StartTlsArg::Opportunistic => crate::config::StartTls::Opportunistic,
+            StartTlsArg::Off => crate::config::StartTls::Off,
+        },
+        dkim_selectors: args.dkim_selectors,
+        timeout: args.timeout,
+        ehlo_name,
+        cert_min_days: args.cert_min_days,
+    };
+    let report = match crate::check::run(&req, chrono::Utc::now()).await {
+        Ok(r) => r,
+        Err(e) => return usage(e),
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("mxguard check: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", crate::check::render_table(&report));
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The nameservers of /etc/resolv.conf, on port 53.
+fn system_resolvers() -> Result<Vec<SocketAddr>, String> {
+    let text = std::fs::read_to_string("/etc/resolv.conf")
+        .map_err(|e| format!("no --resolver given and /etc/resolv.conf is unreadable: {e}"))?;
+    let found: Vec<SocketAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
+    if found.is_empty() {
+        return Err("no --resolver given and /etc/resolv.conf lists no nameserver".into());
+    }
+    Ok(found)
 }

@@ -5,10 +5,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod logging;
 pub mod model;
+pub mod probe;
 pub mod store;
 
 use std::sync::Arc;

@@ -496,6 +496,19 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
             d.ehlo_name.clone()
         }),
     };
+    let rcpt_checks = match sec.string("rcpt_checks", errs).as_deref() {
+        None => d.rcpt_checks,
+        Some("off") => RcptChecks::Off,
+        Some("backup") => RcptChecks::Backup,
+        Some("all") => RcptChecks::All,
+        Some(other) => {
+            errs.push(
+                sec.field("rcpt_checks"),
+                format!("expected off, backup or all, got {other:?}"),
+            );
+            d.rcpt_checks
+        }
+    };
     if timing_set && timeout >= interval {
         errs.push(
             sec.field("timeout"),
@@ -533,10 +546,11 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         ca_file,
         cert_min_days,
         ehlo_name,
+        rcpt_checks,
     }
 }
 
-const CHECK_KEYS: [&str; 12] = [
+const CHECK_KEYS: [&str; 13] = [
     "interval",
     "timeout",
     "fail_after",
@@ -549,6 +563,7 @@ const CHECK_KEYS: [&str; 12] = [
     "ca_file",
     "cert_min_days",
     "ehlo_name",
+    "rcpt_checks",
 ];
 
 fn parse_domain(

@@ -205,6 +205,14 @@ pub enum ProviderConfig {
     },
 }
 
+/// Which targets get RCPT checks (`postmaster@` accepted; for backups, relay refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptChecks {
+    Off,
+    Backup,
+    All,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartTls {
     Require,
@@ -227,6 +235,7 @@ pub struct Checks {
     pub ca_file: Option<PathBuf>,
     pub cert_min_days: u32,
     pub ehlo_name: Fqdn,
+    pub rcpt_checks: RcptChecks,
 }
 
 impl Default for Checks {
@@ -249,6 +258,7 @@ impl Default for Checks {
             ca_file: None,
             cert_min_days: 7,
             ehlo_name: Fqdn::parse("mxguard.invalid").expect("static name is valid"),
+            rcpt_checks: RcptChecks::Backup,
         }
     }
 }

@@ -1,0 +1,294 @@
+//! `mxguard check DOMAIN`: the runbook's checks as one command, with no configuration.
+//! What each resolver says about the MX set and its hosts, each address's SMTP dialogue and
+//! certificate, SPF / DMARC / DKIM, and whether each backup passes the domain's SPF.
+
+mod auth;
+mod render;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::config::StartTls;
+use crate::health::{target_verdict, ResolverResult};
+use crate::model::{Fqdn, RecordType, Side};
+use crate::probe::dns::{DnsAnswer, DnsClient};
+use crate::probe::smtp::{FailureKind, RcptCheck, SmtpPolicy, SmtpReport};
+use crate::probe::target::{Prober, TargetSpec};
+use crate::probe::tls;
+
+pub use auth::{BackupSpf, PolicyRecord};
+pub use render::render_table;
+
+/// What `mxguard check` was asked to do.
+#[derive(Debug, Clone)]
+pub struct CheckRequest {
+    pub domain: Fqdn,
+    pub resolvers: Vec<SocketAddr>,
+    pub port: u16,
+    pub backups: Vec<Fqdn>,
+    pub ca_file: Option<PathBuf>,
+    pub starttls: StartTls,
+    pub dkim_selectors: Vec<String>,
+    pub timeout: Duration,
+    pub ehlo_name: Fqdn,
+    pub cert_min_days: u32,
+}
+
+/// The MX set as one resolver sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MxView {
+    pub resolver: String,
+    pub answer: DnsAnswer,
+}
+
+/// One target (an MX host, or a backup named with `--backup`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetView {
+    pub host: Fqdn,
+    pub role: Side,
+    /// MX preference, for published MX hosts.
+    pub preference: Option<u16>,
+    pub up: bool,
+    pub reason: String,
+    pub resolvers: Vec<ResolverResult>,
+    pub smtp: Vec<SmtpReport>,
+}
+
+/// The whole report; `--json` prints it as is. Field names are stable (see README).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub domain: Fqdn,
+    pub checked_at: DateTime<Utc>,
+    pub resolvers: Vec<String>,
+    pub resolver_quorum: u32,
+    pub mx: Vec<MxView>,
+    pub mx_agree: bool,
+    pub mx_ttl: Option<u32>,
+    pub targets: Vec<TargetView>,
+    pub spf: PolicyRecord,
+    pub dmarc: PolicyRecord,
+    pub dkim: Vec<PolicyRecord>,
+    pub backup_spf: Vec<BackupSpf>,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub ok: bool,
+}
+
+/// Runs every check. Errors only for bad setup (an unreadable `ca_file`); everything the
+/// network does is a finding in the report.
+pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, String> {
+    let clients: Vec<DnsClient> = req
+        .resolvers
+        .iter()
+        .map(|r| DnsClient::resolver(*r, req.timeout))
+        .collect();
+    let quorum = (clients.len() as u32) / 2 + 1;
+    let prober = Prober {
+        resolvers: clients.clone(),
+        smtp: SmtpPolicy {
+            port: req.port,
+            timeout: req.timeout,
+            starttls: req.starttls,
+            ehlo_name: req.ehlo_name.clone(),
+            cert_min_days: req.cert_min_days,
+            tls: tls::client_config(req.ca_file.as_deref())?,
+            rcpt: None,
+        },
+        global: Arc::new(Semaphore::new(64)),
+    };
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    // 1. The MX set per resolver, and whether they agree.
+    let mx: Vec<MxView> = join_all(clients.iter().map(|c| {
+        let d = req.domain.clone();
+        let c = *c;
+        async move {
+            MxView {
+                resolver: c.server.to_string(),
+                answer: c.query(&d, RecordType::Mx).await,
+            }
+        }
+    }))
+    .await;
+    let sets: Vec<Vec<String>> = mx
+        .iter()
+        .map(|m| m.answer.records.iter().map(|r| r.to_string()).collect())
+        .collect();
+    let mx_agree = sets.windows(2).all(|w| w[0] == w[1]);
+    if !mx_agree {
+        let detail: Vec<String> = mx
+            .iter()
+            .map(|m| format!("{}: {}", m.resolver, describe_mx(&m.answer)))
+            .collect();
+        problems.push(format!(
+            "resolvers disagree on the MX set ({})",
+            detail.join("; ")
+        ));
+    }
+    let mx_ttl = mx.iter().filter_map(|m| m.answer.ttl).min();
+    let mut hosts: BTreeMap<Fqdn, u16> = BTreeMap::new();
+    for m in &mx {
+        for rec in m.answer.mx() {
+            if rec.is_null() {
+                warnings.push(format!(
+                    "{} publishes a Null MX: the domain accepts no mail",
+                    m.resolver
+                ));
+                continue;
+            }
+            let pref = hosts
+                .entry(rec.exchange.clone())
+                .or_insert(rec.preference.0);
+            *pref = (*pref).min(rec.preference.0);
+        }
+    }
+    if hosts.is_empty() {
+        problems.push(format!(
+            "no resolver returned an MX host for {}",
+            req.domain
+        ));
+    }
+
+    // 2. Each target: resolution per resolver, SMTP per address.
+    let mut specs: Vec<(TargetSpec, Option<u16>)> = hosts
+        .iter()
+        .map(|(h, p)| {
+            let spec = TargetSpec {
+                side: Side::Primary,
+                host: h.clone(),
+                rcpt: Some(RcptCheck {
+                    domain: req.domain.clone(),
+                    refuse_relay: false,
+                }),
+            };
+            (spec, Some(*p))
+        })
+        .collect();
+    specs.sort_by_key(|(s, p)| (*p, s.host.clone()));
+    for b in &req.backups {
+        let spec = TargetSpec {
+            side: Side::Backup,
+            host: b.clone(),
+            rcpt: Some(RcptCheck {
+                domain: req.domain.clone(),
+                refuse_relay: true,
+            }),
+        };
+        specs.push((spec, None));
+    }
+    let evidence = join_all(specs.iter().map(|(spec, _)| prober.probe_target(spec, now))).await;
+    let mut targets = Vec::new();
+    for ((spec, pref), ev) in specs.iter().zip(evidence) {
+        let verdict = target_verdict(&ev.round, quorum);
+        let role = spec.side.as_str();
+        if !verdict.up {
+            problems.push(format!("{role} {} is down: {}", spec.host, verdict.reason));
+        }
+        for r in &ev.smtp {
+            if let Some(f) = &r.failure {
+                if f.kind == FailureKind::OpenRelay {
+                    problems.push(format!(
+                        "{role} {} at {} is an open relay: {}",
+                        spec.host, r.address, f.detail
+                    ));
+                } else if verdict.up {
+                    problems.push(format!("{role} {} at {} fails: {f}", spec.host, r.address));
+                }
+            }
+            for w in &r.warnings {
+                warnings.push(format!("{} at {}: {w}", spec.host, r.address));
+            }
+        }
+        targets.push(TargetView {
+            host: spec.host.clone(),
+            role: spec.side,
+            preference: *pref,
+            up: verdict.up,
+            reason: verdict.reason,
+            resolvers: ev.round.resolvers,
+            smtp: ev.smtp,
+        });
+    }
+
+    // 3. SPF, DMARC, DKIM, and the backups against SPF.
+    let first = clients.first().copied().ok_or("no resolver to ask")?;
+    let spf = auth::spf_record(&first, &req.domain).await;
+    let dmarc = auth::dmarc_record(&first, &req.domain).await;
+    let mut dkim = Vec::new();
+    for s in &req.dkim_selectors {
+        dkim.push(auth::dkim_record(&first, &req.domain, s).await);
+    }
+    for rec in std::iter::once(&spf)
+        .chain(std::iter::once(&dmarc))
+        .chain(dkim.iter())
+    {
+        if !rec.present {
+            warnings.push(format!("no {} record at {}", rec.kind, rec.name));
+        } else if let Some(e) = &rec.error {
+            problems.push(format!(
+                "{} record at {} does not parse: {e}",
+                rec.kind, rec.name
+            ));
+        }
+    }
+    let mut backup_spf = Vec::new();
+    if spf.present && spf.error.is_none() {
+        let backups: Vec<&TargetView> = targets.iter().filter(|t| t.role == Side::Backup).collect();
+        let mut checks = Vec::new();
+        for t in &backups {
+            for r in &t.resolvers {
+                for a in &r.addresses {
+                    if !checks.iter().any(|(h, ip)| h == &t.host && ip == a) {
+                        checks.push((t.host.clone(), *a));
+                    }
+                }
+            }
+        }
+        backup_spf = auth::backups_in_spf(first.server, &req.domain, &checks, &req.ehlo_name).await;
+        for b in backup_spf.iter().filter(|b| !b.pass) {
+            problems.push(format!(
+                "backup {} at {} is not allowed by {}'s SPF ({})",
+                b.host, b.address, req.domain, b.result
+            ));
+        }
+    }
+
+    Ok(CheckReport {
+        domain: req.domain.clone(),
+        checked_at: now,
+        resolvers: req.resolvers.iter().map(|r| r.to_string()).collect(),
+        resolver_quorum: quorum,
+        mx,
+        mx_agree,
+        mx_ttl,
+        targets,
+        spf,
+        dmarc,
+        dkim,
+        backup_spf,
+        ok: problems.is_empty(),
+        problems,
+        warnings,
+    })
+}
+
+fn describe_mx(a: &DnsAnswer) -> String {
+    if a.records.is_empty() {
+        a.status.label()
+    } else {
+        a.records
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,208 @@
+//! From observations to verdicts. Pure: no I/O, no clock reads (`now` is passed in).
+//!
+//! * A **target** is Up in a round when at least `resolver_quorum` resolvers resolved it and at
+//!   least one of its addresses passed the SMTP probe. One resolver failing is not an outage.
+//! * A **side** (the primary or the backup set) passes a round when any of its targets is Up:
+//!   senders try every MX, so one working target keeps mail flowing.
+//! * Hysteresis, after gdnsd's monitoring rule: a side starts **Unknown**; its first round makes
+//!   it Up (pass) or starts counting failures. While not Down, failing rounds accumulate and a
+//!   side goes **Down** at `fail_after` of them; a run of `recover_after` consecutive passes
+//!   forgives earlier isolated failures. A Down side comes back **Up** only after
+//!   `recover_after` consecutive passing rounds.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::model::{Fqdn, Side};
+
+/// What one address of a target did in a round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressResult {
+    pub address: IpAddr,
+    pub pass: bool,
+    /// The deciding detail: "250 ok" or "554 banner: service unavailable", "timeout in tls"…
+    pub reason: String,
+}
+
+/// What one resolver said about a target's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolverResult {
+    pub resolver: String,
+    /// Addresses this resolver returned (A and AAAA); empty when it failed.
+    pub addresses: Vec<IpAddr>,
+    /// Why it returned nothing (NXDOMAIN, SERVFAIL, timeout…), when it did.
+    pub error: Option<String>,
+}
+
+impl ResolverResult {
+    pub fn resolved(&self) -> bool {
+        !self.addresses.is_empty()
+    }
+}
+
+/// One target in one round: every resolver's answer and every probed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetRound {
+    pub target: Fqdn,
+    pub resolvers: Vec<ResolverResult>,
+    pub addresses: Vec<AddressResult>,
+}
+
+/// A target's verdict for one round, with the reason in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetVerdict {
+    pub target: Fqdn,
+    pub up: bool,
+    pub reason: String,
+}
+
+pub fn target_verdict(round: &TargetRound, resolver_quorum: u32) -> TargetVerdict {
+    let resolved = round.resolvers.iter().filter(|r| r.resolved()).count();
+    let verdict = |up: bool, reason: String| TargetVerdict {
+        target: round.target.clone(),
+        up,
+        reason,
+    };
+    if (resolved as u32) < resolver_quorum {
+        let failures: Vec<String> = round
+            .resolvers
+            .iter()
+            .filter(|r| !r.resolved())
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.resolver,
+                    r.error.as_deref().unwrap_or("no address")
+                )
+            })
+            .collect();
+        return verdict(
+            false,
+            format!(
+                "resolved by {resolved} of {} resolvers, quorum is {resolver_quorum} ({})",
+                round.resolvers.len(),
+                failures.join("; ")
+            ),
+        );
+    }
+    match round.addresses.iter().find(|a| a.pass) {
+        Some(a) => verdict(true, format!("{} passed: {}", a.address, a.reason)),
+        None if round.addresses.is_empty() => verdict(false, "no address to probe".to_string()),
+        None => verdict(
+            false,
+            round
+                .addresses
+                .iter()
+                .map(|a| format!("{}: {}", a.address, a.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+/// A side passes a round when any of its targets is Up.
+pub fn side_passes(verdicts: &[TargetVerdict]) -> bool {
+    verdicts.iter().any(|v| v.up)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Unknown,
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub fail_after: u32,
+    pub recover_after: u32,
+}
+
+/// The running health of one side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SideHealth {
+    pub side: Side,
+    pub health: Health,
+    pub since: Option<DateTime<Utc>>,
+    /// Failing rounds counted towards Down (not necessarily consecutive; see module doc).
+    pub failures: u32,
+    /// Consecutive passing rounds.
+    pub passes: u32,
+    pub rounds: u64,
+}
+
+/// A change of a side's health, with the evidence counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthChange {
+    pub side: Side,
+    pub from: Health,
+    pub to: Health,
+    pub failures: u32,
+    pub passes: u32,
+}
+
+impl SideHealth {
+    pub fn new(side: Side) -> Self {
+        SideHealth {
+            side,
+            health: Health::Unknown,
+            since: None,
+            failures: 0,
+            passes: 0,
+            rounds: 0,
+        }
+    }
+
+    /// Folds one round in; returns the change of health, if any.
+    pub fn observe(
+        &mut self,
+        pass: bool,
+        now: DateTime<Utc>,
+        t: Thresholds,
+    ) -> Option<HealthChange> {
+        self.rounds += 1;
+        if pass {
+            self.passes += 1;
+            if self.passes >= t.recover_after {
+                self.failures = 0;
+            }
+        } else {
+            self.passes = 0;
+            self.failures += 1;
+        }
+        let next = match (self.health, pass) {
+            (Health::Unknown, true) => Health::Up,
+            (Health::Down, true) if self.passes >= t.recover_after => Health::Up,
+            (Health::Unknown | Health::Up, false) if self.failures >= t.fail_after => Health::Down,
+            (h, _) => h,
+        };
+        if next == self.health {
+            return None;
+        }
+        let change = HealthChange {
+            side: self.side,
+            from: self.health,
+            to: next,
+            failures: self.failures,
+            passes: self.passes,
+        };
+        self.health = next;
+        self.since = Some(now);
+        if next == Health::Up {
+            self.failures = 0;
+        }
+        Some(change)
+    }
+
+    /// Whether a failing target of this side deserves fast re-probing: it has failed but is
+    /// not yet Down.
+    pub fn confirming(&self) -> bool {
+        self.failures > 0 && self.health != Health::Down
+    }
+}
+
+#[cfg(test)]
+mod tests;

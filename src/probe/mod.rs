@@ -1,0 +1,8 @@
+//! Probes: what each resolver says (`dns`) and whether each MX address behaves like a mail
+//! server a sender can hand mail to (`smtp`). `target` combines them into the health model's
+//! [`TargetRound`](crate::health::TargetRound).
+
+pub mod dns;
+pub mod smtp;
+pub mod target;
+pub mod tls;

@@ -1,0 +1,121 @@
+//! One target in one round: resolve it at every resolver, probe every address found, and hand
+//! the health model a [`TargetRound`]. Concurrency is capped overall (a semaphore shared by all
+//! domains) and per target (addresses of one host are probed a few at a time).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::dns::{self, DnsAnswer, DnsClient};
+use super::smtp::{self, RcptCheck, SmtpPolicy, SmtpReport};
+use crate::health::{AddressResult, ResolverResult, TargetRound};
+use crate::model::{Fqdn, Side};
+
+/// At most this many SMTP connections to one target's addresses at once.
+pub const PER_TARGET_CONCURRENCY: usize = 4;
+
+/// Shared probing resources.
+#[derive(Clone)]
+pub struct Prober {
+    pub resolvers: Vec<DnsClient>,
+    pub smtp: SmtpPolicy,
+    /// Caps SMTP probes in flight across every domain.
+    pub global: Arc<Semaphore>,
+}
+
+/// What to probe: one MX host of one side.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub side: Side,
+    pub host: Fqdn,
+    pub rcpt: Option<RcptCheck>,
+}
+
+/// Everything a round learned about a target: the health model's input plus the evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetEvidence {
+    pub side: Side,
+    pub round: TargetRound,
+    pub dns: Vec<DnsAnswer>,
+    pub smtp: Vec<SmtpReport>,
+}
+
+impl Prober {
+    pub async fn probe_target(&self, spec: &TargetSpec, now: DateTime<Utc>) -> TargetEvidence {
+        let mut lookups = JoinSet::new();
+        for (i, client) in self.resolvers.iter().enumerate() {
+            let client = *client;
+            let host = spec.host.clone();
+            lookups.spawn(async move { (i, dns::resolve_addresses(&client, &host).await) });
+        }
+        let mut per_resolver: Vec<Option<(Vec<IpAddr>, Vec<DnsAnswer>)>> =
+            vec![None; self.resolvers.len()];
+        while let Some(joined) = lookups.join_next().await {
+            if let Ok((i, result)) = joined {
+                per_resolver[i] = Some(result);
+            }
+        }
+        let mut resolvers = Vec::new();
+        let mut answers = Vec::new();
+        let mut addresses = BTreeSet::new();
+        for (client, result) in self.resolvers.iter().zip(per_resolver) {
+            let (addrs, ans) = result.unwrap_or_default();
+            addresses.extend(addrs.iter().copied());
+            resolvers.push(ResolverResult {
+                resolver: client.server.to_string(),
+                error: addrs.is_empty().then(|| dns::resolution_error(&ans)),
+                addresses: addrs,
+            });
+            answers.extend(ans);
+        }
+
+        let mut policy = self.smtp.clone();
+        policy.rcpt = spec.rcpt.clone();
+        let policy = Arc::new(policy);
+        let local = Arc::new(Semaphore::new(PER_TARGET_CONCURRENCY));
+        let mut probes = JoinSet::new();
+        for address in addresses {
+            let (policy, local, global, host) = (
+                policy.clone(),
+                local.clone(),
+                self.global.clone(),
+                spec.host.clone(),
+            );
+            probes.spawn(async move {
+                let _l = local.acquire_owned().await.ok();
+                let _g = global.acquire_owned().await.ok();
+                smtp::probe(&host, address, &policy, now).await
+            });
+        }
+        let mut reports = Vec::new();
+        while let Some(joined) = probes.join_next().await {
+            if let Ok(report) = joined {
+                reports.push(report);
+            }
+        }
+        reports.sort_by_key(|r| r.address);
+        let address_results = reports
+            .iter()
+            .map(|r| AddressResult {
+                address: r.address.ip(),
+                pass: r.pass,
+                reason: r.summary(),
+            })
+            .collect();
+        TargetEvidence {
+            side: spec.side,
+            round: TargetRound {
+                target: spec.host.clone(),
+                resolvers,
+                addresses: address_results,
+            },
+            dns: answers,
+            smtp: reports,
+        }
+    }
+}
