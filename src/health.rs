@@ -197,10 +197,10 @@ impl SideHealth {
         Some(change)
     }
 
-    /// Whether a failing target of this side deserves fast re-probing: it has failed but is
-    /// not yet Down.
+    /// Whether this side deserves fast re-probing: its last round failed and it is not Down
+    /// yet. A pass ends confirmation (earlier failures still count until forgiven).
     pub fn confirming(&self) -> bool {
-        self.failures > 0 && self.health != Health::Down
+        self.passes == 0 && self.failures > 0 && self.health != Health::Down
     }
 }
 

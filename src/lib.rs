@@ -11,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod logging;
 pub mod model;
+pub mod monitor;
 pub mod probe;
 pub mod store;
 

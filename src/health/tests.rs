@@ -174,8 +174,16 @@ fn changes_carry_evidence_and_time() {
     assert_eq!(h.since, Some(now(0)));
     assert!(h.observe(false, now(1), T).is_none());
     assert!(h.confirming());
-    assert!(h.observe(false, now(2), T).is_none());
-    let c = h.observe(false, now(3), T).expect("goes down");
+    assert!(h.observe(true, now(2), T).is_none());
+    assert!(!h.confirming(), "a pass ends confirmation");
+    assert!(h.observe(false, now(3), T).is_none());
+    assert_eq!(
+        h.failures, 2,
+        "the earlier failure is not forgiven by one pass"
+    );
+    let c = h
+        .observe(false, now(4), T)
+        .expect("goes down at the third failure");
     assert_eq!(
         c,
         HealthChange {
@@ -186,7 +194,7 @@ fn changes_carry_evidence_and_time() {
             passes: 0
         }
     );
-    assert_eq!(h.since, Some(now(3)));
+    assert_eq!(h.since, Some(now(4)));
     assert!(!h.confirming(), "a Down side is not being confirmed");
 }
 

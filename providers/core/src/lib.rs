@@ -1,14 +1,33 @@
 //! mxguard's core vocabulary: domain names, TTLs, MX/A/AAAA/TXT record sets, and the
-//! [`DnsProvider`] port that every provider crate implements.
+//! [`DnsProvider`] port that every provider crate implements; the machinery every provider
+//! shares ([`Guarded`]: token bucket, retries, deadline, one change in flight per zone, on an
+//! injected [`Clock`]); [`diff`]; and, behind the `conformance` feature, the provider
+//! conformance kit (see `CONFORMANCE.md`).
 #![forbid(unsafe_code)]
 
+pub mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod diff;
+mod guarded;
+pub mod jitter;
 mod name;
 mod provider;
+pub mod ratelimit;
 mod record;
+pub mod retry;
+mod zonelock;
 
+pub use clock::{Clock, ManualClock, TokioClock};
+pub use diff::{diff, write_rank};
+pub use guarded::Guarded;
+pub use jitter::{FixedJitter, Jitter, SeededJitter};
 pub use name::{DomainName, Fqdn};
 pub use provider::{Capabilities, Change, ChangeSet, DnsProvider, ProviderError, RrsetKey};
+pub use ratelimit::{RateLimit, RateLimitError, TokenBucket};
 pub use record::{MxRecord, Preference, RData, RecordSet, RecordType, Ttl};
+pub use retry::{Retrier, RetryPolicy};
+pub use zonelock::{ZoneGuard, ZoneLocks};
 
 /// A value that failed to parse into the model. Messages say what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

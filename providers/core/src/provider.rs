@@ -25,9 +25,12 @@ impl RrsetKey {
     }
 }
 
-/// One change to one RRset. `expected` is what the planner read before planning: providers that
-/// can (RFC 2136 prerequisites) refuse the change when the live RRset differs, so a change
-/// made by someone else in between is detected, not overwritten.
+/// One change to one RRset. `expected` is what the planner read before planning — `None`
+/// means the RRset was absent. It is a precondition: a provider refuses the change with
+/// [`ProviderError::Rejected`] when the live RRset's records differ from `expected` (or the
+/// RRset exists when `None` was expected), so a change made by someone else in between is
+/// detected, not overwritten. Providers compare records, not TTLs (RFC 2136 §2.4.2
+/// prerequisites cannot see TTLs). [`crate::diff`] fills `expected` from what it was given.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
@@ -50,6 +53,13 @@ impl Change {
             Change::Delete { key, .. } => key.clone(),
         }
     }
+
+    /// The RRset the planner saw; `None` when it saw none.
+    pub fn expected(&self) -> Option<&RecordSet> {
+        match self {
+            Change::Upsert { expected, .. } | Change::Delete { expected, .. } => expected.as_ref(),
+        }
+    }
 }
 
 /// Changes to one zone, applied as one request where the provider allows it.
@@ -61,6 +71,42 @@ pub struct ChangeSet {
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
+    }
+
+    /// The checks every provider makes before sending anything: each name lies in `zone`,
+    /// each `expected` is for the same RRset as its change, and no RRset is changed twice.
+    pub fn validate_for(&self, zone: &Fqdn) -> Result<(), ProviderError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for change in &self.changes {
+            let key = change.key();
+            if !key.name.is_within(zone) {
+                return Err(ProviderError::Rejected {
+                    reason: format!("{} is not in zone {zone}", key.name),
+                });
+            }
+            if let Some(expected) = change.expected() {
+                if RrsetKey::of(expected) != key {
+                    return Err(ProviderError::Rejected {
+                        reason: format!(
+                            "the expected RRset {} {} does not match the change to {} {}",
+                            expected.name(),
+                            expected.rtype(),
+                            key.name,
+                            key.rtype
+                        ),
+                    });
+                }
+            }
+            if !seen.insert(key.clone()) {
+                return Err(ProviderError::Rejected {
+                    reason: format!(
+                        "two changes to {} {} in one change set",
+                        key.name, key.rtype
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -126,7 +172,9 @@ pub trait DnsProvider: Send + Sync {
     /// Every RRset of a managed type in `zone`, for whole-zone snapshots.
     async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError>;
 
-    /// Applies `changes` to `zone`.
+    /// Applies `changes` to `zone`, checking each change's `expected` first. An empty change
+    /// set succeeds without a request. Changes to names outside `zone`, or two changes to one
+    /// RRset, are `Rejected` before anything is sent.
     async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError>;
 }
 
@@ -141,5 +189,43 @@ mod tests {
         assert!(!ProviderError::Auth("x".into()).is_retryable());
         assert!(!ProviderError::NotFound("x".into()).is_retryable());
         assert!(!ProviderError::Rejected { reason: "x".into() }.is_retryable());
+    }
+
+    fn a_set(name: &str) -> RecordSet {
+        RecordSet::parse(
+            Fqdn::parse(name).unwrap(),
+            RecordType::A,
+            crate::Ttl::new(60).unwrap(),
+            &["192.0.2.1"],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn validate_for_refuses_foreign_names_duplicates_and_mismatched_expectations() {
+        let zone = Fqdn::parse("example.com").unwrap();
+        let upsert = |name: &str, expected: Option<RecordSet>| Change::Upsert {
+            set: a_set(name),
+            expected,
+        };
+        let ok = ChangeSet {
+            changes: vec![upsert("a.example.com", None), upsert("b.example.com", None)],
+        };
+        assert_eq!(ok.validate_for(&zone), Ok(()));
+        let foreign = ChangeSet {
+            changes: vec![upsert("a.example.net", None)],
+        };
+        let twice = ChangeSet {
+            changes: vec![upsert("a.example.com", None), upsert("A.example.com", None)],
+        };
+        let mismatched = ChangeSet {
+            changes: vec![upsert("a.example.com", Some(a_set("b.example.com")))],
+        };
+        for bad in [foreign, twice, mismatched] {
+            assert!(matches!(
+                bad.validate_for(&zone),
+                Err(ProviderError::Rejected { .. })
+            ));
+        }
     }
 }
