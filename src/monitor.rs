@@ -40,7 +40,7 @@ impl TargetProber for Prober {
 pub struct MonitorSettings {
     pub interval: Duration,
     pub confirm_interval: Duration,
-    /// Each interval is stretched by a random fraction of this.
+    /// Each interval varies by up to ± half of this (the mean stays `interval`).
     pub jitter: Duration,
     pub thresholds: Thresholds,
     pub resolver_quorum: u32,
@@ -153,28 +153,27 @@ impl Monitor {
         if self.health(side).confirming() {
             (self.settings.confirm_interval, true)
         } else {
-            let extra = self.settings.jitter.mul_f64(self.jitter.fraction());
-            (self.settings.interval + extra, false)
+            // Symmetric jitter: rounds drift apart, the mean interval stays `interval`.
+            let j = self.settings.jitter;
+            let delay =
+                self.settings.interval.saturating_sub(j / 2) + j.mul_f64(self.jitter.fraction());
+            (delay, false)
         }
     }
 
     /// Runs rounds until `shutdown`, sending every report; stops early if the receiver is gone.
     pub async fn run(mut self, tx: mpsc::Sender<RoundReport>, shutdown: CancellationToken) {
         let start = self.clock.now();
-        let first = |j: &dyn Jitter, interval: Duration| interval.mul_f64(j.fraction());
-        // Spread first rounds over one interval so many domains do not start together.
-        let mut due = [
-            (
-                Side::Primary,
-                start + first(&*self.jitter, self.settings.interval),
-                false,
-            ),
-            (
-                Side::Backup,
-                start + first(&*self.jitter, self.settings.interval),
-                false,
-            ),
-        ];
+        // Spread first rounds over one interval so many domains do not start together. A side
+        // with no target is never probed: an empty round would count as a failure.
+        let mut due: Vec<(Side, Instant, bool)> = [Side::Primary, Side::Backup]
+            .into_iter()
+            .filter(|side| self.targets.iter().any(|t| t.side == *side))
+            .map(|side| {
+                let offset = self.settings.interval.mul_f64(self.jitter.fraction());
+                (side, start + offset, false)
+            })
+            .collect();
         loop {
             let Some(i) = (0..due.len()).min_by_key(|&i| due[i].1) else {
                 return;

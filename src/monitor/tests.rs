@@ -191,3 +191,44 @@ async fn a_single_failed_round_is_forgiven() {
         "back to the normal schedule"
     );
 }
+
+#[tokio::test]
+async fn a_side_without_targets_is_never_probed() {
+    let clock = ManualClock::new();
+    let prober = Arc::new(Scripted {
+        clock: clock.clone(),
+        outages: BTreeMap::new(),
+        calls: Mutex::new(vec![]),
+    });
+    let monitor = Monitor::new(
+        Fqdn::parse("example.test").unwrap(),
+        vec![spec(Side::Primary, "mx1.example.test")],
+        settings(),
+        prober,
+        Arc::new(clock.clone()),
+        Arc::new(FixedJitter(0.5)),
+        Utc::now(),
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    let task = monitor.run(tx, stop.clone());
+    let reports = clock
+        .drive(async {
+            tokio::select! {
+                _ = task => panic!("monitor ended"),
+                r = async {
+                    let mut seen = vec![];
+                    while seen.len() < 10 {
+                        seen.push(rx.recv().await.expect("report"));
+                    }
+                    seen
+                } => r,
+            }
+        })
+        .await;
+    assert!(
+        reports.iter().all(|r| r.side == Side::Primary),
+        "only the primary has targets"
+    );
+    assert!(reports.iter().all(|r| r.health.health == Health::Up));
+}

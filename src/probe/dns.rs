@@ -101,6 +101,8 @@ pub struct DnsClient {
 }
 
 const EDNS_PAYLOAD: u16 = 1232;
+/// UDP sends within one timeout (the first and up to two resends).
+const UDP_SENDS: u32 = 3;
 
 impl DnsClient {
     pub fn resolver(server: SocketAddr, timeout: Duration) -> Self {
@@ -183,15 +185,25 @@ impl DnsClient {
         };
         let sock = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
         sock.connect(self.server).await.map_err(|e| e.to_string())?;
-        sock.send(bytes).await.map_err(|e| e.to_string())?;
+        // Like any stub resolver, resend a lost datagram: one lost packet is not the
+        // resolver failing. The caller's timeout bounds the whole exchange.
+        let resend_after = (self.timeout / UDP_SENDS).max(Duration::from_millis(100));
         let mut buf = vec![0u8; 65535];
         loop {
-            let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
-            // Ignore stray datagrams that do not answer our id (spoofing, late replies).
-            if let Ok(msg) = Message::from_vec(&buf[..n]) {
-                if msg.metadata.id == id {
-                    return Ok(msg);
+            sock.send(bytes).await.map_err(|e| e.to_string())?;
+            let wait = tokio::time::timeout(resend_after, async {
+                loop {
+                    let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+                    // Ignore stray datagrams that do not answer our id (spoofing, late replies).
+                    if let Ok(msg) = Message::from_vec(&buf[..n]) {
+                        if msg.metadata.id == id {
+                            return Ok::<Message, String>(msg);
+                        }
+                    }
                 }
+            });
+            if let Ok(result) = wait.await {
+                return result;
             }
         }
     }
