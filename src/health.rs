@@ -107,7 +107,7 @@ pub fn side_passes(verdicts: &[TargetVerdict]) -> bool {
     verdicts.iter().any(|v| v.up)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Unknown,

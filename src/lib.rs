@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod logging;
+pub mod machine;
 pub mod model;
 pub mod monitor;
 pub mod probe;

@@ -1,0 +1,616 @@
+//! The failover state machine. Pure: `step(state, input, now, policy) -> effects`, and
+//! `next_deadline` says when it next wants a `Tick`. No I/O, no clock, no randomness — the
+//! per-domain actor feeds it verdicts, observations, change outcomes and operator commands,
+//! persists the new state, then carries out the effects.
+//!
+//! Rules (DESIGN.md, "The failover state machine"): never publish a side that is Down at the
+//! moment of the decision; fail back only after the primary has been Up for the whole hold;
+//! an override (pause, pin) beats automation and is lifted only by an operator or its expiry;
+//! at most one change in flight; too many transitions in a window pause automation.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::health::Health;
+use crate::model::Side;
+
+pub type Time = DateTime<Utc>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// No full probe round yet, or the published records match neither side.
+    Unknown,
+    Primary,
+    FailingOver,
+    OnBackup,
+    FailbackPending,
+    FailingBack,
+    BothDown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Override {
+    Paused {
+        by: String,
+        reason: String,
+        at: Time,
+    },
+    Pinned {
+        side: Side,
+        until: Time,
+        by: String,
+        reason: String,
+        at: Time,
+    },
+}
+
+/// Everything the machine remembers; persisted as JSON after every step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainState {
+    pub phase: Phase,
+    pub since: Option<Time>,
+    /// What the provider serves, as last observed: which side's records, if either.
+    pub published: Option<Side>,
+    /// The TTL of the managed records when last observed.
+    pub published_ttl: Option<u32>,
+    /// The TTL that was live before the last failover (restored on failback; sizes the hold).
+    pub ttl_before_failover: Option<u32>,
+    pub primary: Health,
+    pub backup: Health,
+    pub primary_up_since: Option<Time>,
+    #[serde(rename = "override")]
+    pub overrides: Option<Override>,
+    /// Failback approved by an operator (only meaningful with `approval`).
+    pub approved: bool,
+    /// The side a change in flight is publishing.
+    pub in_flight: Option<Side>,
+    /// Times of recent automated moves, for the flap guard.
+    pub moves: VecDeque<Time>,
+}
+
+impl Default for DomainState {
+    fn default() -> Self {
+        DomainState {
+            phase: Phase::Unknown,
+            since: None,
+            published: None,
+            published_ttl: None,
+            ttl_before_failover: None,
+            primary: Health::Unknown,
+            backup: Health::Unknown,
+            primary_up_since: None,
+            overrides: None,
+            approved: false,
+            in_flight: None,
+            moves: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `None`: max(10 min, 2 × ttl_before_failover).
+    pub hold: Option<Duration>,
+    pub approval: bool,
+    /// More than `flap_max` automated moves within `flap_window` pause automation.
+    pub flap_max: usize,
+    pub flap_window: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            hold: None,
+            approval: false,
+            flap_max: 4,
+            flap_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub const MIN_HOLD: Duration = Duration::from_secs(600);
+
+impl Policy {
+    pub fn hold_for(&self, state: &DomainState) -> Duration {
+        self.hold.unwrap_or_else(|| {
+            let ttl = Duration::from_secs(u64::from(state.ttl_before_failover.unwrap_or(0)) * 2);
+            MIN_HOLD.max(ttl)
+        })
+    }
+}
+
+/// An operator's request, with who and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Failover,
+    Failback,
+    Pin { side: Side, until: Time },
+    Unpin,
+    Pause,
+    Resume,
+    Approve,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The sides' health after a probe round.
+    Health { primary: Health, backup: Health },
+    /// What the provider serves now (read by the actor).
+    Observed {
+        published: Option<Side>,
+        ttl: Option<u32>,
+    },
+    /// The change in flight is visible at the authoritative servers.
+    ChangeVerified { side: Side },
+    /// The change in flight failed (the actor retries with backoff).
+    ChangeFailed { side: Side, error: String },
+    /// A deadline from `next_deadline` passed.
+    Tick,
+    Command {
+        command: Command,
+        by: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Make `side`'s records the published ones (snapshot, intent, apply, verify).
+    Publish { side: Side, why: String },
+    /// Record in the timeline.
+    Event { kind: &'static str, message: String },
+    /// Record and notify: someone should look.
+    Alert { kind: &'static str, message: String },
+    /// The command was refused; nothing changed.
+    Rejected { reason: String },
+}
+
+fn healthy(h: Health) -> bool {
+    h == Health::Up
+}
+
+impl DomainState {
+    fn health(&self, side: Side) -> Health {
+        match side {
+            Side::Primary => self.primary,
+            Side::Backup => self.backup,
+        }
+    }
+
+    pub fn change_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    fn enter(&mut self, phase: Phase, now: Time, fx: &mut Vec<Effect>, why: String) {
+        if self.phase != phase {
+            fx.push(Effect::Event {
+                kind: "transition",
+                message: format!("{:?} → {:?}: {why}", self.phase, phase),
+            });
+            self.phase = phase;
+            self.since = Some(now);
+        }
+    }
+
+    /// Starts publishing `side`; the caller checked that it is not Down and nothing is in flight.
+    fn publish(
+        &mut self,
+        side: Side,
+        now: Time,
+        fx: &mut Vec<Effect>,
+        why: String,
+        automated: bool,
+    ) {
+        if side == Side::Backup && self.published != Some(Side::Backup) {
+            self.ttl_before_failover = self.published_ttl.or(self.ttl_before_failover);
+        }
+        let phase = match side {
+            Side::Primary => Phase::FailingBack,
+            Side::Backup => Phase::FailingOver,
+        };
+        self.in_flight = Some(side);
+        self.approved = false;
+        if automated {
+            self.moves.push_back(now);
+        }
+        self.enter(phase, now, fx, why.clone());
+        fx.push(Effect::Publish { side, why });
+    }
+}
+
+/// One step. Returns the effects to carry out, in order.
+pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    match input {
+        Input::Health { primary, backup } => {
+            if primary == Health::Up && state.primary != Health::Up {
+                state.primary_up_since = Some(now);
+            } else if primary != Health::Up {
+                state.primary_up_since = None;
+            }
+            state.primary = primary;
+            state.backup = backup;
+        }
+        Input::Observed { published, ttl } => {
+            state.published = published;
+            state.published_ttl = ttl;
+        }
+        Input::ChangeVerified { side } => {
+            if state.in_flight == Some(side) {
+                state.in_flight = None;
+                state.published = Some(side);
+                let phase = match side {
+                    Side::Primary => Phase::Primary,
+                    Side::Backup => Phase::OnBackup,
+                };
+                state.enter(
+                    phase,
+                    now,
+                    &mut fx,
+                    format!("{side} records verified at the authoritative servers"),
+                );
+            }
+        }
+        Input::ChangeFailed { side, error } => {
+            if state.in_flight == Some(side) {
+                fx.push(Effect::Alert {
+                    kind: "change_failed",
+                    message: format!("publishing the {side} records failed: {error}; retrying"),
+                });
+            }
+        }
+        Input::Tick => {}
+        Input::Command {
+            command,
+            by,
+            reason,
+        } => {
+            command_step(state, command, &by, &reason, now, &mut fx);
+            return fx;
+        }
+    }
+    expire_pin(state, now, &mut fx);
+    automate(state, now, policy, &mut fx);
+    fx
+}
+
+fn expire_pin(state: &mut DomainState, now: Time, fx: &mut Vec<Effect>) {
+    if let Some(Override::Pinned { side, until, .. }) = &state.overrides {
+        if now >= *until {
+            fx.push(Effect::Event {
+                kind: "override",
+                message: format!("pin to {side} expired at {until}; automation resumes"),
+            });
+            state.overrides = None;
+        }
+    }
+}
+
+/// What automation does, given health and what is published. Nothing while overridden or while
+/// a change is in flight (the actor retries that change; the machine does not pile on).
+fn automate(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Effect>) {
+    if state.overrides.is_some() || state.change_in_flight() {
+        return;
+    }
+    let (p, b) = (state.primary, state.backup);
+    match state.phase {
+        Phase::Unknown => {
+            // No decision before the primary has a verdict; never changes records.
+            if p == Health::Unknown {
+                return;
+            }
+            let Some(side) = state.published else {
+                return; // matches neither side: the actor reports drift; an operator decides
+            };
+            if p == Health::Down && b == Health::Down {
+                state.enter(
+                    Phase::BothDown,
+                    now,
+                    fx,
+                    "first verdicts: primary and backup both Down".into(),
+                );
+            } else {
+                let phase = if side == Side::Primary {
+                    Phase::Primary
+                } else {
+                    Phase::OnBackup
+                };
+                state.enter(
+                    phase,
+                    now,
+                    fx,
+                    format!("first verdicts; {side} records published"),
+                );
+            }
+        }
+        Phase::Primary => {
+            if p == Health::Down {
+                if healthy(b) {
+                    if flap_guard(state, now, policy, fx) {
+                        return;
+                    }
+                    state.publish(
+                        Side::Backup,
+                        now,
+                        fx,
+                        "primary Down, backup Up".into(),
+                        true,
+                    );
+                } else if b == Health::Down {
+                    state.enter(
+                        Phase::BothDown,
+                        now,
+                        fx,
+                        "primary and backup both Down".into(),
+                    );
+                    fx.push(Effect::Alert {
+                        kind: "both_down",
+                        message: "primary and backup are both Down; keeping the published records"
+                            .into(),
+                    });
+                }
+            }
+        }
+        Phase::OnBackup | Phase::FailbackPending => {
+            if !healthy(p) {
+                if state.phase == Phase::FailbackPending {
+                    state.enter(
+                        Phase::OnBackup,
+                        now,
+                        fx,
+                        format!("primary {p:?} again; hold restarts"),
+                    );
+                }
+                if p == Health::Down && b == Health::Down {
+                    state.enter(
+                        Phase::BothDown,
+                        now,
+                        fx,
+                        "primary and backup both Down".into(),
+                    );
+                    fx.push(Effect::Alert {
+                        kind: "both_down",
+                        message: "primary and backup are both Down; keeping the published records"
+                            .into(),
+                    });
+                }
+                return;
+            }
+            let up_since = state.primary_up_since.unwrap_or(now);
+            if state.phase == Phase::OnBackup {
+                state.enter(
+                    Phase::FailbackPending,
+                    now,
+                    fx,
+                    "primary Up; failback guard running".into(),
+                );
+            }
+            let hold = policy.hold_for(state);
+            let held = now
+                .signed_duration_since(up_since)
+                .to_std()
+                .unwrap_or_default()
+                >= hold;
+            let backup_down = b == Health::Down;
+            if !(held || backup_down) {
+                return;
+            }
+            if policy.approval && !state.approved && !backup_down {
+                return;
+            }
+            if flap_guard(state, now, policy, fx) {
+                return;
+            }
+            let why = if backup_down {
+                "backup Down while the primary is Up".to_string()
+            } else {
+                format!(
+                    "primary Up for the whole hold ({})",
+                    humantime::format_duration(hold)
+                )
+            };
+            state.publish(Side::Primary, now, fx, why, true);
+        }
+        Phase::BothDown => {
+            // Stay on the published side as soon as it is Up again (a failback then goes through
+            // the guard); move only when the published side is still Down and the other is Up.
+            let Some(published) = state.published else {
+                return;
+            };
+            let other = match published {
+                Side::Primary => Side::Backup,
+                Side::Backup => Side::Primary,
+            };
+            if healthy(state.health(published)) {
+                let phase = if published == Side::Primary {
+                    Phase::Primary
+                } else {
+                    Phase::OnBackup
+                };
+                state.enter(phase, now, fx, format!("{published} Up again"));
+            } else if healthy(state.health(other)) && !flap_guard(state, now, policy, fx) {
+                state.publish(
+                    other,
+                    now,
+                    fx,
+                    format!("{other} Up while the published {published} is Down"),
+                    true,
+                );
+            }
+        }
+        Phase::FailingOver | Phase::FailingBack => {}
+    }
+}
+
+/// True (and pauses automation) when one more automated move would exceed the flap budget.
+fn flap_guard(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Effect>) -> bool {
+    let window = chrono::Duration::from_std(policy.flap_window).unwrap_or_default();
+    while state
+        .moves
+        .front()
+        .is_some_and(|t| now.signed_duration_since(*t) > window)
+    {
+        state.moves.pop_front();
+    }
+    if state.moves.len() < policy.flap_max {
+        return false;
+    }
+    state.overrides = Some(Override::Paused {
+        by: "flap-guard".into(),
+        reason: format!(
+            "{} automated moves within {}",
+            state.moves.len(),
+            humantime::format_duration(policy.flap_window)
+        ),
+        at: now,
+    });
+    fx.push(Effect::Alert {
+        kind: "flap_guard",
+        message: format!(
+            "automation paused: {} moves within {}; resume through the API when stable",
+            state.moves.len(),
+            humantime::format_duration(policy.flap_window)
+        ),
+    });
+    true
+}
+
+fn command_step(
+    state: &mut DomainState,
+    command: Command,
+    by: &str,
+    reason: &str,
+    now: Time,
+    fx: &mut Vec<Effect>,
+) {
+    let reject = |fx: &mut Vec<Effect>, why: String| fx.push(Effect::Rejected { reason: why });
+    let who = format!("{by}: {reason}");
+    let publishing = matches!(
+        command,
+        Command::Failover | Command::Failback | Command::Pin { .. }
+    );
+    if publishing && state.change_in_flight() {
+        return reject(fx, "a change is in flight; retry when it completes".into());
+    }
+    match command {
+        Command::Failover | Command::Failback | Command::Pin { .. } => {
+            let side = match &command {
+                Command::Failover => Side::Backup,
+                Command::Failback => Side::Primary,
+                Command::Pin { side, .. } => *side,
+                _ => return,
+            };
+            if let Command::Pin { until, .. } = &command {
+                if *until <= now {
+                    return reject(fx, format!("pin expiry {until} is not in the future"));
+                }
+            }
+            if state.health(side) == Health::Down {
+                return reject(
+                    fx,
+                    format!("the {side} is Down; mxguard never publishes a Down side"),
+                );
+            }
+            let pinned_elsewhere =
+                matches!(&state.overrides, Some(Override::Pinned { side: s, .. }) if *s != side);
+            if pinned_elsewhere && !matches!(command, Command::Pin { .. }) {
+                return reject(
+                    fx,
+                    "the domain is pinned to the other side; unpin first".into(),
+                );
+            }
+            if let Command::Pin { until, .. } = command {
+                state.overrides = Some(Override::Pinned {
+                    side,
+                    until,
+                    by: by.to_string(),
+                    reason: reason.to_string(),
+                    at: now,
+                });
+                fx.push(Effect::Event {
+                    kind: "override",
+                    message: format!("pinned to {side} until {until} by {who}"),
+                });
+            }
+            if state.published == Some(side) {
+                if !matches!(command, Command::Pin { .. }) {
+                    reject(fx, format!("the {side} records are already published"));
+                }
+                return;
+            }
+            state.publish(side, now, fx, format!("operator {who}"), false);
+        }
+        Command::Unpin => match &state.overrides {
+            Some(Override::Pinned { .. }) => {
+                state.overrides = None;
+                fx.push(Effect::Event {
+                    kind: "override",
+                    message: format!("unpinned by {who}"),
+                });
+            }
+            _ => reject(fx, "the domain is not pinned".into()),
+        },
+        Command::Pause => {
+            state.overrides = Some(Override::Paused {
+                by: by.to_string(),
+                reason: reason.to_string(),
+                at: now,
+            });
+            fx.push(Effect::Event {
+                kind: "override",
+                message: format!("automation paused by {who}"),
+            });
+        }
+        Command::Resume => match &state.overrides {
+            Some(Override::Paused { .. }) => {
+                state.overrides = None;
+                state.moves.clear();
+                fx.push(Effect::Event {
+                    kind: "override",
+                    message: format!("automation resumed by {who}"),
+                });
+            }
+            _ => reject(fx, "automation is not paused".into()),
+        },
+        Command::Approve => {
+            if state.phase != Phase::FailbackPending {
+                return reject(fx, format!("nothing to approve in state {:?}", state.phase));
+            }
+            state.approved = true;
+            fx.push(Effect::Event {
+                kind: "operator",
+                message: format!("failback approved by {who}"),
+            });
+        }
+    }
+}
+
+/// When the machine next wants a `Tick`: the end of the hold, or a pin's expiry.
+pub fn next_deadline(state: &DomainState, policy: &Policy) -> Option<Time> {
+    let pin = match &state.overrides {
+        Some(Override::Pinned { until, .. }) => Some(*until),
+        _ => None,
+    };
+    let hold = (state.phase == Phase::FailbackPending && state.overrides.is_none())
+        .then_some(state.primary_up_since)
+        .flatten()
+        .and_then(|since| {
+            chrono::Duration::from_std(policy.hold_for(state))
+                .ok()
+                .map(|h| since + h)
+        });
+    match (pin, hold) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+use super::*;
+use proptest::prelude::*;
+use Health::{Down, Unknown, Up};
+
+fn t(secs: i64) -> Time {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid")
+}
+
+fn policy() -> Policy {
+    Policy {
+        hold: Some(Duration::from_secs(600)),
+        ..Policy::default()
+    }
+}
+
+fn health(p: Health, b: Health) -> Input {
+    Input::Health {
+        primary: p,
+        backup: b,
+    }
+}
+
+fn cmd(command: Command) -> Input {
+    Input::Command {
+        command,
+        by: "chatops".into(),
+        reason: "incident #1".into(),
+    }
+}
+
+fn publishes(fx: &[Effect]) -> Vec<Side> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Publish { side, .. } => Some(*side),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejected(fx: &[Effect]) -> bool {
+    fx.iter().any(|e| matches!(e, Effect::Rejected { .. }))
+}
+
+/// A state already settled on the primary.
+fn on_primary() -> DomainState {
+    let mut s = DomainState::default();
+    step(
+        &mut s,
+        Input::Observed {
+            published: Some(Side::Primary),
+            ttl: Some(3600),
+        },
+        t(0),
+        &policy(),
+    );
+    step(&mut s, health(Up, Up), t(0), &policy());
+    assert_eq!(s.phase, Phase::Primary);
+    s
+}
+
+fn failed_over() -> DomainState {
+    let mut s = on_primary();
+    assert_eq!(
+        publishes(&step(&mut s, health(Down, Up), t(10), &policy())),
+        vec![Side::Backup]
+    );
+    step(
+        &mut s,
+        Input::ChangeVerified { side: Side::Backup },
+        t(20),
+        &policy(),
+    );
+    assert_eq!(s.phase, Phase::OnBackup);
+    s
+}
+
+#[test]
+fn unknown_waits_for_a_primary_verdict_and_never_publishes() {
+    let mut s = DomainState::default();
+    step(
+        &mut s,
+        Input::Observed {
+            published: Some(Side::Primary),
+            ttl: Some(300),
+        },
+        t(0),
+        &policy(),
+    );
+    assert!(step(&mut s, health(Unknown, Up), t(1), &policy()).is_empty());
+    assert_eq!(s.phase, Phase::Unknown);
+    let fx = step(&mut s, health(Down, Up), t(2), &policy());
+    assert!(publishes(&fx).is_empty(), "Unknown never changes records");
+    assert_eq!(s.phase, Phase::Primary);
+    // the next round decides
+    assert_eq!(
+        publishes(&step(&mut s, health(Down, Up), t(3), &policy())),
+        vec![Side::Backup]
+    );
+}
+
+#[test]
+fn unknown_follows_what_is_published() {
+    for (published, p, b, phase) in [
+        (Side::Primary, Up, Up, Phase::Primary),
+        (Side::Backup, Up, Up, Phase::OnBackup),
+        (Side::Backup, Down, Up, Phase::OnBackup),
+        (Side::Primary, Down, Down, Phase::BothDown),
+    ] {
+        let mut s = DomainState::default();
+        step(
+            &mut s,
+            Input::Observed {
+                published: Some(published),
+                ttl: None,
+            },
+            t(0),
+            &policy(),
+        );
+        assert!(publishes(&step(&mut s, health(p, b), t(1), &policy())).is_empty());
+        assert_eq!(s.phase, phase, "{published:?} {p:?} {b:?}");
+    }
+    let mut s = DomainState::default();
+    step(
+        &mut s,
+        Input::Observed {
+            published: None,
+            ttl: None,
+        },
+        t(0),
+        &policy(),
+    );
+    step(&mut s, health(Up, Up), t(1), &policy());
+    assert_eq!(
+        s.phase,
+        Phase::Unknown,
+        "records matching neither side wait for an operator"
+    );
+}
+
+#[test]
+fn failover_needs_the_backup_up() {
+    let mut s = on_primary();
+    assert!(publishes(&step(&mut s, health(Down, Unknown), t(5), &policy())).is_empty());
+    assert_eq!(s.phase, Phase::Primary);
+    let fx = step(&mut s, health(Down, Down), t(6), &policy());
+    assert!(publishes(&fx).is_empty());
+    assert_eq!(s.phase, Phase::BothDown);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Alert {
+            kind: "both_down",
+            ..
+        }
+    )));
+}
+
+#[test]
+fn failover_remembers_the_ttl_and_one_change_at_a_time() {
+    let mut s = on_primary();
+    let fx = step(&mut s, health(Down, Up), t(10), &policy());
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert_eq!(s.phase, Phase::FailingOver);
+    assert_eq!(s.ttl_before_failover, Some(3600));
+    assert_eq!(s.in_flight, Some(Side::Backup));
+    // while in flight: no second publish, whatever happens
+    assert!(publishes(&step(&mut s, health(Up, Up), t(11), &policy())).is_empty());
+    assert!(rejected(&step(
+        &mut s,
+        cmd(Command::Failback),
+        t(12),
+        &policy()
+    )));
+    // a failure alerts and keeps the change in flight for the actor to retry
+    let fx = step(
+        &mut s,
+        Input::ChangeFailed {
+            side: Side::Backup,
+            error: "SERVFAIL".into(),
+        },
+        t(13),
+        &policy(),
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Alert {
+            kind: "change_failed",
+            ..
+        }
+    )));
+    assert_eq!(s.phase, Phase::FailingOver);
+    step(
+        &mut s,
+        Input::ChangeVerified { side: Side::Backup },
+        t(14),
+        &policy(),
+    );
+    // the primary reported Up meanwhile, so the failback guard starts at once
+    assert_eq!(
+        (s.phase, s.published, s.in_flight),
+        (Phase::FailbackPending, Some(Side::Backup), None)
+    );
+}
+
+#[test]
+fn failback_only_after_the_whole_hold() {
+    let mut s = failed_over();
+    step(&mut s, health(Up, Up), t(100), &policy());
+    assert_eq!(s.phase, Phase::FailbackPending);
+    assert_eq!(next_deadline(&s, &policy()), Some(t(700)));
+    assert!(publishes(&step(&mut s, Input::Tick, t(699), &policy())).is_empty());
+    // a relapse restarts the guard
+    step(&mut s, health(Down, Up), t(650), &policy());
+    assert_eq!(s.phase, Phase::OnBackup);
+    step(&mut s, health(Up, Up), t(660), &policy());
+    assert!(publishes(&step(&mut s, Input::Tick, t(700), &policy())).is_empty());
+    let fx = step(&mut s, Input::Tick, t(1260), &policy());
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
+    assert_eq!(s.phase, Phase::FailingBack);
+    step(
+        &mut s,
+        Input::ChangeVerified {
+            side: Side::Primary,
+        },
+        t(1270),
+        &policy(),
+    );
+    assert_eq!(s.phase, Phase::Primary);
+}
+
+#[test]
+fn default_hold_is_ten_minutes_or_twice_the_old_ttl() {
+    let p = Policy::default();
+    let mut s = DomainState {
+        ttl_before_failover: Some(60),
+        ..DomainState::default()
+    };
+    assert_eq!(p.hold_for(&s), Duration::from_secs(600));
+    s.ttl_before_failover = Some(3600);
+    assert_eq!(p.hold_for(&s), Duration::from_secs(7200));
+}
+
+#[test]
+fn approval_holds_failback_until_approved() {
+    let pol = Policy {
+        approval: true,
+        ..policy()
+    };
+    let mut s = failed_over();
+    step(&mut s, health(Up, Up), t(100), &pol);
+    assert!(publishes(&step(&mut s, Input::Tick, t(800), &pol)).is_empty());
+    let fx = step(&mut s, cmd(Command::Approve), t(801), &pol);
+    assert!(
+        publishes(&fx).is_empty(),
+        "approval alone does not publish; the next step does"
+    );
+    assert_eq!(
+        publishes(&step(&mut s, Input::Tick, t(802), &pol)),
+        vec![Side::Primary]
+    );
+}
+
+#[test]
+fn backup_down_while_primary_up_fails_back_without_waiting() {
+    let mut s = failed_over();
+    step(&mut s, health(Up, Up), t(100), &policy());
+    assert_eq!(
+        publishes(&step(&mut s, health(Up, Down), t(110), &policy())),
+        vec![Side::Primary]
+    );
+}
+
+#[test]
+fn both_down_keeps_what_is_published_and_leaves_to_an_up_side() {
+    let mut s = on_primary();
+    step(&mut s, health(Down, Down), t(5), &policy());
+    assert_eq!(s.phase, Phase::BothDown);
+    assert!(publishes(&step(&mut s, health(Down, Down), t(6), &policy())).is_empty());
+    assert_eq!(
+        publishes(&step(&mut s, health(Down, Up), t(7), &policy())),
+        vec![Side::Backup]
+    );
+    let mut s = on_primary();
+    step(&mut s, health(Down, Down), t(5), &policy());
+    assert!(publishes(&step(&mut s, health(Up, Down), t(6), &policy())).is_empty());
+    assert_eq!(s.phase, Phase::Primary, "the published side came back");
+}
+
+#[test]
+fn pin_wins_until_unpinned_or_expired() {
+    let mut s = on_primary();
+    let fx = step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Backup,
+            until: t(3600),
+        }),
+        t(10),
+        &policy(),
+    );
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    step(
+        &mut s,
+        Input::ChangeVerified { side: Side::Backup },
+        t(20),
+        &policy(),
+    );
+    // automation would fail back after the hold, but the pin wins
+    step(&mut s, health(Up, Up), t(30), &policy());
+    assert!(publishes(&step(&mut s, Input::Tick, t(3000), &policy())).is_empty());
+    assert_eq!(next_deadline(&s, &policy()), Some(t(3600)));
+    // expiry lifts it; automation resumes (the primary has been Up since 30 s)
+    let fx = step(&mut s, Input::Tick, t(3600), &policy());
+    assert!(s.overrides.is_none());
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
+}
+
+#[test]
+fn commands_that_would_publish_a_down_side_are_refused() {
+    let mut s = on_primary();
+    step(&mut s, health(Up, Down), t(5), &policy());
+    let before = s.clone();
+    for c in [
+        Command::Failover,
+        Command::Pin {
+            side: Side::Backup,
+            until: t(99),
+        },
+    ] {
+        let fx = step(&mut s, cmd(c), t(6), &policy());
+        assert!(rejected(&fx));
+        assert!(publishes(&fx).is_empty());
+        assert_eq!(s, before, "a refused command changes nothing");
+    }
+    assert!(
+        rejected(&step(
+            &mut s,
+            cmd(Command::Pin {
+                side: Side::Primary,
+                until: t(1)
+            }),
+            t(6),
+            &policy()
+        )),
+        "pin in the past"
+    );
+    assert!(rejected(&step(
+        &mut s,
+        cmd(Command::Unpin),
+        t(6),
+        &policy()
+    )));
+    assert!(rejected(&step(
+        &mut s,
+        cmd(Command::Resume),
+        t(6),
+        &policy()
+    )));
+    assert!(
+        rejected(&step(&mut s, cmd(Command::Failback), t(6), &policy())),
+        "already published"
+    );
+}
+
+#[test]
+fn pause_stops_automation_and_resume_restarts_it() {
+    let mut s = on_primary();
+    step(&mut s, cmd(Command::Pause), t(1), &policy());
+    assert!(publishes(&step(&mut s, health(Down, Up), t(2), &policy())).is_empty());
+    assert_eq!(s.primary, Down, "health is still tracked while paused");
+    step(&mut s, cmd(Command::Resume), t(3), &policy());
+    assert_eq!(
+        publishes(&step(&mut s, health(Down, Up), t(4), &policy())),
+        vec![Side::Backup]
+    );
+}
+
+#[test]
+fn flap_guard_pauses_after_too_many_moves() {
+    let pol = Policy {
+        hold: Some(Duration::from_secs(0)),
+        flap_max: 4,
+        ..policy()
+    };
+    let mut s = on_primary();
+    let mut moves = 0;
+    let mut now = 10;
+    let mut alerted = false;
+    for _ in 0..10 {
+        for input in [health(Down, Up), health(Up, Up)] {
+            now += 10;
+            let fx = step(&mut s, input, t(now), &pol);
+            moves += publishes(&fx).len();
+            alerted |= fx.iter().any(|e| {
+                matches!(
+                    e,
+                    Effect::Alert {
+                        kind: "flap_guard",
+                        ..
+                    }
+                )
+            });
+            if let Some(side) = s.in_flight {
+                step(&mut s, Input::ChangeVerified { side }, t(now), &pol);
+            }
+        }
+    }
+    assert_eq!(moves, 4);
+    assert!(alerted);
+    assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
+}
+
+#[test]
+fn state_round_trips_through_json() {
+    let mut s = failed_over();
+    step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Backup,
+            until: t(9999),
+        }),
+        t(30),
+        &policy(),
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    let back: DomainState = serde_json::from_value(json).unwrap();
+    assert_eq!(back, s);
+}
+
+// ---- invariants over generated histories ----
+
+#[derive(Debug, Clone)]
+enum Gen {
+    Health(Health, Health),
+    Verify,
+    Fail,
+    Tick,
+    Cmd(Command),
+    Advance(i64),
+}
+
+fn arb_health() -> impl Strategy<Value = Health> {
+    prop_oneof![Just(Up), Just(Down), Just(Unknown)]
+}
+
+fn arb_side() -> impl Strategy<Value = Side> {
+    prop_oneof![Just(Side::Primary), Just(Side::Backup)]
+}
+
+fn arb_gen() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        6 => (arb_health(), arb_health()).prop_map(|(p, b)| Gen::Health(p, b)),
+        3 => Just(Gen::Verify),
+        1 => Just(Gen::Fail),
+        2 => Just(Gen::Tick),
+        4 => (1i64..900).prop_map(Gen::Advance),
+        1 => prop_oneof![
+            Just(Command::Failover),
+            Just(Command::Failback),
+            Just(Command::Unpin),
+            Just(Command::Pause),
+            Just(Command::Resume),
+            Just(Command::Approve),
+            (arb_side(), -100i64..5000).prop_map(|(side, d)| Command::Pin { side, until: t(d) }),
+        ]
+        .prop_map(Gen::Cmd),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>()) {
+        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, ..Policy::default() };
+        let mut s = DomainState::default();
+        let mut now = 0i64;
+        step(&mut s, Input::Observed { published: Some(Side::Primary), ttl: Some(300) }, t(now), &pol);
+        let mut primary_up_since: Option<i64> = None;
+        for g in history {
+            let operator = matches!(g, Gen::Cmd(_));
+            let completes_flight = matches!(g, Gen::Verify) && s.in_flight.is_some();
+            let input = match g {
+                Gen::Health(p, b) => {
+                    if p == Up { primary_up_since.get_or_insert(now); } else { primary_up_since = None; }
+                    health(p, b)
+                }
+                Gen::Verify => match s.in_flight { Some(side) => Input::ChangeVerified { side }, None => Input::Tick },
+                Gen::Fail => match s.in_flight { Some(side) => Input::ChangeFailed { side, error: "x".into() }, None => Input::Tick },
+                Gen::Tick => Input::Tick,
+                Gen::Advance(d) => { now += d; Input::Tick }
+                Gen::Cmd(c) => cmd(c),
+            };
+            let before = s.clone();
+            let fx = step(&mut s, input, t(now), &pol);
+            for p in publishes(&fx) {
+                // 1. never publish a side that is Down at the moment of the decision
+                let h = if p == Side::Primary { s.primary } else { s.backup };
+                prop_assert_ne!(h, Down, "published a Down {:?}", p);
+                // 4. at most one change in flight (a verification may end one and start the next)
+                prop_assert!(before.in_flight.is_none() || completes_flight, "publish while a change was in flight");
+                // 2. automated failback only after the whole hold, unless the backup it leaves
+                //    is not known to work
+                if p == Side::Primary && !operator && s.backup == Up {
+                    let since = primary_up_since.expect("primary Up");
+                    prop_assert!(now - since >= 600, "failback after {}s of health", now - since);
+                }
+                // 3. automation never publishes over an override
+                if !operator {
+                    prop_assert!(before.overrides.is_none() || matches!(&before.overrides, Some(Override::Pinned { until, .. }) if *until <= t(now)),
+                        "automation published under {:?}", before.overrides);
+                }
+            }
+            // 3. an override is lifted only by an operator or its expiry
+            if before.overrides.is_some() && s.overrides.is_none() && !operator {
+                let expired = matches!(&before.overrides, Some(Override::Pinned { until, .. }) if *until <= t(now));
+                prop_assert!(expired, "override lifted without an operator: {:?}", before.overrides);
+            }
+            // a rejected command changes nothing
+            if fx.iter().any(|e| matches!(e, Effect::Rejected { .. })) {
+                prop_assert_eq!(&s, &before);
+            }
+            // 5. the machine always knows a side to publish once it has published one
+            if before.published.is_some() {
+                prop_assert!(s.published.is_some());
+            }
+        }
+    }
+}
