@@ -75,9 +75,16 @@ ensure_postgres() {
   log "DATABASE_URL=$DATABASE_URL"
 }
 
-# BIND 9 (named, nsupdate, dig): the tests start their own named on a loopback port.
-ensure_bind() {
-  apt_install bind9 bind9-utils bind9-dnsutils
-  command -v named >/dev/null || [ -x /usr/sbin/named ] || die "named not found after installing bind9"
+# BIND 9 (named, nsupdate, dig), Unbound, Postfix, swaks, openssl: the tests start their own
+# instances on loopback ports (see testpeers/README.md); here they only need to be installed.
+ensure_dns_and_mail_peers() {
+  if ! dpkg -s postfix >/dev/null 2>&1; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    echo "postfix postfix/mailname string mxguard.test" | debconf-set-selections
+  fi
+  apt_install bind9 bind9-utils bind9-dnsutils unbound postfix swaks openssl
   export PATH="$PATH:/usr/sbin"
+  for b in named unbound postfix; do
+    command -v "$b" >/dev/null || die "$b not found after installing its package"
+  done
 }

@@ -4,17 +4,21 @@
 //! [`run`] is the service: open the store, migrate, serve the API until the shutdown token fires.
 #![forbid(unsafe_code)]
 
+pub mod actor;
 pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod health;
 pub mod logging;
 pub mod machine;
 pub mod model;
 pub mod monitor;
+pub mod plan;
 pub mod probe;
 pub mod store;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +40,8 @@ pub enum RunError {
     Store { url: String, source: StoreError },
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
+    #[error("{0}")]
+    Engine(#[from] engine::EngineError),
 }
 
 /// Opens the configured store and applies its migrations.
@@ -64,6 +70,18 @@ pub async fn run(
         "mxguard serving"
     );
     let tasks = TaskTracker::new();
+    // Single instance for now: fencing epoch 1 (the leader lease issue makes this a real epoch).
+    let engine =
+        match engine::Engine::start(&config, store.clone(), 1, shutdown.clone(), &tasks).await {
+            Ok(e) => e,
+            Err(e) => {
+                shutdown.cancel();
+                tasks.close();
+                tasks.wait().await;
+                store.close().await;
+                return Err(e.into());
+            }
+        };
     tasks.spawn(prune_observations(
         store.clone(),
         config.store.observation_retention,
@@ -72,6 +90,7 @@ pub async fn run(
 
     let app = api::router(api::AppState {
         store: store.clone(),
+        engine: engine.clone(),
     });
     let graceful = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

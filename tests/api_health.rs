@@ -13,6 +13,7 @@ async fn app(dir: &tempfile::TempDir) -> (axum::Router, std::sync::Arc<dyn mxgua
     (
         router(AppState {
             store: store.clone(),
+            engine: Default::default(),
         }),
         store,
     )

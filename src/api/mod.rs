@@ -16,6 +16,7 @@ pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub engine: crate::engine::Engine,
 }
 
 pub fn router(state: AppState) -> Router {

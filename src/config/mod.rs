@@ -698,6 +698,21 @@ fn parse_domain(
     };
     let checks_sec = sec.child("checks", errs);
     let checks = parse_checks(checks_sec, global, errs);
+    let mut authoritative = Vec::new();
+    for (i, a) in sec
+        .strings("authoritative", errs)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        match parse_server_addr(a) {
+            Some(addr) => authoritative.push(addr),
+            None => errs.push(
+                format!("{}[{i}]", sec.field("authoritative")),
+                format!("expected \"ip\" or \"ip:port\", got {a:?}"),
+            ),
+        }
+    }
     sec.finish(
         errs,
         &[
@@ -712,6 +727,7 @@ fn parse_domain(
             "failback",
             "drift",
             "checks",
+            "authoritative",
         ],
     );
     Some(DomainConfig {
@@ -723,6 +739,7 @@ fn parse_domain(
         failback: Failback { hold, approval },
         drift,
         checks,
+        authoritative,
     })
 }
 

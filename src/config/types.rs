@@ -328,4 +328,7 @@ pub struct DomainConfig {
     pub failback: Failback,
     pub drift: Drift,
     pub checks: Checks,
+    /// Servers that must serve a change before it counts as verified; empty: the provider's
+    /// own primary (RFC 2136) or a read-back through the provider.
+    pub authoritative: Vec<SocketAddr>,
 }

@@ -1,0 +1,206 @@
+//! Carrying out one publish: read what is live, plan, commit the snapshot and the `pending`
+//! change intent, apply, mark `applied`, verify at the authoritative servers, mark `verified`.
+//! After a crash the same function resumes an unfinished intent: when the live records already
+//! equal the intent's outcome nothing is applied again.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use mxguard_core::DnsProvider;
+use serde::Serialize;
+
+use crate::model::{RecordSet, Side, Ttl};
+use crate::plan::{Managed, Plan};
+use crate::store::{ChangeIntent, ChangeStatus, NewChange, NewSnapshot, Store};
+use crate::verify::{Verifier, Visible};
+
+#[derive(Clone)]
+pub struct ChangeDeps {
+    pub store: Arc<dyn Store>,
+    pub provider: Arc<dyn DnsProvider>,
+    pub verifier: Verifier,
+    pub epoch: i64,
+    pub provider_name: String,
+}
+
+/// What a finished publish did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeReport {
+    pub side: Side,
+    pub change_id: Option<i64>,
+    pub snapshot_id: Option<i64>,
+    pub plan: Plan,
+    pub authoritative: Vec<Visible>,
+    /// The TTL the replaced records had (how long caches may keep them).
+    pub replaced_ttl: Option<u32>,
+}
+
+/// Pauses forever at `name` when `MXGUARD_FAILPOINT=name`, so a test can SIGKILL the process at
+/// that exact point. Logged so the test knows it has been reached.
+pub async fn failpoint(name: &str) {
+    if std::env::var("MXGUARD_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::warn!(failpoint = name, "failpoint reached; pausing until killed");
+        eprintln!("FAILPOINT {name} reached");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Publishes `side` (records `desired`), resuming `resume` when a crash left it unfinished.
+pub async fn publish(
+    deps: &ChangeDeps,
+    managed: &Managed,
+    side: Side,
+    desired: Vec<RecordSet>,
+    resume: Option<ChangeIntent>,
+) -> Result<ChangeReport, String> {
+    let zone = &managed.zone;
+    let actual = deps
+        .provider
+        .read(zone, &managed.keys())
+        .await
+        .map_err(|e| format!("reading {zone}: {e}"))?;
+    let replaced_ttl = managed.ttl_of(&actual);
+    let plan = managed
+        .plan(desired, actual.clone())
+        .map_err(|e| e.to_string())?;
+    let store = &deps.store;
+    let now = Utc::now;
+
+    let (intent, snapshot_id) = match resume {
+        // Applied before the crash: the live records already are the outcome.
+        Some(old) if plan.is_empty() => {
+            if old.status == ChangeStatus::Pending {
+                store
+                    .set_change_status(old.id, ChangeStatus::Applied, None, now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            tracing::info!(
+                change = old.id,
+                "resuming change after restart: already applied, verifying"
+            );
+            (Some(old.id), old.snapshot_id)
+        }
+        // Not applied yet, and the plan is still the one written down: apply it under that intent.
+        Some(old) if old.status == ChangeStatus::Pending && old.after == plan.changes => {
+            tracing::info!(
+                change = old.id,
+                "resuming change after restart: applying the recorded plan"
+            );
+            apply(deps, managed, &plan, old.id).await?;
+            (Some(old.id), old.snapshot_id)
+        }
+        other => {
+            if let Some(old) = other {
+                let why = "superseded after restart: the live records changed";
+                let _ = store
+                    .set_change_status(old.id, ChangeStatus::Failed, Some(why), now())
+                    .await;
+            }
+            if plan.is_empty() {
+                (None, None)
+            } else {
+                let snapshot = NewSnapshot {
+                    domain: managed.domain.clone(),
+                    provider: deps.provider_name.clone(),
+                    zone: zone.clone(),
+                    label: None,
+                    reason: format!("before publishing the {side} records"),
+                    taken_at: now(),
+                    taken_by: "automation".into(),
+                    records: actual,
+                };
+                let change = NewChange {
+                    domain: managed.domain.clone(),
+                    provider: deps.provider_name.clone(),
+                    zone: zone.clone(),
+                    epoch: deps.epoch,
+                    before: plan.actual.clone(),
+                    after: plan.changes.clone(),
+                    at: now(),
+                };
+                let (snap, intent) = store
+                    .begin_change(&snapshot, &change)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(change = intent.id, snapshot = snap.id, %side, "change intent written");
+                failpoint("after_intent").await;
+                apply(deps, managed, &plan, intent.id).await?;
+                (Some(intent.id), Some(snap.id))
+            }
+        }
+    };
+    failpoint("after_apply").await;
+
+    let authoritative = verify(deps, managed, &plan.desired).await;
+    if let Some(missing) = authoritative.iter().find(|v| v.after_ms.is_none()) {
+        let why = format!(
+            "not served by {} within {:?}",
+            missing.server, deps.verifier.bound
+        );
+        if let Some(id) = intent {
+            let _ = store
+                .set_change_status(id, ChangeStatus::Failed, Some(&why), now())
+                .await;
+        }
+        return Err(why);
+    }
+    if let Some(id) = intent {
+        store
+            .set_change_status(id, ChangeStatus::Verified, None, now())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(ChangeReport {
+        side,
+        change_id: intent,
+        snapshot_id,
+        plan,
+        authoritative,
+        replaced_ttl,
+    })
+}
+
+async fn apply(deps: &ChangeDeps, managed: &Managed, plan: &Plan, id: i64) -> Result<(), String> {
+    if let Err(e) = deps.provider.apply(&managed.zone, &plan.changes).await {
+        let why = format!("provider {}: {e}", deps.provider_name);
+        let _ = deps
+            .store
+            .set_change_status(id, ChangeStatus::Failed, Some(&why), Utc::now())
+            .await;
+        return Err(why);
+    }
+    deps.store
+        .set_change_status(id, ChangeStatus::Applied, None, Utc::now())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(change = id, "change applied at the provider");
+    Ok(())
+}
+
+/// At the authoritative servers when configured; otherwise a read-back through the provider.
+async fn verify(deps: &ChangeDeps, managed: &Managed, desired: &[RecordSet]) -> Vec<Visible> {
+    if !deps.verifier.authoritative.is_empty() {
+        return deps.verifier.authoritative(desired).await;
+    }
+    let start = std::time::Instant::now();
+    let ok = match deps.provider.read(&managed.zone, &managed.keys()).await {
+        Ok(live) => managed.which_side(&live).is_some() && desired.iter().all(|d| live.contains(d)),
+        Err(_) => false,
+    };
+    vec![Visible {
+        server: format!("provider {}", deps.provider_name),
+        after_ms: ok.then(|| start.elapsed().as_millis() as u64),
+    }]
+}
+
+/// The TTL to publish `side` with: the failover TTL for the backup; for the primary the TTL live
+/// before failover (from the machine), else the failover TTL.
+pub fn ttl_for(side: Side, failover_ttl: Ttl, before_failover: Option<u32>) -> Ttl {
+    match side {
+        Side::Backup => failover_ttl,
+        Side::Primary => before_failover
+            .and_then(|t| Ttl::new(t).ok())
+            .unwrap_or(failover_ttl),
+    }
+}

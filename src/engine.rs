@@ -1,0 +1,232 @@
+//! Builds the running controller from configuration: one provider client per `[providers.X]`
+//! (wrapped in the shared retry / rate-limit / zone-lock machinery), and per domain a probe
+//! monitor feeding that domain's actor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxguard_core::{
+    DnsProvider, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter, TokenBucket, TokioClock,
+};
+use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
+use secrecy::ExposeSecret;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actor::change::ChangeDeps;
+use crate::actor::{Actor, ActorHandle};
+use crate::config::{Config, DomainConfig, ProviderConfig, RcptChecks, TsigAlgorithm};
+use crate::health::Thresholds;
+use crate::model::{Fqdn, Side};
+use crate::monitor::{Monitor, MonitorSettings};
+use crate::plan::Managed;
+use crate::probe::dns::DnsClient;
+use crate::probe::smtp::{RcptCheck, SmtpPolicy};
+use crate::probe::target::{Prober, TargetSpec};
+use crate::probe::tls;
+use crate::store::Store;
+use crate::verify::Verifier;
+
+/// SMTP probes in flight across all domains.
+const GLOBAL_PROBES: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("providers.{name}: {why}")]
+    Provider { name: String, why: String },
+    #[error("domains {domain}: {why}")]
+    Domain { domain: String, why: String },
+}
+
+/// The running domains, by name.
+#[derive(Clone, Default)]
+pub struct Engine {
+    pub domains: BTreeMap<Fqdn, ActorHandle>,
+}
+
+struct BuiltProvider {
+    client: Arc<dyn DnsProvider>,
+    /// The server that answers authoritatively for the zone, when the provider knows it.
+    primary: Option<std::net::SocketAddr>,
+}
+
+fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, EngineError> {
+    let err = |why: String| EngineError::Provider {
+        name: name.to_string(),
+        why,
+    };
+    match cfg {
+        ProviderConfig::Rfc2136 {
+            server,
+            tsig_name,
+            tsig_algorithm,
+            tsig_secret,
+        } => {
+            let secret = tsig_secret
+                .resolve()
+                .map_err(|e| err(format!("tsig secret: {e}")))?;
+            let secret = TsigSecret::from_base64(secret.expose_secret())
+                .map_err(|e| err(format!("tsig secret: {e}")))?;
+            let algorithm = match tsig_algorithm {
+                TsigAlgorithm::HmacSha256 => mxguard_rfc2136::TsigAlgorithm::HmacSha256,
+                TsigAlgorithm::HmacSha512 => mxguard_rfc2136::TsigAlgorithm::HmacSha512,
+            };
+            let config = Rfc2136Config::new(name, *server, tsig_name.clone(), algorithm, secret);
+            let provider = Rfc2136Provider::new(config).map_err(|e| err(e.to_string()))?;
+            Ok(BuiltProvider {
+                client: guarded(provider, 50.0),
+                primary: Some(*server),
+            })
+        }
+        ProviderConfig::Cloudflare { .. } | ProviderConfig::Route53 { .. } => Err(err(
+            "this provider kind is not available in this build yet (see the README's status table)"
+                .into(),
+        )),
+    }
+}
+
+/// Wraps a provider in the shared machinery: token bucket, retries with backoff, deadline.
+fn guarded<P: DnsProvider + 'static>(provider: P, per_second: f64) -> Arc<dyn DnsProvider> {
+    let clock = Arc::new(TokioClock);
+    let bucket = match RateLimit::new(per_second, per_second.ceil() as u32) {
+        Ok(limit) => Arc::new(TokenBucket::new(limit, clock.clone())),
+        Err(_) => Arc::new(TokenBucket::new(
+            RateLimit::new(1.0, 1).expect("1/s is a valid rate"),
+            clock.clone(),
+        )),
+    };
+    let policy = RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(5),
+        deadline: Duration::from_secs(30),
+    };
+    let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
+    Arc::new(Guarded::new(provider, bucket, retrier))
+}
+
+fn targets(cfg: &DomainConfig, managed: &Managed) -> Vec<TargetSpec> {
+    let mut out = Vec::new();
+    for side in [Side::Primary, Side::Backup] {
+        let rcpt = match (cfg.checks.rcpt_checks, side) {
+            (RcptChecks::All, _) | (RcptChecks::Backup, Side::Backup) => Some(RcptCheck {
+                domain: cfg.name.clone(),
+                refuse_relay: side == Side::Backup,
+            }),
+            _ => None,
+        };
+        for host in managed.hosts(side) {
+            out.push(TargetSpec {
+                side,
+                host,
+                rcpt: rcpt.clone(),
+            });
+        }
+    }
+    out
+}
+
+impl Engine {
+    /// Starts every domain's monitor and actor on `tasks`.
+    pub async fn start(
+        config: &Config,
+        store: Arc<dyn Store>,
+        epoch: i64,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Engine, EngineError> {
+        let mut providers = BTreeMap::new();
+        for (name, p) in &config.providers {
+            if config.domains.iter().any(|d| &d.provider == name) {
+                providers.insert(name.clone(), build_provider(name, p)?);
+            }
+        }
+        let global = Arc::new(Semaphore::new(GLOBAL_PROBES));
+        let mut engine = Engine::default();
+        for d in &config.domains {
+            let derr = |why: String| EngineError::Domain {
+                domain: d.name.to_string(),
+                why,
+            };
+            let provider = providers
+                .get(&d.provider)
+                .ok_or_else(|| derr(format!("unknown provider {}", d.provider)))?;
+            let c = &d.checks;
+            let tls = tls::client_config(c.ca_file.as_deref()).map_err(derr)?;
+            let resolvers: Vec<DnsClient> = c
+                .resolvers
+                .iter()
+                .map(|r| DnsClient::resolver(*r, c.timeout))
+                .collect();
+            let prober = Prober {
+                resolvers,
+                smtp: SmtpPolicy {
+                    port: c.smtp_port,
+                    timeout: c.timeout,
+                    starttls: c.starttls,
+                    ehlo_name: c.ehlo_name.clone(),
+                    cert_min_days: c.cert_min_days,
+                    tls,
+                    rcpt: None,
+                },
+                global: global.clone(),
+            };
+            let authoritative = if d.authoritative.is_empty() {
+                provider.primary.into_iter().collect()
+            } else {
+                d.authoritative.clone()
+            };
+            let verifier = Verifier {
+                authoritative,
+                resolvers: c.resolvers.clone(),
+                query_timeout: c.timeout,
+                bound: Duration::from_secs(60),
+                poll: Duration::from_millis(250),
+            };
+            let deps = ChangeDeps {
+                store: store.clone(),
+                provider: provider.client.clone(),
+                verifier,
+                epoch,
+                provider_name: d.provider.clone(),
+            };
+            let managed = Managed::new(d);
+            let settings = MonitorSettings {
+                interval: c.interval,
+                confirm_interval: c.confirm_interval,
+                jitter: c.interval / 10,
+                thresholds: Thresholds {
+                    fail_after: c.fail_after,
+                    recover_after: c.recover_after,
+                },
+                resolver_quorum: c.resolver_quorum,
+            };
+            let monitor = Monitor::new(
+                d.name.clone(),
+                targets(d, &managed),
+                settings,
+                Arc::new(prober),
+                Arc::new(TokioClock),
+                Arc::new(SeededJitter::from_entropy()),
+                chrono::Utc::now(),
+            );
+            let (actor, handle) = Actor::new(d.clone(), deps);
+            tasks.spawn(actor.run(shutdown.clone()));
+            let (tx, mut rx) = mpsc::channel(16);
+            tasks.spawn(monitor.run(tx, shutdown.clone()));
+            let forward = handle.clone();
+            tasks.spawn(async move {
+                while let Some(report) = rx.recv().await {
+                    if !forward.round(report).await {
+                        break;
+                    }
+                }
+            });
+            tracing::info!(domain = %d.name, provider = %d.provider, mode = %d.targets.mode(), "domain controller started");
+            engine.domains.insert(d.name.clone(), handle);
+        }
+        Ok(engine)
+    }
+}

@@ -1,0 +1,103 @@
+//! After an apply: ask every authoritative server until the new RRsets are served (bounded) —
+//! that verifies the change — then each configured resolver until its cache has let the old
+//! answer go, which is recorded, not waited on by the state machine.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::model::{RecordSet, Ttl};
+use crate::probe::dns::DnsClient;
+
+/// When a server first served the new records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Visible {
+    pub server: String,
+    /// Milliseconds from the start of verification; `None` when not seen within the bound.
+    pub after_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub authoritative: Vec<SocketAddr>,
+    pub resolvers: Vec<SocketAddr>,
+    pub query_timeout: Duration,
+    /// How long authoritative servers get to serve the change.
+    pub bound: Duration,
+    pub poll: Duration,
+}
+
+impl Verifier {
+    /// Polls each authoritative server until it serves `desired` exactly (records and TTLs).
+    pub async fn authoritative(&self, desired: &[RecordSet]) -> Vec<Visible> {
+        let checks = self.authoritative.iter().map(|s| {
+            let client = DnsClient::authoritative(*s, self.query_timeout);
+            poll_until_served(client, desired, self.bound, self.poll, true)
+        });
+        futures::future::join_all(checks).await
+    }
+
+    /// Polls each resolver until it answers with `desired`'s records (its cached TTL may be
+    /// lower), for at most `old_ttl` + 30 s: after that the old answer must have expired.
+    pub async fn resolvers(&self, desired: &[RecordSet], old_ttl: u32) -> Vec<Visible> {
+        let bound = Duration::from_secs(u64::from(old_ttl) + 30);
+        let checks = self.resolvers.iter().map(|s| {
+            let client = DnsClient::resolver(*s, self.query_timeout);
+            poll_until_served(
+                client,
+                desired,
+                bound,
+                self.poll.max(Duration::from_secs(1)),
+                false,
+            )
+        });
+        futures::future::join_all(checks).await
+    }
+}
+
+/// True when `client` serves every RRset of `desired` (TTL compared when `exact_ttl`).
+pub async fn serves(client: &DnsClient, desired: &[RecordSet], exact_ttl: bool) -> bool {
+    for set in desired {
+        let answer = client.query(set.name(), set.rtype()).await;
+        let mut got = answer.records.clone();
+        got.sort();
+        if got.as_slice() != set.records() {
+            return false;
+        }
+        if exact_ttl && answer.ttl != Some(set.ttl().secs()) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn poll_until_served(
+    client: DnsClient,
+    desired: &[RecordSet],
+    bound: Duration,
+    poll: Duration,
+    exact_ttl: bool,
+) -> Visible {
+    let start = Instant::now();
+    loop {
+        if serves(&client, desired, exact_ttl).await {
+            return Visible {
+                server: client.server.to_string(),
+                after_ms: Some(start.elapsed().as_millis() as u64),
+            };
+        }
+        if start.elapsed() >= bound {
+            return Visible {
+                server: client.server.to_string(),
+                after_ms: None,
+            };
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// The TTL a cache may still hold the old answer for.
+pub fn cache_bound(old: Option<u32>) -> u32 {
+    old.unwrap_or(Ttl::MAX.min(3600))
+}
