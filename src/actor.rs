@@ -479,10 +479,12 @@ impl Actor {
                 }
             }
         }
+        let m = &self.state.machine;
         let ttl = ttl_for(
             side,
             self.cfg.failover_ttl,
-            self.state.machine.ttl_before_failover,
+            m.ttl_before_failover,
+            m.published_ttl,
         );
         self.managed.desired(side, ttl).map_err(|e| e.to_string())
     }

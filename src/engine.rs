@@ -52,6 +52,18 @@ struct BuiltProvider {
     primary: Option<std::net::SocketAddr>,
 }
 
+/// The provider client for `[providers.NAME]`, as the engine builds it (for CLI operations).
+pub fn provider_client(config: &Config, name: &str) -> Result<Arc<dyn DnsProvider>, EngineError> {
+    let cfg = config
+        .providers
+        .get(name)
+        .ok_or_else(|| EngineError::Provider {
+            name: name.to_string(),
+            why: "not configured".into(),
+        })?;
+    Ok(build_provider(name, cfg)?.client)
+}
+
 fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, EngineError> {
     let err = |why: String| EngineError::Provider {
         name: name.to_string(),

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod machine;
 pub mod model;
 pub mod monitor;
+pub mod ops;
 pub mod plan;
 pub mod probe;
 pub mod store;

@@ -338,6 +338,13 @@ async fn story(url: StoreUrl) {
         .unwrap();
     assert_eq!(failed.error.as_deref(), Some("REFUSED"));
     assert!(s.unfinished_changes().await.unwrap().is_empty());
+    let recent = s.recent_changes(&d, 10).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![c2.id, change.id],
+        "newest first"
+    );
+    assert!(s.recent_changes(&other, 10).await.unwrap().is_empty());
     s.close().await;
 }
 

@@ -194,12 +194,19 @@ async fn verify(deps: &ChangeDeps, managed: &Managed, desired: &[RecordSet]) -> 
     }]
 }
 
-/// The TTL to publish `side` with: the failover TTL for the backup; for the primary the TTL live
-/// before failover (from the machine), else the failover TTL.
-pub fn ttl_for(side: Side, failover_ttl: Ttl, before_failover: Option<u32>) -> Ttl {
+/// The TTL to publish `side` with: the failover TTL for the backup; for the primary the TTL
+/// live before failover, else the TTL live now (publishing the primary over itself changes
+/// nothing), else the failover TTL.
+pub fn ttl_for(
+    side: Side,
+    failover_ttl: Ttl,
+    before_failover: Option<u32>,
+    live: Option<u32>,
+) -> Ttl {
     match side {
         Side::Backup => failover_ttl,
         Side::Primary => before_failover
+            .or(live)
             .and_then(|t| Ttl::new(t).ok())
             .unwrap_or(failover_ttl),
     }

@@ -137,6 +137,13 @@ pub trait Store: Send + Sync {
 
     async fn change(&self, id: i64) -> Result<Option<ChangeIntent>, StoreError>;
 
+    /// The newest changes of `domain`, newest first.
+    async fn recent_changes(
+        &self,
+        domain: &Fqdn,
+        limit: u32,
+    ) -> Result<Vec<ChangeIntent>, StoreError>;
+
     /// Changes still `pending` or `applied`, oldest first: what a restart must finish.
     async fn unfinished_changes(&self) -> Result<Vec<ChangeIntent>, StoreError>;
 

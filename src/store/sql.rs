@@ -370,6 +370,15 @@ macro_rules! impl_sql_store {
                 row.as_ref().map(Self::change_row).transpose()
             }
 
+            async fn recent_changes(&self, domain: &mxguard_core::Fqdn, limit: u32) -> Result<Vec<$crate::store::ChangeIntent>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM changes WHERE domain = $1 ORDER BY id DESC LIMIT $2")
+                    .bind(domain.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::change_row).collect()
+            }
+
             async fn unfinished_changes(&self) -> Result<Vec<$crate::store::ChangeIntent>, $crate::store::StoreError> {
                 let rows = sqlx::query("SELECT * FROM changes WHERE status IN ('pending', 'applied') ORDER BY id")
                     .fetch_all(&self.pool)

@@ -173,6 +173,36 @@ authoritative = ["{named}"]
         Mxguard { child, lines }
     }
 
+    /// Runs a one-shot `mxguard` command against this lab's config and store.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_mxguard"))
+            .args(["--config", &self.config.display().to_string()])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("MXGUARD_TEST_TSIG", SECRET)
+            .env(
+                "MXGUARD_STORE_URL",
+                format!("sqlite://{}", self.db.display()),
+            )
+            .env("RUST_LOG", "warn")
+            .env_remove("MXGUARD_FAILPOINT")
+            .output()
+            .expect("run mxguard")
+    }
+
+    /// An RFC 2136 client for editing the zone behind mxguard's back (an operator's console).
+    pub fn console(&self) -> mxguard_rfc2136::Rfc2136Provider {
+        let secret = mxguard_rfc2136::TsigSecret::from_base64(SECRET).expect("secret");
+        let cfg = mxguard_rfc2136::Rfc2136Config::new(
+            "console",
+            self.named.addr(),
+            mxguard::model::Fqdn::parse("mxguard-test").expect("key name"),
+            mxguard_rfc2136::TsigAlgorithm::HmacSha256,
+            secret,
+        );
+        mxguard_rfc2136::Rfc2136Provider::new(cfg).expect("provider")
+    }
+
     /// The MX set `named` serves now, as "PREF HOST TTL" strings.
     pub async fn served_mx(&self) -> Vec<String> {
         let client = mxguard::probe::dns::DnsClient::authoritative(

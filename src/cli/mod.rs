@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod check;
+mod ops;
+
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, LogFormat};
 
@@ -53,6 +56,55 @@ pub enum Command {
     /// SMTP + STARTTLS + certificate per address, relay refusal of backups, SPF/DMARC/DKIM.
     /// Needs no configuration. Exit 0: all good; 1: a problem was found; 2: usage error.
     Check(CheckArgs),
+    /// Show each configured domain's state from the store: phase, active side, since when,
+    /// override, failback guard progress, latest events.
+    Status {
+        /// Only this domain.
+        domain: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the controller would change now for DOMAIN (dry run; changes nothing).
+    Plan {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshot DOMAIN's managed records (or, with --zone, every MX/A/AAAA/TXT RRset of its zone).
+    Snapshot {
+        domain: String,
+        #[arg(long)]
+        zone: bool,
+        #[arg(long, value_name = "L")]
+        label: Option<String>,
+        #[arg(long, default_value = "manual snapshot")]
+        reason: String,
+    },
+    /// List snapshots, newest first.
+    Snapshots {
+        domain: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare a snapshot with what is live now.
+    Diff {
+        snapshot: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the live records equal to a snapshot (records and TTLs). Refuses when the live
+    /// records were changed outside mxguard since its last change, unless --force.
+    Revert {
+        snapshot: i64,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "manual revert")]
+        reason: String,
+    },
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -125,7 +177,27 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
         Command::Migrate => with_runtime(migrate(cli.config)),
-        Command::Check(args) => with_runtime(check(args)),
+        Command::Check(args) => with_runtime(check::check(args)),
+        Command::Status { domain, json } => with_runtime(ops::status(cli.config, domain, json)),
+        Command::Plan { domain, json } => with_runtime(ops::plan(cli.config, domain, json)),
+        Command::Snapshot {
+            domain,
+            zone,
+            label,
+            reason,
+        } => with_runtime(ops::snapshot(cli.config, domain, zone, label, reason)),
+        Command::Snapshots {
+            domain,
+            limit,
+            json,
+        } => with_runtime(ops::snapshots(cli.config, domain, limit, json)),
+        Command::Diff { snapshot, json } => with_runtime(ops::diff(cli.config, snapshot, json)),
+        Command::Revert {
+            snapshot,
+            dry_run,
+            force,
+            reason,
+        } => with_runtime(ops::revert(cli.config, snapshot, dry_run, force, reason)),
     }
 }
 
@@ -152,7 +224,7 @@ fn config_check(file: &Path) -> ExitCode {
 }
 
 /// Loads the file (or embedded defaults) and applies environment overrides.
-fn load_config(file: Option<PathBuf>) -> Result<Config, ConfigError> {
+pub(super) fn load_config(file: Option<PathBuf>) -> Result<Config, ConfigError> {
     let mut cfg = match file {
         Some(path) => Config::load(&path)?,
         None => Config::embedded(),
@@ -251,97 +323,4 @@ async fn cancel_on_signal(token: CancellationToken) {
         let _ = tokio::signal::ctrl_c().await;
     }
     token.cancel();
-}
-
-async fn check(args: CheckArgs) -> ExitCode {
-    let usage = |msg: String| {
-        eprintln!("mxguard check: {msg}");
-        ExitCode::from(2)
-    };
-    let domain = match crate::model::Fqdn::parse(&args.domain) {
-        Ok(d) => d,
-        Err(e) => return usage(e.to_string()),
-    };
-    let resolvers = if args.resolvers.is_empty() {
-        match system_resolvers() {
-            Ok(r) => r,
-            Err(e) => return usage(e),
-        }
-    } else {
-        let mut out = Vec::new();
-        for r in &args.resolvers {
-            match crate::config::parse_server_addr(r) {
-                Some(a) => out.push(a),
-                None => {
-                    return usage(format!(
-                        "--resolver: expected \"ip\" or \"ip:port\", got {r:?}"
-                    ))
-                }
-            }
-        }
-        out
-    };
-    let mut backups = Vec::new();
-    for b in &args.backups {
-        match crate::model::Fqdn::parse(b) {
-            Ok(h) => backups.push(h),
-            Err(e) => return usage(format!("--backup: {e}")),
-        }
-    }
-    let ehlo_name = match crate::model::Fqdn::parse(&args.ehlo_name) {
-        Ok(n) => n,
-        Err(e) => return usage(format!("--ehlo-name: {e}")),
-    };
-    let req = crate::check::CheckRequest {
-        domain,
-        resolvers,
-        port: args.port,
-        backups,
-        ca_file: args.ca_file,
-        starttls: match args.starttls {
-            StartTlsArg::Require => crate::config::StartTls::Require,
-            StartTlsArg::Opportunistic => crate::config::StartTls::Opportunistic,
-            StartTlsArg::Off => crate::config::StartTls::Off,
-        },
-        dkim_selectors: args.dkim_selectors,
-        timeout: args.timeout,
-        ehlo_name,
-        cert_min_days: args.cert_min_days,
-    };
-    let report = match crate::check::run(&req, chrono::Utc::now()).await {
-        Ok(r) => r,
-        Err(e) => return usage(e),
-    };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("mxguard check: cannot encode the report: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        print!("{}", crate::check::render_table(&report));
-    }
-    if report.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// The nameservers of /etc/resolv.conf, on port 53.
-fn system_resolvers() -> Result<Vec<SocketAddr>, String> {
-    let text = std::fs::read_to_string("/etc/resolv.conf")
-        .map_err(|e| format!("no --resolver given and /etc/resolv.conf is unreadable: {e}"))?;
-    let found: Vec<SocketAddr> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect();
-    if found.is_empty() {
-        return Err("no --resolver given and /etc/resolv.conf lists no nameserver".into());
-    }
-    Ok(found)
 }

@@ -1,0 +1,333 @@
+//! Operator commands that work on the store and the providers directly: status, plan, snapshot,
+//! snapshots, diff, revert. Exit 0 done, 1 failed or refused, 2 bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use mxguard_core::DnsProvider;
+
+use super::load_config;
+use crate::actor::Persisted;
+use crate::config::{Config, DomainConfig};
+use crate::model::{Fqdn, Side};
+use crate::ops::{self, OpsError};
+use crate::plan::Managed;
+use crate::store::Store;
+
+/// Everything an operation needs; errors are already printed.
+struct Ctx {
+    config: Config,
+    store: Arc<dyn Store>,
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mxguard: {msg}");
+    ExitCode::from(code)
+}
+
+async fn ctx(file: Option<PathBuf>) -> Result<Ctx, ExitCode> {
+    let config = load_config(file).map_err(|e| fail(2, e))?;
+    let store = crate::open_store(&config).await.map_err(|e| fail(1, e))?;
+    Ok(Ctx { config, store })
+}
+
+impl Ctx {
+    fn domain(&self, name: &str) -> Result<&DomainConfig, ExitCode> {
+        let fqdn = Fqdn::parse(name).map_err(|e| fail(2, e))?;
+        self.config
+            .domains
+            .iter()
+            .find(|d| d.name == fqdn)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self
+                    .config
+                    .domains
+                    .iter()
+                    .map(|d| d.name.without_dot())
+                    .collect();
+                fail(
+                    2,
+                    format!(
+                        "domain {fqdn} is not configured (configured: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })
+    }
+
+    fn provider(&self, d: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ExitCode> {
+        crate::engine::provider_client(&self.config, &d.provider).map_err(|e| fail(1, e))
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> ExitCode {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+fn ops_fail(e: OpsError) -> ExitCode {
+    match e {
+        OpsError::NoSnapshot(_) => fail(2, e),
+        _ => fail(1, e),
+    }
+}
+
+pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: bool) -> ExitCode {
+    let c = match ctx(file).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let domains: Vec<&DomainConfig> = match &domain {
+        Some(name) => match c.domain(name) {
+            Ok(d) => vec![d],
+            Err(code) => return code,
+        },
+        None => c.config.domains.iter().collect(),
+    };
+    let mut out = Vec::new();
+    for d in domains {
+        let state: Persisted = match c.store.load_state(&d.name).await {
+            Ok(Some(row)) => serde_json::from_value(row.state).unwrap_or_default(),
+            Ok(None) => Persisted::default(),
+            Err(e) => return fail(1, e),
+        };
+        let events = c
+            .store
+            .events(&d.name, None, 10_000)
+            .await
+            .unwrap_or_default();
+        let recent: Vec<_> = events.iter().rev().take(5).cloned().collect();
+        out.push(
+            serde_json::json!({"domain": d.name, "state": state.machine, "recent_events": recent}),
+        );
+        if !json {
+            let m = &state.machine;
+            let active = m
+                .published
+                .map_or("neither".to_string(), |s: Side| s.to_string());
+            let since = m.since.map_or("-".into(), |t| t.to_rfc3339());
+            println!(
+                "{}  {:?}  active: {active}  since: {since}",
+                d.name, m.phase
+            );
+            println!("  health: primary {:?}, backup {:?}", m.primary, m.backup);
+            if let Some(o) = &m.overrides {
+                println!(
+                    "  override: {}",
+                    serde_json::to_string(o).unwrap_or_default()
+                );
+            }
+            if let Some(up) = m.primary_up_since {
+                println!("  primary Up since {}", up.to_rfc3339());
+            }
+            for e in recent.iter().rev() {
+                println!("  {}  {:<12} {}", e.at.to_rfc3339(), e.kind, e.message);
+            }
+        }
+    }
+    if json {
+        return print_json(&out);
+    }
+    ExitCode::SUCCESS
+}
+
+pub(super) async fn plan(file: Option<PathBuf>, domain: String, json: bool) -> ExitCode {
+    let c = match ctx(file).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (d, provider) = match c.domain(&domain).and_then(|d| Ok((d, c.provider(d)?))) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let state: Persisted = match c.store.load_state(&d.name).await {
+        Ok(Some(row)) => serde_json::from_value(row.state).unwrap_or_default(),
+        _ => Persisted::default(),
+    };
+    let m = &state.machine;
+    let side = m.in_flight.or(m.published).unwrap_or(Side::Primary);
+    let managed = Managed::new(d);
+    let result = async {
+        let actual = provider
+            .read(&managed.zone, &managed.keys())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ttl = crate::actor::change::ttl_for(
+            side,
+            d.failover_ttl,
+            m.ttl_before_failover,
+            managed.ttl_of(&actual),
+        );
+        let desired = managed.desired(side, ttl).map_err(|e| e.to_string())?;
+        managed.plan(desired, actual).map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Err(e) => fail(1, e),
+        Ok(p) if json => print_json(&p),
+        Ok(p) => {
+            println!("{}: wants the {side} records", d.name);
+            if p.is_empty() {
+                println!("  converged: nothing to change");
+            }
+            for ch in &p.changes.changes {
+                println!("  {}", serde_json::to_string(ch).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+pub(super) async fn snapshot(
+    file: Option<PathBuf>,
+    domain: String,
+    zone: bool,
+    label: Option<String>,
+    reason: String,
+) -> ExitCode {
+    let c = match ctx(file).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (d, provider) = match c.domain(&domain).and_then(|d| Ok((d, c.provider(d)?))) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match ops::take_snapshot(d, &provider, &c.store, zone, label, &reason, "cli").await {
+        Ok(s) => {
+            println!(
+                "snapshot {} of {} ({} RRset(s)) taken",
+                s.id,
+                s.domain,
+                s.records.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => ops_fail(e),
+    }
+}
+
+pub(super) async fn snapshots(
+    file: Option<PathBuf>,
+    domain: Option<String>,
+    limit: u32,
+    json: bool,
+) -> ExitCode {
+    let c = match ctx(file).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let filter = match domain.as_deref().map(Fqdn::parse).transpose() {
+        Ok(f) => f,
+        Err(e) => return fail(2, e),
+    };
+    let list = match c.store.snapshots(filter.as_ref(), limit).await {
+        Ok(l) => l,
+        Err(e) => return fail(1, e),
+    };
+    if json {
+        return print_json(&list);
+    }
+    for s in &list {
+        println!(
+            "{:>6}  {}  {:<24} {:<10} by {:<12} {} ({} RRset(s))",
+            s.id,
+            s.taken_at.to_rfc3339(),
+            s.domain,
+            s.label.as_deref().unwrap_or("-"),
+            s.taken_by,
+            s.reason,
+            s.records.len()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// The configured domain a snapshot belongs to.
+async fn snapshot_domain(
+    c: &Ctx,
+    id: i64,
+) -> Result<(DomainConfig, Arc<dyn DnsProvider>), ExitCode> {
+    let snap = match c.store.snapshot(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(fail(2, format!("no snapshot {id}"))),
+        Err(e) => return Err(fail(1, e)),
+    };
+    let d = c.domain(snap.domain.as_str())?.clone();
+    let p = c.provider(&d)?;
+    Ok((d, p))
+}
+
+pub(super) async fn diff(file: Option<PathBuf>, id: i64, json: bool) -> ExitCode {
+    let c = match ctx(file).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (d, provider) = match snapshot_domain(&c, id).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match ops::snapshot_diff(&d, &provider, &c.store, id).await {
+        Err(e) => ops_fail(e),
+        Ok(diff) if json => print_json(&diff),
+        Ok(diff) => {
+            println!(
+                "snapshot {id} of {} taken {}:",
+                diff.snapshot.domain,
+                diff.snapshot.taken_at.to_rfc3339()
+            );
+            for s in &diff.snapshot.records {
+                println!("  snapshot  {s}");
+            }
+            for s in &diff.live {
+                println!("  live      {s}");
+            }
+            if diff.changes.is_empty() {
+                println!("identical: live equals the snapshot");
+            } else {
+                println!(
+                    "{} change(s) would revert live to the snapshot",
+                    diff.changes.changes.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+pub(super) async fn revert(
+    file: Option<PathBuf>,
+    id: i64,
+    dry_run: bool,
+    force: bool,
+    reason: String,
+) -> ExitCode {
+    let c = match ctx(file).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (d, provider) = match snapshot_domain(&c, id).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match ops::revert(&d, &provider, &c.store, id, dry_run, force, "cli", &reason).await {
+        Ok(o) => {
+            for ch in &o.diff.changes.changes {
+                println!("  {}", serde_json::to_string(ch).unwrap_or_default());
+            }
+            println!("{}", o.message);
+            ExitCode::SUCCESS
+        }
+        Err(e) => ops_fail(e),
+    }
+}
