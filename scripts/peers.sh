@@ -88,3 +88,16 @@ ensure_dns_and_mail_peers() {
     command -v "$b" >/dev/null || die "$b not found after installing its package"
   done
 }
+
+# moto's Route53 server (PyPI): the Route53 tests start their own `moto_server` on a free port.
+ensure_moto() {
+  if ! command -v moto_server >/dev/null; then
+    command -v python3 >/dev/null || apt_install python3 python3-pip
+    log "installing moto[server] from PyPI"
+    python3 -m pip install --quiet 'moto[server]' >/dev/null 2>&1 \
+      || python3 -m pip install --quiet --break-system-packages 'moto[server]' >/dev/null \
+      || die "pip install 'moto[server]' failed"
+    hash -r
+  fi
+  command -v moto_server >/dev/null || die "moto_server not on PATH after installing moto[server]"
+}

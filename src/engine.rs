@@ -53,7 +53,10 @@ struct BuiltProvider {
 }
 
 /// The provider client for `[providers.NAME]`, as the engine builds it (for CLI operations).
-pub fn provider_client(config: &Config, name: &str) -> Result<Arc<dyn DnsProvider>, EngineError> {
+pub async fn provider_client(
+    config: &Config,
+    name: &str,
+) -> Result<Arc<dyn DnsProvider>, EngineError> {
     let cfg = config
         .providers
         .get(name)
@@ -61,10 +64,10 @@ pub fn provider_client(config: &Config, name: &str) -> Result<Arc<dyn DnsProvide
             name: name.to_string(),
             why: "not configured".into(),
         })?;
-    Ok(build_provider(name, cfg)?.client)
+    Ok(build_provider(name, cfg).await?.client)
 }
 
-fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, EngineError> {
+async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, EngineError> {
     let err = |why: String| EngineError::Provider {
         name: name.to_string(),
         why,
@@ -92,10 +95,51 @@ fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, Eng
                 primary: Some(*server),
             })
         }
-        ProviderConfig::Cloudflare { .. } | ProviderConfig::Route53 { .. } => Err(err(
-            "this provider kind is not available in this build yet (see the README's status table)"
-                .into(),
-        )),
+        ProviderConfig::Cloudflare {
+            api_token,
+            api_url,
+            min_ttl,
+        } => {
+            let token = api_token
+                .resolve()
+                .map_err(|e| err(format!("api token: {e}")))?;
+            let token = mxguard_cloudflare::ApiToken::new(token.expose_secret())
+                .map_err(|e| err(e.to_string()))?;
+            let mut config =
+                mxguard_cloudflare::CloudflareConfig::new(name, token).with_min_ttl(*min_ttl);
+            if let Some(url) = api_url {
+                config = config
+                    .with_base_url(url)
+                    .map_err(|e| err(format!("api_url: {e}")))?;
+            }
+            let provider =
+                mxguard_cloudflare::CloudflareProvider::new(config, Arc::new(TokioClock))
+                    .map_err(|e| err(e.to_string()))?;
+            // The client paces its own requests (1,200 per 5 minutes); the shared bucket only retries.
+            Ok(BuiltProvider {
+                client: guarded(provider, 1000.0),
+                primary: None,
+            })
+        }
+        ProviderConfig::Route53 {
+            region,
+            endpoint_url,
+        } => {
+            let mut config = mxguard_route53::Route53Config::new(name);
+            if let Some(r) = region {
+                config = config.with_region(r.clone());
+            }
+            if let Some(url) = endpoint_url {
+                config = config.with_endpoint_url(url.clone());
+            }
+            let provider = mxguard_route53::Route53Provider::new(config, Arc::new(TokioClock))
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            Ok(BuiltProvider {
+                client: guarded(provider, 1000.0),
+                primary: None,
+            })
+        }
     }
 }
 
@@ -152,7 +196,7 @@ impl Engine {
         let mut providers = BTreeMap::new();
         for (name, p) in &config.providers {
             if config.domains.iter().any(|d| &d.provider == name) {
-                providers.insert(name.clone(), build_provider(name, p)?);
+                providers.insert(name.clone(), build_provider(name, p).await?);
             }
         }
         let global = Arc::new(Semaphore::new(GLOBAL_PROBES));

@@ -118,6 +118,16 @@ async fn snapshot_diff_and_revert_with_the_ttl() {
     assert!(o.status.success(), "{}", out(&o));
     assert!(out(&o).contains("converged"), "{}", out(&o));
 
+    let o = lab.cli(&["providers", "check"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains(
+            "provider lab: OK, zone example.test. readable, publishes the primary records"
+        ),
+        "{}",
+        out(&o)
+    );
+
     // bad input: exit 2, nothing changed
     assert_eq!(lab.cli(&["diff", "99"]).status.code(), Some(2));
     assert_eq!(lab.cli(&["snapshot", "nope.test"]).status.code(), Some(2));

@@ -108,6 +108,9 @@ pub enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check provider credentials and zone access (read-only).
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -155,6 +158,14 @@ pub enum StartTlsArg {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ProvidersCommand {
+    /// For every configured domain, read its managed records through its provider and say
+    /// exactly what is missing: credentials or permission, the zone, or the network. Changes
+    /// nothing. Exit 0 when every domain is readable, 1 otherwise.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Validate FILE; prints every problem with its field path and exits 2 if there is any.
     Check {
@@ -178,6 +189,9 @@ pub fn main() -> ExitCode {
         Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
         Command::Migrate => with_runtime(migrate(cli.config)),
         Command::Check(args) => with_runtime(check::check(args)),
+        Command::Providers(ProvidersCommand::Check) => {
+            with_runtime(ops::providers_check(cli.config))
+        }
         Command::Status { domain, json } => with_runtime(ops::status(cli.config, domain, json)),
         Command::Plan { domain, json } => with_runtime(ops::plan(cli.config, domain, json)),
         Command::Snapshot {

@@ -60,8 +60,10 @@ impl Ctx {
             })
     }
 
-    fn provider(&self, d: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ExitCode> {
-        crate::engine::provider_client(&self.config, &d.provider).map_err(|e| fail(1, e))
+    async fn provider(&self, d: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ExitCode> {
+        crate::engine::provider_client(&self.config, &d.provider)
+            .await
+            .map_err(|e| fail(1, e))
     }
 }
 
@@ -146,8 +148,12 @@ pub(super) async fn plan(file: Option<PathBuf>, domain: String, json: bool) -> E
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (d, provider) = match c.domain(&domain).and_then(|d| Ok((d, c.provider(d)?))) {
-        Ok(x) => x,
+    let d = match c.domain(&domain) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let provider = match c.provider(d).await {
+        Ok(p) => p,
         Err(code) => return code,
     };
     let state: Persisted = match c.store.load_state(&d.name).await {
@@ -199,8 +205,12 @@ pub(super) async fn snapshot(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (d, provider) = match c.domain(&domain).and_then(|d| Ok((d, c.provider(d)?))) {
-        Ok(x) => x,
+    let d = match c.domain(&domain) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let provider = match c.provider(d).await {
+        Ok(p) => p,
         Err(code) => return code,
     };
     match ops::take_snapshot(d, &provider, &c.store, zone, label, &reason, "cli").await {
@@ -264,7 +274,7 @@ async fn snapshot_domain(
         Err(e) => return Err(fail(1, e)),
     };
     let d = c.domain(snap.domain.as_str())?.clone();
-    let p = c.provider(&d)?;
+    let p = c.provider(&d).await?;
     Ok((d, p))
 }
 
@@ -329,5 +339,64 @@ pub(super) async fn revert(
             ExitCode::SUCCESS
         }
         Err(e) => ops_fail(e),
+    }
+}
+
+pub(super) async fn providers_check(file: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(file) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    if config.domains.is_empty() {
+        println!("no domains configured: nothing to check");
+        return ExitCode::SUCCESS;
+    }
+    let mut ok = true;
+    for d in &config.domains {
+        let provider = match crate::engine::provider_client(&config, &d.provider).await {
+            Ok(p) => p,
+            Err(e) => {
+                ok = false;
+                println!(
+                    "{}  provider {}: FAIL (configuration): {e}",
+                    d.name, d.provider
+                );
+                continue;
+            }
+        };
+        let managed = Managed::new(d);
+        match provider.read(&d.zone, &managed.keys()).await {
+            Ok(live) => {
+                let side = managed
+                    .which_side(&live)
+                    .map_or("neither side's records".to_string(), |s| {
+                        format!("the {s} records")
+                    });
+                println!(
+                    "{}  provider {}: OK, zone {} readable, publishes {side}",
+                    d.name, d.provider, d.zone
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let missing = match &e {
+                    mxguard_core::ProviderError::Auth(_) => "credentials or permission refused",
+                    mxguard_core::ProviderError::NotFound(_) => {
+                        "zone not found for these credentials"
+                    }
+                    mxguard_core::ProviderError::Transient(_)
+                    | mxguard_core::ProviderError::RateLimited { .. } => {
+                        "provider unreachable (network) or failing"
+                    }
+                    mxguard_core::ProviderError::Rejected { .. } => "request refused",
+                };
+                println!("{}  provider {}: FAIL ({missing}): {e}", d.name, d.provider);
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -129,6 +129,7 @@ mod tests {
         fn capabilities(&self) -> Capabilities {
             Capabilities {
                 min_ttl: 0,
+                max_ttl: crate::Ttl::MAX,
                 max_changes_per_request: 10,
                 atomic: true,
                 zone_listing: false,

@@ -115,6 +115,8 @@ impl ChangeSet {
 pub struct Capabilities {
     /// The lowest TTL the provider accepts; lower TTLs are raised to it on write.
     pub min_ttl: u32,
+    /// The highest TTL the provider accepts (Cloudflare: 86400; DNS itself: 2^31 − 1).
+    pub max_ttl: u32,
     /// Most RRset changes in one request.
     pub max_changes_per_request: usize,
     /// Whether one `apply` is all-or-nothing.

@@ -56,6 +56,7 @@ impl DnsProvider for Memory {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             min_ttl: 0,
+            max_ttl: mxguard_core::Ttl::MAX,
             max_changes_per_request: 50,
             atomic: true,
             zone_listing: true,

@@ -105,6 +105,7 @@ impl DnsProvider for Rfc2136Provider {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             min_ttl: 0,
+            max_ttl: mxguard_core::Ttl::MAX,
             max_changes_per_request: MAX_CHANGES,
             atomic: true,
             zone_listing: true,

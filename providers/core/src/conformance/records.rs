@@ -129,9 +129,11 @@ pub async fn null_mx(peer: &dyn Peer) -> CaseResult {
 /// change is a change.
 pub async fn ttl_kept_exactly(peer: &dyn Peer) -> CaseResult {
     let f = peer.fresh().await.map_err(super::Failure)?;
-    let min = f.provider.capabilities().min_ttl;
+    let caps = f.provider.capabilities();
+    let (min, max) = (caps.min_ttl, caps.max_ttl);
     let mut sets = Vec::new();
-    for (i, ttl) in [min, min.max(61), 3600, 86_400, 604_800]
+    // From the floor to a week, or to the provider's ceiling when that is lower.
+    for (i, ttl) in [min, min.max(61), 3600, 86_400.min(max), 604_800.min(max)]
         .into_iter()
         .enumerate()
     {

@@ -1,0 +1,273 @@
+//! `verify_access`: what the token can and cannot do for one zone, without changing anything.
+
+use std::fmt;
+
+use mxguard_core::{Fqdn, ProviderError};
+use reqwest::Method;
+use serde::Serialize;
+
+use crate::provider::CloudflareProvider;
+use crate::wire::{BatchRequest, DnsRecord, TokenStatus};
+
+/// Why a check failed: what the operator has to fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    /// The API cannot be reached (DNS, firewall, proxy, outage).
+    Network,
+    /// The token is refused outright (wrong, expired, revoked, IP-filtered).
+    Credentials,
+    /// The token works but lacks a permission.
+    Permission,
+    /// The token cannot see the zone (wrong name, or left out of the token's zone resources).
+    Zone,
+    /// The API answered something else (rate limit, rejection).
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Passed {
+        detail: String,
+    },
+    Failed {
+        missing: Missing,
+        detail: String,
+    },
+    /// Not checked: an earlier check failed, or it cannot be checked without writing.
+    Skipped {
+        detail: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccessCheck {
+    /// `credentials`, `zone`, `dns_read`, `dns_write`.
+    pub check: &'static str,
+    /// What is needed, e.g. "Zone:Read on example.com".
+    pub needs: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The result of `verify_access`: one line per check, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccessReport {
+    pub provider: String,
+    pub zone: Fqdn,
+    pub checks: Vec<AccessCheck>,
+}
+
+impl AccessReport {
+    /// True when no check failed (a skipped write check does not count as failed).
+    pub fn is_ok(&self) -> bool {
+        !self
+            .checks
+            .iter()
+            .any(|c| matches!(c.outcome, Outcome::Failed { .. }))
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &AccessCheck> {
+        self.checks
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Failed { .. }))
+    }
+}
+
+impl fmt::Display for AccessReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} (cloudflare) for zone {}:", self.provider, self.zone)?;
+        for c in &self.checks {
+            let (mark, detail) = match &c.outcome {
+                Outcome::Passed { detail } => ("ok     ", detail.clone()),
+                Outcome::Failed { missing, detail } => {
+                    ("MISSING", format!("{missing:?}: {detail}"))
+                }
+                Outcome::Skipped { detail } => ("skipped", detail.clone()),
+            };
+            writeln!(f, "  {mark} {:<11} {} — {detail}", c.check, c.needs)?;
+        }
+        Ok(())
+    }
+}
+
+fn failed(e: &ProviderError, permission_missing: Missing) -> Outcome {
+    let missing = match e {
+        ProviderError::Transient(_) => Missing::Network,
+        ProviderError::Auth(_) => permission_missing,
+        ProviderError::NotFound(_) => Missing::Zone,
+        ProviderError::RateLimited { .. } | ProviderError::Rejected { .. } => Missing::Other,
+    };
+    Outcome::Failed {
+        missing,
+        detail: e.to_string(),
+    }
+}
+
+impl CloudflareProvider {
+    /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`), it can
+    /// see `zone` (Zone:Read), and it can list the zone's DNS records (DNS:Read). Whether it may
+    /// write (DNS:Edit) cannot be seen without writing: see [`Self::verify_write_access`].
+    pub async fn verify_access(&self, zone: &Fqdn) -> AccessReport {
+        self.verify(zone, false).await
+    }
+
+    /// [`Self::verify_access`], then an empty batch (`{}`) to the zone: it changes nothing,
+    /// but Cloudflare refuses it without DNS:Edit.
+    pub async fn verify_write_access(&self, zone: &Fqdn) -> AccessReport {
+        self.verify(zone, true).await
+    }
+
+    async fn verify(&self, zone: &Fqdn, write: bool) -> AccessReport {
+        let mut checks = Vec::new();
+        let mut blocked: Option<&'static str> = None;
+        let mut push = |check: &'static str, needs: String, outcome: Outcome| {
+            checks.push(AccessCheck {
+                check,
+                needs,
+                outcome,
+            });
+        };
+
+        let what = "verifying the API token";
+        let token = self
+            .client
+            .call::<TokenStatus, ()>(Method::GET, &["user", "tokens", "verify"], &[], None, what)
+            .await;
+        let needs = "an active API token".to_string();
+        match token {
+            Ok((t, _)) if t.status == "active" => push(
+                "credentials",
+                needs,
+                Outcome::Passed {
+                    detail: "the token is active".into(),
+                },
+            ),
+            Ok((t, _)) => {
+                blocked = Some("credentials");
+                push(
+                    "credentials",
+                    needs,
+                    Outcome::Failed {
+                        missing: Missing::Credentials,
+                        detail: format!("the token's status is {:?}", t.status),
+                    },
+                );
+            }
+            Err(e) => {
+                blocked = Some("credentials");
+                push("credentials", needs, failed(&e.error, Missing::Credentials));
+            }
+        }
+
+        let needs = format!("Zone:Read on {zone}");
+        let zone_id = match blocked {
+            Some(b) => {
+                push(
+                    "zone",
+                    needs,
+                    Outcome::Skipped {
+                        detail: format!("{b} failed"),
+                    },
+                );
+                None
+            }
+            None => match self.zone_id(zone).await {
+                Ok(id) => {
+                    push(
+                        "zone",
+                        needs,
+                        Outcome::Passed {
+                            detail: format!("zone id {id}"),
+                        },
+                    );
+                    Some(id)
+                }
+                Err(e) => {
+                    blocked = Some("zone");
+                    push("zone", needs, failed(&e, Missing::Permission));
+                    None
+                }
+            },
+        };
+
+        let needs = format!("DNS:Read (or DNS:Edit) on {zone}");
+        match (&zone_id, blocked) {
+            (Some(id), None) => {
+                let what = format!("listing one DNS record of zone {zone}");
+                let path = ["zones", id.as_str(), "dns_records"];
+                let query = [("per_page", "1".to_string())];
+                match self
+                    .client
+                    .call::<Vec<DnsRecord>, ()>(Method::GET, &path, &query, None, &what)
+                    .await
+                {
+                    Ok(_) => push(
+                        "dns_read",
+                        needs,
+                        Outcome::Passed {
+                            detail: "the zone's records can be listed".into(),
+                        },
+                    ),
+                    Err(e) => {
+                        blocked = Some("dns_read");
+                        push("dns_read", needs, failed(&e.error, Missing::Permission));
+                    }
+                }
+            }
+            (_, b) => push(
+                "dns_read",
+                needs,
+                Outcome::Skipped {
+                    detail: format!("{} failed", b.unwrap_or("zone")),
+                },
+            ),
+        }
+
+        let needs = format!("DNS:Edit on {zone}");
+        match (&zone_id, blocked, write) {
+            (Some(id), None, true) => {
+                let what = format!("sending an empty batch to zone {zone}");
+                let path = ["zones", id.as_str(), "dns_records", "batch"];
+                let empty = BatchRequest::default();
+                match self
+                    .client
+                    .call::<serde_json::Value, _>(Method::POST, &path, &[], Some(&empty), &what)
+                    .await
+                {
+                    Ok(_) => push(
+                        "dns_write",
+                        needs,
+                        Outcome::Passed {
+                            detail: "an empty batch was accepted".into(),
+                        },
+                    ),
+                    Err(e) => push("dns_write", needs, failed(&e.error, Missing::Permission)),
+                }
+            }
+            (_, None, false) => push(
+                "dns_write",
+                needs,
+                Outcome::Skipped {
+                    detail:
+                        "not visible without writing (verify_write_access sends an empty batch)"
+                            .into(),
+                },
+            ),
+            (_, b, _) => push(
+                "dns_write",
+                needs,
+                Outcome::Skipped {
+                    detail: format!("{} failed", b.unwrap_or("zone")),
+                },
+            ),
+        }
+
+        AccessReport {
+            provider: self.name.clone(),
+            zone: zone.clone(),
+            checks,
+        }
+    }
+}

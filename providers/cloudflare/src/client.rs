@@ -1,0 +1,187 @@
+//! A small typed client for the calls mxguard makes: every request goes through the token
+//! bucket, carries the bearer token, and comes back as a result or a classified error.
+
+use std::sync::Arc;
+
+use mxguard_core::{ProviderError, TokenBucket};
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use url::Url;
+
+use crate::config::{ApiToken, CloudflareConfig, ConfigError};
+use crate::errors::{classify, transport, Failure};
+use crate::wire::{ApiMessage, Envelope, ResultInfo};
+
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: ApiToken,
+    bucket: Arc<TokenBucket>,
+}
+
+/// A failed call, with what classification needs to look at again (the fallback from the
+/// batch endpoint checks the status and codes).
+pub(crate) struct CallError {
+    pub error: ProviderError,
+    pub status: Option<u16>,
+    pub errors: Vec<ApiMessage>,
+}
+
+impl From<CallError> for ProviderError {
+    fn from(e: CallError) -> Self {
+        e.error
+    }
+}
+
+impl Client {
+    pub fn new(config: &CloudflareConfig, bucket: Arc<TokenBucket>) -> Result<Self, ConfigError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .user_agent(concat!("mxguard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::Http(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: config.base_url.clone(),
+            token: config.api_token.clone(),
+            bucket,
+        })
+    }
+
+    fn url(&self, path: &[&str], query: &[(&str, String)]) -> Result<Url, ProviderError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ProviderError::Rejected {
+                reason: format!("the base URL {} cannot take a path", self.base),
+            })?
+            .pop_if_empty()
+            .extend(path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url)
+    }
+
+    /// One request; `what` names it in errors ("listing DNS records of example.com.").
+    pub async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+        what: &str,
+    ) -> Result<(T, Option<ResultInfo>), CallError> {
+        let plain = |error: ProviderError| CallError {
+            error,
+            status: None,
+            errors: Vec::new(),
+        };
+        let url = self.url(path, query).map_err(plain)?;
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
+                plain(ProviderError::Auth(
+                    "the API token cannot be sent in a header".into(),
+                ))
+            })?;
+        auth.set_sensitive(true);
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .header(AUTHORIZATION, auth);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.bucket.acquire().await;
+        tracing::debug!(%method, path = %path.join("/"), "cloudflare request");
+        let response = request
+            .send()
+            .await
+            .map_err(|e| plain(transport(what, &e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| plain(transport(what, &e)))?;
+        let envelope: Result<Envelope<T>, _> = serde_json::from_slice(&bytes);
+        match envelope {
+            Ok(env) if status.is_success() && env.success => match env.result {
+                Some(result) => Ok((result, env.result_info)),
+                None => Err(plain(ProviderError::Transient(format!(
+                    "{what}: Cloudflare answered success without a result"
+                )))),
+            },
+            Ok(env) => Err(self.failed(status, env.errors, retry_after.as_deref(), what)),
+            Err(e) if status.is_success() => Err(plain(ProviderError::Transient(format!(
+                "{what}: Cloudflare's answer could not be read: {e}"
+            )))),
+            Err(_) => {
+                // a failure without the JSON envelope (a proxy's error page, a 429 from the edge)
+                let errors = serde_json::from_slice::<Envelope<serde_json::Value>>(&bytes)
+                    .map(|e| e.errors)
+                    .unwrap_or_default();
+                Err(self.failed(status, errors, retry_after.as_deref(), what))
+            }
+        }
+    }
+
+    fn failed(
+        &self,
+        status: StatusCode,
+        errors: Vec<ApiMessage>,
+        retry_after: Option<&str>,
+        what: &str,
+    ) -> CallError {
+        let error = classify(&Failure {
+            status: status.as_u16(),
+            errors: &errors,
+            retry_after,
+            what,
+        });
+        tracing::debug!(status = status.as_u16(), error = %error, "cloudflare call failed");
+        CallError {
+            error,
+            status: Some(status.as_u16()),
+            errors,
+        }
+    }
+
+    /// Every page of a list endpoint: asks for `page` 1, 2, … until a page comes back empty
+    /// or `result_info.total_pages` is reached.
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+        per_page: u32,
+        what: &str,
+    ) -> Result<Vec<T>, ProviderError> {
+        let mut out = Vec::new();
+        let mut page: u32 = 1;
+        loop {
+            let mut q: Vec<(&str, String)> = query.to_vec();
+            q.push(("page", page.to_string()));
+            q.push(("per_page", per_page.to_string()));
+            let (items, info): (Vec<T>, _) =
+                self.call(Method::GET, path, &q, None::<&()>, what).await?;
+            let got = items.len();
+            out.extend(items);
+            let last = match info.and_then(|i| i.total_pages) {
+                Some(total) => page >= total,
+                None => got < per_page as usize,
+            };
+            if got == 0 || last {
+                return Ok(out);
+            }
+            page = page.checked_add(1).ok_or_else(|| {
+                ProviderError::Transient(format!("{what}: more pages than mxguard can count"))
+            })?;
+        }
+    }
+}

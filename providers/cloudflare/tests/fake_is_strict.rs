@@ -1,0 +1,258 @@
+//! The fake itself, spoken to over raw HTTP: it must refuse what Cloudflare refuses, or the
+//! provider's tests would prove nothing (reference §10).
+
+mod fake;
+
+use fake::{FakeCloudflare, FakeConfig, Perms};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "fake-strictness-token";
+
+struct Api {
+    fake: FakeCloudflare,
+    http: reqwest::Client,
+    zone_id: String,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let fake = FakeCloudflare::start(FakeConfig {
+            batch_limit: 3,
+            ..FakeConfig::default()
+        })
+        .await;
+        fake.add_token(TOKEN, Perms::FULL);
+        let zone_id = fake.add_zone("strict.test");
+        Api {
+            fake,
+            http: reqwest::Client::new(),
+            zone_id,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.fake.base_url));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("the fake answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("a JSON envelope"))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(&format!("Bearer {TOKEN}")),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(
+            reqwest::Method::GET,
+            path,
+            Some(&format!("Bearer {TOKEN}")),
+            None,
+        )
+        .await
+    }
+
+    fn records(&self) -> String {
+        format!("/zones/{}/dns_records", self.zone_id)
+    }
+}
+
+fn code(v: &Value) -> (i64, Option<i64>) {
+    let e = &v["errors"][0];
+    (
+        e["code"].as_i64().unwrap_or(0),
+        e["error_chain"][0]["code"].as_i64(),
+    )
+}
+
+fn a(name: &str, ip: &str) -> Value {
+    json!({"type": "A", "name": name, "content": ip, "ttl": 300, "proxied": false})
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_checked() {
+    let api = Api::start().await;
+    let (s, v) = api.send(reqwest::Method::GET, "/zones", None, None).await;
+    assert_eq!(
+        (s, code(&v).0, v["success"].clone()),
+        (403, 10000, json!(false))
+    );
+    let (s, v) = api
+        .send(reqwest::Method::GET, "/zones", Some("Token abc"), None)
+        .await;
+    assert_eq!((s, code(&v)), (400, (6003, Some(6111))));
+    let (s, _) = api
+        .send(
+            reqwest::Method::GET,
+            "/zones",
+            Some("Bearer not-a-token"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = api.get("/zones?name=strict.test").await;
+    assert_eq!(
+        (s, v["result"][0]["name"].as_str()),
+        (200, Some("strict.test"))
+    );
+}
+
+#[tokio::test]
+async fn bodies_are_checked_strictly() {
+    let api = Api::start().await;
+    let path = api.records();
+    let mut unknown = a("x.strict.test", "192.0.2.1");
+    unknown["colour"] = json!("blue");
+    let mut wrong_type = a("x.strict.test", "192.0.2.1");
+    wrong_type["ttl"] = json!("300");
+    let cases = [
+        (unknown, (9207, Some(9207))),
+        (wrong_type, (9207, Some(9207))),
+        (
+            json!({"type": "A", "name": "x.strict.test", "content": "192.0.2.1", "ttl": 59}),
+            (1004, Some(9021)),
+        ),
+        (
+            json!({"type": "A", "name": "x.strict.test", "content": "1.1", "ttl": 60}),
+            (1004, Some(9005)),
+        ),
+        (
+            json!({"type": "A", "name": "x.elsewhere.test", "content": "192.0.2.1", "ttl": 60}),
+            (1004, Some(9007)),
+        ),
+        (
+            json!({"type": "MX", "name": "strict.test", "content": "mx.strict.test", "ttl": 60}),
+            (1004, Some(9100)),
+        ),
+        (
+            json!({"type": "MX", "name": "strict.test", "content": "mx.strict.test", "priority": 10, "ttl": 60, "proxied": true}),
+            (1004, Some(9004)),
+        ),
+        (
+            json!({"type": "TXT", "name": "strict.test", "content": format!("\"{}\"", "x".repeat(256)), "ttl": 60}),
+            (1004, Some(9106)),
+        ),
+        (
+            json!({"type": "TXT", "name": "strict.test", "content": "x".repeat(2049), "ttl": 60}),
+            (1004, Some(9104)),
+        ),
+        (
+            json!({"type": "CNAME", "name": "c.strict.test", "content": "strict.test", "ttl": 60}),
+            (1004, Some(9000)),
+        ),
+    ];
+    for (body, want) in cases {
+        let (s, v) = api.post(&path, body.clone()).await;
+        assert_eq!((s, code(&v)), (400, want), "{body}");
+    }
+    let (s, v) = api
+        .post(
+            &path,
+            json!({"type": "A", "name": "x.strict.test.", "content": "192.0.2.1", "ttl": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"]["name"].as_str(), v["result"]["ttl"].as_i64()),
+        (200, Some("x.strict.test"), Some(1))
+    );
+    let (s, v) = api.post(&path, a("x.strict.test", "192.0.2.1")).await;
+    assert_eq!((s, code(&v).0), (400, 81058), "identical record");
+}
+
+#[tokio::test]
+async fn lists_paginate_with_all_five_result_info_fields() {
+    let api = Api::start().await;
+    for i in 1..=5 {
+        let (s, _) = api
+            .post(&api.records(), a("p.strict.test", &format!("192.0.2.{i}")))
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (_, v) = api
+        .get(&format!(
+            "{}?name.exact=P.strict.test&type=A&page=2&per_page=2",
+            api.records()
+        ))
+        .await;
+    assert_eq!(v["result"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        v["result_info"],
+        json!({"page": 2, "per_page": 2, "count": 2, "total_count": 5, "total_pages": 3})
+    );
+    let (s, v) = api
+        .get(&format!("{}?page=9&per_page=2", api.records()))
+        .await;
+    assert_eq!(
+        (s, v["result"].clone()),
+        (200, json!([])),
+        "past the last page: an empty page"
+    );
+    let (s, _) = api
+        .get(&format!("{}?name=p.strict.test", api.records()))
+        .await;
+    assert_eq!(s, 400, "only name.exact filters by name");
+    let (s, _) = api.get(&format!("{}?per_page=0", api.records())).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn a_batch_is_all_or_nothing_and_limited_in_size() {
+    let api = Api::start().await;
+    let (_, v) = api
+        .post(&api.records(), a("b.strict.test", "192.0.2.1"))
+        .await;
+    let id = v["result"]["id"].as_str().expect("an id").to_string();
+    let batch = format!("{}/batch", api.records());
+    // a valid delete, then a post the fake refuses: the delete must not happen
+    let (s, v) = api.post(&batch, json!({"deletes": [{"id": id}], "posts": [{"type": "A", "name": "b.strict.test", "content": "nope", "ttl": 60}]})).await;
+    assert_eq!((s, code(&v)), (400, (1004, Some(9005))));
+    let (_, v) = api.get(&api.records()).await;
+    assert_eq!(
+        v["result"][0]["id"].as_str(),
+        Some(id.as_str()),
+        "nothing applied"
+    );
+    // deletes run before posts: replacing a record with an identical one is fine
+    let (s, v) = api
+        .post(
+            &batch,
+            json!({"deletes": [{"id": id}], "posts": [a("b.strict.test", "192.0.2.1")]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["deletes"][0]["id"].as_str(), Some(id.as_str()));
+    let (s, v) = api.post(&batch, json!({"posts": [a("c.strict.test", "192.0.2.1"), a("c.strict.test", "192.0.2.2"), a("c.strict.test", "192.0.2.3"), a("c.strict.test", "192.0.2.4")]})).await;
+    assert_eq!(
+        (s, code(&v)),
+        (400, (1004, Some(9108))),
+        "over the batch limit of 3"
+    );
+    let (s, v) = api
+        .post(
+            &batch,
+            json!({"deletes": [{"id": "ffffffffffffffffffffffffffffffff"}]}),
+        )
+        .await;
+    assert_eq!((s, code(&v).0), (404, 81044));
+    let (s, v) = api.post(&batch, json!({"upserts": []})).await;
+    assert_eq!((s, code(&v).0), (400, 9207));
+}
