@@ -1,0 +1,149 @@
+//! Outage scenarios from the runbooks, end to end: the real binary against BIND, Unbound and
+//! Postfix. (Failover/failback and SIGKILL are in `failover.rs`.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::{Lab, LabOptions, Mxguard};
+use mxguard::config::StoreUrl;
+use mxguard::model::Fqdn;
+
+async fn events(lab: &Lab) -> Vec<mxguard::store::Event> {
+    let url = StoreUrl::parse(&format!("sqlite://{}", lab.db.display())).expect("url");
+    let store = mxguard::store::open(&url).await.expect("store");
+    // Before the server's first migration there is no table yet: no events.
+    let ev = store
+        .events(&Fqdn::parse("example.test").expect("name"), None, 10_000)
+        .await
+        .unwrap_or_default();
+    store.close().await;
+    ev
+}
+
+async fn wait_for_event(lab: &Lab, kind: &str, deadline: Duration) -> mxguard::store::Event {
+    let start = Instant::now();
+    loop {
+        if let Some(e) = events(lab).await.into_iter().find(|e| e.kind == kind) {
+            return e;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "no {kind} event within {deadline:?}: {:#?}",
+            events(lab)
+                .await
+                .iter()
+                .map(|e| format!("{} {}", e.kind, e.message))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Until the controller settled on the primary and both sides have been seen Up (so the
+/// resolvers have cached both MX hosts' addresses).
+async fn settle(lab: &Lab, mx: &Mxguard) {
+    let start = Instant::now();
+    loop {
+        let ev = events(lab).await;
+        let up = |side: &str| {
+            ev.iter().any(|e| e.kind == "health" && e.message.starts_with(&format!("{side} Unknown → Up")))
+        };
+        if mx.saw("first verdicts") && up("primary") && up("backup") {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never settled:\n{}", mx.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_down_too_changes_nothing_and_alerts() {
+    let mut lab = Lab::start(LabOptions {
+        hold: "2s",
+        mx_ttl: 300,
+    })
+    .await;
+    let mx = lab.serve(None);
+    settle(&lab, &mx).await;
+    let serial = lab.serial().await;
+    lab.backup.stop().await.expect("stop backup");
+    // the backup is known Down before the primary fails (otherwise failing over is right)
+    let start = Instant::now();
+    while !events(&lab).await.iter().any(|e| e.kind == "health" && e.message.starts_with("backup Up → Down")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "backup never seen Down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.primary.stop().await.expect("stop primary");
+    let alert = wait_for_event(&lab, "alert.both_down", Duration::from_secs(60)).await;
+    assert!(
+        alert.message.contains("keeping the published records"),
+        "{}",
+        alert.message
+    );
+    // several more rounds: still nothing published changes
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            lab.served_mx().await,
+            vec!["10 mx1.example.test. 300".to_string()]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(lab.serial().await, serial, "no UPDATE was sent");
+    // the backup comes back first: it is published (the primary is still Down)
+    lab.backup.restart().await.expect("restart backup");
+    let start = Instant::now();
+    while lab.served_mx().await != vec!["10 backup.example.test. 30".to_string()] {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "backup not published after it came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_down_during_failover_retries_and_applies_once() {
+    let mut lab = Lab::start(LabOptions {
+        hold: "1h",
+        mx_ttl: 300,
+    })
+    .await;
+    let mx = lab.serve(None);
+    settle(&lab, &mx).await;
+    let serial = lab.serial().await;
+    // the DNS provider goes down; the resolvers still have the MX hosts' addresses cached
+    lab.named.stop();
+    lab.primary.stop().await.expect("stop primary");
+    let alert = wait_for_event(&lab, "alert.change_failed", Duration::from_secs(90)).await;
+    assert!(
+        alert
+            .message
+            .contains("publishing the backup records failed"),
+        "{}",
+        alert.message
+    );
+    // the provider returns: the pending move completes, once
+    lab.named.restart().await.expect("restart named");
+    let start = Instant::now();
+    while lab.served_mx().await != vec!["10 backup.example.test. 30".to_string()] {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "failover never completed:\n{}",
+            mx.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        lab.serial().await,
+        serial + 1,
+        "exactly one UPDATE reached named"
+    );
+    let changes: Vec<_> = events(&lab)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "change")
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+}
