@@ -47,12 +47,18 @@ async fn settle(lab: &Lab, mx: &Mxguard) {
     loop {
         let ev = events(lab).await;
         let up = |side: &str| {
-            ev.iter().any(|e| e.kind == "health" && e.message.starts_with(&format!("{side} Unknown → Up")))
+            ev.iter().any(|e| {
+                e.kind == "health" && e.message.starts_with(&format!("{side} Unknown → Up"))
+            })
         };
         if mx.saw("first verdicts") && up("primary") && up("backup") {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "never settled:\n{}", mx.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never settled:\n{}",
+            mx.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -70,8 +76,15 @@ async fn backup_down_too_changes_nothing_and_alerts() {
     lab.backup.stop().await.expect("stop backup");
     // the backup is known Down before the primary fails (otherwise failing over is right)
     let start = Instant::now();
-    while !events(&lab).await.iter().any(|e| e.kind == "health" && e.message.starts_with("backup Up → Down")) {
-        assert!(start.elapsed() < Duration::from_secs(60), "backup never seen Down");
+    while !events(&lab)
+        .await
+        .iter()
+        .any(|e| e.kind == "health" && e.message.starts_with("backup Up → Down"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "backup never seen Down"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     lab.primary.stop().await.expect("stop primary");
@@ -146,4 +159,50 @@ async fn provider_down_during_failover_retries_and_applies_once() {
         .filter(|e| e.kind == "change")
         .collect();
     assert_eq!(changes.len(), 1, "{changes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_primary_trips_the_flap_guard() {
+    let mut lab = Lab::start(LabOptions {
+        hold: "0s",
+        mx_ttl: 300,
+    })
+    .await;
+    let mx = lab.serve(None);
+    settle(&lab, &mx).await;
+    let serial = lab.serial().await;
+    let backup = "10 backup.example.test. 30".to_string();
+    let primary = "10 mx1.example.test. 300".to_string();
+    // two full flaps: four automated moves, the budget per hour
+    for _ in 0..2 {
+        lab.primary.stop().await.expect("stop");
+        wait_mx(&lab, &backup).await;
+        lab.primary.restart().await.expect("restart");
+        wait_mx(&lab, &primary).await;
+    }
+    // the fifth move is refused: automation pauses itself and alerts
+    lab.primary.stop().await.expect("stop");
+    let alert = wait_for_event(&lab, "alert.flap_guard", Duration::from_secs(60)).await;
+    assert!(
+        alert.message.contains("automation paused"),
+        "{}",
+        alert.message
+    );
+    assert_eq!(
+        lab.served_mx().await,
+        vec![primary.clone()],
+        "no fifth move"
+    );
+    assert_eq!(lab.serial().await, serial + 4, "exactly four UPDATEs");
+}
+
+async fn wait_mx(lab: &Lab, want: &str) {
+    let start = Instant::now();
+    while lab.served_mx().await != vec![want.to_string()] {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never served {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
