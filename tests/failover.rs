@@ -199,3 +199,54 @@ async fn sigkill_between_apply_and_verify_applies_nothing_twice() {
     );
     assert_eq!(lab.served_mx().await, vec![format!("{BACKUP_MX} 30")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolvers_see_the_backup_once_the_old_ttl_has_run_out() {
+    // a 4 s MX TTL: the resolvers' cached primary answer expires quickly
+    let mut lab = Lab::start(LabOptions {
+        hold: "1h",
+        mx_ttl: 4,
+    })
+    .await;
+    let mx = lab.serve(None);
+    wait_for_log(&mx, "first verdicts", Duration::from_secs(60)).await;
+    lab.primary.stop().await.expect("stop primary MTA");
+    wait_for_mx(&lab, BACKUP_MX, Duration::from_secs(60)).await;
+    let s = store(&lab).await;
+    let domain = Fqdn::parse("example.test").expect("name");
+    let start = Instant::now();
+    let event = loop {
+        let events = s.events(&domain, None, 1000).await.expect("events");
+        if let Some(e) = events.into_iter().find(|e| e.kind == "propagation") {
+            break e;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no propagation event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seen = event.evidence["resolvers"]
+        .as_array()
+        .expect("per-resolver evidence");
+    assert_eq!(seen.len(), 2, "{event:?}");
+    for r in seen {
+        let ms = r["after_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{} never saw the backup: {event:?}", r["server"]));
+        assert!(
+            ms <= 4_000 + 30_000,
+            "{ms} ms is longer than the old TTL allows"
+        );
+    }
+    // and the resolvers really answer with the backup now
+    for u in &lab.resolvers {
+        let client = mxguard::probe::dns::DnsClient::resolver(u.addr(), Duration::from_secs(2));
+        let a = client.query(&domain, mxguard::model::RecordType::Mx).await;
+        assert_eq!(
+            a.records.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            vec![BACKUP_MX.to_string()]
+        );
+    }
+    s.close().await;
+}
