@@ -211,6 +211,11 @@ impl DomainState {
         if side == Side::Backup && self.published != Some(Side::Backup) {
             self.ttl_before_failover = self.published_ttl.or(self.ttl_before_failover);
         }
+        if side == Side::Backup {
+            // The failback hold counts from the move to the backup: a primary that was Up all
+            // along (an operator's failover or pin) must still stay Up for the whole hold.
+            self.primary_up_since = self.primary_up_since.map(|t| t.max(now));
+        }
         let phase = match side {
             Side::Primary => Phase::FailingBack,
             Side::Backup => Phase::FailingOver,
@@ -273,7 +278,11 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
             reason,
         } => {
             command_step(state, command, &by, &reason, now, &mut fx);
-            return fx;
+            if fx.iter().any(|e| matches!(e, Effect::Rejected { .. })) {
+                return fx;
+            }
+            // An accepted command may have lifted an override (unpin, resume): automation acts
+            // on the current health at once rather than waiting for the next health change.
         }
     }
     expire_pin(state, now, &mut fx);

@@ -248,15 +248,9 @@ fn approval_holds_failback_until_approved() {
     let mut s = failed_over();
     step(&mut s, health(Up, Up), t(100), &pol);
     assert!(publishes(&step(&mut s, Input::Tick, t(800), &pol)).is_empty());
+    // the hold is long over: approving starts the failback at once
     let fx = step(&mut s, cmd(Command::Approve), t(801), &pol);
-    assert!(
-        publishes(&fx).is_empty(),
-        "approval alone does not publish; the next step does"
-    );
-    assert_eq!(
-        publishes(&step(&mut s, Input::Tick, t(802), &pol)),
-        vec![Side::Primary]
-    );
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
 }
 
 #[test]
@@ -315,6 +309,77 @@ fn pin_wins_until_unpinned_or_expired() {
 }
 
 #[test]
+fn an_operator_failover_is_not_undone_before_the_hold() {
+    let mut s = on_primary();
+    // the primary is Up all along; the operator moves to the backup anyway
+    assert_eq!(
+        publishes(&step(&mut s, cmd(Command::Failover), t(100), &policy())),
+        vec![Side::Backup]
+    );
+    step(
+        &mut s,
+        Input::ChangeVerified { side: Side::Backup },
+        t(101),
+        &policy(),
+    );
+    assert_eq!(s.phase, Phase::FailbackPending);
+    assert_eq!(
+        next_deadline(&s, &policy()),
+        Some(t(700)),
+        "the hold counts from the move"
+    );
+    assert!(publishes(&step(&mut s, Input::Tick, t(102), &policy())).is_empty());
+    assert_eq!(
+        publishes(&step(&mut s, Input::Tick, t(700), &policy())),
+        vec![Side::Primary]
+    );
+}
+
+#[test]
+fn unpin_lets_automation_act_at_once() {
+    let mut s = on_primary();
+    step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Backup,
+            until: t(99_999),
+        }),
+        t(10),
+        &policy(),
+    );
+    step(
+        &mut s,
+        Input::ChangeVerified { side: Side::Backup },
+        t(11),
+        &policy(),
+    );
+    assert_eq!(s.phase, Phase::OnBackup, "pinned: no failback guard");
+    // unpinned long after the hold: the failback starts in the same step
+    let fx = step(&mut s, cmd(Command::Unpin), t(1000), &policy());
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
+    // unpinned before the hold: the guard starts and a deadline is set
+    let mut s = on_primary();
+    step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Backup,
+            until: t(99_999),
+        }),
+        t(10),
+        &policy(),
+    );
+    step(
+        &mut s,
+        Input::ChangeVerified { side: Side::Backup },
+        t(11),
+        &policy(),
+    );
+    assert!(publishes(&step(&mut s, cmd(Command::Unpin), t(20), &policy())).is_empty());
+    assert_eq!(s.phase, Phase::FailbackPending);
+    assert_eq!(next_deadline(&s, &policy()), Some(t(610)));
+}
+
+#[test]
 fn commands_that_would_publish_a_down_side_are_refused() {
     let mut s = on_primary();
     step(&mut s, health(Up, Down), t(5), &policy());
@@ -367,9 +432,9 @@ fn pause_stops_automation_and_resume_restarts_it() {
     step(&mut s, cmd(Command::Pause), t(1), &policy());
     assert!(publishes(&step(&mut s, health(Down, Up), t(2), &policy())).is_empty());
     assert_eq!(s.primary, Down, "health is still tracked while paused");
-    step(&mut s, cmd(Command::Resume), t(3), &policy());
+    // resuming acts on the current health at once
     assert_eq!(
-        publishes(&step(&mut s, health(Down, Up), t(4), &policy())),
+        publishes(&step(&mut s, cmd(Command::Resume), t(3), &policy())),
         vec![Side::Backup]
     );
 }
@@ -477,8 +542,9 @@ proptest! {
         step(&mut s, Input::Observed { published: Some(Side::Primary), ttl: Some(300) }, t(now), &pol);
         let mut primary_up_since: Option<i64> = None;
         for g in history {
-            let operator = matches!(g, Gen::Cmd(_));
+            let operator = matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. }));
             let completes_flight = matches!(g, Gen::Verify) && s.in_flight.is_some();
+            let g_is_cmd = matches!(g, Gen::Cmd(_));
             let input = match g {
                 Gen::Health(p, b) => {
                     if p == Up { primary_up_since.get_or_insert(now); } else { primary_up_since = None; }
@@ -504,14 +570,14 @@ proptest! {
                     let since = primary_up_since.expect("primary Up");
                     prop_assert!(now - since >= 600, "failback after {}s of health", now - since);
                 }
-                // 3. automation never publishes over an override
+                // 3. automation never publishes over an override (one lifted in this step by an
+                //    operator or by expiry no longer counts)
                 if !operator {
-                    prop_assert!(before.overrides.is_none() || matches!(&before.overrides, Some(Override::Pinned { until, .. }) if *until <= t(now)),
-                        "automation published under {:?}", before.overrides);
+                    prop_assert!(s.overrides.is_none(), "automation published under {:?}", s.overrides);
                 }
             }
             // 3. an override is lifted only by an operator or its expiry
-            if before.overrides.is_some() && s.overrides.is_none() && !operator {
+            if before.overrides.is_some() && s.overrides.is_none() && !g_is_cmd {
                 let expired = matches!(&before.overrides, Some(Override::Pinned { until, .. }) if *until <= t(now));
                 prop_assert!(expired, "override lifted without an operator: {:?}", before.overrides);
             }
