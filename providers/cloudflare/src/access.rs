@@ -1,109 +1,10 @@
 //! `verify_access`: what the token can and cannot do for one zone, without changing anything.
 
-use std::fmt;
-
-use mxguard_core::{Fqdn, ProviderError};
+use mxguard_core::{AccessCheck, AccessReport, Fqdn, Missing, Outcome};
 use reqwest::Method;
-use serde::Serialize;
 
 use crate::provider::CloudflareProvider;
 use crate::wire::{BatchRequest, DnsRecord, TokenStatus};
-
-/// Why a check failed: what the operator has to fix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Missing {
-    /// The API cannot be reached (DNS, firewall, proxy, outage).
-    Network,
-    /// The token is refused outright (wrong, expired, revoked, IP-filtered).
-    Credentials,
-    /// The token works but lacks a permission.
-    Permission,
-    /// The token cannot see the zone (wrong name, or left out of the token's zone resources).
-    Zone,
-    /// The API answered something else (rate limit, rejection).
-    Other,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Outcome {
-    Passed {
-        detail: String,
-    },
-    Failed {
-        missing: Missing,
-        detail: String,
-    },
-    /// Not checked: an earlier check failed, or it cannot be checked without writing.
-    Skipped {
-        detail: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AccessCheck {
-    /// `credentials`, `zone`, `dns_read`, `dns_write`.
-    pub check: &'static str,
-    /// What is needed, e.g. "Zone:Read on example.com".
-    pub needs: String,
-    #[serde(flatten)]
-    pub outcome: Outcome,
-}
-
-/// The result of `verify_access`: one line per check, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AccessReport {
-    pub provider: String,
-    pub zone: Fqdn,
-    pub checks: Vec<AccessCheck>,
-}
-
-impl AccessReport {
-    /// True when no check failed (a skipped write check does not count as failed).
-    pub fn is_ok(&self) -> bool {
-        !self
-            .checks
-            .iter()
-            .any(|c| matches!(c.outcome, Outcome::Failed { .. }))
-    }
-
-    pub fn failures(&self) -> impl Iterator<Item = &AccessCheck> {
-        self.checks
-            .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Failed { .. }))
-    }
-}
-
-impl fmt::Display for AccessReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} (cloudflare) for zone {}:", self.provider, self.zone)?;
-        for c in &self.checks {
-            let (mark, detail) = match &c.outcome {
-                Outcome::Passed { detail } => ("ok     ", detail.clone()),
-                Outcome::Failed { missing, detail } => {
-                    ("MISSING", format!("{missing:?}: {detail}"))
-                }
-                Outcome::Skipped { detail } => ("skipped", detail.clone()),
-            };
-            writeln!(f, "  {mark} {:<11} {} — {detail}", c.check, c.needs)?;
-        }
-        Ok(())
-    }
-}
-
-fn failed(e: &ProviderError, permission_missing: Missing) -> Outcome {
-    let missing = match e {
-        ProviderError::Transient(_) => Missing::Network,
-        ProviderError::Auth(_) => permission_missing,
-        ProviderError::NotFound(_) => Missing::Zone,
-        ProviderError::RateLimited { .. } | ProviderError::Rejected { .. } => Missing::Other,
-    };
-    Outcome::Failed {
-        missing,
-        detail: e.to_string(),
-    }
-}
 
 impl CloudflareProvider {
     /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`), it can
@@ -157,7 +58,11 @@ impl CloudflareProvider {
             }
             Err(e) => {
                 blocked = Some("credentials");
-                push("credentials", needs, failed(&e.error, Missing::Credentials));
+                push(
+                    "credentials",
+                    needs,
+                    Outcome::failed(&e.error, Missing::Credentials),
+                );
             }
         }
 
@@ -186,7 +91,7 @@ impl CloudflareProvider {
                 }
                 Err(e) => {
                     blocked = Some("zone");
-                    push("zone", needs, failed(&e, Missing::Permission));
+                    push("zone", needs, Outcome::failed(&e, Missing::Permission));
                     None
                 }
             },
@@ -212,7 +117,11 @@ impl CloudflareProvider {
                     ),
                     Err(e) => {
                         blocked = Some("dns_read");
-                        push("dns_read", needs, failed(&e.error, Missing::Permission));
+                        push(
+                            "dns_read",
+                            needs,
+                            Outcome::failed(&e.error, Missing::Permission),
+                        );
                     }
                 }
             }
@@ -243,7 +152,11 @@ impl CloudflareProvider {
                             detail: "an empty batch was accepted".into(),
                         },
                     ),
-                    Err(e) => push("dns_write", needs, failed(&e.error, Missing::Permission)),
+                    Err(e) => push(
+                        "dns_write",
+                        needs,
+                        Outcome::failed(&e.error, Missing::Permission),
+                    ),
                 }
             }
             (_, None, false) => push(
@@ -266,6 +179,7 @@ impl CloudflareProvider {
 
         AccessReport {
             provider: self.name.clone(),
+            kind: "cloudflare",
             zone: zone.clone(),
             checks,
         }

@@ -13,6 +13,6 @@ mod plan;
 mod provider;
 mod wire;
 
-pub use access::{AccessCheck, AccessReport, Missing, Outcome};
 pub use config::{ApiToken, CloudflareConfig, ConfigError, Plan, DEFAULT_BASE_URL, MAX_TTL};
+pub use mxguard_core::{AccessCheck, AccessReport, Missing, Outcome};
 pub use provider::CloudflareProvider;

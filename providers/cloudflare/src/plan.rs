@@ -32,36 +32,9 @@ pub(crate) fn check_expected(changes: &ChangeSet, live: &Live) -> Result<(), Pro
             }
             _ => None,
         };
-        let same = match (current.as_ref(), change.expected()) {
-            (None, None) => true,
-            (Some(c), Some(e)) => c.records() == e.records(),
-            _ => false,
-        };
-        if !same {
-            return Err(ProviderError::Rejected {
-                reason: format!(
-                    "{} {} changed since it was read: expected {}, found {}",
-                    key.name,
-                    key.rtype,
-                    describe(change.expected()),
-                    describe(current.as_ref())
-                ),
-            });
-        }
+        change.check_expected(current.as_ref())?;
     }
     Ok(())
-}
-
-fn describe(set: Option<&RecordSet>) -> String {
-    match set {
-        None => "no records".into(),
-        Some(s) => s
-            .records()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
 }
 
 /// The batch that makes the live records what `changes` asks for, with TTLs below `min_ttl`

@@ -147,15 +147,6 @@ impl CloudflareProvider {
         r
     }
 
-    fn check_names(zone: &Fqdn, keys: &[RrsetKey]) -> Result<(), ProviderError> {
-        match keys.iter().find(|k| !k.name.is_within(zone)) {
-            Some(k) => Err(ProviderError::Rejected {
-                reason: format!("{} is not in zone {zone}", k.name),
-            }),
-            None => Ok(()),
-        }
-    }
-
     /// What Cloudflare would refuse, refused before anything is sent.
     fn check_content(&self, changes: &ChangeSet) -> Result<(), ProviderError> {
         for change in &changes.changes {
@@ -280,7 +271,7 @@ impl DnsProvider for CloudflareProvider {
     }
 
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
-        Self::check_names(zone, keys)?;
+        keys.iter().try_for_each(|k| k.check_within(zone))?;
         let zone_id = self.zone_id(zone).await?;
         if keys.is_empty() {
             return Ok(Vec::new());

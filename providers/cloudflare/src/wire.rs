@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use mxguard_core::txt::{self, Escapes};
 use mxguard_core::{Fqdn, MxRecord, RData, RecordSet, RecordType, RrsetKey, Ttl};
 use serde::{Deserialize, Serialize};
 
@@ -230,77 +231,14 @@ pub(crate) fn effective_ttl(ttl: u32) -> u32 {
 /// TXT text → Cloudflare content: quoted character-strings of at most 255 bytes each, split
 /// on character boundaries, with `"` and `\` escaped.
 pub(crate) fn encode_txt(text: &str) -> String {
-    let mut chunks: Vec<String> = Vec::new();
-    let mut current = String::new();
-    for c in text.chars() {
-        if current.len() + c.len_utf8() > 255 {
-            chunks.push(std::mem::take(&mut current));
-        }
-        current.push(c);
-    }
-    if !current.is_empty() || chunks.is_empty() {
-        chunks.push(current);
-    }
-    chunks
-        .iter()
-        .map(|c| format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect::<Vec<_>>()
-        .join(" ")
+    txt::encode_presentation(text, Escapes::Decimal)
 }
 
 /// Cloudflare content → TXT text: quoted strings are unescaped (`\"`, `\\`, `\DDD`) and joined;
 /// unquoted content (records made in the dashboard) is taken as it is.
 pub(crate) fn decode_txt(content: &str) -> Result<String, String> {
-    let s = content.trim();
-    if !s.starts_with('"') {
-        return Ok(s.to_string());
-    }
-    let mut out: Vec<u8> = Vec::new();
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b' ' | b'\t' => i += 1,
-            b'"' => {
-                i += 1;
-                loop {
-                    match bytes.get(i) {
-                        None => return Err(format!("unterminated TXT string in {content:?}")),
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(b'\\') => {
-                            let digits = bytes
-                                .get(i + 1..i + 4)
-                                .filter(|d| d.iter().all(u8::is_ascii_digit));
-                            if let Some(d) = digits {
-                                let v =
-                                    d.iter().fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
-                                out.push(
-                                    u8::try_from(v)
-                                        .map_err(|_| format!("bad escape in {content:?}"))?,
-                                );
-                                i += 4;
-                            } else {
-                                let next = bytes
-                                    .get(i + 1)
-                                    .ok_or_else(|| format!("dangling backslash in {content:?}"))?;
-                                out.push(*next);
-                                i += 2;
-                            }
-                        }
-                        Some(b) => {
-                            out.push(*b);
-                            i += 1;
-                        }
-                    }
-                }
-            }
-            _ => return Err(format!("text outside quotes in TXT content {content:?}")),
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("TXT content {content:?} is not UTF-8"))
+    txt::decode_presentation(content, Escapes::Decimal)
+        .map_err(|e| format!("TXT content {content:?}: {e}"))
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! mxguard's core vocabulary: domain names, TTLs, MX/A/AAAA/TXT record sets, and the
 //! [`DnsProvider`] port that every provider crate implements; the machinery every provider
 //! shares ([`Guarded`]: token bucket, retries, deadline, one change in flight per zone, on an
-//! injected [`Clock`]); [`diff`]; and, behind the `conformance` feature, the provider
+//! injected [`Clock`]); [`diff`]; TXT presentation format ([`txt`]); what `verify_access`
+//! reports ([`AccessReport`]); and, behind the `conformance` feature, the provider
 //! conformance kit (see `CONFORMANCE.md`).
 #![forbid(unsafe_code)]
 
+mod access;
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -16,8 +18,10 @@ mod provider;
 pub mod ratelimit;
 mod record;
 pub mod retry;
+pub mod txt;
 mod zonelock;
 
+pub use access::{AccessCheck, AccessReport, Missing, Outcome};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use diff::{diff, write_rank};
 pub use guarded::Guarded;

@@ -23,6 +23,17 @@ impl RrsetKey {
     pub fn of(set: &RecordSet) -> Self {
         RrsetKey::new(set.name().clone(), set.rtype())
     }
+
+    /// `Rejected` unless the name lies in `zone`: a provider reads and writes one zone at a
+    /// time.
+    pub fn check_within(&self, zone: &Fqdn) -> Result<(), ProviderError> {
+        if self.name.is_within(zone) {
+            return Ok(());
+        }
+        Err(ProviderError::Rejected {
+            reason: format!("{} is not in zone {zone}", self.name),
+        })
+    }
 }
 
 /// One change to one RRset. `expected` is what the planner read before planning — `None`
@@ -60,6 +71,43 @@ impl Change {
             Change::Upsert { expected, .. } | Change::Delete { expected, .. } => expected.as_ref(),
         }
     }
+
+    /// The precondition, for providers that check it themselves: `live` is the RRset as read
+    /// just now (`None`: absent). `Rejected` when its records differ from `expected` (TTLs
+    /// are not compared), saying what was expected and what was found.
+    pub fn check_expected(&self, live: Option<&RecordSet>) -> Result<(), ProviderError> {
+        let same = match (live, self.expected()) {
+            (None, None) => true,
+            (Some(l), Some(e)) => l.records() == e.records(),
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let key = self.key();
+        Err(ProviderError::Rejected {
+            reason: format!(
+                "{} {} changed since it was read: expected {}, found {}",
+                key.name,
+                key.rtype,
+                show(self.expected()),
+                show(live)
+            ),
+        })
+    }
+}
+
+/// An RRset's records, comma-separated, or "no records".
+fn show(set: Option<&RecordSet>) -> String {
+    match set {
+        None => "no records".into(),
+        Some(s) => s
+            .records()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Changes to one zone, applied as one request where the provider allows it.
@@ -79,11 +127,7 @@ impl ChangeSet {
         let mut seen = std::collections::BTreeSet::new();
         for change in &self.changes {
             let key = change.key();
-            if !key.name.is_within(zone) {
-                return Err(ProviderError::Rejected {
-                    reason: format!("{} is not in zone {zone}", key.name),
-                });
-            }
+            key.check_within(zone)?;
             if let Some(expected) = change.expected() {
                 if RrsetKey::of(expected) != key {
                     return Err(ProviderError::Rejected {
@@ -229,5 +273,39 @@ mod tests {
                 Err(ProviderError::Rejected { .. })
             ));
         }
+    }
+
+    #[test]
+    fn check_expected_compares_records_not_ttls() {
+        let set = a_set("a.example.com");
+        let longer = set.with_ttl(crate::Ttl::new(3600).unwrap());
+        let upsert = |expected: Option<RecordSet>| Change::Upsert {
+            set: set.clone(),
+            expected,
+        };
+        assert_eq!(upsert(None).check_expected(None), Ok(()));
+        assert_eq!(
+            upsert(Some(set.clone())).check_expected(Some(&longer)),
+            Ok(())
+        );
+        assert_eq!(
+            upsert(None).check_expected(Some(&set)),
+            Err(ProviderError::Rejected {
+                reason: "a.example.com. A changed since it was read: expected no records, \
+                         found 192.0.2.1"
+                    .into()
+            })
+        );
+        let other = RecordSet::parse(
+            set.name().clone(),
+            RecordType::A,
+            set.ttl(),
+            &["192.0.2.2", "192.0.2.3"],
+        )
+        .unwrap();
+        assert!(upsert(Some(set.clone()))
+            .check_expected(Some(&other))
+            .is_err());
+        assert!(upsert(Some(set.clone())).check_expected(None).is_err());
     }
 }

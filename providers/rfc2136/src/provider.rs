@@ -113,11 +113,7 @@ impl DnsProvider for Rfc2136Provider {
     }
 
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
-        if let Some(key) = keys.iter().find(|k| !k.name.is_within(zone)) {
-            return Err(ProviderError::Rejected {
-                reason: format!("{} is not in zone {zone}", key.name),
-            });
-        }
+        keys.iter().try_for_each(|k| k.check_within(zone))?;
         self.ensure_zone(zone).await?;
         let mut sets = Vec::with_capacity(keys.len());
         for key in keys {

@@ -4,10 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hickory_proto::rr::rdata::{A as HA, AAAA as HAAAA, MX as HMX, TXT as HTXT};
 use hickory_proto::rr::{Name, RData as HRData, Record, RecordType as HType};
+use mxguard_core::txt;
 use mxguard_core::{Fqdn, MxRecord, ProviderError, RData, RecordSet, RecordType, Ttl};
-
-/// The most bytes in one TXT character-string (RFC 1035 §3.3).
-const TXT_CHUNK: usize = 255;
 
 pub(crate) fn name(fqdn: &Fqdn) -> Result<Name, ProviderError> {
     Name::from_ascii(fqdn.as_str()).map_err(|e| ProviderError::Rejected {
@@ -48,14 +46,7 @@ pub(crate) fn rdata(r: &RData) -> Result<HRData, ProviderError> {
         RData::Mx(mx) => HRData::MX(HMX::new(mx.preference.0, name(&mx.exchange)?)),
         RData::A(ip) => HRData::A(HA(*ip)),
         RData::Aaaa(ip) => HRData::AAAA(HAAAA(*ip)),
-        RData::Txt(text) => {
-            let chunks: Vec<&[u8]> = text.as_bytes().chunks(TXT_CHUNK).collect();
-            HRData::TXT(HTXT::from_bytes(if chunks.is_empty() {
-                vec![&[][..]]
-            } else {
-                chunks
-            }))
-        }
+        RData::Txt(text) => HRData::TXT(HTXT::from_bytes(txt::character_strings(text))),
     })
 }
 

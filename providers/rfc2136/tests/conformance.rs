@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{Named, ZoneSpec};
-use mxguard_core::conformance::{Fixture, Peer};
-use mxguard_core::{
-    DnsProvider, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter, TokenBucket, TokioClock,
-};
+use mxguard_core::conformance::{support, Fixture, Peer};
+use mxguard_core::{DnsProvider, RetryPolicy, TokioClock};
 use mxguard_rfc2136::{Rfc2136Provider, TsigAlgorithm};
 
 struct NamedPeer {
@@ -23,18 +21,14 @@ struct NamedPeer {
     next: AtomicUsize,
 }
 
+/// `Guarded` with the kit's quick policy, backing off a little longer for `named`.
 fn guarded(provider: Rfc2136Provider) -> Arc<dyn DnsProvider> {
-    let clock = Arc::new(TokioClock);
-    let limit = RateLimit::new(500.0, 500).expect("a valid rate limit");
-    let bucket = Arc::new(TokenBucket::new(limit, clock.clone()));
     let policy = RetryPolicy {
-        max_attempts: 3,
         initial_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
-        deadline: Duration::from_secs(15),
+        ..support::quick_policy()
     };
-    let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
-    Arc::new(Guarded::new(provider, bucket, retrier))
+    support::guarded(provider, Arc::new(TokioClock), policy)
 }
 
 async fn start() -> NamedPeer {

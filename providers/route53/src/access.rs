@@ -1,111 +1,20 @@
 //! `verify_access`: what the credentials can and cannot do for one zone, without changing
 //! anything.
 
-use std::fmt;
-
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_route53::types::{Change, ChangeAction, ResourceRecord, ResourceRecordSet, RrType};
-use mxguard_core::{Fqdn, ProviderError};
-use serde::Serialize;
+use mxguard_core::{AccessCheck, AccessReport, Fqdn, Missing, Outcome, ProviderError};
 
 use crate::provider::Route53Provider;
 
-/// Why a check failed: what the operator has to fix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Missing {
-    /// Route 53 cannot be reached (DNS, firewall, proxy, outage).
-    Network,
-    /// No credentials were found, or AWS refuses them (unknown key, bad secret, expired).
-    Credentials,
-    /// The credentials work but lack an IAM permission.
-    Permission,
-    /// The account has no hosted zone by that name (or the configured id is another zone).
-    Zone,
-    /// Anything else (throttling, a rejection).
-    Other,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Outcome {
-    Passed {
-        detail: String,
-    },
-    Failed {
-        missing: Missing,
-        detail: String,
-    },
-    /// Not checked: an earlier check failed, or it cannot be checked without writing.
-    Skipped {
-        detail: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AccessCheck {
-    /// `credentials`, `zone`, `dns_read`, `change_status`, `dns_write`.
-    pub check: &'static str,
-    /// What is needed, e.g. "route53:ListResourceRecordSets".
-    pub needs: String,
-    #[serde(flatten)]
-    pub outcome: Outcome,
-}
-
-/// The result of `verify_access`: one line per check, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AccessReport {
-    pub provider: String,
-    pub zone: Fqdn,
-    pub checks: Vec<AccessCheck>,
-}
-
-impl AccessReport {
-    /// True when no check failed (a skipped write check does not count as failed).
-    pub fn is_ok(&self) -> bool {
-        !self
-            .checks
-            .iter()
-            .any(|c| matches!(c.outcome, Outcome::Failed { .. }))
-    }
-
-    pub fn failures(&self) -> impl Iterator<Item = &AccessCheck> {
-        self.checks
-            .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Failed { .. }))
-    }
-}
-
-impl fmt::Display for AccessReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} (route53) for zone {}:", self.provider, self.zone)?;
-        for c in &self.checks {
-            let (mark, detail) = match &c.outcome {
-                Outcome::Passed { detail } => ("ok     ", detail.clone()),
-                Outcome::Failed { missing, detail } => {
-                    ("MISSING", format!("{missing:?}: {detail}"))
-                }
-                Outcome::Skipped { detail } => ("skipped", detail.clone()),
-            };
-            writeln!(f, "  {mark} {:<13} {} — {detail}", c.check, c.needs)?;
-        }
-        Ok(())
-    }
-}
-
-/// An error of a call the credentials may not be allowed to make.
+/// An error of a call the credentials may not be allowed to make: AWS says `AccessDenied`
+/// for a missing IAM permission, something else for credentials it refuses.
 fn failed(e: &ProviderError) -> Outcome {
-    let missing = match e {
-        ProviderError::Transient(_) => Missing::Network,
+    let auth = match e {
         ProviderError::Auth(m) if m.contains("AccessDenied") => Missing::Permission,
-        ProviderError::Auth(_) => Missing::Credentials,
-        ProviderError::NotFound(_) => Missing::Zone,
-        ProviderError::RateLimited { .. } | ProviderError::Rejected { .. } => Missing::Other,
+        _ => Missing::Credentials,
     };
-    Outcome::Failed {
-        missing,
-        detail: e.to_string(),
-    }
+    Outcome::failed(e, auth)
 }
 
 /// The answer to a probe that must fail *after* authorisation: refused for a reason other
@@ -255,6 +164,7 @@ impl Route53Provider {
 
         AccessReport {
             provider: self.name.clone(),
+            kind: "route53",
             zone: zone.clone(),
             checks,
         }

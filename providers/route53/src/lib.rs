@@ -14,7 +14,7 @@ mod provider;
 mod sync;
 mod wire;
 
-pub use access::{AccessCheck, AccessReport, Missing, Outcome};
 pub use config::{ConfigError, Credentials, Route53Config, SyncPolicy};
+pub use mxguard_core::{AccessCheck, AccessReport, Missing, Outcome};
 pub use provider::Route53Provider;
 pub use sync::{ApplyOutcome, ChangeEvent, ChangeObserver, SyncStatus};

@@ -226,22 +226,7 @@ impl Route53Provider {
             } else {
                 Some(Self::representable(zone, &key, raw)?)
             };
-            let same = match (&current, change.expected()) {
-                (None, None) => true,
-                (Some(c), Some(e)) => c.records() == e.records(),
-                _ => false,
-            };
-            if !same {
-                return Err(ProviderError::Rejected {
-                    reason: format!(
-                        "{} {} changed since it was read: expected {}, found {}",
-                        key.name,
-                        key.rtype,
-                        show(change.expected()),
-                        show(current.as_ref())
-                    ),
-                });
-            }
+            change.check_expected(current.as_ref())?;
             match (change, current) {
                 (Change::Upsert { set, .. }, Some(c)) if &c == set => {}
                 (Change::Upsert { set, .. }, current) => {
@@ -306,18 +291,6 @@ impl Route53Provider {
     }
 }
 
-fn show(set: Option<&RecordSet>) -> String {
-    match set {
-        None => "no records".into(),
-        Some(s) => s
-            .records()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
-}
-
 #[async_trait]
 impl DnsProvider for Route53Provider {
     fn name(&self) -> &str {
@@ -335,11 +308,7 @@ impl DnsProvider for Route53Provider {
     }
 
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
-        if let Some(k) = keys.iter().find(|k| !k.name.is_within(zone)) {
-            return Err(ProviderError::Rejected {
-                reason: format!("{} is not in zone {zone}", k.name),
-            });
-        }
+        keys.iter().try_for_each(|k| k.check_within(zone))?;
         let zone_id = self.zone_id(zone).await?;
         if keys.is_empty() {
             return Ok(Vec::new());

@@ -3,6 +3,7 @@
 //! limits of `ChangeResourceRecordSets`.
 
 use aws_sdk_route53::types::{ChangeAction, ResourceRecord, ResourceRecordSet, RrType};
+use mxguard_core::txt::{self, Escapes};
 use mxguard_core::{Fqdn, RData, RecordSet, RecordType, RrsetKey, Ttl};
 
 /// Most `ResourceRecord` elements in one request (an UPSERT counts twice).
@@ -31,34 +32,7 @@ pub(crate) fn record_type(t: &RrType) -> Option<RecordType> {
 
 /// A name as Route 53 returns it (`\052.example.com.`) → text (`*.example.com.`).
 pub(crate) fn unescape(name: &str) -> Result<String, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(name.len());
-    let bytes = name.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            let digits = bytes
-                .get(i + 1..i + 4)
-                .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-            match digits {
-                Some(d) => {
-                    let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-                    out.push(u8::try_from(v).map_err(|_| format!("bad escape in {name:?}"))?);
-                    i += 4;
-                }
-                None => {
-                    let next = bytes
-                        .get(i + 1)
-                        .ok_or_else(|| format!("dangling backslash in {name:?}"))?;
-                    out.push(*next);
-                    i += 2;
-                }
-            }
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{name:?} is not UTF-8 once unescaped"))
+    txt::unescape(name, Escapes::Octal).map_err(|e| format!("name {name:?}: {e}"))
 }
 
 pub(crate) fn fqdn(name: &str) -> Result<Fqdn, String> {
@@ -133,86 +107,13 @@ fn value(r: &RData) -> String {
 /// TXT text → `"…" "…"`: character-strings of at most 255 bytes, `"` and `\` escaped, bytes
 /// outside printable ASCII as `\OOO` (three octal digits, Route 53's TXT escape).
 pub(crate) fn encode_txt(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let chunks: Vec<&[u8]> = if bytes.is_empty() {
-        vec![&[][..]]
-    } else {
-        bytes.chunks(255).collect()
-    };
-    chunks
-        .iter()
-        .map(|chunk| {
-            let mut s = String::from("\"");
-            for &b in *chunk {
-                match b {
-                    b'"' | b'\\' => {
-                        s.push('\\');
-                        s.push(char::from(b));
-                    }
-                    0x20..=0x7e => s.push(char::from(b)),
-                    _ => s.push_str(&format!("\\{b:03o}")),
-                }
-            }
-            s.push('"');
-            s
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    txt::encode_presentation(text, Escapes::Octal)
 }
 
 /// Route 53 TXT value → text: quoted strings unescaped (`\"`, `\\`, `\OOO` octal) and joined; an
 /// unquoted value (Route 53 accepts them) is taken as it is.
 pub(crate) fn decode_txt(value: &str) -> Result<String, String> {
-    let s = value.trim();
-    if !s.starts_with('"') {
-        return Ok(s.to_string());
-    }
-    let mut out: Vec<u8> = Vec::new();
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b' ' | b'\t' => i += 1,
-            b'"' => {
-                i += 1;
-                loop {
-                    match bytes.get(i) {
-                        None => return Err(format!("unterminated TXT string in {value:?}")),
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(b'\\') => {
-                            let digits = bytes
-                                .get(i + 1..i + 4)
-                                .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-                            if let Some(d) = digits {
-                                let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-                                out.push(
-                                    u8::try_from(v)
-                                        .map_err(|_| format!("bad escape in {value:?}"))?,
-                                );
-                                i += 4;
-                            } else {
-                                out.push(
-                                    *bytes.get(i + 1).ok_or_else(|| {
-                                        format!("dangling backslash in {value:?}")
-                                    })?,
-                                );
-                                i += 2;
-                            }
-                        }
-                        Some(b) => {
-                            out.push(*b);
-                            i += 1;
-                        }
-                    }
-                }
-            }
-            _ => return Err(format!("text outside quotes in TXT value {value:?}")),
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("TXT value {value:?} is not UTF-8"))
+    txt::decode_presentation(value, Escapes::Octal).map_err(|e| format!("TXT value {value:?}: {e}"))
 }
 
 /// What one change costs against the request limits: (records, value characters).

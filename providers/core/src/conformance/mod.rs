@@ -7,9 +7,12 @@
 //! ```
 //!
 //! The kit writes only at the zone apex and at names whose first label starts with `mxg`.
+//! [`support`] has what provider tests share besides the cases (the `Guarded` stack, a
+//! recording clock, log capture).
 
 mod failures;
 mod records;
+pub mod support;
 
 use std::sync::Arc;
 
