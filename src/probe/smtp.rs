@@ -210,7 +210,7 @@ pub async fn probe(
             latency_ms: 0,
         },
     };
-    let outcome = s.dialogue(now).await;
+    let outcome = s.dialogue(now, false).await;
     s.report.latency_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => s.report.pass = true,
@@ -220,7 +220,8 @@ pub async fn probe(
 }
 
 impl Session<'_> {
-    async fn dialogue(&mut self, now: DateTime<Utc>) -> Result<(), Failure> {
+    /// `plaintext`: the retry after opportunistic TLS failed, which does not use STARTTLS.
+    async fn dialogue(&mut self, now: DateTime<Utc>, plaintext: bool) -> Result<(), Failure> {
         let t = Instant::now();
         let addr = self.report.address;
         let tcp = match tokio::time::timeout(self.policy.timeout, TcpStream::connect(addr)).await {
@@ -261,17 +262,19 @@ impl Session<'_> {
                 self.report.warnings.push("STARTTLS not offered".into());
                 false
             }
-            (_, true) => true,
+            (_, true) => !plaintext,
         };
         if use_tls {
             match self.upgrade(conn, now).await {
                 Ok(c) => conn = c,
                 Err(f) if self.policy.starttls == StartTls::Opportunistic => {
-                    // Senders fall back to plaintext on a new connection; the host still takes mail.
+                    // Senders fall back to plaintext on a new connection, and so does the probe:
+                    // the host must take mail there, and the RCPT checks (the relay check above
+                    // all) must not be skipped.
                     self.report
                         .warnings
                         .push(format!("opportunistic TLS failed: {f}"));
-                    return Ok(());
+                    return Box::pin(self.dialogue(now, true)).await;
                 }
                 Err(f) => return Err(f),
             }
@@ -514,7 +517,12 @@ async fn read_reply(conn: &mut BufReader<Box<dyn Io>>) -> Result<Reply, (Failure
             ));
         }
         let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-        let (num, rest) = line.split_at(line.len().min(3));
+        // By `get`, not `split_at`: lossy decoding can put a multi-byte character across
+        // byte 3, and slicing inside it would panic on a hostile or garbled reply.
+        let (num, rest) = match line.get(..3) {
+            Some(num) => (num, line.get(3..).unwrap_or_default()),
+            None => (line.as_str(), ""),
+        };
         let this: u16 = num
             .parse()
             .ok()
@@ -532,7 +540,7 @@ async fn read_reply(conn: &mut BufReader<Box<dyn Io>>) -> Result<Reply, (Failure
             ));
         }
         let (sep, text) = match rest.chars().next() {
-            Some(c) => (c, rest[1..].to_string()),
+            Some(c) => (c, rest[c.len_utf8()..].to_string()),
             None => (' ', String::new()),
         };
         lines.push(text);
