@@ -86,7 +86,7 @@ enum Msg {
         reply: oneshot::Sender<Result<CommandReply, ActorError>>,
     },
     Status(oneshot::Sender<Status>),
-    Plan(oneshot::Sender<Result<Plan, String>>),
+    Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
     ChangeDone(Side, Box<Result<ChangeReport, String>>),
 }
 
@@ -126,9 +126,18 @@ impl ActorHandle {
 
     /// What the controller would change now to publish the side it wants (dry run).
     pub async fn plan(&self) -> Result<Result<Plan, String>, ActorError> {
+        self.plan_side(None).await
+    }
+
+    /// What publishing `side` would change now (dry run of a failover or failback).
+    pub async fn plan_for(&self, side: Side) -> Result<Result<Plan, String>, ActorError> {
+        self.plan_side(Some(side)).await
+    }
+
+    async fn plan_side(&self, side: Option<Side>) -> Result<Result<Plan, String>, ActorError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Plan(reply))
+            .send(Msg::Plan(side, reply))
             .await
             .map_err(|_| ActorError::Gone)?;
         rx.await.map_err(|_| ActorError::Gone)
@@ -295,8 +304,8 @@ impl Actor {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Msg::Plan(reply) => {
-                let _ = reply.send(self.dry_run().await);
+            Msg::Plan(side, reply) => {
+                let _ = reply.send(self.dry_run(side).await);
             }
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
         }
@@ -430,6 +439,9 @@ impl Actor {
             match e {
                 Effect::Event { kind, message } | Effect::Alert { kind, message } => {
                     let alert = matches!(e, Effect::Alert { .. });
+                    if *kind == "transition" {
+                        metrics::counter!("mxguard_transitions_total", "domain" => self.cfg.name.without_dot().to_string()).increment(1);
+                    }
                     if alert {
                         tracing::warn!(domain = %self.cfg.name, kind, message, "alert");
                     } else {
@@ -659,16 +671,12 @@ impl Actor {
         }
     }
 
-    async fn dry_run(&self) -> Result<Plan, String> {
-        let side = match self
-            .state
-            .machine
-            .in_flight
-            .or(self.state.machine.published)
-        {
-            Some(s) => s,
-            None => Side::Primary,
-        };
+    async fn dry_run(&self, side: Option<Side>) -> Result<Plan, String> {
+        let m = &self.state.machine;
+        let side = side
+            .or(m.in_flight)
+            .or(m.published)
+            .unwrap_or(Side::Primary);
         let desired = self.desired(side).await?;
         let actual = self
             .deps

@@ -9,6 +9,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod health;
 pub mod logging;
@@ -92,6 +93,8 @@ pub async fn run(
     let app = api::router(api::AppState {
         store: store.clone(),
         engine: engine.clone(),
+        config: Arc::new(config),
+        providers: Default::default(),
     });
     let graceful = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

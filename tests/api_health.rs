@@ -10,10 +10,15 @@ async fn app(dir: &tempfile::TempDir) -> (axum::Router, std::sync::Arc<dyn mxgua
     let url = StoreUrl::parse(&format!("sqlite://{}", dir.path().join("t.db").display())).unwrap();
     let store = mxguard::store::open(&url).await.unwrap();
     store.migrate().await.unwrap();
+    // /readyz needs a token unless the config opens it; these tests open it.
+    let config =
+        mxguard::config::Config::parse("t.toml", "[server]\nopen_readyz = true\n").unwrap();
     (
         router(AppState {
             store: store.clone(),
             engine: Default::default(),
+            config: std::sync::Arc::new(config),
+            providers: Default::default(),
         }),
         store,
     )

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::{AppState, OPENAPI};
+use super::{Api, OPENAPI};
 
 /// A store that does not answer within this is not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -19,12 +19,12 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready when the store answers a round trip.
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let store = match state.store.kind() {
+pub async fn readyz(State(api): State<Api>) -> impl IntoResponse {
+    let store = match api.app.store.kind() {
         crate::config::StoreKind::Sqlite => "sqlite",
         crate::config::StoreKind::Postgres => "postgres",
     };
-    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+    match tokio::time::timeout(READY_TIMEOUT, api.app.store.ping()).await {
         Ok(Ok(())) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "store": store })),

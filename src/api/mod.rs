@@ -1,29 +1,298 @@
 //! The HTTP API. `router` is callable from tests without a socket.
+//!
+//! Every route is declared once, in [`routes`]: method, path, the scope it needs and its
+//! handler. The router is built from that table, the auth layer reads its scopes from it, and a
+//! test compares it with `openapi.yaml` both ways.
 
+mod auth;
+mod body;
+mod commands;
+mod domains;
+mod error;
 mod health;
+mod idempotency;
+mod metrics;
+mod snapshots;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
 
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
+use mxguard_core::DnsProvider;
 use tower_http::trace::TraceLayer;
 
+pub use self::auth::{Access, Caller};
+pub use self::error::{ApiError, PROBLEM_BASE};
+use crate::actor::ActorHandle;
+use crate::config::{Config, DomainConfig, Scope};
+use crate::engine::{Engine, EngineError};
+use crate::model::Fqdn;
 use crate::store::Store;
 
 /// The OpenAPI document, served at `/openapi.yaml`.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 
+/// What the API serves from.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub engine: crate::engine::Engine,
+    pub engine: Engine,
+    pub config: Arc<Config>,
+    /// Provider clients for snapshots and reverts, built from `config` on first use (tests
+    /// may put their own in first).
+    pub providers: Providers,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.yaml", get(health::openapi))
+/// Provider clients by `[providers.NAME]`, built once and shared.
+#[derive(Clone, Default)]
+pub struct Providers(Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>);
+
+impl Providers {
+    /// Uses `provider` for `[providers.NAME]` instead of building one from the config.
+    pub async fn insert(&self, name: &str, provider: Arc<dyn DnsProvider>) {
+        self.0.lock().await.insert(name.to_string(), provider);
+    }
+
+    async fn get(&self, config: &Config, name: &str) -> Result<Arc<dyn DnsProvider>, EngineError> {
+        let mut map = self.0.lock().await;
+        if let Some(p) = map.get(name) {
+            return Ok(p.clone());
+        }
+        let p = crate::engine::provider_client(config, name).await?;
+        map.insert(name.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
+/// The handlers' state: the app state plus what the router derives from it.
+#[derive(Clone)]
+pub struct Api(Arc<Inner>);
+
+pub struct Inner {
+    pub app: AppState,
+    tokens: auth::Tokens,
+    access: HashMap<(Method, &'static str), Access>,
+    /// (token name, Idempotency-Key) pairs being answered now.
+    in_flight: Mutex<HashSet<(String, String)>>,
+}
+
+impl Deref for Api {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Api {
+    /// The configured domain `name` and its controller; 404 when it is not configured.
+    fn domain(&self, name: &str) -> Result<(&DomainConfig, &ActorHandle), ApiError> {
+        let unknown = || {
+            let known: Vec<&str> = self
+                .app
+                .config
+                .domains
+                .iter()
+                .map(|d| d.name.without_dot())
+                .collect();
+            ApiError::UnknownDomain(format!(
+                "domain {name:?} is not configured (configured: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        };
+        let fqdn = Fqdn::parse(name).map_err(|_| unknown())?;
+        let cfg = self
+            .app
+            .config
+            .domains
+            .iter()
+            .find(|d| d.name == fqdn)
+            .ok_or_else(unknown)?;
+        let handle = self.app.engine.domains.get(&fqdn).ok_or_else(unknown)?;
+        Ok((cfg, handle))
+    }
+
+    async fn provider(&self, cfg: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ApiError> {
+        self.app
+            .providers
+            .get(&self.app.config, &cfg.provider)
+            .await
+            .map_err(|e| ApiError::Provider(e.to_string()))
+    }
+}
+
+/// One row of the route table.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    service: MethodRouter<Api>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, Api>,
+    T: 'static,
+{
+    let filter =
+        MethodFilter::try_from(method.clone()).expect("the route table uses standard methods only");
+    Route {
+        method,
+        path,
+        access,
+        service: on(filter, handler),
+    }
+}
+
+/// Every route the API serves. `/readyz` and `/metrics` need a read token unless
+/// `[server] open_readyz` / `open_metrics` say otherwise.
+pub fn routes(config: &Config) -> Vec<Route> {
+    use Method as M;
+    let open = Access::Open;
+    let read = Access::Need(Scope::Read);
+    let operate = Access::Need(Scope::Operate);
+    let admin = Access::Need(Scope::Admin);
+    let open_if = |yes: bool| if yes { open } else { read };
+    vec![
+        route(M::GET, "/healthz", open, health::healthz),
+        route(
+            M::GET,
+            "/readyz",
+            open_if(config.server.open_readyz),
+            health::readyz,
+        ),
+        route(
+            M::GET,
+            "/metrics",
+            open_if(config.server.open_metrics),
+            metrics::metrics,
+        ),
+        route(M::GET, "/openapi.yaml", open, health::openapi),
+        route(M::GET, "/v1/domains", read, domains::list),
+        route(M::GET, "/v1/domains/{domain}", read, domains::status),
+        route(M::GET, "/v1/domains/{domain}/plan", read, domains::plan),
+        route(M::GET, "/v1/domains/{domain}/events", read, domains::events),
+        route(
+            M::POST,
+            "/v1/domains/{domain}/failover",
+            operate,
+            commands::failover,
+        ),
+        route(
+            M::POST,
+            "/v1/domains/{domain}/failback",
+            operate,
+            commands::failback,
+        ),
+        route(M::PUT, "/v1/domains/{domain}/pin", operate, commands::pin),
+        route(
+            M::DELETE,
+            "/v1/domains/{domain}/pin",
+            operate,
+            commands::unpin,
+        ),
+        route(
+            M::POST,
+            "/v1/domains/{domain}/pause",
+            operate,
+            commands::pause,
+        ),
+        route(
+            M::POST,
+            "/v1/domains/{domain}/resume",
+            operate,
+            commands::resume,
+        ),
+        route(
+            M::POST,
+            "/v1/domains/{domain}/approve",
+            operate,
+            commands::approve,
+        ),
+        route(M::GET, "/v1/snapshots", read, snapshots::list),
+        route(M::POST, "/v1/snapshots", operate, snapshots::take),
+        route(M::GET, "/v1/snapshots/{id}", read, snapshots::get),
+        route(M::GET, "/v1/snapshots/{id}/diff", read, snapshots::diff),
+        route(
+            M::POST,
+            "/v1/snapshots/{id}/revert",
+            admin,
+            snapshots::revert,
+        ),
+    ]
+}
+
+pub fn router(app: AppState) -> Router {
+    metrics::install();
+    let table = routes(&app.config);
+    let access = table
+        .iter()
+        .map(|r| ((r.method.clone(), r.path), r.access))
+        .collect();
+    let api = Api(Arc::new(Inner {
+        tokens: auth::Tokens::from_config(&app.config.tokens),
+        app,
+        access,
+        in_flight: Mutex::new(HashSet::new()),
+    }));
+    let mut router = Router::new();
+    for r in table {
+        router = router.route(r.path, r.service);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(DefaultBodyLimit::max(body::BODY_LIMIT))
+        .layer(middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(api)
+}
+
+/// Checks the token against the scope the route table gives the matched route.
+async fn authorize(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    // axum answers HEAD with the GET handler: it needs what GET needs.
+    let method = match *req.method() {
+        Method::HEAD => Method::GET,
+        ref m => m.clone(),
+    };
+    let access = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| api.access.get(&(method, p.as_str())))
+        .copied();
+    // Not a route (404) or not a method of it (405): the fallbacks answer.
+    let Some(access) = access else {
+        return next.run(req).await;
+    };
+    match api.tokens.check(access, req.headers()) {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NoRoute(req.uri().path().to_string())
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
 }

@@ -111,6 +111,9 @@ pub enum Command {
     /// Check provider credentials and zone access (read-only).
     #[command(subcommand)]
     Providers(ProvidersCommand),
+    /// Run a mail outage drill on loopback with nothing installed: an in-process DNS server
+    /// (RFC 2136 + TSIG) and two SMTP hosts; the real controller fails over and back.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,7 +182,12 @@ pub enum ConfigCommand {
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The demo prints its own timeline on stdout; info lines would bury it (RUST_LOG wins).
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    logging::init_with_default(cli.log_format, default_filter);
     match cli.command {
         Command::Config(ConfigCommand::Example) => {
             print!("{}", crate::config::EXAMPLE);
@@ -212,6 +220,7 @@ pub fn main() -> ExitCode {
             force,
             reason,
         } => with_runtime(ops::revert(cli.config, snapshot, dry_run, force, reason)),
+        Command::Demo(args) => with_runtime(crate::demo::run(args)),
     }
 }
 

@@ -53,6 +53,10 @@ impl Config {
             file: None,
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
+                // Zero-config mode has no tokens to present: readiness is open there. A config
+                // file keeps it closed unless it says `open_readyz = true`.
+                open_readyz: true,
+                open_metrics: false,
             },
             store: StoreConfig {
                 url: StoreUrl::default_sqlite(),
@@ -142,7 +146,9 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             defaults.server.listen
         }),
     };
-    server.finish(errs, &["listen"]);
+    let open_readyz = server.bool("open_readyz", false, errs);
+    let open_metrics = server.bool("open_metrics", defaults.server.open_metrics, errs);
+    server.finish(errs, &["listen", "open_readyz", "open_metrics"]);
 
     let mut store = root.child("store", errs);
     let url = match store.string("url", errs) {
@@ -213,7 +219,11 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
     );
     Config {
         file: None,
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            open_readyz,
+            open_metrics,
+        },
         store: StoreConfig {
             url,
             observation_retention,

@@ -35,6 +35,28 @@ fn example_is_valid() {
         "zone defaults to the domain"
     );
     assert_eq!(cfg.domains[0].failback.hold, Some(Duration::from_secs(600)));
+    assert!(cfg.server.open_readyz);
+    assert!(!cfg.server.open_metrics);
+}
+
+#[test]
+fn readyz_and_metrics_need_a_token_unless_opened() {
+    let cfg = parse("").unwrap();
+    assert!(
+        !cfg.server.open_readyz && !cfg.server.open_metrics,
+        "a config file keeps them closed"
+    );
+    let embedded = Config::embedded();
+    assert!(
+        embedded.server.open_readyz,
+        "zero-config mode has no token to present"
+    );
+    assert!(!embedded.server.open_metrics);
+    let cfg = parse("[server]\nopen_readyz = true\nopen_metrics = true\n").unwrap();
+    assert!(cfg.server.open_readyz && cfg.server.open_metrics);
+    let errs = errors("[server]\nopen_metrics = \"yes\"\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("server.open_metrics: "), "{errs:?}");
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// `/readyz` answers without a token (default: a `read` token is required).
+    pub open_readyz: bool,
+    /// `/metrics` answers without a token (default: a `read` token is required).
+    pub open_metrics: bool,
 }
 
 #[derive(Debug, Clone)]

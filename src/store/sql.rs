@@ -324,6 +324,7 @@ macro_rules! impl_sql_store {
                 .await?;
                 let change = Self::change_row(&row)?;
                 tx.commit().await?;
+                metrics::counter!("mxguard_change_intents_total", "status" => "pending").increment(1);
                 Ok((snap, change))
             }
 
@@ -350,6 +351,7 @@ macro_rules! impl_sql_store {
                         .fetch_optional(&self.pool)
                         .await?;
                     if let Some(row) = row {
+                        metrics::counter!("mxguard_change_intents_total", "status" => status.as_str()).increment(1);
                         return Self::change_row(&row);
                     }
                 }

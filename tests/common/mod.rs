@@ -93,4 +93,5 @@ where
     }
 }
 
+pub mod api;
 pub mod lab;

@@ -1,0 +1,220 @@
+//! `/metrics` in the Prometheus text format. Per-domain state (phase, side health, override,
+//! drift, change in flight) is read from the actors at scrape time, so it is never stale;
+//! counters (HTTP requests, transitions, change intents by status) go through the `metrics`
+//! facade to a process-wide Prometheus recorder, installed once.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::Api;
+use crate::actor::Status;
+use crate::health::Health;
+use crate::machine::{Override, Phase};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const PHASES: [Phase; 7] = [
+    Phase::Unknown,
+    Phase::Primary,
+    Phase::FailingOver,
+    Phase::OnBackup,
+    Phase::FailbackPending,
+    Phase::FailingBack,
+    Phase::BothDown,
+];
+
+/// Installs the process-wide recorder (once; later calls do nothing).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let built = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("mxguard_http_request_duration_seconds".into()),
+                &buckets,
+            )
+            .and_then(PrometheusBuilder::install_recorder);
+        match built {
+            Ok(handle) => {
+                metrics::describe_counter!(
+                    "mxguard_http_requests_total",
+                    "HTTP requests answered, by method, route template and status"
+                );
+                metrics::describe_histogram!(
+                    "mxguard_http_request_duration_seconds",
+                    "HTTP request latency, by method and route template"
+                );
+                metrics::describe_counter!(
+                    "mxguard_transitions_total",
+                    "State machine transitions, by domain"
+                );
+                metrics::describe_counter!(
+                    "mxguard_change_intents_total",
+                    "Change intents entering each status (pending, applied, verified, failed)"
+                );
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics shows state only");
+                None
+            }
+        }
+    });
+}
+
+/// Counts and times every request by its route template (never the raw path).
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("mxguard_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+        .record(start.elapsed().as_secs_f64());
+    metrics::counter!("mxguard_http_requests_total", "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    resp
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "unknown".into(),
+    }
+}
+
+fn gauge(out: &mut String, metric: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+}
+
+/// The per-domain gauges, from the actors' statuses.
+pub fn render_state(statuses: &[Status]) -> String {
+    let mut out = String::new();
+    gauge(
+        &mut out,
+        "mxguard_domain_phase",
+        "1 for the phase each domain's state machine is in, 0 for the others",
+    );
+    for s in statuses {
+        let d = label(s.domain.without_dot());
+        for p in PHASES {
+            let v = u8::from(s.state.phase == p);
+            let _ = writeln!(
+                out,
+                "mxguard_domain_phase{{domain=\"{d}\",phase=\"{}\"}} {v}",
+                name(&p)
+            );
+        }
+    }
+    gauge(
+        &mut out,
+        "mxguard_side_health",
+        "1 for each side's current verdict (up, down, unknown), 0 for the others",
+    );
+    for s in statuses {
+        let d = label(s.domain.without_dot());
+        for (side, h) in [("primary", s.state.primary), ("backup", s.state.backup)] {
+            for cand in [Health::Up, Health::Down, Health::Unknown] {
+                let v = u8::from(h == cand);
+                let _ = writeln!(
+                    out,
+                    "mxguard_side_health{{domain=\"{d}\",side=\"{side}\",health=\"{}\"}} {v}",
+                    name(&cand)
+                );
+            }
+        }
+    }
+    gauge(
+        &mut out,
+        "mxguard_domain_published",
+        "1 for the side whose records are published (neither: drift or not read yet)",
+    );
+    gauge(
+        &mut out,
+        "mxguard_domain_override",
+        "1 when automation is paused or the domain is pinned",
+    );
+    gauge(
+        &mut out,
+        "mxguard_domain_change_in_flight",
+        "1 while a change is being applied or verified",
+    );
+    gauge(
+        &mut out,
+        "mxguard_domain_drift",
+        "1 when the published records match neither side",
+    );
+    for s in statuses {
+        let d = label(s.domain.without_dot());
+        let m = &s.state;
+        for side in ["primary", "backup"] {
+            let v = u8::from(m.published.is_some_and(|p| p.as_str() == side));
+            let _ = writeln!(
+                out,
+                "mxguard_domain_published{{domain=\"{d}\",side=\"{side}\"}} {v}"
+            );
+        }
+        let paused = matches!(m.overrides, Some(Override::Paused { .. }));
+        let pinned = matches!(m.overrides, Some(Override::Pinned { .. }));
+        let _ = writeln!(
+            out,
+            "mxguard_domain_override{{domain=\"{d}\",kind=\"paused\"}} {}",
+            u8::from(paused)
+        );
+        let _ = writeln!(
+            out,
+            "mxguard_domain_override{{domain=\"{d}\",kind=\"pinned\"}} {}",
+            u8::from(pinned)
+        );
+        let _ = writeln!(
+            out,
+            "mxguard_domain_change_in_flight{{domain=\"{d}\"}} {}",
+            u8::from(m.in_flight.is_some())
+        );
+        let _ = writeln!(
+            out,
+            "mxguard_domain_drift{{domain=\"{d}\"}} {}",
+            u8::from(s.drift)
+        );
+    }
+    out
+}
+
+pub async fn metrics(State(api): State<Api>) -> Response {
+    let asks = api.app.engine.domains.values().map(|h| h.status());
+    let statuses: Vec<Status> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let mut out = render_state(&statuses);
+    if let Some(h) = HANDLE.get().and_then(Option::as_ref) {
+        h.run_upkeep();
+        out.push_str(&h.render());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

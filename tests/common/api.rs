@@ -1,0 +1,382 @@
+//! The router on one domain (`example.test`) whose actor is real and whose DNS provider is an
+//! in-memory zone; requests go through `oneshot`, no socket. Three tokens: `reader` (read),
+//! `operator` (read + operate), `admin` (admin). [`TestApi::fingerprint`] captures everything a
+//! request could change, so a test can assert that a refused request changed nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use mxguard::actor::change::ChangeDeps;
+use mxguard::actor::Actor;
+use mxguard::api::{router, AppState, Providers};
+use mxguard::config::{Config, StoreUrl};
+use mxguard::engine::Engine;
+use mxguard::model::{Fqdn, RecordSet, RecordType, Side, Ttl};
+use mxguard::store::Store;
+use mxguard::verify::Verifier;
+use mxguard_core::{Capabilities, Change, ChangeSet, DnsProvider, ProviderError, RrsetKey};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub const READER: &str = "reader-secret-token";
+pub const OPERATOR: &str = "operator-secret-token";
+pub const ADMIN: &str = "admin-secret-token";
+pub const DOMAIN: &str = "example.test";
+pub const PRIMARY_MX: &str = "10 mx1.example.test.";
+pub const BACKUP_MX: &str = "10 backup.example.test.";
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One zone in memory; counts applies.
+#[derive(Default)]
+pub struct MemoryDns {
+    pub sets: Mutex<BTreeMap<RrsetKey, RecordSet>>,
+    pub applies: AtomicUsize,
+}
+
+impl MemoryDns {
+    pub fn mx(&self) -> Vec<String> {
+        let key = RrsetKey::new(Fqdn::parse(DOMAIN).expect("name"), RecordType::Mx);
+        let sets = self.sets.lock().expect("sets");
+        sets.get(&key)
+            .map(|s| {
+                s.records()
+                    .iter()
+                    .map(|r| format!("{r} {}", s.ttl().secs()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Replaces the MX set behind mxguard's back (a hand edit in a console).
+    pub fn hand_edit_mx(&self, record: &str, ttl: u32) {
+        let set = mx_set(record, ttl);
+        self.sets
+            .lock()
+            .expect("sets")
+            .insert(RrsetKey::of(&set), set);
+    }
+}
+
+pub fn mx_set(record: &str, ttl: u32) -> RecordSet {
+    RecordSet::parse(
+        Fqdn::parse(DOMAIN).expect("name"),
+        RecordType::Mx,
+        Ttl::new(ttl).expect("ttl"),
+        &[record],
+    )
+    .expect("mx set")
+}
+
+#[async_trait]
+impl DnsProvider for MemoryDns {
+    fn name(&self) -> &str {
+        "mem"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            min_ttl: 0,
+            max_ttl: Ttl::MAX,
+            max_changes_per_request: 50,
+            atomic: true,
+            zone_listing: true,
+        }
+    }
+    async fn read(&self, _zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
+        let sets = self.sets.lock().expect("sets");
+        Ok(keys.iter().filter_map(|k| sets.get(k).cloned()).collect())
+    }
+    async fn list_zone(&self, _zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError> {
+        Ok(self.sets.lock().expect("sets").values().cloned().collect())
+    }
+    async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError> {
+        changes.validate_for(zone)?;
+        let mut sets = self.sets.lock().expect("sets");
+        for c in &changes.changes {
+            let live = sets.get(&c.key()).map(|s| s.records().to_vec());
+            if live.as_deref() != c.expected().map(|s| s.records()) {
+                return Err(ProviderError::Rejected {
+                    reason: format!("{:?} changed", c.key()),
+                });
+            }
+        }
+        for c in &changes.changes {
+            match c {
+                Change::Upsert { set, .. } => {
+                    sets.insert(RrsetKey::of(set), set.clone());
+                }
+                Change::Delete { key, .. } => {
+                    sets.remove(key);
+                }
+            }
+        }
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+pub struct TestApi {
+    pub app: Router,
+    pub store: Arc<dyn Store>,
+    pub dns: Arc<MemoryDns>,
+    pub config: Arc<Config>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The configuration: tokens (unless `tokens` is false), a provider entry for validation (the
+/// in-memory zone stands in for it), one domain.
+pub fn config_text(tokens: bool) -> String {
+    let mut text = String::new();
+    if tokens {
+        for (name, secret, scopes) in [
+            ("reader", READER, r#"["read"]"#),
+            ("operator", OPERATOR, r#"["read", "operate"]"#),
+            ("admin", ADMIN, r#"["admin"]"#),
+        ] {
+            text.push_str(&format!(
+                "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = {scopes}\n\n",
+                sha256_hex(secret)
+            ));
+        }
+    }
+    text.push_str(&format!(
+        r#"
+[providers.mem]
+kind = "rfc2136"
+server = "127.0.0.1:9"
+tsig_name = "unused"
+tsig_secret_env = "MXGUARD_TEST_UNUSED"
+
+[[domains]]
+name = "{DOMAIN}"
+provider = "mem"
+primary = ["{PRIMARY_MX}"]
+backup = ["{BACKUP_MX}"]
+failover_ttl = 30
+failback = {{ hold = "1h" }}
+"#
+    ));
+    text
+}
+
+pub async fn start(tokens: bool) -> TestApi {
+    let config = Config::parse("api-test.toml", &config_text(tokens)).expect("config");
+    let config = Arc::new(config);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url =
+        StoreUrl::parse(&format!("sqlite://{}", dir.path().join("api.db").display())).expect("url");
+    let store = mxguard::store::open(&url).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let dns = Arc::new(MemoryDns::default());
+    dns.hand_edit_mx(PRIMARY_MX, 300);
+    let shutdown = CancellationToken::new();
+    let mut engine = Engine::default();
+    for d in &config.domains {
+        let deps = ChangeDeps {
+            store: store.clone(),
+            provider: dns.clone(),
+            verifier: Verifier {
+                authoritative: vec![],
+                resolvers: vec![],
+                query_timeout: Duration::from_secs(1),
+                bound: Duration::from_secs(5),
+                poll: Duration::from_millis(50),
+            },
+            epoch: 1,
+            provider_name: d.provider.clone(),
+        };
+        let (actor, handle) = Actor::new(d.clone(), deps);
+        tokio::spawn(actor.run(shutdown.clone()));
+        engine.domains.insert(d.name.clone(), handle);
+    }
+    let providers = Providers::default();
+    providers.insert("mem", dns.clone()).await;
+    let app = router(AppState {
+        store: store.clone(),
+        engine: engine.clone(),
+        config: config.clone(),
+        providers,
+    });
+    // The actor reads the zone when it starts: wait until it knows the primary is published.
+    let handle = engine.domains.values().next().expect("a domain").clone();
+    super::poll(
+        "the actor's first read of the zone",
+        Duration::from_secs(10),
+        || {
+            let handle = handle.clone();
+            async move {
+                let s = handle.status().await.ok()?;
+                (s.state.published == Some(Side::Primary)).then_some(())
+            }
+        },
+    )
+    .await;
+    TestApi {
+        app,
+        store,
+        dns,
+        config,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// The problem `type` slug of an error response.
+    pub fn problem(&self) -> String {
+        let ct = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert_eq!(ct, "application/problem+json", "{}", self.text);
+        let v = self.json();
+        for field in ["type", "title", "status", "detail"] {
+            assert!(v.get(field).is_some(), "problem without {field}: {v}");
+        }
+        assert_eq!(v["status"], self.status.as_u16());
+        v["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(mxguard::api::PROBLEM_BASE))
+            .unwrap_or_else(|| panic!("problem type is not under PROBLEM_BASE: {v}"))
+            .to_string()
+    }
+}
+
+/// A request: method, path, token, optional JSON body (sent as application/json).
+pub struct Call<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub token: Option<&'a str>,
+    pub body: Option<String>,
+    pub content_type: Option<&'a str>,
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(method: Method, path: &'a str) -> Self {
+        Call {
+            method,
+            path,
+            token: None,
+            body: None,
+            content_type: None,
+            headers: vec![],
+        }
+    }
+    pub fn token(mut self, t: &'a str) -> Self {
+        self.token = Some(t);
+        self
+    }
+    pub fn json(mut self, v: Value) -> Self {
+        self.body = Some(v.to_string());
+        self.content_type = Some("application/json");
+        self
+    }
+    pub fn raw(mut self, body: &str, content_type: Option<&'a str>) -> Self {
+        self.body = Some(body.to_string());
+        self.content_type = content_type;
+        self
+    }
+    pub fn header(mut self, name: &'a str, value: &str) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+impl TestApi {
+    pub async fn call(&self, c: Call<'_>) -> Reply {
+        send(&self.app, c).await
+    }
+
+    /// Everything a request could change: the domain's stored state, its events, snapshots,
+    /// change intents, and the zone's records and apply count.
+    pub async fn fingerprint(&self) -> String {
+        let domain = Fqdn::parse(DOMAIN).expect("name");
+        let state = self.store.load_state(&domain).await.expect("state");
+        let events = self
+            .store
+            .events(&domain, None, 1000)
+            .await
+            .expect("events");
+        let snaps = self.store.snapshots(None, 1000).await.expect("snapshots");
+        let changes = self
+            .store
+            .recent_changes(&domain, 1000)
+            .await
+            .expect("changes");
+        let sets = self.dns.sets.lock().expect("sets").clone();
+        format!(
+            "state={:?}\nevents={:?}\nsnapshots={}\nchanges={}\nzone={:?}\napplies={}",
+            state.map(|s| (s.version, s.state)),
+            events
+                .iter()
+                .map(|e| (e.id, e.message.clone()))
+                .collect::<Vec<_>>(),
+            snaps.len(),
+            changes.len(),
+            sets,
+            self.dns.applies.load(Ordering::SeqCst)
+        )
+    }
+}
+
+pub async fn send(app: &Router, c: Call<'_>) -> Reply {
+    let mut req = Request::builder().method(c.method).uri(c.path);
+    if let Some(t) = c.token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(ct) = c.content_type {
+        req = req.header("content-type", ct);
+    }
+    for (k, v) in &c.headers {
+        req = req.header(*k, v);
+    }
+    let body = c.body.map_or_else(Body::empty, Body::from);
+    let resp = app
+        .clone()
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
