@@ -76,7 +76,9 @@ async fn serve_until_signal(sig: &str) {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
     // Embedded defaults (no config file, no tokens) leave readiness open; see README.
-    let (status, body) = get(&format!("{base}/readyz")).await.expect("readyz answers");
+    let (status, body) = get(&format!("{base}/readyz"))
+        .await
+        .expect("readyz answers");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["store"], "sqlite");
     assert!(
