@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::change::{publish, ttl_for, ChangeDeps, ChangeReport};
+use self::change::{desired_records, publish, ChangeDeps, ChangeReport};
 use crate::config::{DomainConfig, Drift};
 use crate::health::{Health, TargetVerdict};
 use crate::machine::{self, Command, DomainState, Effect, Input, Phase, Policy};
@@ -476,29 +476,16 @@ impl Actor {
     }
 
     async fn desired(&self, side: Side) -> Result<Vec<RecordSet>, String> {
-        // Failback restores the records and TTLs of the snapshot taken before failover.
-        if side == Side::Primary {
-            if let Some(id) = self.state.failover_snapshot {
-                if let Ok(Some(snap)) = self.store().snapshot(id).await {
-                    if self.managed.which_side(&snap.records) == Some(Side::Primary) {
-                        let keys = self.managed.keys();
-                        return Ok(snap
-                            .records
-                            .into_iter()
-                            .filter(|s| keys.contains(&mxguard_core::RrsetKey::of(s)))
-                            .collect());
-                    }
-                }
-            }
-        }
-        let m = &self.state.machine;
-        let ttl = ttl_for(
-            side,
+        let live_ttl = self.state.machine.published_ttl;
+        desired_records(
+            &**self.store(),
+            &self.managed,
             self.cfg.failover_ttl,
-            m.ttl_before_failover,
-            m.published_ttl,
-        );
-        self.managed.desired(side, ttl).map_err(|e| e.to_string())
+            &self.state,
+            side,
+            live_ttl,
+        )
+        .await
     }
 
     async fn start_change(&mut self, side: Side, resume: Option<crate::store::ChangeIntent>) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::model::{RecordSet, Ttl};
+use crate::model::RecordSet;
 use crate::probe::dns::DnsClient;
 
 /// When a server first served the new records.
@@ -99,5 +99,5 @@ async fn poll_until_served(
 
 /// The TTL a cache may still hold the old answer for.
 pub fn cache_bound(old: Option<u32>) -> u32 {
-    old.unwrap_or(Ttl::MAX.min(3600))
+    old.unwrap_or(3600)
 }

@@ -194,6 +194,40 @@ async fn verify(deps: &ChangeDeps, managed: &Managed, desired: &[RecordSet]) -> 
     }]
 }
 
+/// The records publishing `side` means. Failback restores the records and TTLs of the snapshot
+/// taken before failover (when they are the primary's); otherwise the side's configured records,
+/// with the TTL from [`ttl_for`] (`live_ttl`: the TTL the managed records have now).
+pub async fn desired_records(
+    store: &dyn Store,
+    managed: &Managed,
+    failover_ttl: Ttl,
+    state: &super::Persisted,
+    side: Side,
+    live_ttl: Option<u32>,
+) -> Result<Vec<RecordSet>, String> {
+    if side == Side::Primary {
+        if let Some(id) = state.failover_snapshot {
+            if let Ok(Some(snap)) = store.snapshot(id).await {
+                if managed.which_side(&snap.records) == Some(Side::Primary) {
+                    let keys = managed.keys();
+                    return Ok(snap
+                        .records
+                        .into_iter()
+                        .filter(|s| keys.contains(&mxguard_core::RrsetKey::of(s)))
+                        .collect());
+                }
+            }
+        }
+    }
+    let ttl = ttl_for(
+        side,
+        failover_ttl,
+        state.machine.ttl_before_failover,
+        live_ttl,
+    );
+    managed.desired(side, ttl).map_err(|e| e.to_string())
+}
+
 /// The TTL to publish `side` with: the failover TTL for the backup; for the primary the TTL
 /// live before failover, else the TTL live now (publishing the primary over itself changes
 /// nothing), else the failover TTL.

@@ -160,21 +160,27 @@ pub(super) async fn plan(file: Option<PathBuf>, domain: String, json: bool) -> E
         Ok(Some(row)) => serde_json::from_value(row.state).unwrap_or_default(),
         _ => Persisted::default(),
     };
-    let m = &state.machine;
-    let side = m.in_flight.or(m.published).unwrap_or(Side::Primary);
+    let side = state
+        .machine
+        .in_flight
+        .or(state.machine.published)
+        .unwrap_or(Side::Primary);
     let managed = Managed::new(d);
     let result = async {
         let actual = provider
             .read(&managed.zone, &managed.keys())
             .await
             .map_err(|e| e.to_string())?;
-        let ttl = crate::actor::change::ttl_for(
-            side,
+        let live_ttl = managed.ttl_of(&actual);
+        let desired = crate::actor::change::desired_records(
+            &*c.store,
+            &managed,
             d.failover_ttl,
-            m.ttl_before_failover,
-            managed.ttl_of(&actual),
-        );
-        let desired = managed.desired(side, ttl).map_err(|e| e.to_string())?;
+            &state,
+            side,
+            live_ttl,
+        )
+        .await?;
         managed.plan(desired, actual).map_err(|e| e.to_string())
     }
     .await;
