@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 use self::change::{desired_records, publish, ChangeDeps, ChangeReport};
 use crate::config::{DomainConfig, Drift};
 use crate::health::{Health, TargetVerdict};
+use crate::lease::RoleReport;
 use crate::machine::{self, Command, DomainState, Effect, Input, Phase, Policy};
 use crate::model::{Fqdn, RecordSet, Side};
 use crate::monitor::RoundReport;
 use crate::plan::{Managed, Plan};
 use crate::store::{NewEvent, Store, StoreError};
+use crate::vantage::{self, Combined, VantageReport};
 
 /// What is persisted per domain: the machine's state plus the snapshot to restore on failback.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,8 @@ pub struct Status {
     pub guard: Option<Guard>,
     pub rounds: Vec<RoundSummary>,
     pub drift: bool,
+    /// The leader's combined verdict per side, with each vantage's vote (empty on a follower).
+    pub vantages: Vec<Combined>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,10 +79,32 @@ pub enum ActorError {
     Gone,
     #[error("store: {0}")]
     Store(String),
+    #[error("{0}")]
+    NotLeader(String),
+}
+
+/// Why a follower refuses a mutation, naming the leader where the lease says who it is.
+pub fn not_leader(r: &RoleReport) -> String {
+    match (&r.leader, &r.leader_url) {
+        (Some(l), Some(url)) => format!(
+            "this instance ({}) is a follower; the leader is {l} at {url} (epoch {}): send the request there",
+            r.vantage,
+            r.epoch.unwrap_or_default()
+        ),
+        (Some(l), None) => format!(
+            "this instance ({}) is a follower; the leader is {l} (epoch {}), which advertises no API URL",
+            r.vantage,
+            r.epoch.unwrap_or_default()
+        ),
+        _ => format!(
+            "this instance ({}) is a follower and no leader holds the lease right now; retry shortly",
+            r.vantage
+        ),
+    }
 }
 
 enum Msg {
-    Round(Box<RoundReport>),
+    Round(Box<RoundReport>, Box<VantageReport>),
     Command {
         command: Command,
         by: String,
@@ -143,9 +169,12 @@ impl ActorHandle {
         rx.await.map_err(|_| ActorError::Gone)
     }
 
-    /// Feeds a probe round in (the monitor's output).
-    pub async fn round(&self, report: RoundReport) -> bool {
-        self.tx.send(Msg::Round(Box::new(report))).await.is_ok()
+    /// Feeds a probe round in (the monitor's output) with this vantage's report of it.
+    pub async fn round(&self, report: RoundReport, own: VantageReport) -> bool {
+        self.tx
+            .send(Msg::Round(Box::new(report), Box::new(own)))
+            .await
+            .is_ok()
     }
 }
 
@@ -162,6 +191,16 @@ pub struct Actor {
     retry_at: Option<tokio::time::Instant>,
     attempts: u32,
     ticked: Option<DateTime<Utc>>,
+    /// This vantage's latest report per side.
+    own: BTreeMap<&'static str, VantageReport>,
+    /// The combined verdict per side the machine was last told.
+    combined: BTreeMap<&'static str, Combined>,
+    /// Whether this instance leads and has loaded the domain's state for this term.
+    leading: bool,
+    /// Whether this vantage was cut off in its last round (reported once per episode).
+    partitioned: bool,
+    /// The machine left Unknown at the last round: the next round goes in even if unchanged.
+    settled: bool,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
 }
@@ -195,6 +234,11 @@ impl Actor {
             retry_at: None,
             attempts: 0,
             ticked: None,
+            own: BTreeMap::new(),
+            combined: BTreeMap::new(),
+            leading: false,
+            partitioned: false,
+            settled: false,
             tx,
             rx,
         };
@@ -206,14 +250,14 @@ impl Actor {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        if let Err(e) = self.recover().await {
-            tracing::error!(domain = %self.cfg.name, error = %e, "cannot load the domain's state; automation stays off for it");
-            return;
-        }
         let mut reconcile = tokio::time::interval(RECONCILE);
+        let mut leadership = self.deps.fence.clone();
+        let mut watching = true;
         loop {
+            self.follow_leadership().await;
             // A deadline already ticked (e.g. a hold waiting for approval) is not armed again.
             let deadline = machine::next_deadline(&self.state.machine, &self.policy)
+                .filter(|_| self.leading)
                 .filter(|d| Some(*d) != self.ticked)
                 .map(|d| {
                     let wait = (d - Utc::now()).to_std().unwrap_or_default();
@@ -222,6 +266,7 @@ impl Actor {
             let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                changed = leadership.changed(), if watching => watching = changed,
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
@@ -242,8 +287,37 @@ impl Actor {
         tracing::info!(domain = %self.cfg.name, "domain controller stopped");
     }
 
+    /// Takes up automation when this instance has become the leader (loading the state and
+    /// resuming what the previous leader or a crash left unfinished), and drops it when the
+    /// lease is gone.
+    async fn follow_leadership(&mut self) {
+        let leader = self.deps.fence.is_leader();
+        if leader && !self.leading {
+            self.leading = true;
+            match self.recover().await {
+                Ok(()) => {}
+                Err(e) => {
+                    self.leading = false;
+                    tracing::error!(domain = %self.cfg.name, error = %e, "cannot load the domain's state; automation waits (retried at the next round)")
+                }
+            }
+            if self.leading && !self.own.is_empty() {
+                // A takeover decides on the votes known now rather than at the next health
+                // change. Right after a start (no round of its own yet) it waits for its first
+                // round: deciding on no votes would feed Unknown and restart a failback hold.
+                self.decide().await;
+            }
+        } else if !leader && self.leading {
+            self.leading = false;
+            self.retry_at = None;
+            self.combined.clear();
+            tracing::warn!(domain = %self.cfg.name, "not the leader any more; automation stops here (followers probe and store their vantage's verdicts)");
+        }
+    }
+
     /// Loads the persisted state and resumes what a crash interrupted.
     async fn recover(&mut self) -> Result<(), StoreError> {
+        let epoch = self.deps.fence.epoch().unwrap_or_default();
         if let Some(row) = self.store().load_state(&self.cfg.name).await? {
             self.state = serde_json::from_value(row.state)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -264,7 +338,10 @@ impl Actor {
                 if let Some(c) = &resume {
                     self.event(
                         "change",
-                        format!("resuming change {} ({}) after restart", c.id, c.status),
+                        format!(
+                            "resuming change {} ({}, epoch {}) left unfinished by a restart or a leader takeover",
+                            c.id, c.status, c.epoch
+                        ),
                         json!({"change": c.id}),
                     )
                     .await;
@@ -280,6 +357,7 @@ impl Actor {
                             c.id,
                             crate::store::ChangeStatus::Failed,
                             Some(why),
+                            epoch,
                             Utc::now(),
                         )
                         .await;
@@ -291,7 +369,7 @@ impl Actor {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Round(report) => self.on_round(*report).await,
+            Msg::Round(report, own) => self.on_round(*report, *own).await,
             Msg::Command {
                 command,
                 by,
@@ -311,7 +389,7 @@ impl Actor {
         }
     }
 
-    async fn on_round(&mut self, r: RoundReport) {
+    async fn on_round(&mut self, r: RoundReport, own: VantageReport) {
         let key = r.side.as_str();
         self.rounds.insert(
             key,
@@ -324,34 +402,94 @@ impl Actor {
             },
         );
         if let Some(c) = &r.change {
-            let reasons: Vec<String> = r
-                .verdicts
-                .iter()
-                .map(|v| format!("{}: {}", v.target, v.reason))
-                .collect();
-            self.event(
-                "health",
-                format!(
-                    "{} {:?} → {:?} after {} failing / {} passing round(s)",
-                    r.side, c.from, c.to, c.failures, c.passes
-                ),
-                json!({"side": r.side, "verdicts": r.verdicts}),
-            )
-            .await;
-            tracing::info!(domain = %self.cfg.name, side = %r.side, to = ?c.to, evidence = %reasons.join("; "), "health changed");
+            tracing::info!(domain = %self.cfg.name, vantage = %own.vantage, side = %r.side, from = ?c.from, to = ?c.to, "this vantage's verdict changed");
         }
-        let primary = self
-            .rounds
-            .get("primary")
-            .map_or(Health::Unknown, |s| s.health);
-        let backup = self
-            .rounds
-            .get("backup")
-            .map_or(Health::Unknown, |s| s.health);
-        if (primary, backup) != (self.state.machine.primary, self.state.machine.backup) {
+        self.note_partition(&own).await;
+        self.own.insert(key, own);
+        if !self.leading {
+            // Followers serve reads: keep the leader's persisted state at hand.
+            if let Ok(Some(row)) = self.store().load_state(&self.cfg.name).await {
+                if let Ok(state) = serde_json::from_value(row.state) {
+                    self.state = state;
+                    self.version = Some(row.version);
+                }
+            }
+            return;
+        }
+        self.decide().await;
+    }
+
+    /// Reports once per episode that this vantage is cut off (it stops voting) or back.
+    async fn note_partition(&mut self, own: &VantageReport) {
+        let now = own.partitioned.is_some();
+        if now == self.partitioned {
+            return;
+        }
+        self.partitioned = now;
+        let (kind, message) = match &own.partitioned {
+            Some(why) => (
+                "alert.vantage_partitioned",
+                format!("vantage {} is cut off and stops voting: {why}", own.vantage),
+            ),
+            None => (
+                "vantage_reachable",
+                format!(
+                    "vantage {} reaches its resolvers again and votes",
+                    own.vantage
+                ),
+            ),
+        };
+        tracing::warn!(domain = %self.cfg.name, vantage = %own.vantage, %message, "vantage");
+        self.event(kind, message, json!({"vantage": own})).await;
+    }
+
+    /// The leader combines every vantage's fresh verdicts per side and tells the machine.
+    async fn decide(&mut self) {
+        let me = self.deps.fence.vantage().to_string();
+        let mut reports: Vec<VantageReport> = self.own.values().cloned().collect();
+        reports.extend(
+            self.deps
+                .board
+                .others(&self.cfg.name)
+                .into_iter()
+                .filter(|r| r.vantage != me),
+        );
+        let fresh = crate::engine::freshness(&self.cfg.checks);
+        let now = Utc::now();
+        for side in [Side::Primary, Side::Backup] {
+            let c = vantage::combine(side, &reports, now, fresh, self.deps.vantage_quorum);
+            let before = self
+                .combined
+                .get(side.as_str())
+                .map_or(Health::Unknown, |c| c.health);
+            if c.health != before {
+                let message = format!("{side} {before:?} → {:?}: {}", c.health, c.summary());
+                tracing::info!(domain = %self.cfg.name, %side, to = ?c.health, evidence = %c.summary(), "health changed");
+                self.event("health", message, json!({"side": side, "combined": c}))
+                    .await;
+            }
+            self.combined.insert(side.as_str(), c);
+        }
+        let health = |side: Side| {
+            self.combined
+                .get(side.as_str())
+                .map_or(Health::Unknown, |c| c.health)
+        };
+        let (primary, backup) = (health(Side::Primary), health(Side::Backup));
+        // Unknown settles on the first verdicts and decides at the next round (machine.rs), so
+        // while it is Unknown every round goes in, changed or not: a domain whose primary is
+        // already down when mxguard starts must not wait for a health change to fail over.
+        let unknown = self.state.machine.phase == Phase::Unknown;
+        if unknown
+            || self.settled
+            || (primary, backup) != (self.state.machine.primary, self.state.machine.backup)
+        {
+            self.settled = false;
             let _ = self
                 .input(Input::Health { primary, backup }, "automation", None)
                 .await;
+            // Settled on the first verdicts just now: the next round decides, even unchanged.
+            self.settled = unknown && self.state.machine.phase != Phase::Unknown;
         }
     }
 
@@ -361,6 +499,9 @@ impl Actor {
         by: &str,
         reason: &str,
     ) -> Result<CommandReply, ActorError> {
+        if !self.leading {
+            return Err(ActorError::NotLeader(not_leader(&self.deps.fence.report())));
+        }
         let label = format!("{command:?}");
         let fx = self
             .input(
@@ -411,6 +552,10 @@ impl Actor {
         actor: &str,
         reason: Option<&str>,
     ) -> Result<Vec<Effect>, ActorError> {
+        let epoch = match self.deps.fence.epoch() {
+            Some(e) if self.leading => e,
+            _ => return Err(ActorError::NotLeader(not_leader(&self.deps.fence.report()))),
+        };
         let mut next = self.state.clone();
         let fx = machine::step(&mut next.machine, input, Utc::now(), &self.policy);
         if fx.iter().any(|e| matches!(e, Effect::Rejected { .. })) {
@@ -421,12 +566,17 @@ impl Actor {
                 serde_json::to_value(&next).map_err(|e| ActorError::Store(e.to_string()))?;
             match self
                 .store()
-                .save_state(&self.cfg.name, &value, self.version, Utc::now())
+                .save_state(&self.cfg.name, &value, self.version, epoch, Utc::now())
                 .await
             {
                 Ok(v) => {
                     self.version = Some(v);
                     self.state = next;
+                }
+                Err(e @ StoreError::Fenced(_)) => {
+                    tracing::warn!(domain = %self.cfg.name, error = %e, "state not persisted: fenced; stepping down");
+                    self.leading = false;
+                    return Err(ActorError::NotLeader(e.to_string()));
                 }
                 Err(e) => {
                     tracing::error!(domain = %self.cfg.name, error = %e, "state not persisted; effects withheld");
@@ -460,9 +610,7 @@ impl Actor {
                         message: message.clone(),
                         evidence: evidence.clone(),
                     };
-                    if let Err(err) = self.store().append_event(&ev).await {
-                        tracing::error!(domain = %self.cfg.name, error = %err, "event not recorded");
-                    }
+                    self.record(ev).await;
                 }
                 Effect::Publish { side, why } => {
                     tracing::info!(domain = %self.cfg.name, %side, why, "publishing");
@@ -489,7 +637,7 @@ impl Actor {
     }
 
     async fn start_change(&mut self, side: Side, resume: Option<crate::store::ChangeIntent>) {
-        if self.change_running {
+        if self.change_running || !self.leading {
             return;
         }
         let desired = match self.desired(side).await {
@@ -510,6 +658,11 @@ impl Actor {
 
     async fn on_change_done(&mut self, side: Side, result: Result<ChangeReport, String>) {
         self.change_running = false;
+        if !self.leading {
+            // The lease went while the change ran; its writes were fenced, the new leader finishes.
+            tracing::warn!(domain = %self.cfg.name, %side, outcome = ?result.as_ref().map(|r| r.change_id), "publish ended after this instance stopped leading; the leader takes it from here");
+            return;
+        }
         match result {
             Ok(report) => {
                 self.attempts = 0;
@@ -569,10 +722,12 @@ impl Actor {
         if report.change_id.is_none() || self.deps.verifier.resolvers.is_empty() {
             return;
         }
-        let (verifier, store, domain) = (
+        let (verifier, store, domain, bus, state) = (
             self.deps.verifier.clone(),
             self.store().clone(),
             self.cfg.name.clone(),
+            self.deps.events.clone(),
+            self.state.machine.clone(),
         );
         tokio::spawn(async move {
             let seen = verifier
@@ -601,12 +756,17 @@ impl Actor {
                 ),
                 evidence: json!({"change": report.change_id, "resolvers": seen}),
             };
-            let _ = store.append_event(&ev).await;
+            if let Ok(stored) = store.append_event(&ev).await {
+                bus.publish(stored, state);
+            }
         });
     }
 
     /// Reads what the provider serves and tells the machine; reports drift once per episode.
     async fn observe(&mut self) {
+        if !self.leading {
+            return;
+        }
         let live = match self
             .deps
             .provider
@@ -686,8 +846,16 @@ impl Actor {
             message,
             evidence,
         };
-        if let Err(e) = self.store().append_event(&ev).await {
-            tracing::error!(domain = %self.cfg.name, error = %e, "event not recorded");
+        self.record(ev).await;
+    }
+
+    /// Appends to the timeline, then publishes on the event bus (with the machine's state).
+    async fn record(&self, ev: NewEvent) {
+        match self.store().append_event(&ev).await {
+            Ok(stored) => self.deps.events.publish(stored, self.state.machine.clone()),
+            Err(e) => {
+                tracing::error!(domain = %self.cfg.name, kind = %ev.kind, error = %e, "event not recorded")
+            }
         }
     }
 
@@ -708,6 +876,7 @@ impl Actor {
             guard,
             rounds: self.rounds.values().cloned().collect(),
             drift: self.drift,
+            vantages: self.combined.values().cloned().collect(),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::actor::change::ChangeDeps;
 use crate::actor::{Actor, ActorHandle};
 use crate::config::{Config, DomainConfig, ProviderConfig, RcptChecks, TsigAlgorithm};
 use crate::health::Thresholds;
+use crate::lease::Leadership;
 use crate::model::{Fqdn, Side};
 use crate::monitor::{Monitor, MonitorSettings};
 use crate::plan::Managed;
@@ -26,7 +27,9 @@ use crate::probe::dns::DnsClient;
 use crate::probe::smtp::{RcptCheck, SmtpPolicy};
 use crate::probe::target::{Prober, TargetSpec};
 use crate::probe::tls;
-use crate::store::Store;
+use crate::recorder::{Board, Recorder};
+use crate::store::{Store, VantageRow};
+use crate::vantage::{self, VantageReport};
 use crate::verify::Verifier;
 
 /// SMTP probes in flight across all domains.
@@ -44,6 +47,10 @@ pub enum EngineError {
 #[derive(Clone, Default)]
 pub struct Engine {
     pub domains: BTreeMap<Fqdn, ActorHandle>,
+    /// Whether this instance leads (and its fencing epoch).
+    pub leadership: Leadership,
+    /// Every event the domains' actors record, for notifications.
+    pub events: crate::events::EventBus,
 }
 
 struct BuiltProvider {
@@ -185,11 +192,15 @@ fn targets(cfg: &DomainConfig, managed: &Managed) -> Vec<TargetSpec> {
 }
 
 impl Engine {
-    /// Starts every domain's monitor and actor on `tasks`.
+    /// Starts every domain's monitor and actor on `tasks`. Every instance probes and stores its
+    /// vantage's verdicts; only while `leadership` says so do the actors decide and write.
+    /// Listeners subscribe to `events` before this, so they miss nothing the actors record
+    /// while they recover.
     pub async fn start(
         config: &Config,
         store: Arc<dyn Store>,
-        epoch: i64,
+        leadership: Leadership,
+        events: crate::events::EventBus,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Engine, EngineError> {
@@ -200,7 +211,26 @@ impl Engine {
             }
         }
         let global = Arc::new(Semaphore::new(GLOBAL_PROBES));
-        let mut engine = Engine::default();
+        let mut engine = Engine {
+            leadership: leadership.clone(),
+            events,
+            ..Engine::default()
+        };
+        let canaries = watch_canaries(&config.cluster.canaries, shutdown.clone(), tasks);
+        let recorder = Recorder::start(store.clone(), shutdown.clone(), tasks);
+        let window = config
+            .domains
+            .iter()
+            .map(|d| freshness(&d.checks))
+            .max()
+            .unwrap_or_default();
+        let board = Board::start(
+            store.clone(),
+            leadership.clone(),
+            window,
+            shutdown.clone(),
+            tasks,
+        );
         for d in &config.domains {
             let derr = |why: String| EngineError::Domain {
                 domain: d.name.to_string(),
@@ -245,8 +275,11 @@ impl Engine {
                 store: store.clone(),
                 provider: provider.client.clone(),
                 verifier,
-                epoch,
+                fence: leadership.clone(),
+                vantage_quorum: config.cluster.vantage_quorum,
+                board: board.clone(),
                 provider_name: d.provider.clone(),
+                events: engine.events.clone(),
             };
             let managed = Managed::new(d);
             let settings = MonitorSettings {
@@ -273,9 +306,17 @@ impl Engine {
             let (tx, mut rx) = mpsc::channel(16);
             tasks.spawn(monitor.run(tx, shutdown.clone()));
             let forward = handle.clone();
+            let (recorder, me, canaries) = (
+                recorder.clone(),
+                config.cluster.vantage.clone(),
+                canaries.clone(),
+            );
             tasks.spawn(async move {
                 while let Some(report) = rx.recv().await {
-                    if !forward.round(report).await {
+                    let down = canaries.borrow().clone();
+                    let own = VantageReport::from_round(&me, &report, down.as_deref());
+                    record_round(&recorder, &report, &own);
+                    if !forward.round(report, own).await {
                         break;
                     }
                 }
@@ -285,4 +326,69 @@ impl Engine {
         }
         Ok(engine)
     }
+}
+
+/// Hands what this vantage saw in a round to the recorder: its report (for the leader's vote)
+/// and the raw observations (evidence, pruned by retention). Never waits.
+fn record_round(recorder: &Recorder, report: &crate::monitor::RoundReport, own: &VantageReport) {
+    match serde_json::to_value(own) {
+        Ok(json) => recorder.offer(
+            VantageRow {
+                domain: report.domain.clone(),
+                vantage: own.vantage.clone(),
+                side: report.side.as_str().to_string(),
+                at: report.at,
+                report: json,
+            },
+            vantage::observations(&own.vantage, report),
+        ),
+        Err(e) => tracing::error!(error = %e, "vantage report not serialisable"),
+    }
+}
+
+/// How old another vantage's report may be and still vote on a domain with these checks.
+pub fn freshness(checks: &crate::config::Checks) -> Duration {
+    checks.interval * 3 + checks.timeout * 2
+}
+
+/// How often the canaries are tried, and how long one connection may take.
+const CANARY_EVERY: Duration = Duration::from_secs(5);
+const CANARY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tries the `[cluster] canaries` (TCP connect) in the background: `Some(why)` while none of
+/// them answers, `None` while one does or when none is configured.
+fn watch_canaries(
+    canaries: &[std::net::SocketAddr],
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    if canaries.is_empty() {
+        return rx;
+    }
+    let canaries = canaries.to_vec();
+    tasks.spawn(async move {
+        loop {
+            let mut failures = Vec::new();
+            for c in &canaries {
+                match tokio::time::timeout(CANARY_TIMEOUT, tokio::net::TcpStream::connect(c)).await
+                {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => failures.push(format!("{c}: {e}")),
+                    Err(_) => failures.push(format!("{c}: no answer within {CANARY_TIMEOUT:?}")),
+                }
+            }
+            let down = (failures.len() == canaries.len()).then(|| failures.join("; "));
+            tx.send_if_modified(|v| {
+                let changed = *v != down;
+                *v = down.clone();
+                changed
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CANARY_EVERY) => {}
+            }
+        }
+    });
+    rx
 }

@@ -11,15 +11,20 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod events;
 pub mod health;
+pub mod lease;
 pub mod logging;
 pub mod machine;
 pub mod model;
 pub mod monitor;
+pub mod notify;
 pub mod ops;
 pub mod plan;
 pub mod probe;
+pub mod recorder;
 pub mod store;
+pub mod vantage;
 pub mod verify;
 
 use std::sync::Arc;
@@ -44,6 +49,8 @@ pub enum RunError {
     Http(#[from] std::io::Error),
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
+    #[error("{0}")]
+    Instance(#[from] lease::LockError),
 }
 
 /// Opens the configured store and applies its migrations.
@@ -64,26 +71,45 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // SQLite is single-instance: a second `serve` on the same file stops here, before touching it.
+    let _instance = lease::lock_sqlite(&config.store.url)?;
     let store = open_store(&config).await?;
     tracing::info!(
         store = %config.store.url,
         domains = config.domains.len(),
         listen = %listener.local_addr()?,
+        vantage = %config.cluster.vantage,
         "mxguard serving"
     );
     let tasks = TaskTracker::new();
-    // Single instance for now: fencing epoch 1 (the leader lease issue makes this a real epoch).
-    let engine =
-        match engine::Engine::start(&config, store.clone(), 1, shutdown.clone(), &tasks).await {
-            Ok(e) => e,
-            Err(e) => {
-                shutdown.cancel();
-                tasks.close();
-                tasks.wait().await;
-                store.close().await;
-                return Err(e.into());
-            }
-        };
+    let (keeper, leadership) = lease::LeaseKeeper::new(
+        store.clone(),
+        &config.cluster,
+        Arc::new(mxguard_core::TokioClock),
+    );
+    tasks.spawn(keeper.run(shutdown.clone()));
+    // Notifications listen before the actors start, so nothing recorded during recovery is lost.
+    let events = events::EventBus::new();
+    notify::spawn(&config, store.clone(), &events, shutdown.clone(), &tasks);
+    let engine = match engine::Engine::start(
+        &config,
+        store.clone(),
+        leadership,
+        events,
+        shutdown.clone(),
+        &tasks,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            shutdown.cancel();
+            tasks.close();
+            tasks.wait().await;
+            store.close().await;
+            return Err(e.into());
+        }
+    };
     tasks.spawn(prune_observations(
         store.clone(),
         config.store.observation_retention,

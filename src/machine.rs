@@ -71,6 +71,20 @@ pub struct DomainState {
     pub in_flight: Option<Side>,
     /// Times of recent automated moves, for the flap guard.
     pub moves: VecDeque<Time>,
+    /// The current or last incident. Persisted, so notifications derive the same PagerDuty
+    /// dedup key from it after a restart; absent in states saved before it existed.
+    #[serde(default)]
+    pub incident: Option<Incident>,
+}
+
+/// An incident: from the step that left normal operation (a failover started, both sides
+/// Down, the flap guard paused automation) until the step that is back on the primary's records
+/// with the primary Up and automation not paused by the flap guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub since: Time,
+    /// `None` while the incident is open.
+    pub until: Option<Time>,
 }
 
 impl Default for DomainState {
@@ -88,6 +102,7 @@ impl Default for DomainState {
             approved: false,
             in_flight: None,
             moves: VecDeque::new(),
+            incident: None,
         }
     }
 }
@@ -287,7 +302,41 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
     }
     expire_pin(state, now, &mut fx);
     automate(state, now, policy, &mut fx);
+    track_incident(state, now);
     fx
+}
+
+/// Opens an incident when the domain is out of normal operation, closes it when it is back.
+/// Level-triggered on the state after the step, so every path in (automation, an operator's
+/// failover or pin, the flap guard) and out (failback verified, BothDown ending on the primary,
+/// a resume) is covered. In between (Unknown, or Primary with the primary not Up) nothing changes.
+fn track_incident(state: &mut DomainState, now: Time) {
+    let flap_paused =
+        matches!(&state.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard");
+    let out_of_normal = flap_paused
+        || matches!(
+            state.phase,
+            Phase::FailingOver
+                | Phase::OnBackup
+                | Phase::FailbackPending
+                | Phase::FailingBack
+                | Phase::BothDown
+        );
+    let normal = !flap_paused
+        && state.phase == Phase::Primary
+        && state.published == Some(Side::Primary)
+        && state.primary == Health::Up;
+    match &mut state.incident {
+        Some(i) if i.until.is_none() && normal => i.until = Some(now),
+        Some(i) if i.until.is_none() => {} // still open
+        _ if out_of_normal => {
+            state.incident = Some(Incident {
+                since: now,
+                until: None,
+            })
+        }
+        _ => {}
+    }
 }
 
 fn expire_pin(state: &mut DomainState, now: Time, fx: &mut Vec<Effect>) {

@@ -169,6 +169,7 @@ pub async fn revert(
     cfg: &DomainConfig,
     provider: &Arc<dyn DnsProvider>,
     store: &Arc<dyn Store>,
+    epoch: i64,
     id: i64,
     dry_run: bool,
     force: bool,
@@ -254,7 +255,7 @@ pub async fn revert(
         domain: cfg.name.clone(),
         provider: cfg.provider.clone(),
         zone: d.snapshot.zone.clone(),
-        epoch: 1,
+        epoch,
         before: d.live.clone(),
         after: d.changes.clone(),
         at: Utc::now(),
@@ -269,13 +270,14 @@ pub async fn revert(
                 intent.id,
                 ChangeStatus::Failed,
                 Some(&e.to_string()),
+                epoch,
                 Utc::now(),
             )
             .await;
         return Err(provider_err(e));
     }
     store
-        .set_change_status(intent.id, ChangeStatus::Applied, None, Utc::now())
+        .set_change_status(intent.id, ChangeStatus::Applied, None, epoch, Utc::now())
         .await
         .map_err(store_err)?;
     let live = provider
@@ -285,12 +287,18 @@ pub async fn revert(
     if !same(&live, &d.snapshot.records) {
         let why = "the provider does not serve the snapshot's records after the revert";
         let _ = store
-            .set_change_status(intent.id, ChangeStatus::Failed, Some(why), Utc::now())
+            .set_change_status(
+                intent.id,
+                ChangeStatus::Failed,
+                Some(why),
+                epoch,
+                Utc::now(),
+            )
             .await;
         return Err(OpsError::Provider(why.into()));
     }
     store
-        .set_change_status(intent.id, ChangeStatus::Verified, None, Utc::now())
+        .set_change_status(intent.id, ChangeStatus::Verified, None, epoch, Utc::now())
         .await
         .map_err(store_err)?;
     let ev = crate::store::NewEvent {

@@ -81,6 +81,31 @@ async fn serve_until_signal(sig: &str) {
         .expect("readyz answers");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["store"], "sqlite");
+    // Alone on its SQLite file, it leads (epoch 1 on a fresh store).
+    let (_, body) = common::poll("the lease", Duration::from_secs(30), || async {
+        let (s, b) = get(&format!("{base}/readyz")).await?;
+        (s == 200 && b["role"] == "leader").then_some((s, b))
+    })
+    .await;
+    assert_eq!(
+        (body["vantage"].as_str(), body["epoch"].as_i64()),
+        (Some("default"), Some(1))
+    );
+
+    // A second instance on the same file is refused before it touches the store.
+    let second = mxguard(
+        dir.path(),
+        &["serve", "--listen", &format!("127.0.0.1:{}", free_port())],
+    )
+    .output()
+    .expect("run a second mxguard serve");
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another mxguard instance is serving from mxguard.db")
+            && err.contains("SQLite is single-instance"),
+        "{err}"
+    );
     assert!(
         dir.path().join("mxguard.db").exists(),
         "embedded default store is ./mxguard.db"

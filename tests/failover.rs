@@ -250,3 +250,19 @@ async fn resolvers_see_the_backup_once_the_old_ttl_has_run_out() {
     }
     s.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn started_while_the_primary_is_already_down_it_fails_over() {
+    // The first verdicts settle the machine on what is published; the next round decides even
+    // though no health changes after that (it used to wait for a change that never came).
+    let mut lab = Lab::start(LabOptions {
+        hold: "1h",
+        mx_ttl: 300,
+    })
+    .await;
+    lab.primary.stop().await.expect("stop primary MTA");
+    let mx = lab.serve(None);
+    let (served, _) = wait_for_mx(&lab, BACKUP_MX, Duration::from_secs(60)).await;
+    assert_eq!(served, vec![format!("{BACKUP_MX} 30")]);
+    assert!(mx.saw("first verdicts"), "{}", mx.log());
+}

@@ -148,6 +148,9 @@ async fn provider_down_during_failover_retries_and_applies_once() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The change event is written after verification at the authoritative server, so a
+    // moment after named serves the new set: wait for it rather than race it.
+    wait_for_event(&lab, "change", Duration::from_secs(60)).await;
     assert_eq!(
         lab.serial().await,
         serial + 1,

@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use mxguard::config::StoreUrl;
 use mxguard::model::{Fqdn, RecordSet, RecordType, Ttl};
 use mxguard::store::{
-    self, ChangeStatus, IdempotencyRecord, NewChange, NewEvent, NewSnapshot, Observation, Store,
-    StoreError,
+    self, ChangeStatus, IdempotencyRecord, LeaseClaim, NewChange, NewEvent, NewSnapshot,
+    Observation, Store, StoreError, Takeover, VantageRow,
 };
 use mxguard_core::{Change, ChangeSet};
 use serde_json::json;
@@ -46,16 +46,24 @@ async fn story(url: StoreUrl) {
     s.migrate().await.expect("migrations are idempotent");
     s.ping().await.expect("ping");
 
+    // Writes are fenced: they carry the epoch of the lease this story takes first.
+    let e = s
+        .acquire_lease(&claim("story", Takeover::IfExpired), t(0))
+        .await
+        .unwrap()
+        .epoch;
+    assert_eq!(e, 1, "the first lease is epoch 1");
+
     // --- runtime state: compare-and-swap, and concurrent writers that retry on conflict ---
     let d = domain();
     assert!(s.load_state(&d).await.unwrap().is_none());
     let v1 = s
-        .save_state(&d, &json!({"n": 0}), None, t(0))
+        .save_state(&d, &json!({"n": 0}), None, e, t(0))
         .await
         .unwrap();
     assert_eq!(v1, 1);
     assert!(matches!(
-        s.save_state(&d, &json!({"n": 99}), None, t(0)).await,
+        s.save_state(&d, &json!({"n": 99}), None, e, t(0)).await,
         Err(StoreError::Conflict(_))
     ));
     let mut writers = Vec::new();
@@ -68,7 +76,7 @@ async fn story(url: StoreUrl) {
                     let row = s.load_state(&d).await.unwrap().unwrap();
                     let n = row.state["n"].as_i64().unwrap();
                     match s
-                        .save_state(&d, &json!({"n": n + 1}), Some(row.version), t(1))
+                        .save_state(&d, &json!({"n": n + 1}), Some(row.version), e, t(1))
                         .await
                     {
                         Ok(_) => break,
@@ -183,7 +191,7 @@ async fn story(url: StoreUrl) {
                 domain: d.clone(),
                 provider: "ns1".into(),
                 zone: d.clone(),
-                epoch: 7,
+                epoch: e,
                 before: before.clone(),
                 after: after.clone(),
                 at: t(2000),
@@ -193,7 +201,7 @@ async fn story(url: StoreUrl) {
         .unwrap();
     assert_eq!(change.status, ChangeStatus::Pending);
     assert_eq!(change.snapshot_id, Some(snap.id));
-    assert_eq!(change.epoch, 7);
+    assert_eq!(change.epoch, e);
 
     // --- restart in the middle: everything written so far is still there ---
     s.close().await;
@@ -214,32 +222,32 @@ async fn story(url: StoreUrl) {
 
     // --- the intent moves forward only ---
     let applied = s
-        .set_change_status(change.id, ChangeStatus::Applied, None, t(2001))
+        .set_change_status(change.id, ChangeStatus::Applied, None, e, t(2001))
         .await
         .unwrap();
     assert_eq!(applied.status, ChangeStatus::Applied);
     assert!(matches!(
-        s.set_change_status(change.id, ChangeStatus::Applied, None, t(2002))
+        s.set_change_status(change.id, ChangeStatus::Applied, None, e, t(2002))
             .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.set_change_status(change.id, ChangeStatus::Pending, None, t(2002))
+        s.set_change_status(change.id, ChangeStatus::Pending, None, e, t(2002))
             .await,
         Err(StoreError::Conflict(_))
     ));
     let verified = s
-        .set_change_status(change.id, ChangeStatus::Verified, None, t(2003))
+        .set_change_status(change.id, ChangeStatus::Verified, None, e, t(2003))
         .await
         .unwrap();
     assert_eq!(verified.updated_at, t(2003));
     assert!(matches!(
-        s.set_change_status(change.id, ChangeStatus::Failed, Some("x"), t(2004))
+        s.set_change_status(change.id, ChangeStatus::Failed, Some("x"), e, t(2004))
             .await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.set_change_status(999_999, ChangeStatus::Applied, None, t(2004))
+        s.set_change_status(999_999, ChangeStatus::Applied, None, e, t(2004))
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -324,7 +332,7 @@ async fn story(url: StoreUrl) {
                 domain: d.clone(),
                 provider: "ns1".into(),
                 zone: d.clone(),
-                epoch: 7,
+                epoch: e,
                 before: vec![],
                 after: ChangeSet::default(),
                 at: t(5000),
@@ -333,7 +341,7 @@ async fn story(url: StoreUrl) {
         .await
         .unwrap();
     let failed = s
-        .set_change_status(c2.id, ChangeStatus::Failed, Some("REFUSED"), t(5001))
+        .set_change_status(c2.id, ChangeStatus::Failed, Some("REFUSED"), e, t(5001))
         .await
         .unwrap();
     assert_eq!(failed.error.as_deref(), Some("REFUSED"));
@@ -346,6 +354,237 @@ async fn story(url: StoreUrl) {
     );
     assert!(s.recent_changes(&other, 10).await.unwrap().is_empty());
     s.close().await;
+}
+
+fn claim(vantage: &str, takeover: Takeover) -> LeaseClaim {
+    LeaseClaim {
+        holder: format!("{vantage}/1"),
+        vantage: vantage.into(),
+        api_url: Some(format!("http://{vantage}.example.test:8053")),
+        ttl: std::time::Duration::from_secs(15),
+        takeover,
+    }
+}
+
+fn intent(d: &Fqdn, epoch: i64, at: i64) -> (NewSnapshot, NewChange) {
+    let snap = NewSnapshot {
+        domain: d.clone(),
+        provider: "ns1".into(),
+        zone: d.clone(),
+        label: None,
+        reason: "failover".into(),
+        taken_at: t(at),
+        taken_by: "automation".into(),
+        records: vec![mx(300, &["10 mx1.example.test."])],
+    };
+    let change = NewChange {
+        domain: d.clone(),
+        provider: "ns1".into(),
+        zone: d.clone(),
+        epoch,
+        before: vec![],
+        after: ChangeSet::default(),
+        at: t(at),
+    };
+    (snap, change)
+}
+
+/// Leader lease and fencing: one holder at a time, a new epoch at each change of holder, and
+/// every write of a stale epoch refused — state, change intents and their status moves.
+async fn lease_story(url: StoreUrl) {
+    let s = open(&url).await;
+    let d = domain();
+    let fresh = s.lease().await.unwrap();
+    assert_eq!(
+        (fresh.epoch, fresh.holder.as_str()),
+        (0, ""),
+        "nobody leads yet"
+    );
+
+    let a = claim("eu", Takeover::IfExpired);
+    let b = claim("us", Takeover::IfExpired);
+    let la = s.acquire_lease(&a, t(0)).await.unwrap();
+    assert_eq!((la.holder.as_str(), la.epoch), ("eu/1", 1));
+    assert_eq!(la.expires_at, t(15));
+    assert_eq!(la.api_url.as_deref(), Some("http://eu.example.test:8053"));
+    // A live lease is not taken, and the answer says who holds it.
+    let seen = s.acquire_lease(&b, t(10)).await.unwrap();
+    assert_eq!((seen.holder.as_str(), seen.epoch), ("eu/1", 1));
+    assert!(s
+        .renew_lease("eu/1", 1, std::time::Duration::from_secs(15), t(10))
+        .await
+        .unwrap());
+    assert!(!s
+        .renew_lease("us/1", 1, std::time::Duration::from_secs(15), t(10))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.acquire_lease(&b, t(24)).await.unwrap().holder,
+        "eu/1",
+        "renewed to 25 s"
+    );
+
+    // The leader writes with epoch 1.
+    let v = s
+        .save_state(&d, &json!({"n": 1}), None, 1, t(20))
+        .await
+        .unwrap();
+    let (snap, change) = intent(&d, 1, 20);
+    let (_, c1) = s.begin_change(&snap, &change).await.unwrap();
+
+    // It pauses past its lease; us takes over with epoch 2.
+    let lb = s.acquire_lease(&b, t(26)).await.unwrap();
+    assert_eq!((lb.holder.as_str(), lb.epoch), ("us/1", 2));
+    assert!(!s
+        .renew_lease("eu/1", 1, std::time::Duration::from_secs(15), t(27))
+        .await
+        .unwrap());
+
+    // Every write of the old leader is refused; nothing it tried is stored.
+    assert!(matches!(
+        s.save_state(&d, &json!({"n": 666}), Some(v), 1, t(27))
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
+    let (snap, change) = intent(&d, 1, 27);
+    assert!(matches!(
+        s.begin_change(&snap, &change).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(matches!(
+        s.set_change_status(c1.id, ChangeStatus::Applied, None, 1, t(27))
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert_eq!(
+        s.load_state(&d).await.unwrap().unwrap().state,
+        json!({"n": 1})
+    );
+    assert_eq!(
+        s.change(c1.id).await.unwrap().unwrap().status,
+        ChangeStatus::Pending
+    );
+    assert_eq!(s.recent_changes(&d, 10).await.unwrap().len(), 1);
+    // The new leader finishes the old leader's intent under its own epoch.
+    s.set_change_status(c1.id, ChangeStatus::Applied, None, 2, t(28))
+        .await
+        .unwrap();
+    s.save_state(&d, &json!({"n": 2}), Some(v), 2, t(28))
+        .await
+        .unwrap();
+
+    // A restarted instance with the same vantage name takes its lease back at once...
+    let again = s
+        .acquire_lease(
+            &LeaseClaim {
+                holder: "us/2".into(),
+                ..claim("us", Takeover::IfExpiredOrSameVantage)
+            },
+            t(29),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.holder.as_str(), again.epoch), ("us/2", 3));
+    // ...but another vantage does not, until the lease is released.
+    let c = claim("ap", Takeover::IfExpiredOrSameVantage);
+    assert_eq!(s.acquire_lease(&c, t(30)).await.unwrap().holder, "us/2");
+    s.release_lease("us/1", 3).await.unwrap(); // not the holder: no effect
+    assert_eq!(s.acquire_lease(&c, t(30)).await.unwrap().holder, "us/2");
+    s.release_lease("us/2", 3).await.unwrap();
+    let lc = s.acquire_lease(&c, t(30)).await.unwrap();
+    assert_eq!((lc.holder.as_str(), lc.epoch), ("ap/1", 4));
+
+    // Racing followers after expiry: exactly one wins, with exactly one new epoch.
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        racers.push(tokio::spawn(async move {
+            let mut c = claim(&format!("r{i}"), Takeover::IfExpired);
+            c.holder = format!("r{i}/1");
+            let l = s.acquire_lease(&c, t(100)).await.unwrap();
+            (l.holder == c.holder, l.epoch)
+        }));
+    }
+    let mut winners = 0;
+    for r in racers {
+        let (won, epoch) = r.await.unwrap();
+        winners += usize::from(won);
+        assert_eq!(epoch, 5, "everyone sees the winner's epoch");
+    }
+    assert_eq!(winners, 1);
+
+    // Vantage reports: the latest per (domain, vantage, side).
+    let row = |vantage: &str, side: &str, at: i64, n: i64| VantageRow {
+        domain: d.clone(),
+        vantage: vantage.into(),
+        side: side.into(),
+        at: t(at),
+        report: json!({"n": n}),
+    };
+    s.put_vantage_reports(&[row("eu", "primary", 1, 1), row("us", "primary", 2, 3)])
+        .await
+        .unwrap();
+    s.put_vantage_reports(&[row("eu", "primary", 2, 2), row("eu", "backup", 2, 4)])
+        .await
+        .unwrap();
+    let rows = s.vantage_reports(&d).await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.vantage.as_str(),
+                r.side.as_str(),
+                r.report["n"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("eu", "backup", 4),
+            ("eu", "primary", 2),
+            ("us", "primary", 3)
+        ]
+    );
+    let others: Vec<(String, String)> = s
+        .other_vantage_reports("eu", t(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.vantage, r.side))
+        .collect();
+    assert_eq!(others, vec![("us".to_string(), "primary".to_string())]);
+    assert!(
+        s.other_vantage_reports("eu", t(2))
+            .await
+            .unwrap()
+            .is_empty(),
+        "newer than `since` only"
+    );
+    assert!(s
+        .vantage_reports(&Fqdn::parse("other.test").unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn lease_story_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::parse(&format!(
+        "sqlite://{}",
+        dir.path().join("lease.db").display()
+    ))
+    .unwrap();
+    lease_story(url).await;
+}
+
+#[tokio::test]
+async fn lease_story_postgres() {
+    let db = common::fresh_pg_database("lease").await;
+    lease_story(db.url.clone()).await;
+    db.drop_db().await;
 }
 
 #[tokio::test]

@@ -19,8 +19,15 @@ pub struct ChangeDeps {
     pub store: Arc<dyn Store>,
     pub provider: Arc<dyn DnsProvider>,
     pub verifier: Verifier,
-    pub epoch: i64,
+    /// Whether this instance leads, and the fencing epoch its writes carry.
+    pub fence: crate::lease::Leadership,
+    /// `[cluster] vantage_quorum` (`None`: a majority of the voting vantages).
+    pub vantage_quorum: Option<u32>,
+    /// The other vantages' latest reports (empty on a single instance).
+    pub board: crate::recorder::Board,
     pub provider_name: String,
+    /// Where recorded events are published for notifications.
+    pub events: crate::events::EventBus,
 }
 
 /// What a finished publish did.
@@ -35,14 +42,36 @@ pub struct ChangeReport {
     pub replaced_ttl: Option<u32>,
 }
 
-/// Pauses forever at `name` when `MXGUARD_FAILPOINT=name`, so a test can SIGKILL the process at
-/// that exact point. Logged so the test knows it has been reached.
+/// Test hooks at exact points of a publish. `MXGUARD_FAILPOINT=name` pauses forever there, so
+/// a test can SIGKILL the process at that point; `MXGUARD_FAILPOINT=name:stop` stops the whole
+/// process (SIGSTOP to itself) and carries on after SIGCONT, as a paused VM or a long GC pause
+/// would. Logged so the test knows it has been reached.
 pub async fn failpoint(name: &str) {
-    if std::env::var("MXGUARD_FAILPOINT").is_ok_and(|v| v == name) {
+    let Ok(v) = std::env::var("MXGUARD_FAILPOINT") else {
+        return;
+    };
+    if v == name {
         tracing::warn!(failpoint = name, "failpoint reached; pausing until killed");
         eprintln!("FAILPOINT {name} reached");
         std::future::pending::<()>().await;
+    } else if v.strip_suffix(":stop") == Some(name) {
+        tracing::warn!(failpoint = name, "failpoint reached; stopping the process");
+        eprintln!("FAILPOINT {name} reached; stopping");
+        let pid = std::process::id().to_string();
+        let stopped = tokio::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .await;
+        tracing::warn!(failpoint = name, ?stopped, "resumed after SIGSTOP");
+        eprintln!("FAILPOINT {name} resumed");
     }
+}
+
+/// The epoch to write with, or why this instance must not write.
+fn epoch(deps: &ChangeDeps) -> Result<i64, String> {
+    deps.fence
+        .epoch()
+        .ok_or_else(|| "not the leader (no valid lease); not writing".to_string())
 }
 
 /// Publishes `side` (records `desired`), resuming `resume` when a crash left it unfinished.
@@ -65,13 +94,14 @@ pub async fn publish(
         .map_err(|e| e.to_string())?;
     let store = &deps.store;
     let now = Utc::now;
+    let epoch = epoch(deps)?;
 
     let (intent, snapshot_id) = match resume {
         // Applied before the crash: the live records already are the outcome.
         Some(old) if plan.is_empty() => {
             if old.status == ChangeStatus::Pending {
                 store
-                    .set_change_status(old.id, ChangeStatus::Applied, None, now())
+                    .set_change_status(old.id, ChangeStatus::Applied, None, epoch, now())
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -87,14 +117,14 @@ pub async fn publish(
                 change = old.id,
                 "resuming change after restart: applying the recorded plan"
             );
-            apply(deps, managed, &plan, old.id).await?;
+            apply(deps, managed, &plan, old.id, epoch).await?;
             (Some(old.id), old.snapshot_id)
         }
         other => {
             if let Some(old) = other {
                 let why = "superseded after restart: the live records changed";
                 let _ = store
-                    .set_change_status(old.id, ChangeStatus::Failed, Some(why), now())
+                    .set_change_status(old.id, ChangeStatus::Failed, Some(why), epoch, now())
                     .await;
             }
             if plan.is_empty() {
@@ -114,7 +144,7 @@ pub async fn publish(
                     domain: managed.domain.clone(),
                     provider: deps.provider_name.clone(),
                     zone: zone.clone(),
-                    epoch: deps.epoch,
+                    epoch,
                     before: plan.actual.clone(),
                     after: plan.changes.clone(),
                     at: now(),
@@ -125,7 +155,7 @@ pub async fn publish(
                     .map_err(|e| e.to_string())?;
                 tracing::info!(change = intent.id, snapshot = snap.id, %side, "change intent written");
                 failpoint("after_intent").await;
-                apply(deps, managed, &plan, intent.id).await?;
+                apply(deps, managed, &plan, intent.id, epoch).await?;
                 (Some(intent.id), Some(snap.id))
             }
         }
@@ -140,14 +170,14 @@ pub async fn publish(
         );
         if let Some(id) = intent {
             let _ = store
-                .set_change_status(id, ChangeStatus::Failed, Some(&why), now())
+                .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, now())
                 .await;
         }
         return Err(why);
     }
     if let Some(id) = intent {
         store
-            .set_change_status(id, ChangeStatus::Verified, None, now())
+            .set_change_status(id, ChangeStatus::Verified, None, epoch, now())
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -161,17 +191,45 @@ pub async fn publish(
     })
 }
 
-async fn apply(deps: &ChangeDeps, managed: &Managed, plan: &Plan, id: i64) -> Result<(), String> {
+/// The last moment before a provider write: the lease must still be trusted locally (a process
+/// paused past its lease finds it has run out) and still be this epoch's in the store.
+async fn check_fence(deps: &ChangeDeps, id: i64, epoch: i64) -> Result<(), String> {
+    let refuse = |why: String| {
+        tracing::warn!(change = id, epoch, %why, "fenced: not applying the change");
+        metrics::counter!("mxguard_fenced_writes_total").increment(1);
+        Err(format!("fenced: {why}; change {id} not applied"))
+    };
+    if deps.fence.epoch() != Some(epoch) {
+        return refuse(format!("the lease of epoch {epoch} is no longer trusted"));
+    }
+    match deps.store.lease().await {
+        Ok(lease) if lease.epoch == epoch => Ok(()),
+        Ok(lease) => refuse(format!(
+            "epoch {epoch} is stale; {} leads at epoch {}",
+            lease.vantage, lease.epoch
+        )),
+        Err(e) => Err(format!("cannot confirm the lease before applying: {e}")),
+    }
+}
+
+async fn apply(
+    deps: &ChangeDeps,
+    managed: &Managed,
+    plan: &Plan,
+    id: i64,
+    epoch: i64,
+) -> Result<(), String> {
+    check_fence(deps, id, epoch).await?;
     if let Err(e) = deps.provider.apply(&managed.zone, &plan.changes).await {
         let why = format!("provider {}: {e}", deps.provider_name);
         let _ = deps
             .store
-            .set_change_status(id, ChangeStatus::Failed, Some(&why), Utc::now())
+            .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, Utc::now())
             .await;
         return Err(why);
     }
     deps.store
-        .set_change_status(id, ChangeStatus::Applied, None, Utc::now())
+        .set_change_status(id, ChangeStatus::Applied, None, epoch, Utc::now())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(change = id, "change applied at the provider");

@@ -43,6 +43,7 @@ pub fn actor_error(e: ActorError) -> ApiError {
             ApiError::Unavailable("the domain's controller has stopped; see the server log".into())
         }
         ActorError::Store(why) => ApiError::Internal(format!("store: {why}")),
+        ActorError::NotLeader(why) => ApiError::NotLeader(why),
     }
 }
 
@@ -142,6 +143,7 @@ pub fn full(s: &Status, cfg: &DomainConfig) -> Value {
         map.insert("desired".into(), desired);
         map.insert("guard".into(), json!(s.guard));
         map.insert("rounds".into(), json!(rounds));
+        map.insert("vantages".into(), json!(s.vantages));
         map.insert("state".into(), json!(s.state));
     }
     v

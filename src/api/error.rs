@@ -61,6 +61,9 @@ pub enum ApiError {
     /// 503: the domain's controller is not running.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: this instance is a follower; mutations go to the leader (named in the detail).
+    #[error("{0}")]
+    NotLeader(String),
     /// 500: logged, never shown.
     #[error("internal: {0}")]
     Internal(String),
@@ -84,7 +87,7 @@ impl ApiError {
             Validation(_) | IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IdempotencyInProgress(_) | Refused(_) => StatusCode::CONFLICT,
             Provider(_) => StatusCode::BAD_GATEWAY,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +114,7 @@ impl ApiError {
             Refused(_) => "refused",
             Provider(_) => "provider-error",
             Unavailable(_) => "unavailable",
+            NotLeader(_) => "not-leader",
             Internal(_) => "internal",
         }
     }
@@ -133,6 +137,7 @@ impl ApiError {
             Refused(_) => "Refused; nothing was changed",
             Provider(_) => "The DNS provider failed",
             Unavailable(_) => "Unavailable",
+            NotLeader(_) => "This instance is a follower; send mutations to the leader",
             Internal(_) => "Internal error",
         }
     }

@@ -24,10 +24,20 @@ pub async fn readyz(State(api): State<Api>) -> impl IntoResponse {
         crate::config::StoreKind::Sqlite => "sqlite",
         crate::config::StoreKind::Postgres => "postgres",
     };
+    let role = api.app.engine.leadership.report();
     match tokio::time::timeout(READY_TIMEOUT, api.app.store.ping()).await {
+        // A follower is ready: it probes, stores its vantage's verdicts and serves reads.
         Ok(Ok(())) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "store": store })),
+            Json(json!({
+                "status": "ready",
+                "store": store,
+                "role": role.role,
+                "vantage": role.vantage,
+                "epoch": role.epoch,
+                "leader": role.leader,
+                "leader_url": role.leader_url,
+            })),
         ),
         failed => {
             let why = match failed {
@@ -38,7 +48,7 @@ pub async fn readyz(State(api): State<Api>) -> impl IntoResponse {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(
-                    json!({ "status": "unavailable", "store": store, "reason": "store unreachable" }),
+                    json!({ "status": "unavailable", "store": store, "reason": "store unreachable", "role": role.role, "vantage": role.vantage }),
                 ),
             )
         }

@@ -60,6 +60,18 @@ pub fn install() {
                     "mxguard_change_intents_total",
                     "Change intents entering each status (pending, applied, verified, failed)"
                 );
+                metrics::describe_gauge!(
+                    "mxguard_leader",
+                    "1 while this instance holds the leader lease, else 0"
+                );
+                metrics::describe_gauge!(
+                    "mxguard_lease_epoch",
+                    "The fencing epoch of the lease as this instance last saw it"
+                );
+                metrics::describe_counter!(
+                    "mxguard_fenced_writes_total",
+                    "Provider writes refused because this instance's lease was no longer valid"
+                );
                 Some(handle)
             }
             Err(e) => {

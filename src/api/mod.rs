@@ -122,6 +122,13 @@ impl Api {
         Ok((cfg, handle))
     }
 
+    /// The epoch to write with; a follower refuses (503 `not-leader`, naming the leader).
+    fn leader_epoch(&self) -> Result<i64, ApiError> {
+        let l = &self.app.engine.leadership;
+        l.epoch()
+            .ok_or_else(|| ApiError::NotLeader(crate::actor::not_leader(&l.report())))
+    }
+
     async fn provider(&self, cfg: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ApiError> {
         self.app
             .providers

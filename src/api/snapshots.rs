@@ -216,10 +216,12 @@ pub async fn revert(
         let b = &m.body;
         let cfg = api.snapshot_domain(&s)?;
         let provider = api.provider(cfg).await?;
+        let epoch = api.leader_epoch()?;
         let out = ops::revert(
             cfg,
             &provider,
             &api.app.store,
+            epoch,
             s.id,
             b.dry_run,
             b.force,

@@ -32,6 +32,22 @@ async fn ctx(file: Option<PathBuf>) -> Result<Ctx, ExitCode> {
     Ok(Ctx { config, store })
 }
 
+/// Refuses when an instance serves from this store: SQLite by its instance lock (held here for
+/// the revert, so `serve` cannot start meanwhile), PostgreSQL by a leader lease still running.
+async fn serving_elsewhere(c: &Ctx) -> Result<Option<crate::lease::InstanceLock>, String> {
+    if c.store.kind() == crate::config::StoreKind::Sqlite {
+        return crate::lease::lock_sqlite(&c.config.store.url).map_err(|e| e.to_string());
+    }
+    let lease = c.store.lease().await.map_err(|e| e.to_string())?;
+    if !lease.holder.is_empty() && lease.expires_at > chrono::Utc::now() {
+        return Err(format!(
+            "mxguard instance {} leads on this store (epoch {}, lease until {})",
+            lease.vantage, lease.epoch, lease.expires_at
+        ));
+    }
+    Ok(None)
+}
+
 impl Ctx {
     fn domain(&self, name: &str) -> Result<&DomainConfig, ExitCode> {
         let fqdn = Fqdn::parse(name).map_err(|e| fail(2, e))?;
@@ -336,7 +352,31 @@ pub(super) async fn revert(
         Ok(x) => x,
         Err(code) => return code,
     };
-    match ops::revert(&d, &provider, &c.store, id, dry_run, force, "cli", &reason).await {
+    // A running controller owns the domain's records: a revert from here would race it.
+    let _lock = if dry_run {
+        None
+    } else {
+        match serving_elsewhere(&c).await {
+            Ok(lock) => lock,
+            Err(why) => {
+                return fail(
+                    1,
+                    format!(
+                        "{why}; revert through its API instead: POST /v1/snapshots/{id}/revert"
+                    ),
+                )
+            }
+        }
+    };
+    let epoch = match c.store.lease().await {
+        Ok(l) => l.epoch,
+        Err(e) => return fail(1, e),
+    };
+    match ops::revert(
+        &d, &provider, &c.store, epoch, id, dry_run, force, "cli", &reason,
+    )
+    .await
+    {
         Ok(o) => {
             for ch in &o.diff.changes.changes {
                 println!("  {}", serde_json::to_string(ch).unwrap_or_default());

@@ -2,6 +2,8 @@
 //! server and store keys. Parsing happens in one pass that reports every problem at once,
 //! each with the file and the field path; what comes out is trusted by the rest of mxguard.
 
+mod cluster;
+mod notify;
 mod reader;
 mod types;
 
@@ -14,6 +16,8 @@ use std::time::Duration;
 use mxguard_core::{Fqdn, MxRecord, Ttl};
 use toml::Table;
 
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
+pub use notify::{Delivery, NotifyConfig, NotifyTarget, Severity, TargetKind};
 pub use reader::FieldError;
 use reader::{Errors, Section};
 pub use types::*;
@@ -66,6 +70,8 @@ impl Config {
             providers: BTreeMap::new(),
             checks: Checks::default(),
             domains: Vec::new(),
+            cluster: ClusterConfig::default(),
+            notify: NotifyConfig::none(SocketAddr::from(([127, 0, 0, 1], 8053))),
         }
     }
 
@@ -188,6 +194,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         .filter_map(|(name, sec)| parse_provider(sec, errs).map(|p| (name, p)))
         .collect();
 
+    let cluster = cluster::parse_cluster(root.child("cluster", errs), errs);
+
     let checks_sec = root.child("checks", errs);
     let checks = parse_checks(checks_sec, &Checks::default(), errs);
 
@@ -206,6 +214,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         }
     }
 
+    let notify = notify::parse_notify(root.child("notify", errs), listen, &domains, errs);
+
     root.finish(
         errs,
         &[
@@ -215,6 +225,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             "providers",
             "checks",
             "domains",
+            "cluster",
+            "notify",
         ],
     );
     Config {
@@ -232,6 +244,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         providers,
         checks,
         domains,
+        cluster,
+        notify,
     }
 }
 

@@ -37,6 +37,11 @@ fn example_is_valid() {
     assert_eq!(cfg.domains[0].failback.hold, Some(Duration::from_secs(600)));
     assert!(cfg.server.open_readyz);
     assert!(!cfg.server.open_metrics);
+    assert_eq!(cfg.cluster.vantage, "eu-west");
+    assert_eq!(
+        cfg.cluster.advertise_url.as_deref(),
+        Some("https://mxguard-eu.example.net:8053")
+    );
 }
 
 #[test]
@@ -295,4 +300,41 @@ fn durations_accept_units_and_reject_out_of_range() {
         "{errs:?}"
     );
     assert!(errs[0].ends_with(r#"got "1ms""#), "{errs:?}");
+}
+
+#[test]
+fn cluster_defaults_and_every_mistake_named() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.cluster, ClusterConfig::default());
+    assert_eq!(cfg.cluster.lease_ttl, Duration::from_secs(15));
+    assert_eq!(cfg.cluster.vantage_quorum, None, "a majority by default");
+
+    let cfg = parse(
+        "[cluster]\nvantage = \"eu-west.1\"\nlease_ttl = \"5s\"\nvantage_quorum = 2\nadvertise_url = \"https://mxguard-eu.example.net:8053\"\ncanaries = [\"192.0.2.53:53\"]\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.cluster.vantage, "eu-west.1");
+    assert_eq!(cfg.cluster.lease_ttl, Duration::from_secs(5));
+    assert_eq!(cfg.cluster.vantage_quorum, Some(2));
+    assert_eq!(cfg.cluster.canaries.len(), 1);
+
+    let errs = errors(
+        "[cluster]\nvantage = \"eu west\"\nlease_ttl = \"1s\"\nvantage_quorum = 0\nadvertise_url = \"mxguard:8053\"\ncanaries = [\"192.0.2.53\"]\nleader = \"a\"\n",
+    );
+    let fields: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "cluster.vantage",
+            "cluster.lease_ttl",
+            "cluster.vantage_quorum",
+            "cluster.advertise_url",
+            "cluster.canaries[0]",
+            "cluster.leader"
+        ],
+        "{errs:?}"
+    );
 }

@@ -19,6 +19,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub checks: Checks,
     pub domains: Vec<DomainConfig>,
+    pub cluster: super::ClusterConfig,
+    /// `[notify]`: notification targets and routes.
+    pub notify: super::NotifyConfig,
 }
 
 #[derive(Debug, Clone)]

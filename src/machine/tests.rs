@@ -491,6 +491,78 @@ fn state_round_trips_through_json() {
     assert_eq!(back, s);
 }
 
+#[test]
+fn incident_spans_leaving_and_regaining_normal_operation() {
+    let open = |since| {
+        Some(Incident {
+            since: t(since),
+            until: None,
+        })
+    };
+    let closed = |since, until| {
+        Some(Incident {
+            since: t(since),
+            until: Some(t(until)),
+        })
+    };
+    let verified = |side| Input::ChangeVerified { side };
+    let pol = policy();
+    // (input, time, incident after the step)
+    let table: Vec<(Input, i64, Option<Incident>)> = vec![
+        (health(Up, Down), 5, None), // the backup Down alone is no incident
+        (health(Up, Up), 6, None),
+        (health(Down, Up), 10, open(10)), // failover starts
+        (verified(Side::Backup), 20, open(10)),
+        (
+            Input::ChangeFailed {
+                side: Side::Backup,
+                error: "x".into(),
+            },
+            21,
+            open(10),
+        ),
+        (health(Down, Down), 30, open(10)), // BothDown: the same incident
+        (health(Up, Down), 40, open(10)),   // the primary Up, the backup Down: failing back
+        (verified(Side::Primary), 50, closed(10, 50)),
+        (health(Up, Up), 60, closed(10, 50)),
+        (cmd(Command::Failover), 70, open(70)), // an operator's failover is a new incident
+        (verified(Side::Backup), 80, open(70)),
+        (cmd(Command::Failback), 90, open(70)),
+        (verified(Side::Primary), 100, closed(70, 100)),
+        (health(Down, Down), 110, open(110)), // both Down while on the primary
+        (health(Up, Down), 120, closed(110, 120)),
+    ];
+    let mut s = on_primary();
+    assert_eq!(s.incident, None, "settling on the primary is no incident");
+    for (i, (input, at, want)) in table.into_iter().enumerate() {
+        let shown = format!("{input:?}");
+        step(&mut s, input, t(at), &pol);
+        assert_eq!(s.incident, want, "row {i}: {shown} → {:?}", s.phase);
+    }
+
+    // The flap guard pausing automation opens one; the primary Up is not enough to close it
+    // while automation stays paused; a resume on the healthy primary does.
+    let mut s = on_primary();
+    s.moves = (0..4).map(t).collect();
+    step(&mut s, health(Down, Up), t(10), &pol);
+    assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
+    assert_eq!(s.phase, Phase::Primary);
+    assert_eq!(s.incident, open(10));
+    step(&mut s, health(Up, Up), t(20), &pol);
+    assert_eq!(s.incident, open(10));
+    step(&mut s, cmd(Command::Resume), t(30), &pol);
+    assert_eq!(s.incident, closed(10, 30));
+
+    // An operator's pause is no incident; a state saved before the field existed reads as none.
+    let mut s = on_primary();
+    step(&mut s, cmd(Command::Pause), t(10), &pol);
+    assert_eq!(s.incident, None);
+    let mut json = serde_json::to_value(failed_over()).unwrap();
+    json.as_object_mut().unwrap().remove("incident");
+    let old: DomainState = serde_json::from_value(json).unwrap();
+    assert_eq!(old.incident, None);
+}
+
 // ---- invariants over generated histories ----
 
 #[derive(Debug, Clone)]

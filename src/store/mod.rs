@@ -28,6 +28,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("stored data could not be read back: {0}")]
     Corrupt(String),
+    /// A write carried a fencing epoch that is no longer the lease's: another instance leads.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -66,13 +69,15 @@ pub trait Store: Send + Sync {
 
     async fn load_state(&self, domain: &Fqdn) -> Result<Option<DomainStateRow>, StoreError>;
 
-    /// Writes `state` when the stored version equals `expected_version` (`None`: no row yet).
-    /// Returns the new version, or `Conflict` when another writer got there first.
+    /// Writes `state` when the stored version equals `expected_version` (`None`: no row yet)
+    /// and `epoch` is the lease's. Returns the new version, `Conflict` when another writer got
+    /// there first, `Fenced` when the epoch has moved on.
     async fn save_state(
         &self,
         domain: &Fqdn,
         state: &serde_json::Value,
         expected_version: Option<i64>,
+        epoch: i64,
         at: DateTime<Utc>,
     ) -> Result<i64, StoreError>;
 
@@ -118,20 +123,22 @@ pub trait Store: Send + Sync {
     // --- write-ahead change intents ---
 
     /// Commits the snapshot of what is about to be replaced and a `pending` change row, in one
-    /// transaction, before the provider is called.
+    /// transaction, before the provider is called. `Fenced` unless `change.epoch` is the lease's.
     async fn begin_change(
         &self,
         snapshot: &NewSnapshot,
         change: &NewChange,
     ) -> Result<(Snapshot, ChangeIntent), StoreError>;
 
-    /// Moves a change along `pending → applied → verified` (or to `failed` from either).
-    /// Any other move is a `Conflict`; an unknown id is `NotFound`.
+    /// Moves a change along `pending → applied → verified` (or to `failed` from either), by a
+    /// writer holding `epoch`. Any other move is a `Conflict`; an unknown id is `NotFound`; a
+    /// stale epoch is `Fenced`.
     async fn set_change_status(
         &self,
         id: i64,
         status: ChangeStatus,
         error: Option<&str>,
+        epoch: i64,
         at: DateTime<Utc>,
     ) -> Result<ChangeIntent, StoreError>;
 
@@ -146,6 +153,45 @@ pub trait Store: Send + Sync {
 
     /// Changes still `pending` or `applied`, oldest first: what a restart must finish.
     async fn unfinished_changes(&self) -> Result<Vec<ChangeIntent>, StoreError>;
+
+    // --- the leader lease (fencing epoch) ---
+
+    /// Takes the lease for `claim.holder` when `claim.takeover` allows (a new epoch), and
+    /// returns the lease as it now stands, whoever holds it.
+    async fn acquire_lease(
+        &self,
+        claim: &LeaseClaim,
+        now: DateTime<Utc>,
+    ) -> Result<Lease, StoreError>;
+
+    /// Extends the lease to `now + ttl` if `holder` still holds it at `epoch`; `false` if not.
+    async fn renew_lease(
+        &self,
+        holder: &str,
+        epoch: i64,
+        ttl: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Lets the lease run out now (graceful shutdown), if `holder` still holds it at `epoch`.
+    async fn release_lease(&self, holder: &str, epoch: i64) -> Result<(), StoreError>;
+
+    async fn lease(&self) -> Result<Lease, StoreError>;
+
+    // --- each vantage's latest verdicts ---
+
+    /// Replaces each row's report for its (domain, vantage, side), in one transaction.
+    async fn put_vantage_reports(&self, rows: &[VantageRow]) -> Result<(), StoreError>;
+
+    /// Every vantage's latest reports for `domain`.
+    async fn vantage_reports(&self, domain: &Fqdn) -> Result<Vec<VantageRow>, StoreError>;
+
+    /// The reports of every domain from vantages other than `except`, newer than `since`.
+    async fn other_vantage_reports(
+        &self,
+        except: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<VantageRow>, StoreError>;
 
     // --- idempotency keys for API mutations ---
 

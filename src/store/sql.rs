@@ -79,6 +79,46 @@ macro_rules! impl_sql_store {
                 })
             }
 
+            /// Refuses the transaction's writes unless `epoch` is the lease's. The no-op UPDATE
+            /// also locks the lease row (PostgreSQL) until commit, so a takeover waits for a
+            /// fenced write in progress and then sees it as unfinished work.
+            async fn fence(tx: &mut sqlx::Transaction<'_, $db>, epoch: i64) -> Result<(), $crate::store::StoreError> {
+                let r = sqlx::query("UPDATE leader_lease SET epoch = epoch WHERE name = 'controller' AND epoch = $1")
+                    .bind(epoch)
+                    .execute(&mut **tx)
+                    .await?;
+                if r.rows_affected() == 1 {
+                    Ok(())
+                } else {
+                    Err($crate::store::StoreError::Fenced(format!(
+                        "epoch {epoch} is no longer the leader's; another instance has taken the lease"
+                    )))
+                }
+            }
+
+            fn vantage_row(r: &<$db as sqlx::Database>::Row) -> Result<$crate::store::VantageRow, $crate::store::StoreError> {
+                use sqlx::Row;
+                Ok($crate::store::VantageRow {
+                    domain: $crate::store::sql::fqdn(r.try_get("domain")?)?,
+                    vantage: r.try_get("vantage")?,
+                    side: r.try_get("side")?,
+                    at: $crate::store::sql::time(r.try_get("at_ms")?)?,
+                    report: r.try_get::<sqlx::types::Json<serde_json::Value>, _>("report")?.0,
+                })
+            }
+
+            fn lease_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Lease, $crate::store::StoreError> {
+                use sqlx::Row;
+                Ok($crate::store::Lease {
+                    holder: row.try_get("holder")?,
+                    vantage: row.try_get("vantage")?,
+                    api_url: row.try_get("api_url")?,
+                    epoch: row.try_get("epoch")?,
+                    acquired_at: $crate::store::sql::time(row.try_get("acquired_at_ms")?)?,
+                    expires_at: $crate::store::sql::time(row.try_get("expires_at_ms")?)?,
+                })
+            }
+
             async fn insert_snapshot<'e, E>(exec: E, s: &$crate::store::NewSnapshot) -> Result<$crate::store::Snapshot, $crate::store::StoreError>
             where
                 E: sqlx::Executor<'e, Database = $db>,
@@ -143,9 +183,12 @@ macro_rules! impl_sql_store {
                 domain: &mxguard_core::Fqdn,
                 state: &serde_json::Value,
                 expected_version: Option<i64>,
+                epoch: i64,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<i64, $crate::store::StoreError> {
                 let at = $crate::store::sql::ms(at);
+                let mut tx = self.pool.begin().await?;
+                Self::fence(&mut tx, epoch).await?;
                 let (done, version) = match expected_version {
                     None => {
                         let r = sqlx::query(
@@ -155,7 +198,7 @@ macro_rules! impl_sql_store {
                         .bind(domain.as_str())
                         .bind(sqlx::types::Json(state))
                         .bind(at)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
                         (r.rows_affected() == 1, 1)
                     }
@@ -168,12 +211,13 @@ macro_rules! impl_sql_store {
                         .bind(at)
                         .bind(domain.as_str())
                         .bind(v)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
                         (r.rows_affected() == 1, v + 1)
                     }
                 };
                 if done {
+                    tx.commit().await?;
                     Ok(version)
                 } else {
                     Err($crate::store::StoreError::Conflict(format!(
@@ -307,6 +351,7 @@ macro_rules! impl_sql_store {
                 c: &$crate::store::NewChange,
             ) -> Result<($crate::store::Snapshot, $crate::store::ChangeIntent), $crate::store::StoreError> {
                 let mut tx = self.pool.begin().await?;
+                Self::fence(&mut tx, c.epoch).await?;
                 let snap = Self::insert_snapshot(&mut *tx, snapshot).await?;
                 let row = sqlx::query(
                     "INSERT INTO changes (domain, provider, zone, epoch, snapshot_id, before, after, status, error, created_at_ms, updated_at_ms) \
@@ -333,10 +378,13 @@ macro_rules! impl_sql_store {
                 id: i64,
                 status: $crate::store::ChangeStatus,
                 error: Option<&str>,
+                epoch: i64,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::ChangeIntent, $crate::store::StoreError> {
                 let from = status.allowed_from();
                 if !from.is_empty() {
+                    let mut tx = self.pool.begin().await?;
+                    Self::fence(&mut tx, epoch).await?;
                     // The IN list is built from fixed status names, never from input.
                     let list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
                     let sql = format!(
@@ -348,11 +396,13 @@ macro_rules! impl_sql_store {
                         .bind(error)
                         .bind($crate::store::sql::ms(at))
                         .bind(id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
                     if let Some(row) = row {
+                        let change = Self::change_row(&row)?;
+                        tx.commit().await?;
                         metrics::counter!("mxguard_change_intents_total", "status" => status.as_str()).increment(1);
-                        return Self::change_row(&row);
+                        return Ok(change);
                     }
                 }
                 match $crate::store::Store::change(self, id).await? {
@@ -386,6 +436,91 @@ macro_rules! impl_sql_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(Self::change_row).collect()
+            }
+
+            async fn acquire_lease(&self, c: &$crate::store::LeaseClaim, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::Lease, $crate::store::StoreError> {
+                let now = $crate::store::sql::ms(now);
+                let ttl = i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                sqlx::query(
+                    "UPDATE leader_lease SET holder = $1, vantage = $2, api_url = $3, epoch = epoch + 1, \
+                     acquired_at_ms = $4, expires_at_ms = $5 \
+                     WHERE name = 'controller' AND holder <> $1 \
+                     AND (expires_at_ms <= $4 OR $6 = 2 OR ($6 = 1 AND vantage = $2))",
+                )
+                .bind(&c.holder)
+                .bind(&c.vantage)
+                .bind(&c.api_url)
+                .bind(now)
+                .bind(now.saturating_add(ttl))
+                .bind(c.takeover.code())
+                .execute(&self.pool)
+                .await?;
+                $crate::store::Store::lease(self).await
+            }
+
+            async fn renew_lease(&self, holder: &str, epoch: i64, ttl: std::time::Duration, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+                let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                let r = sqlx::query(
+                    "UPDATE leader_lease SET expires_at_ms = $1 WHERE name = 'controller' AND holder = $2 AND epoch = $3",
+                )
+                .bind($crate::store::sql::ms(now).saturating_add(ttl))
+                .bind(holder)
+                .bind(epoch)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, holder: &str, epoch: i64) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE leader_lease SET expires_at_ms = 0 WHERE name = 'controller' AND holder = $1 AND epoch = $2")
+                    .bind(holder)
+                    .bind(epoch)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn lease(&self) -> Result<$crate::store::Lease, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT * FROM leader_lease WHERE name = 'controller'")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Self::lease_row(&row)
+            }
+
+            async fn put_vantage_reports(&self, rows: &[$crate::store::VantageRow]) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                for r in rows {
+                    sqlx::query(
+                        "INSERT INTO vantage_reports (domain, vantage, side, at_ms, report) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (domain, vantage, side) DO UPDATE SET at_ms = excluded.at_ms, report = excluded.report",
+                    )
+                    .bind(r.domain.as_str())
+                    .bind(&r.vantage)
+                    .bind(&r.side)
+                    .bind($crate::store::sql::ms(r.at))
+                    .bind(sqlx::types::Json(&r.report))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn other_vantage_reports(&self, except: &str, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<$crate::store::VantageRow>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM vantage_reports WHERE vantage <> $1 AND at_ms > $2 ORDER BY domain, vantage, side")
+                    .bind(except)
+                    .bind($crate::store::sql::ms(since))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::vantage_row).collect()
+            }
+
+            async fn vantage_reports(&self, domain: &mxguard_core::Fqdn) -> Result<Vec<$crate::store::VantageRow>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT * FROM vantage_reports WHERE domain = $1 ORDER BY vantage, side")
+                    .bind(domain.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::vantage_row).collect()
             }
 
             async fn idempotency_get(&self, scope: &str, key: &str) -> Result<Option<$crate::store::IdempotencyRecord>, $crate::store::StoreError> {

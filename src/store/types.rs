@@ -167,3 +167,57 @@ pub struct IdempotencyRecord {
     pub body: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
+
+/// When an instance may take the leader lease from its current holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Only once the holder's lease has run out (the normal case for a follower).
+    IfExpired,
+    /// Also when the holder has this instance's vantage name: the same instance restarted (its
+    /// old process is gone, or is a misconfigured twin that fencing keeps from writing).
+    IfExpiredOrSameVantage,
+    /// Always (SQLite: a file lock already proves no other instance is alive).
+    Always,
+}
+
+impl Takeover {
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Takeover::IfExpired => 0,
+            Takeover::IfExpiredOrSameVantage => 1,
+            Takeover::Always => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseClaim {
+    /// Unique per process: the vantage name plus a random suffix.
+    pub holder: String,
+    pub vantage: String,
+    pub api_url: Option<String>,
+    pub ttl: std::time::Duration,
+    pub takeover: Takeover,
+}
+
+/// The leader lease as stored. `epoch` grows by one at every change of holder; every write a
+/// leader makes carries its epoch and the store refuses it once the epoch has moved on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lease {
+    pub holder: String,
+    pub vantage: String,
+    pub api_url: Option<String>,
+    pub epoch: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One vantage's latest verdict on one side of one domain (the JSON is `vantage::VantageReport`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VantageRow {
+    pub domain: Fqdn,
+    pub vantage: String,
+    pub side: String,
+    pub at: DateTime<Utc>,
+    pub report: serde_json::Value,
+}

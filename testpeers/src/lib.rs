@@ -3,9 +3,11 @@
 //! - [`ca`]: a test CA (rcgen) issuing valid, expired, expiring-soon and wrong-name leaf certs.
 //! - [`named`]: an authoritative BIND `named` serving zones from a temp dir.
 //! - [`unbound`]: a caching Unbound resolver with a stub zone pointing at that `named`,
-//!   or one that answers SERVFAIL for it.
+//!   or one that answers SERVFAIL for it; more stub zones, each re-pointable.
 //! - [`postfix`]: real Postfix instances as MX hosts (accepting MX, open relay).
 //! - [`faults`]: small SMTP listeners that misbehave in one specific way each.
+//! - [`cloudflare`]: a strict fake of Cloudflare's DNS API (the one mock: Cloudflare cannot
+//!   run locally), with Cloudflare's rate limit on demand.
 //! - [`poll_until`], [`free_port`], [`free_port_on`]: waiting and port helpers.
 //!
 //! Every peer lives in its own directory under [`peers_dir`] and is stopped on `Drop`. Peers
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod cloudflare;
 mod daemon;
 pub mod dns;
 pub mod faults;
@@ -30,7 +33,7 @@ pub use ca::{Ca, CertKind, LeafCert};
 pub use faults::{Fault, FaultListener};
 pub use named::{Named, TsigKey, Zone};
 pub use postfix::{Postfix, PostfixConfig, Profile};
-pub use unbound::{Unbound, UnboundOptions};
+pub use unbound::{Stub, Unbound, UnboundOptions};
 pub use util::{free_port, free_port_on, poll_until, require_binary};
 pub use workdir::{peers_dir, reap_orphans};
 

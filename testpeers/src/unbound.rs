@@ -1,5 +1,7 @@
 //! A caching Unbound resolver on 127.0.0.1:<free port> with a `stub-zone` pointing at an
-//! authoritative server (the tests' `named`), or at a closed port so that it answers SERVFAIL.
+//! authoritative server (the tests' `named`), or at a server answering SERVFAIL. More stub zones
+//! can be added ([`UnboundOptions::extra_stubs`]) and re-pointed later ([`Unbound::set_stub`]):
+//! a resolver that can reach one zone's servers but not another's (a regional DNS outage).
 //!
 //! Iterator only (no trust anchor, so no DNSSEC validation), `local-zone: "<tld>." nodefault`
 //! for the stub zone's top-level domain (Unbound answers NXDOMAIN for `.test`, `.invalid`…
@@ -33,6 +35,26 @@ pub struct UnboundOptions {
     pub wait_for_zone: bool,
     /// Extra lines for the `server:` clause, written as given.
     pub extra: Vec<String>,
+    /// More `stub-zone`s besides the one [`Unbound::start`] is given (e.g. the zone of the MX
+    /// hosts, pointing at its own server or at an [`RcodeServer`] answering SERVFAIL).
+    pub extra_stubs: Vec<Stub>,
+}
+
+/// One extra `stub-zone`: queries for `zone` and below go to `upstream`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stub {
+    /// The zone, e.g. `mx.test` (a trailing dot is accepted).
+    pub zone: String,
+    pub upstream: SocketAddr,
+}
+
+impl Stub {
+    pub fn new(zone: &str, upstream: SocketAddr) -> Stub {
+        Stub {
+            zone: zone.trim_end_matches('.').to_ascii_lowercase(),
+            upstream,
+        }
+    }
 }
 
 impl Default for UnboundOptions {
@@ -43,6 +65,7 @@ impl Default for UnboundOptions {
             cache_max_negative_ttl: None,
             wait_for_zone: true,
             extra: Vec::new(),
+            extra_stubs: Vec::new(),
         }
     }
 }
@@ -52,6 +75,9 @@ impl Default for UnboundOptions {
 pub struct Unbound {
     addr: SocketAddr,
     stub_zone: String,
+    /// Where the main stub zone points (the SERVFAIL server for [`Unbound::start_servfail`]).
+    upstream: SocketAddr,
+    opts: UnboundOptions,
     servfail: bool,
     /// The SERVFAIL upstream of [`Unbound::start_servfail`].
     _broken: Option<RcodeServer>,
@@ -122,6 +148,8 @@ impl Unbound {
         let mut unbound = Unbound {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             stub_zone: format!("{zone}."),
+            upstream,
+            opts: opts.clone(),
             servfail,
             _broken: broken,
             wait_for_zone: opts.wait_for_zone,
@@ -171,6 +199,40 @@ impl Unbound {
     pub fn is_running(&mut self) -> bool {
         self.daemon.is_running()
     }
+
+    /// Points the extra stub zone `zone` at `upstream` (adding it when it is not there yet),
+    /// then restarts Unbound on the same port with an empty cache, as [`Unbound::restart`]
+    /// does. The main stub zone (the one given to [`Unbound::start`]) cannot be re-pointed.
+    pub async fn set_stub(&mut self, zone: &str, upstream: SocketAddr) -> Result<()> {
+        let stub = Stub::new(zone, upstream);
+        if format!("{}.", stub.zone) == self.stub_zone {
+            return Err(Error::peer(
+                "unbound",
+                format!("{zone} is the main stub zone; only extra stub zones can be re-pointed"),
+            ));
+        }
+        match self
+            .opts
+            .extra_stubs
+            .iter_mut()
+            .find(|s| s.zone == stub.zone)
+        {
+            Some(existing) => existing.upstream = upstream,
+            None => self.opts.extra_stubs.push(stub),
+        }
+        let dir = self.workdir.path().to_path_buf();
+        let zone = self.stub_zone.trim_end_matches('.').to_string();
+        write_file(
+            &dir.join("unbound.conf"),
+            config_text(&dir, self.addr.port(), &zone, self.upstream, &self.opts),
+        )?;
+        self.restart().await
+    }
+
+    /// The extra stub zones and where each points now.
+    pub fn extra_stubs(&self) -> &[Stub] {
+        &self.opts.extra_stubs
+    }
 }
 
 /// Up means: answers `version.server CH TXT` (local, touches no upstream); then, as asked,
@@ -214,14 +276,29 @@ fn config_text(
     opts: &UnboundOptions,
 ) -> String {
     let d = dir.display();
-    let tld = zone.rsplit('.').next().unwrap_or(zone);
     let mut conf = format!(
         "server:\n  verbosity: 1\n  use-syslog: no\n  logfile: \"\"\n  log-time-ascii: yes\n  \
          username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  \
          interface: 127.0.0.1\n  port: {port}\n  do-ip6: no\n  num-threads: 1\n  so-reuseport: no\n  \
          access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n  \
-         do-not-query-localhost: no\n  local-zone: \"{tld}.\" nodefault\n"
+         do-not-query-localhost: no\n"
     );
+    // Special-use top-level domains (.test, .invalid…) answer NXDOMAIN unless `nodefault`.
+    let mut stubs: Vec<(&str, SocketAddr)> = vec![(zone, upstream)];
+    stubs.extend(
+        opts.extra_stubs
+            .iter()
+            .map(|s| (s.zone.as_str(), s.upstream)),
+    );
+    let mut tlds: Vec<&str> = stubs
+        .iter()
+        .map(|(z, _)| z.rsplit('.').next().unwrap_or(z))
+        .collect();
+    tlds.sort_unstable();
+    tlds.dedup();
+    for tld in tlds {
+        let _ = writeln!(conf, "  local-zone: \"{tld}.\" nodefault");
+    }
     let knobs = [
         ("cache-max-ttl", opts.cache_max_ttl),
         ("cache-min-ttl", opts.cache_min_ttl),
@@ -235,12 +312,14 @@ fn config_text(
     for line in &opts.extra {
         let _ = writeln!(conf, "  {line}");
     }
-    let _ = write!(
-        conf,
-        "remote-control:\n  control-enable: no\nstub-zone:\n  name: \"{zone}.\"\n  \
-         stub-addr: {}@{}\n",
-        upstream.ip(),
-        upstream.port()
-    );
+    conf.push_str("remote-control:\n  control-enable: no\n");
+    for (name, addr) in stubs {
+        let _ = write!(
+            conf,
+            "stub-zone:\n  name: \"{name}.\"\n  stub-addr: {}@{}\n",
+            addr.ip(),
+            addr.port()
+        );
+    }
     conf
 }

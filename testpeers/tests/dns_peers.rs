@@ -168,3 +168,57 @@ async fn rcode_server_answers_every_query_with_its_code() {
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     assert_eq!(m.queries.len(), 1);
 }
+
+/// Two stub zones in one resolver: the managed zone and the MX hosts' zone. Re-pointing the
+/// MX hosts' zone at a SERVFAIL server fails that zone only (a regional outage of the MX
+/// hosts' DNS), and pointing it back heals it.
+#[tokio::test]
+async fn an_extra_stub_zone_can_fail_on_its_own_and_recover() {
+    let named = Named::start(
+        &[
+            Zone::new("example.test", "@ 300 IN MX 10 mx1.mx.test.\n"),
+            Zone::new("mx.test", "mx1 300 IN A 127.0.0.20\n"),
+        ],
+        None,
+    )
+    .await
+    .expect("named");
+    let opts = UnboundOptions {
+        extra_stubs: vec![mxguard_testpeers::Stub::new("mx.test.", named.addr())],
+        ..UnboundOptions::default()
+    };
+    let mut unbound = Unbound::start("example.test", named.addr(), opts)
+        .await
+        .expect("unbound");
+    let (ip, _) = first_a(&a_record(unbound.addr(), "mx1.mx.test.").await);
+    assert_eq!(ip, IpAddr::from([127, 0, 0, 20]));
+
+    let broken = RcodeServer::start(ResponseCode::ServFail).expect("SERVFAIL server");
+    unbound
+        .set_stub("mx.test", broken.addr())
+        .await
+        .expect("re-pointed");
+    assert_eq!(unbound.extra_stubs()[0].upstream, broken.addr());
+    let failed = a_record(unbound.addr(), "mx1.mx.test.").await;
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+    // the managed zone still resolves at this resolver
+    let mx = dns::query(unbound.addr(), "example.test.", RecordType::MX)
+        .await
+        .expect("MX");
+    assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(mx.answers.len(), 1, "{mx:?}");
+
+    unbound
+        .set_stub("mx.test", named.addr())
+        .await
+        .expect("pointed back");
+    let (ip, _) = first_a(&a_record(unbound.addr(), "mx1.mx.test.").await);
+    assert_eq!(ip, IpAddr::from([127, 0, 0, 20]));
+    assert!(
+        unbound
+            .set_stub("example.test", broken.addr())
+            .await
+            .is_err(),
+        "the main stub zone is fixed"
+    );
+}

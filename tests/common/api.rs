@@ -179,6 +179,50 @@ failback = {{ hold = "1h" }}
     text
 }
 
+/// The only instance: it takes the lease so its writes pass the store's fence.
+pub async fn sole_leader(store: &dyn mxguard::store::Store) -> mxguard::lease::Leadership {
+    let claim = mxguard::store::LeaseClaim {
+        holder: "test/1".into(),
+        vantage: "test".into(),
+        api_url: None,
+        ttl: Duration::from_secs(3600),
+        takeover: mxguard::store::Takeover::Always,
+    };
+    let epoch = store
+        .acquire_lease(&claim, chrono::Utc::now())
+        .await
+        .expect("lease")
+        .epoch;
+    mxguard::lease::Leadership::fixed("test", epoch)
+}
+
+/// A domain actor's dependencies on the in-memory zone: no servers to verify at (the provider
+/// is read back), the given leadership and event bus.
+pub fn memory_deps(
+    store: &Arc<dyn mxguard::store::Store>,
+    dns: &Arc<MemoryDns>,
+    leadership: &mxguard::lease::Leadership,
+    events: &mxguard::events::EventBus,
+    provider: &str,
+) -> ChangeDeps {
+    ChangeDeps {
+        store: store.clone(),
+        provider: dns.clone(),
+        verifier: Verifier {
+            authoritative: vec![],
+            resolvers: vec![],
+            query_timeout: Duration::from_secs(1),
+            bound: Duration::from_secs(5),
+            poll: Duration::from_millis(50),
+        },
+        fence: leadership.clone(),
+        vantage_quorum: None,
+        board: Default::default(),
+        provider_name: provider.to_string(),
+        events: events.clone(),
+    }
+}
+
 pub async fn start(tokens: bool) -> TestApi {
     let config = Config::parse("api-test.toml", &config_text(tokens)).expect("config");
     let config = Arc::new(config);
@@ -190,21 +234,13 @@ pub async fn start(tokens: bool) -> TestApi {
     let dns = Arc::new(MemoryDns::default());
     dns.hand_edit_mx(PRIMARY_MX, 300);
     let shutdown = CancellationToken::new();
-    let mut engine = Engine::default();
+    let leadership = sole_leader(&*store).await;
+    let mut engine = Engine {
+        leadership: leadership.clone(),
+        ..Engine::default()
+    };
     for d in &config.domains {
-        let deps = ChangeDeps {
-            store: store.clone(),
-            provider: dns.clone(),
-            verifier: Verifier {
-                authoritative: vec![],
-                resolvers: vec![],
-                query_timeout: Duration::from_secs(1),
-                bound: Duration::from_secs(5),
-                poll: Duration::from_millis(50),
-            },
-            epoch: 1,
-            provider_name: d.provider.clone(),
-        };
+        let deps = memory_deps(&store, &dns, &leadership, &engine.events, &d.provider);
         let (actor, handle) = Actor::new(d.clone(), deps);
         tokio::spawn(actor.run(shutdown.clone()));
         engine.domains.insert(d.name.clone(), handle);

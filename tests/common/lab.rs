@@ -1,6 +1,12 @@
 //! A failover lab on loopback: `named` (TSIG) serving example.test, two Unbound resolvers
 //! stubbed to it, Postfix MX hosts (primary 127.0.0.20, backup 127.0.0.21, one port), a test CA,
 //! and a config for the real `mxguard serve` binary pointing at all of it.
+//!
+//! [`Lab::start_with`] varies it ([`Layout`]): more resolvers, the primary MX host in a zone of
+//! its own (each resolver then has a second stub zone, which can be pointed at a SERVFAIL
+//! server one resolver at a time), other probe timings, a read token for the HTTP API.
+//! Also included by the failover benchmark (`benches/failover`), which is why the binary comes
+//! from [`mxguard_bin`].
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -11,15 +17,35 @@ use std::time::Duration;
 
 use mxguard_testpeers::{
     ca::Ca,
+    dns::RcodeServer,
     free_port_on,
+    hickory_proto::op::ResponseCode,
     named::{Named, TsigKey, Zone},
     postfix::{Postfix, PostfixConfig},
-    unbound::{Unbound, UnboundOptions},
+    unbound::{Stub, Unbound, UnboundOptions},
 };
 
 pub const PRIMARY_IP: &str = "127.0.0.20";
 pub const BACKUP_IP: &str = "127.0.0.21";
 pub const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldCE=";
+/// The bearer token of [`Layout::read_token`].
+pub const READ_TOKEN: &str = "lab-read-token";
+
+/// The `mxguard` binary the lab runs: `$MXGUARD_BIN` when set (e.g. a benchmark of another
+/// build), else Cargo's (`CARGO_BIN_EXE_mxguard`, set when building integration tests and
+/// benchmarks; examples have neither and must set `MXGUARD_BIN`).
+pub fn mxguard_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MXGUARD_BIN") {
+        return PathBuf::from(path);
+    }
+    match option_env!("CARGO_BIN_EXE_mxguard") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "no mxguard binary: set MXGUARD_BIN (Cargo sets CARGO_BIN_EXE_mxguard only for \
+             tests and benchmarks)"
+        ),
+    }
+}
 
 pub struct Lab {
     pub dir: tempfile::TempDir,
@@ -30,6 +56,14 @@ pub struct Lab {
     pub ca: Ca,
     pub config: PathBuf,
     pub db: PathBuf,
+    /// The primary MX host, e.g. `mx1.example.test` (no trailing dot).
+    pub mx_host: String,
+    /// The zone of the primary MX host when it has its own ([`Layout::mx_zone`]).
+    pub mx_zone: Option<String>,
+    /// Answers SERVFAIL to everything: where [`Lab::fail_mx_zone_at`] points a resolver.
+    pub servfail: RcodeServer,
+    /// The layout it was started with.
+    pub layout: Layout,
 }
 
 pub struct LabOptions {
@@ -37,36 +71,121 @@ pub struct LabOptions {
     pub mx_ttl: u32,
 }
 
+/// Probe timings written to `[checks]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Checks {
+    pub interval: &'static str,
+    pub timeout: &'static str,
+    pub fail_after: u32,
+    pub recover_after: u32,
+    pub confirm_interval: &'static str,
+}
+
+impl Checks {
+    /// What the end-to-end tests use: a failover within a few seconds.
+    pub const FAST: Checks = Checks {
+        interval: "1s",
+        timeout: "800ms",
+        fail_after: 2,
+        recover_after: 2,
+        confirm_interval: "200ms",
+    };
+    /// mxguard's defaults (what a config that says nothing gets).
+    pub const DEFAULTS: Checks = Checks {
+        interval: "5s",
+        timeout: "3s",
+        fail_after: 3,
+        recover_after: 6,
+        confirm_interval: "500ms",
+    };
+}
+
+/// How the lab is laid out beyond [`LabOptions`]. `Layout::default()` is the lab of
+/// [`Lab::start`].
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Unbound resolvers in front of `named`, all in mxguard's `checks.resolvers`.
+    pub resolvers: usize,
+    /// `checks.resolver_quorum`.
+    pub resolver_quorum: u32,
+    /// A zone of its own for the primary MX host (`mx1.<zone>`), served by the same `named`
+    /// and reached through a second stub zone in every resolver. `None`: `mx1.example.test`.
+    pub mx_zone: Option<&'static str>,
+    pub checks: Checks,
+    /// Adds a token with the read scope ([`READ_TOKEN`]) for [`Lab::api_get`].
+    pub read_token: bool,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            resolvers: 2,
+            resolver_quorum: 2,
+            mx_zone: None,
+            checks: Checks::FAST,
+            read_token: false,
+        }
+    }
+}
+
 impl Lab {
     pub async fn start(opts: LabOptions) -> Lab {
+        Lab::start_with(opts, Layout::default()).await
+    }
+
+    pub async fn start_with(opts: LabOptions, layout: Layout) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let tsig = TsigKey {
             name: "mxguard-test.".into(),
             algorithm: "hmac-sha256".into(),
             secret_b64: SECRET.into(),
         };
-        let records = format!(
-            "@ {ttl} IN MX 10 mx1\nmx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n",
-            ttl = opts.mx_ttl
-        );
-        let named = Named::start(&[Zone::new("example.test", &records)], Some(&tsig))
-            .await
-            .expect("named");
+        let mut zones = Vec::new();
+        let mx_host = match layout.mx_zone {
+            None => {
+                let records = format!(
+                    "@ {ttl} IN MX 10 mx1\nmx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n",
+                    ttl = opts.mx_ttl
+                );
+                zones.push(Zone::new("example.test", &records));
+                "mx1.example.test".to_string()
+            }
+            Some(mx_zone) => {
+                let mx_zone = mx_zone.trim_end_matches('.');
+                let records = format!(
+                    "@ {ttl} IN MX 10 mx1.{mx_zone}.\nbackup 300 IN A {BACKUP_IP}\n",
+                    ttl = opts.mx_ttl
+                );
+                zones.push(Zone::new("example.test", &records));
+                zones.push(Zone::new(mx_zone, &format!("mx1 300 IN A {PRIMARY_IP}\n")));
+                format!("mx1.{mx_zone}")
+            }
+        };
+        let named = Named::start(&zones, Some(&tsig)).await.expect("named");
+        let unbound_opts = UnboundOptions {
+            extra_stubs: layout
+                .mx_zone
+                .iter()
+                .map(|z| Stub::new(z, named.addr()))
+                .collect(),
+            ..UnboundOptions::default()
+        };
         let mut resolvers = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..layout.resolvers {
             resolvers.push(
-                Unbound::start("example.test", named.addr(), UnboundOptions::default())
+                Unbound::start("example.test", named.addr(), unbound_opts.clone())
                     .await
                     .expect("unbound"),
             );
         }
+        let servfail = RcodeServer::start(ResponseCode::ServFail).expect("SERVFAIL server");
         let ca = Ca::new().expect("ca");
         let ips: Vec<IpAddr> = [PRIMARY_IP, BACKUP_IP]
             .iter()
             .map(|s| s.parse().expect("ip"))
             .collect();
         let port = free_port_on(&ips).expect("port");
-        let primary_cfg = PostfixConfig::mx(&ca, "mx1.example.test", SocketAddr::new(ips[0], port))
+        let primary_cfg = PostfixConfig::mx(&ca, &mx_host, SocketAddr::new(ips[0], port))
             .expect("cfg")
             .with_domain("example.test");
         let backup_cfg =
@@ -84,10 +203,9 @@ impl Lab {
             .iter()
             .map(|r| format!("\"{}\"", r.addr()))
             .collect();
-        std::fs::write(
-            &config,
-            format!(
-                r#"
+        let c = layout.checks;
+        let mut text = format!(
+            r#"
 [providers.lab]
 kind = "rfc2136"
 server = "{named}"
@@ -96,13 +214,13 @@ tsig_algorithm = "hmac-sha256"
 tsig_secret_env = "MXGUARD_TEST_TSIG"
 
 [checks]
-interval = "1s"
-timeout = "800ms"
-fail_after = 2
-recover_after = 2
-confirm_interval = "200ms"
+interval = "{interval}"
+timeout = "{timeout}"
+fail_after = {fail_after}
+recover_after = {recover_after}
+confirm_interval = "{confirm}"
 resolvers = [{resolvers}]
-resolver_quorum = 2
+resolver_quorum = {quorum}
 smtp_port = {port}
 starttls = "require"
 ca_file = "{ca}"
@@ -112,19 +230,34 @@ rcpt_checks = "backup"
 [[domains]]
 name = "example.test"
 provider = "lab"
-primary = ["10 mx1.example.test."]
+primary = ["10 {mx_host}."]
 backup = ["10 backup.example.test."]
 failover_ttl = 30
 failback = {{ hold = "{hold}" }}
 authoritative = ["{named}"]
 "#,
-                named = named.addr(),
-                resolvers = resolver_list.join(", "),
-                ca = ca.cert_path().display(),
-                hold = opts.hold,
-            ),
-        )
-        .expect("write config");
+            named = named.addr(),
+            resolvers = resolver_list.join(", "),
+            ca = ca.cert_path().display(),
+            hold = opts.hold,
+            interval = c.interval,
+            timeout = c.timeout,
+            fail_after = c.fail_after,
+            recover_after = c.recover_after,
+            confirm = c.confirm_interval,
+            quorum = layout.resolver_quorum,
+        );
+        if layout.read_token {
+            use sha2::Digest;
+            let digest: String = sha2::Sha256::digest(READ_TOKEN.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            text.push_str(&format!(
+                "\n[[tokens]]\nname = \"lab\"\nsha256 = \"{digest}\"\nscopes = [\"read\"]\n"
+            ));
+        }
+        std::fs::write(&config, text).expect("write config");
         Lab {
             dir,
             named,
@@ -134,19 +267,65 @@ authoritative = ["{named}"]
             ca,
             config,
             db,
+            mx_host,
+            mx_zone: layout.mx_zone.map(|z| z.trim_end_matches('.').to_string()),
+            servfail,
+            layout,
         }
+    }
+
+    /// The primary MX record as configured, e.g. `10 mx1.example.test.`.
+    pub fn primary_mx(&self) -> String {
+        format!("10 {}.", self.mx_host)
+    }
+
+    /// Points resolver `i`'s stub zone for the MX hosts' zone at the SERVFAIL server (and
+    /// restarts it with an empty cache): the primary MX host no longer resolves there.
+    pub async fn fail_mx_zone_at(&mut self, i: usize) {
+        let zone = self.mx_zone.clone().expect("a lab with Layout::mx_zone");
+        let to = self.servfail.addr();
+        self.resolvers[i]
+            .set_stub(&zone, to)
+            .await
+            .expect("re-point the stub zone");
+    }
+
+    /// Points resolver `i`'s stub zone for the MX hosts' zone back at `named`.
+    pub async fn heal_mx_zone_at(&mut self, i: usize) {
+        let zone = self.mx_zone.clone().expect("a lab with Layout::mx_zone");
+        let to = self.named.addr();
+        self.resolvers[i]
+            .set_stub(&zone, to)
+            .await
+            .expect("re-point the stub zone");
+    }
+
+    /// `GET path` on `mx`'s API with [`READ_TOKEN`]: status and JSON body, or `None` while it
+    /// does not answer. Needs [`Layout::read_token`].
+    pub async fn api_get(&self, mx: &Mxguard, path: &str) -> Option<(u16, serde_json::Value)> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}{path}", mx.listen))
+            .bearer_auth(READ_TOKEN)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.ok()?;
+        Some((status, body))
     }
 
     /// Starts `mxguard serve` on this lab; stderr lines are collected.
     pub fn serve(&self, failpoint: Option<&str>) -> Mxguard {
         let port = mxguard_testpeers::free_port().expect("port");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxguard"));
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(mxguard_bin());
         cmd.args([
             "--config",
             &self.config.display().to_string(),
             "serve",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &listen.to_string(),
         ])
         .current_dir(self.dir.path())
         .env("MXGUARD_TEST_TSIG", SECRET)
@@ -170,12 +349,16 @@ authoritative = ["{named}"]
                 sink.lock().expect("lines").push(line);
             }
         });
-        Mxguard { child, lines }
+        Mxguard {
+            child,
+            lines,
+            listen,
+        }
     }
 
     /// Runs a one-shot `mxguard` command against this lab's config and store.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_mxguard"))
+        Command::new(mxguard_bin())
             .args(["--config", &self.config.display().to_string()])
             .args(args)
             .current_dir(self.dir.path())
@@ -239,6 +422,8 @@ authoritative = ["{named}"]
 pub struct Mxguard {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// Where its HTTP API listens.
+    pub listen: SocketAddr,
 }
 
 impl Mxguard {

@@ -94,4 +94,5 @@ where
 }
 
 pub mod api;
+pub mod ha;
 pub mod lab;

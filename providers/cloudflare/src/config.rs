@@ -15,6 +15,15 @@ pub const DEFAULT_BASE_URL: &str = "https://api.cloudflare.com/client/v4";
 /// Cloudflare's ceiling on TTLs (seconds); `1` means "automatic".
 pub const MAX_TTL: u32 = 86_400;
 
+/// For benchmarks against a fake only: whole seconds (1..=300) that replace the 5 minutes the
+/// client spreads its 1,200 requests over, so that a run against a fake enforcing the same
+/// shorter window takes minutes instead of hours. [`CloudflareProvider::new`] applies it; it is
+/// refused when the base URL is Cloudflare's own API, which would answer the faster pace with
+/// 429s and a 5-minute lockout.
+///
+/// [`CloudflareProvider::new`]: crate::CloudflareProvider::new
+pub const RATE_WINDOW_ENV: &str = "MXGUARD_CLOUDFLARE_RATE_WINDOW_SECS";
+
 /// A Cloudflare API token (`Authorization: Bearer …`). `Debug` prints `[redacted]`; the string
 /// is zeroed on drop.
 #[derive(Clone)]
@@ -182,6 +191,47 @@ impl CloudflareConfig {
         self
     }
 
+    /// The default budget (a burst of 60 plus 1,140 per window: never more than 1,200 in any
+    /// window) spread over `window` instead of 5 minutes.
+    pub fn with_rate_window(self, window: Duration) -> Result<Self, ConfigError> {
+        let limit = RateLimit::per_period(
+            Self::DEFAULT_REQUESTS_PER_5_MIN,
+            window,
+            Self::DEFAULT_BURST,
+        )?;
+        Ok(self.with_rate_limit(limit))
+    }
+
+    /// Applies a value of [`RATE_WINDOW_ENV`] (`None`: unset, nothing changes).
+    pub(crate) fn with_window_override(self, value: Option<&str>) -> Result<Self, ConfigError> {
+        let Some(value) = value else {
+            return Ok(self);
+        };
+        let secs = value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=300).contains(s))
+            .ok_or_else(|| {
+                ConfigError::RateWindow(format!(
+                    "{RATE_WINDOW_ENV}={value:?}: expected whole seconds, 1 to 300"
+                ))
+            })?;
+        if self.base_url.host_str() == Some("api.cloudflare.com") {
+            return Err(ConfigError::RateWindow(format!(
+                "{RATE_WINDOW_ENV} is set but the API is Cloudflare's own ({}): a window shorter \
+                 than 5 minutes would exceed its limit and lock the token out; unset it",
+                self.base_url
+            )));
+        }
+        tracing::warn!(
+            provider = %self.name,
+            window_secs = secs,
+            "{RATE_WINDOW_ENV}: the Cloudflare client paces 1,200 requests per {secs} s instead of per 300 s (benchmarks against a fake only)"
+        );
+        self.with_rate_window(Duration::from_secs(secs))
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.batch_size < 2 {
             return Err(ConfigError::BatchSize(self.batch_size));
@@ -219,6 +269,8 @@ pub enum ConfigError {
     Timeout,
     #[error("invalid rate limit: {0}")]
     RateLimit(#[from] RateLimitError),
+    #[error("{0}")]
+    RateWindow(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
 }
@@ -249,6 +301,33 @@ mod tests {
         let c = CloudflareConfig::new("cf", token).with_plan("Enterprise".parse().unwrap());
         assert_eq!((c.batch_size, c.min_ttl), (3_500, 30));
         assert!("gold".parse::<Plan>().is_err());
+    }
+
+    #[test]
+    fn a_shorter_window_keeps_the_budget_of_1200_per_window() {
+        let token = ApiToken::new("t").unwrap();
+        let fake = CloudflareConfig::new("cf", token)
+            .with_base_url("http://127.0.0.1:9/client/v4")
+            .unwrap();
+        let c = fake.clone().with_window_override(Some("15")).unwrap();
+        let window = f64::from(c.rate_limit.burst()) + c.rate_limit.per_second() * 15.0;
+        assert!((window - 1_200.0).abs() < 1e-6, "{window}");
+        assert!((c.rate_limit.per_second() - 76.0).abs() < 1e-9);
+        // unset: the default pace
+        let c = fake.clone().with_window_override(None).unwrap();
+        assert!((c.rate_limit.per_second() - 3.8).abs() < 1e-9);
+        for bad in ["0", "301", "abc", "-5", ""] {
+            let err = fake.clone().with_window_override(Some(bad)).unwrap_err();
+            assert!(matches!(err, ConfigError::RateWindow(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_shorter_window_is_refused_against_cloudflare_itself() {
+        let token = ApiToken::new("t").unwrap();
+        let real = CloudflareConfig::new("cf", token);
+        let err = real.with_window_override(Some("15")).unwrap_err();
+        assert!(err.to_string().contains("Cloudflare's own"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ mod plan;
 mod provider;
 mod wire;
 
-pub use config::{ApiToken, CloudflareConfig, ConfigError, Plan, DEFAULT_BASE_URL, MAX_TTL};
+pub use config::{
+    ApiToken, CloudflareConfig, ConfigError, Plan, DEFAULT_BASE_URL, MAX_TTL, RATE_WINDOW_ENV,
+};
 pub use mxguard_core::{AccessCheck, AccessReport, Missing, Outcome};
 pub use provider::CloudflareProvider;

@@ -42,8 +42,12 @@ impl std::fmt::Debug for CloudflareProvider {
 }
 
 impl CloudflareProvider {
-    /// A provider with its own token bucket (`config.rate_limit`) on `clock`.
+    /// A provider with its own token bucket (`config.rate_limit`) on `clock`. When
+    /// [`RATE_WINDOW_ENV`](crate::RATE_WINDOW_ENV) is set (benchmarks against a fake), the
+    /// bucket spreads the same budget over that shorter window.
     pub fn new(config: CloudflareConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        let window = std::env::var(crate::RATE_WINDOW_ENV).ok();
+        let config = config.with_window_override(window.as_deref())?;
         let bucket = Arc::new(TokenBucket::new(config.rate_limit, clock));
         CloudflareProvider::with_bucket(config, bucket)
     }

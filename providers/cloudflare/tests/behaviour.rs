@@ -2,7 +2,7 @@
 //! paging, reading little, the record shapes written, TTL rules, secrets, and access checks.
 
 mod common;
-mod fake;
+use mxguard_testpeers::cloudflare as fake;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! TTLs at `Capabilities::max_ttl`, 86,400 s here: Cloudflare's ceiling, reference §6.)
 
 mod common;
-mod fake;
+use mxguard_testpeers::cloudflare as fake;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

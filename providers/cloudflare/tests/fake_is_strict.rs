@@ -1,7 +1,7 @@
 //! The fake itself, spoken to over raw HTTP: it must refuse what Cloudflare refuses, or the
 //! provider's tests would prove nothing (reference §10).
 
-mod fake;
+use mxguard_testpeers::cloudflare as fake;
 
 use fake::{FakeCloudflare, FakeConfig, Perms};
 use serde_json::{json, Value};
@@ -255,4 +255,72 @@ async fn a_batch_is_all_or_nothing_and_limited_in_size() {
     assert_eq!((s, code(&v).0), (404, 81044));
     let (s, v) = api.post(&batch, json!({"upserts": []})).await;
     assert_eq!((s, code(&v).0), (400, 9207));
+}
+
+/// With a rate limit, the fake counts every authenticated request of a token: the quota passes
+/// (each answer says how much is left), the request over it gets 429 + `retry-after`, and the
+/// token stays locked out for the whole window, as Cloudflare does. Other tokens are not
+/// affected; the lockout ends with the window.
+#[tokio::test]
+async fn the_rate_limit_locks_a_token_out_for_the_window() {
+    use mxguard_testpeers::cloudflare::RateLimitPolicy;
+    let window = std::time::Duration::from_secs(2);
+    let fake = FakeCloudflare::start(FakeConfig {
+        rate_limit: Some(RateLimitPolicy { quota: 5, window }),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_token(TOKEN, Perms::FULL);
+    fake.add_token("other-token", Perms::FULL);
+    fake.add_zone("strict.test");
+    let http = reqwest::Client::new();
+    let get = |token: &'static str| {
+        let req = http
+            .get(format!("{}/zones?name=strict.test", fake.base_url))
+            .header("authorization", format!("Bearer {token}"));
+        async move {
+            let resp = req.send().await.expect("the fake answers");
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let seen = (
+                resp.status().as_u16(),
+                header("ratelimit"),
+                header("ratelimit-policy"),
+                header("retry-after"),
+            );
+            let body: Value = resp.json().await.expect("a JSON envelope");
+            (seen, body)
+        }
+    };
+    for left in (0..5).rev() {
+        let ((status, limit, policy, _), _) = get(TOKEN).await;
+        assert_eq!(status, 200);
+        let limit = limit.expect("a Ratelimit header");
+        assert!(
+            limit.starts_with(&format!("\"default\";r={left};t=")),
+            "{limit}"
+        );
+        assert_eq!(policy.as_deref(), Some("\"burst\";q=5;w=2"));
+    }
+    let ((status, _, _, retry), body) = get(TOKEN).await;
+    assert_eq!(status, 429);
+    assert_eq!(retry.as_deref(), Some("2"));
+    assert_eq!(code(&body).0, 10100, "{body}");
+    // locked out: even after the first requests left the window
+    let ((status, _, _, _), _) = get(TOKEN).await;
+    assert_eq!(status, 429);
+    let ((status, _, _, _), _) = get("other-token").await;
+    assert_eq!(status, 200, "the limit is per token");
+    let stats = fake.limit_stats();
+    assert_eq!(
+        (stats.refused, stats.lockouts, stats.peak_in_window),
+        (2, 1, 5)
+    );
+    tokio::time::sleep(window + std::time::Duration::from_millis(100)).await;
+    let ((status, _, _, _), _) = get(TOKEN).await;
+    assert_eq!(status, 200, "the lockout ends with the window");
 }

@@ -2,7 +2,7 @@
 //! fails as a whole, the batch size, and the per-record fallback.
 
 mod common;
-mod fake;
+use mxguard_testpeers::cloudflare as fake;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

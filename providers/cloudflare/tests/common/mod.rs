@@ -13,7 +13,7 @@ pub use mxguard_core::conformance::support::{
 };
 use mxguard_core::{Fqdn, RateLimit, TokioClock};
 
-use crate::fake::{FakeCloudflare, FakeConfig, Perms};
+use mxguard_testpeers::cloudflare::{FakeCloudflare, FakeConfig, Perms};
 
 pub const TOKEN: &str = "cf-test-token-5f1c0ffee5e15ec7e7";
 

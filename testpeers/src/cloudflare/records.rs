@@ -165,8 +165,14 @@ pub struct BatchIn {
 }
 
 impl BatchIn {
+    /// Record operations in the batch, the four lists together.
     pub fn len(&self) -> usize {
         self.deletes.len() + self.patches.len() + self.puts.len() + self.posts.len()
+    }
+
+    /// An empty batch (`{}`): valid, and changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

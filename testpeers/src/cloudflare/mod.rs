@@ -1,8 +1,11 @@
 //! A fake Cloudflare API v4 (DNS records), written from
 //! `shared/reference/cloudflare-dns-api.md`: stateful, strict about request shapes, paginated,
 //! answering with the real envelope, and able to fail on demand (429 with `retry-after`, 5xx,
-//! slow answers, a batch failing as a whole). Served by axum on a loopback port.
-#![allow(dead_code)]
+//! slow answers, a batch failing as a whole). Optionally it enforces Cloudflare's global rate
+//! limit per token ([`FakeConfig::rate_limit`]). Served by axum on a loopback port.
+//!
+//! The one mock among the test peers: Cloudflare cannot be run locally. It is shared by the
+//! Cloudflare provider's tests and the failover benchmark (mass outage).
 
 mod batch;
 mod handlers;
@@ -10,10 +13,10 @@ mod query;
 pub mod records;
 mod rules;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +25,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use records::{ApiError, Record};
+
+use crate::Error;
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +94,60 @@ pub struct State {
     pub requests: Vec<String>,
     /// Answer the batch endpoint with 404 / 7000 "No route for that URI".
     pub batch_disabled: bool,
+    /// The global rate limit, when enforced.
+    pub rate_limit: Option<RateLimitPolicy>,
+    /// Per token: when its requests in the current window arrived, and a lockout.
+    windows: HashMap<String, TokenWindow>,
+    /// What the rate limit did so far.
+    pub limit_stats: LimitStats,
+}
+
+/// Cloudflare's global API limit: at most `quota` requests of one token in any `window`. The
+/// request over it gets 429 (code 10100, `retry-after`), and so does every request of that
+/// token for the next `window` ("all API calls blocked for the next five minutes"). Every
+/// answer carries `Ratelimit` and `Ratelimit-Policy` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    pub quota: u32,
+    pub window: Duration,
+}
+
+impl RateLimitPolicy {
+    /// What Cloudflare enforces: 1,200 requests per 5 minutes.
+    pub const CLOUDFLARE: RateLimitPolicy = RateLimitPolicy {
+        quota: 1_200,
+        window: Duration::from_secs(300),
+    };
+}
+
+/// Counters of the rate limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitStats {
+    /// Authenticated requests counted against the limit.
+    pub counted: u64,
+    /// 429s the limit sent (the first over the quota and every one during a lockout).
+    pub refused: u64,
+    /// Times a token was locked out.
+    pub lockouts: u64,
+    /// The most requests of one token seen inside one window.
+    pub peak_in_window: u32,
+}
+
+#[derive(Debug, Default)]
+struct TokenWindow {
+    arrivals: VecDeque<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+/// What the rate limit says about one request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Admission {
+    /// No limit configured.
+    Unlimited,
+    /// Counted: `remaining` requests left in the window, which frees a slot in `reset`.
+    Admitted { remaining: u32, reset: Duration },
+    /// Refused: the token is locked out for `retry_after`.
+    Refused { retry_after: Duration },
 }
 
 impl State {
@@ -102,6 +161,50 @@ impl State {
             .iter_mut()
             .find(|z| z.id == id)
             .ok_or_else(|| ApiError::new(404, 7003, format!("Could not route to /zones/{id}/dns_records, perhaps your object identifier is invalid?")))
+    }
+
+    /// Counts a request of `token` arriving `now` against the rate limit.
+    pub(crate) fn admit(&mut self, token: &str, now: Instant) -> Admission {
+        let Some(policy) = self.rate_limit else {
+            return Admission::Unlimited;
+        };
+        let w = self.windows.entry(token.to_string()).or_default();
+        self.limit_stats.counted += 1;
+        if let Some(until) = w.blocked_until {
+            if now < until {
+                self.limit_stats.refused += 1;
+                return Admission::Refused {
+                    retry_after: until - now,
+                };
+            }
+            w.blocked_until = None;
+            w.arrivals.clear();
+        }
+        while w
+            .arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= policy.window)
+        {
+            w.arrivals.pop_front();
+        }
+        if w.arrivals.len() >= policy.quota as usize {
+            w.blocked_until = Some(now + policy.window);
+            self.limit_stats.refused += 1;
+            self.limit_stats.lockouts += 1;
+            return Admission::Refused {
+                retry_after: policy.window,
+            };
+        }
+        w.arrivals.push_back(now);
+        let used = u32::try_from(w.arrivals.len()).unwrap_or(u32::MAX);
+        self.limit_stats.peak_in_window = self.limit_stats.peak_in_window.max(used);
+        let reset = w.arrivals.front().map_or(Duration::ZERO, |t| {
+            (*t + policy.window).saturating_duration_since(now)
+        });
+        Admission::Admitted {
+            remaining: policy.quota.saturating_sub(used),
+            reset,
+        }
     }
 
     fn take_fault(&mut self, route: Route) -> Option<Fault> {
@@ -120,6 +223,8 @@ pub struct FakeConfig {
     pub enterprise: bool,
     pub batch_limit: usize,
     pub max_per_page: u32,
+    /// Enforce a global rate limit per token (default: none; see [`RateLimitPolicy`]).
+    pub rate_limit: Option<RateLimitPolicy>,
 }
 
 impl Default for FakeConfig {
@@ -128,6 +233,7 @@ impl Default for FakeConfig {
             enterprise: false,
             batch_limit: 200,
             max_per_page: 5_000,
+            rate_limit: None,
         }
     }
 }
@@ -143,7 +249,17 @@ pub struct FakeCloudflare {
 }
 
 impl FakeCloudflare {
+    /// Starts the fake on a loopback port; panics when no port can be bound (see
+    /// [`FakeCloudflare::try_start`]).
     pub async fn start(config: FakeConfig) -> FakeCloudflare {
+        match FakeCloudflare::try_start(config).await {
+            Ok(fake) => fake,
+            Err(e) => panic!("starting the fake Cloudflare API: {e}"),
+        }
+    }
+
+    /// Starts the fake on a loopback port (in the calling tokio runtime).
+    pub async fn try_start(config: FakeConfig) -> crate::Result<FakeCloudflare> {
         let state: Shared = Arc::new(Mutex::new(State {
             tokens: HashMap::new(),
             zones: Vec::new(),
@@ -154,11 +270,16 @@ impl FakeCloudflare {
             max_per_page: config.max_per_page,
             requests: Vec::new(),
             batch_disabled: false,
+            rate_limit: config.rate_limit,
+            windows: HashMap::new(),
+            limit_stats: LimitStats::default(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("binding a loopback port");
-        let addr = listener.local_addr().expect("local address");
+            .map_err(|e| Error::io("binding the fake Cloudflare API's port", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the fake Cloudflare API's address", e))?;
         let app = axum::Router::new()
             .fallback(handlers::handle)
             .with_state(Arc::clone(&state));
@@ -170,12 +291,12 @@ impl FakeCloudflare {
                 })
                 .await;
         });
-        FakeCloudflare {
+        Ok(FakeCloudflare {
             addr,
             base_url: format!("http://{addr}/client/v4"),
             state,
             shutdown: Mutex::new(Some((tx, task))),
-        }
+        })
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -205,6 +326,16 @@ impl FakeCloudflare {
 
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
+    }
+
+    /// How many requests passed authentication so far.
+    pub fn request_count(&self) -> usize {
+        self.state().requests.len()
+    }
+
+    /// What the rate limit did so far (all zero when none is enforced).
+    pub fn limit_stats(&self) -> LimitStats {
+        self.state().limit_stats
     }
 
     pub fn records(&self, zone: &str) -> Vec<Record> {
@@ -261,18 +392,57 @@ pub fn fail(e: &ApiError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A 429 as Cloudflare sends it, under Cloudflare's policy (injected faults).
 pub fn rate_limited(retry_after: u64) -> Response {
-    let e = ApiError::new(429, 10100, "More than 1200 requests per 300 seconds reached. Please wait and consider throttling your request speed");
+    rate_limited_by(RateLimitPolicy::CLOUDFLARE, retry_after)
+}
+
+/// A 429 under `policy`: code 10100, `retry-after` in whole seconds (rounded up), the
+/// `Ratelimit` / `Ratelimit-Policy` headers.
+pub fn rate_limited_by(policy: RateLimitPolicy, retry_after: u64) -> Response {
+    let e = ApiError::new(
+        429,
+        10100,
+        format!(
+            "More than {} requests per {} seconds reached. Please wait and consider throttling your request speed",
+            policy.quota,
+            policy.window.as_secs()
+        ),
+    );
     let mut r = fail(&e);
+    set_limit_headers(&mut r, policy, 0, retry_after);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+    r
+}
+
+/// `Ratelimit: "default";r=<remaining>;t=<secs to reset>` and
+/// `Ratelimit-Policy: "burst";q=<quota>;w=<window secs>`, as on every Cloudflare answer.
+pub(crate) fn set_limit_headers(
+    r: &mut Response,
+    policy: RateLimitPolicy,
+    remaining: u32,
+    reset_secs: u64,
+) {
     let h = r.headers_mut();
     for (name, value) in [
-        ("retry-after", retry_after.to_string()),
-        ("ratelimit", format!("\"default\";r=0;t={retry_after}")),
-        ("ratelimit-policy", "\"burst\";q=1200;w=300".to_string()),
+        (
+            "ratelimit",
+            format!("\"default\";r={remaining};t={reset_secs}"),
+        ),
+        (
+            "ratelimit-policy",
+            format!("\"burst\";q={};w={}", policy.quota, policy.window.as_secs()),
+        ),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);
         }
     }
-    r
+}
+
+/// Whole seconds, rounded up (`retry-after` never says to come back too early).
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }

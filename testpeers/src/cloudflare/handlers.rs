@@ -10,7 +10,10 @@ use super::batch;
 use super::query::Query;
 use super::records::{self, ApiError, BatchIn, PatchIn, RecordIn};
 use super::rules::{self, Rules};
-use super::{fail, ok, rate_limited, Fault, Perms, Route, Shared, State};
+use super::{
+    ceil_secs, fail, ok, rate_limited, rate_limited_by, set_limit_headers, Admission, Fault, Perms,
+    Route, Shared, State,
+};
 
 const PREFIX: &str = "/client/v4/";
 
@@ -47,11 +50,14 @@ pub async fn handle(AxState(shared): AxState<Shared>, req: Request<Body>) -> Res
     };
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let route = route_of(&head.method, &parts);
-    let token = match authenticate(&shared, head.headers.get("authorization"), route) {
+    let (token_name, token) = match authenticate(&shared, head.headers.get("authorization"), route)
+    {
         Ok(t) => t,
         Err(e) => return fail(&e),
     };
-    let fault = {
+    // Every authenticated request is recorded, and counted by the global rate limit before
+    // anything else happens to it.
+    let (admission, policy) = {
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
         let query = head
             .uri
@@ -60,8 +66,35 @@ pub async fn handle(AxState(shared): AxState<Shared>, req: Request<Body>) -> Res
             .unwrap_or_default();
         s.requests
             .push(format!("{} {}{query}", head.method, head.uri.path()));
-        s.take_fault(route)
+        (
+            s.admit(&token_name, std::time::Instant::now()),
+            s.rate_limit,
+        )
     };
+    let mut response = match (admission, policy) {
+        (Admission::Refused { retry_after }, Some(policy)) => {
+            return rate_limited_by(policy, ceil_secs(retry_after));
+        }
+        _ => answer(&shared, &head, &parts, route, &token, body).await,
+    };
+    if let (Admission::Admitted { remaining, reset }, Some(policy)) = (admission, policy) {
+        set_limit_headers(&mut response, policy, remaining, ceil_secs(reset));
+    }
+    response
+}
+
+async fn answer(
+    shared: &Shared,
+    head: &axum::http::request::Parts,
+    parts: &[&str],
+    route: Route,
+    token: &Perms,
+    body: Body,
+) -> Response {
+    let fault = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take_fault(route);
     let mut fail_batch = None;
     match fault {
         Some(Fault::RateLimit { retry_after }) => return rate_limited(retry_after),
@@ -83,9 +116,9 @@ pub async fn handle(AxState(shared): AxState<Shared>, req: Request<Body>) -> Res
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
     let result = dispatch(
         &mut s,
-        &token,
+        token,
         &head.method,
-        &parts,
+        parts,
         &query,
         &body,
         fail_batch,
@@ -103,12 +136,13 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 /// `Authorization: Bearer <token>`; malformed → 400 / 6003 (+6111); unknown or missing →
-/// 403 / 10000 (401 / 1000 "Invalid API Token" on the verify endpoint).
+/// 403 / 10000 (401 / 1000 "Invalid API Token" on the verify endpoint). The token and what
+/// it may do.
 fn authenticate(
     shared: &Shared,
     header: Option<&axum::http::HeaderValue>,
     route: Route,
-) -> Result<Perms, ApiError> {
+) -> Result<(String, Perms), ApiError> {
     let unknown = || match route {
         Route::Verify => ApiError::new(401, 1000, "Invalid API Token"),
         _ => ApiError::new(403, 10000, "Authentication error"),
@@ -126,7 +160,8 @@ fn authenticate(
         return Err(malformed());
     }
     let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-    s.tokens.get(token).copied().ok_or_else(unknown)
+    let perms = s.tokens.get(token).copied().ok_or_else(unknown)?;
+    Ok((token.to_string(), perms))
 }
 
 type Answer = Result<(Value, Option<Value>), ApiError>;

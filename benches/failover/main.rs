@@ -1,0 +1,135 @@
+//! The failover benchmark (not a timed test): `scripts/bench-failover`, or
+//! `cargo bench --bench failover -- [stages] [scale] [mass] [--trials N] [--ttl S]
+//! [--targets 1000,10000] [--per-domain K] [--secs S] [--domains N] [--window S]`.
+//!
+//! 1. `stages`: where the time of one failover goes, from the primary MTA stopping to the
+//!    backup being visible at the authoritative server and at each resolver (N trials, each a
+//!    fresh loopback lab and a fresh release `mxguard serve`).
+//! 2. `scale`: probe rounds/s, CPU and peak RSS of `mxguard serve` with 1,000 and 10,000
+//!    targets configured.
+//! 3. `mass`: 1,000 domains failing over at once through the fake Cloudflare API and its rate
+//!    limit (scaled window): total time against the rate-limit bound, 429s received.
+//!
+//! Prints a table per part and, last, one JSON line with every figure. The `mxguard` binary is
+//! Cargo's build of this package in the bench profile (release).
+
+#[allow(dead_code)]
+#[path = "../../tests/common/lab.rs"]
+mod lab;
+mod mass;
+mod scale;
+mod stages;
+mod util;
+
+use serde_json::json;
+
+struct Args {
+    parts: Vec<String>,
+    trials: usize,
+    ttl: u32,
+    targets: Vec<usize>,
+    per_domain: usize,
+    secs: u64,
+    domains: usize,
+    window: u64,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        parts: Vec::new(),
+        trials: 7,
+        ttl: 10,
+        targets: vec![1_000, 10_000],
+        per_domain: 2,
+        secs: 30,
+        domains: 1_000,
+        window: 30,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let num = |s: String| s.parse::<u64>().map_err(|e| format!("{s}: {e}"));
+        match arg.as_str() {
+            "--bench" => {} // what `cargo bench` passes
+            "--trials" => a.trials = num(value("--trials")?)? as usize,
+            "--ttl" => a.ttl = u32::try_from(num(value("--ttl")?)?).map_err(|e| e.to_string())?,
+            "--targets" => {
+                a.targets = value("--targets")?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().map_err(|e| format!("{s}: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--per-domain" => a.per_domain = num(value("--per-domain")?)? as usize,
+            "--secs" => a.secs = num(value("--secs")?)?,
+            "--domains" => a.domains = num(value("--domains")?)? as usize,
+            "--window" => a.window = num(value("--window")?)?.clamp(1, 300),
+            "stages" | "scale" | "mass" => a.parts.push(arg),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.parts.is_empty() {
+        a.parts = vec!["stages".into(), "scale".into(), "mass".into()];
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench failover: {e}");
+            std::process::exit(2);
+        }
+    };
+    let machine = util::machine();
+    let bin = lab::mxguard_bin();
+    println!("mxguard failover benchmark — {machine}");
+    println!("binary: {}", bin.display());
+    let mut report = serde_json::Map::new();
+    report.insert("bench".into(), json!("failover"));
+    report.insert("machine".into(), json!(machine));
+    let mut failed = false;
+    for part in &args.parts {
+        eprintln!("== {part}");
+        let result = match part.as_str() {
+            "stages" => {
+                stages::run(&stages::Opts {
+                    trials: args.trials,
+                    ttl: args.ttl,
+                })
+                .await
+            }
+            "scale" => {
+                scale::run(&scale::Opts {
+                    targets: args.targets.clone(),
+                    per_domain: args.per_domain,
+                    secs: args.secs,
+                })
+                .await
+            }
+            _ => {
+                mass::run(&mass::Opts {
+                    domains: args.domains,
+                    window: args.window,
+                })
+                .await
+            }
+        };
+        match result {
+            Ok(v) => {
+                report.insert(part.clone(), v);
+            }
+            Err(e) => {
+                eprintln!("bench failover: {part} failed: {e}");
+                report.insert(part.clone(), json!({"error": e}));
+                failed = true;
+            }
+        }
+    }
+    println!();
+    println!("{}", serde_json::Value::Object(report));
+    if failed {
+        std::process::exit(1);
+    }
+}

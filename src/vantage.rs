@@ -1,0 +1,353 @@
+//! Votes from several vantages. Each instance probes from its own network (its *vantage*) and
+//! stores its latest verdict per side; the leader combines the fresh ones:
+//!
+//! * a vantage **votes** when its report is fresh, it has a verdict (Up or Down, not Unknown)
+//!   and it is not **partitioned** — it could reach none of its resolvers (every DNS query timed
+//!   out or failed at the network level) or none of its configured canaries;
+//! * the quorum is `vantage_quorum` when configured, else a majority of the voters;
+//! * a side is Down when at least a quorum of voters see it Down, Up when at least a quorum see
+//!   it Up, and Unknown otherwise (no voters, or a split short of the quorum) — the state
+//!   machine never fails over on Unknown.
+//!
+//! Each vantage keeps its own hysteresis (`health.rs`), so a vote is already a confirmed verdict.
+//! Pure: no I/O, `now` is passed in.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::health::{Health, TargetVerdict};
+use crate::model::Side;
+use crate::monitor::RoundReport;
+use crate::probe::dns::DnsStatus;
+use crate::store::Observation;
+
+/// One vantage's latest verdict on one side (stored as JSON in `vantage_reports`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VantageReport {
+    pub vantage: String,
+    pub side: Side,
+    pub at: DateTime<Utc>,
+    pub health: Health,
+    /// Whether the round itself passed (health has hysteresis on top).
+    pub pass: bool,
+    /// Why this vantage does not vote, when it is cut off.
+    pub partitioned: Option<String>,
+    /// Per target: up or down, and why.
+    pub verdicts: Vec<Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub target: String,
+    pub up: bool,
+    pub reason: String,
+}
+
+impl From<&TargetVerdict> for Verdict {
+    fn from(v: &TargetVerdict) -> Self {
+        Verdict {
+            target: v.target.to_string(),
+            up: v.up,
+            reason: v.reason.clone(),
+        }
+    }
+}
+
+impl VantageReport {
+    /// The report of `vantage` for one round; `canaries_down` says why the canaries failed.
+    pub fn from_round(vantage: &str, r: &RoundReport, canaries_down: Option<&str>) -> Self {
+        VantageReport {
+            vantage: vantage.to_string(),
+            side: r.side,
+            at: r.at,
+            health: r.health.health,
+            pass: r.pass,
+            partitioned: canaries_down
+                .map(|why| format!("canaries unreachable: {why}"))
+                .or_else(|| resolvers_unreachable(r)),
+            verdicts: r.verdicts.iter().map(Verdict::from).collect(),
+        }
+    }
+}
+
+/// `Some(why)` when no resolver answered anything in the round: the vantage is cut off from DNS,
+/// which says nothing about the targets. Answers such as SERVFAIL or NXDOMAIN are answers.
+pub fn resolvers_unreachable(r: &RoundReport) -> Option<String> {
+    let answers: Vec<_> = r.evidence.iter().flat_map(|e| e.dns.iter()).collect();
+    if answers.is_empty() {
+        return None;
+    }
+    let cut_off = answers
+        .iter()
+        .all(|a| matches!(a.status, DnsStatus::Timeout | DnsStatus::Network(_)));
+    cut_off.then(|| {
+        let mut servers: Vec<String> = answers.iter().map(|a| a.server.to_string()).collect();
+        servers.sort();
+        servers.dedup();
+        format!("no resolver answered ({})", servers.join(", "))
+    })
+}
+
+/// One vantage's part in a combined verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vote {
+    pub vantage: String,
+    pub health: Health,
+    pub at: DateTime<Utc>,
+    /// Whether it counted; when not, why.
+    pub counted: bool,
+    pub note: Option<String>,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// The leader's verdict on one side, with every vantage's evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Combined {
+    pub side: Side,
+    pub health: Health,
+    pub quorum: u32,
+    pub up: u32,
+    pub down: u32,
+    pub votes: Vec<Vote>,
+}
+
+impl Combined {
+    /// "2 of 3 vantages see it Down (quorum 2): eu Down, us Down, ap Up (stale)".
+    pub fn summary(&self) -> String {
+        let voters = self.votes.iter().filter(|v| v.counted).count();
+        let parts: Vec<String> = self
+            .votes
+            .iter()
+            .map(|v| match &v.note {
+                Some(note) => format!("{} {:?} ({note})", v.vantage, v.health),
+                None => format!("{} {:?}", v.vantage, v.health),
+            })
+            .collect();
+        let seen = match self.health {
+            Health::Down => format!("{} of {voters} voting vantages see it Down", self.down),
+            Health::Up => format!("{} of {voters} voting vantages see it Up", self.up),
+            Health::Unknown => format!(
+                "no quorum: {} Up, {} Down of {voters} voting vantages",
+                self.up, self.down
+            ),
+        };
+        format!("{seen} (quorum {}): {}", self.quorum, parts.join(", "))
+    }
+}
+
+/// Combines the reports of one side. `fresh`: how old a report may be and still vote.
+pub fn combine(
+    side: Side,
+    reports: &[VantageReport],
+    now: DateTime<Utc>,
+    fresh: Duration,
+    quorum: Option<u32>,
+) -> Combined {
+    let fresh = chrono::Duration::from_std(fresh).unwrap_or(chrono::Duration::MAX);
+    let votes: Vec<Vote> = reports
+        .iter()
+        .filter(|r| r.side == side)
+        .map(|r| {
+            let note = if now.signed_duration_since(r.at) > fresh {
+                Some(format!("stale: last report {}", r.at.format("%H:%M:%S")))
+            } else if let Some(why) = &r.partitioned {
+                Some(format!("partitioned: {why}"))
+            } else if r.health == Health::Unknown {
+                Some("no verdict yet".to_string())
+            } else {
+                None
+            };
+            Vote {
+                vantage: r.vantage.clone(),
+                health: r.health,
+                at: r.at,
+                counted: note.is_none(),
+                note,
+                verdicts: r.verdicts.clone(),
+            }
+        })
+        .collect();
+    let count = |h: Health| votes.iter().filter(|v| v.counted && v.health == h).count() as u32;
+    let (up, down) = (count(Health::Up), count(Health::Down));
+    let voters = up + down;
+    let quorum = quorum.unwrap_or(voters / 2 + 1);
+    let health = if voters == 0 {
+        Health::Unknown
+    } else if down >= quorum {
+        Health::Down
+    } else if up >= quorum {
+        Health::Up
+    } else {
+        Health::Unknown
+    };
+    Combined {
+        side,
+        health,
+        quorum,
+        up,
+        down,
+        votes,
+    }
+}
+
+/// The observation rows of one round: one per (target, resolver) lookup and one per probed
+/// (target, address).
+pub fn observations(vantage: &str, r: &RoundReport) -> Vec<Observation> {
+    let mut out = Vec::new();
+    for e in &r.evidence {
+        let target = e.round.target.to_string();
+        for res in &e.round.resolvers {
+            out.push(Observation {
+                domain: r.domain.clone(),
+                vantage: vantage.to_string(),
+                side: r.side.as_str().to_string(),
+                target: target.clone(),
+                resolver: res.resolver.clone(),
+                address: None,
+                outcome: if res.resolved() {
+                    "resolved"
+                } else {
+                    "unresolved"
+                }
+                .to_string(),
+                phase: Some("dns".to_string()),
+                latency_ms: None,
+                detail: match &res.error {
+                    Some(err) => err.clone(),
+                    None => res
+                        .addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                },
+                observed_at: r.at,
+            });
+        }
+        for s in &e.smtp {
+            out.push(Observation {
+                domain: r.domain.clone(),
+                vantage: vantage.to_string(),
+                side: r.side.as_str().to_string(),
+                target: target.clone(),
+                resolver: String::new(),
+                address: Some(s.address.ip().to_string()),
+                outcome: if s.pass { "pass" } else { "fail" }.to_string(),
+                phase: s.failure.as_ref().map(|f| f.phase.as_str().to_string()),
+                latency_ms: i64::try_from(s.latency_ms).ok(),
+                detail: s.summary(),
+                observed_at: r.at,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(vantage: &str, health: Health, secs_ago: i64, partitioned: bool) -> VantageReport {
+        VantageReport {
+            vantage: vantage.into(),
+            side: Side::Primary,
+            at: now() - chrono::Duration::seconds(secs_ago),
+            health,
+            pass: health == Health::Up,
+            partitioned: partitioned.then(|| "no resolver answered".to_string()),
+            verdicts: vec![],
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
+    }
+
+    const FRESH: Duration = Duration::from_secs(90);
+
+    fn health(reports: &[VantageReport], quorum: Option<u32>) -> Health {
+        combine(Side::Primary, reports, now(), FRESH, quorum).health
+    }
+
+    use Health::{Down, Unknown, Up};
+
+    #[test]
+    fn a_single_vantage_decides_alone() {
+        assert_eq!(health(&[report("a", Down, 1, false)], None), Down);
+        assert_eq!(health(&[report("a", Up, 1, false)], None), Up);
+        assert_eq!(health(&[report("a", Unknown, 1, false)], None), Unknown);
+    }
+
+    #[test]
+    fn a_majority_of_voters_is_needed() {
+        let one_of_three = [
+            report("a", Down, 1, false),
+            report("b", Up, 1, false),
+            report("c", Up, 1, false),
+        ];
+        assert_eq!(health(&one_of_three, None), Up);
+        let two_of_three = [
+            report("a", Down, 1, false),
+            report("b", Down, 1, false),
+            report("c", Up, 1, false),
+        ];
+        assert_eq!(health(&two_of_three, None), Down);
+        // Two voters split: no quorum, no decision.
+        let split = [report("a", Down, 1, false), report("b", Up, 1, false)];
+        assert_eq!(health(&split, None), Unknown);
+    }
+
+    #[test]
+    fn a_partitioned_vantage_does_not_vote() {
+        // Alone and cut off: it cannot take a side Down.
+        assert_eq!(health(&[report("a", Down, 1, true)], None), Unknown);
+        // With a healthy peer, the peer decides.
+        let r = [report("a", Down, 1, true), report("b", Up, 1, false)];
+        let c = combine(Side::Primary, &r, now(), FRESH, None);
+        assert_eq!((c.health, c.quorum, c.up, c.down), (Up, 1, 1, 0));
+        assert!(c.votes[0]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("partitioned"));
+        assert!(
+            c.summary().contains("a Down (partitioned"),
+            "{}",
+            c.summary()
+        );
+    }
+
+    #[test]
+    fn stale_and_undecided_reports_do_not_vote() {
+        let r = [
+            report("a", Down, 1, false),
+            report("b", Up, 91, false),
+            report("c", Unknown, 1, false),
+        ];
+        let c = combine(Side::Primary, &r, now(), FRESH, None);
+        assert_eq!((c.health, c.quorum), (Down, 1));
+        assert_eq!(c.votes.iter().filter(|v| v.counted).count(), 1);
+        assert!(c.votes[1]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("stale"));
+    }
+
+    #[test]
+    fn an_explicit_quorum_holds_even_when_fewer_vote() {
+        let r = [report("a", Down, 1, false)];
+        assert_eq!(health(&r, Some(2)), Unknown);
+        let r = [report("a", Down, 1, false), report("b", Down, 1, false)];
+        assert_eq!(health(&r, Some(2)), Down);
+    }
+
+    #[test]
+    fn the_other_side_is_ignored() {
+        let mut b = report("b", Down, 1, false);
+        b.side = Side::Backup;
+        assert_eq!(health(&[report("a", Up, 1, false), b], None), Up);
+    }
+}

@@ -1,0 +1,413 @@
+//! Several instances on one PostgreSQL, against BIND + Unbound + Postfix and the real binary:
+//! the leader's SIGKILL and SIGSTOP mid-failover (another instance finishes the change exactly
+//! once; the resumed old leader is fenced), a follower's API, and vantages cut off from DNS or
+//! from their canaries that cannot fail a domain over.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::ha::{self, Instance, Node, LEASE_TTL_SECS};
+use common::lab::{Lab, LabOptions};
+use common::{poll, PgDb};
+use mxguard::model::Fqdn;
+use mxguard::store::{ChangeStatus, Event, Store};
+
+const BACKUP_MX: &str = "10 backup.example.test.";
+const LONG: Duration = Duration::from_secs(90);
+
+fn domain() -> Fqdn {
+    Fqdn::parse("example.test").expect("name")
+}
+
+/// The lab, a fresh database, the instances (the first one leads) and the zone's SOA serial
+/// before anything happened.
+struct Cluster {
+    lab: Lab,
+    db: Option<PgDb>,
+    nodes: Vec<Node>,
+    /// The first leader's epoch.
+    epoch: i64,
+    store: Arc<dyn Store>,
+    serial: u32,
+}
+
+impl Cluster {
+    /// Starts the first instance and waits until it leads, then the others as followers.
+    async fn start(tag: &str, instances: Vec<Instance>) -> Cluster {
+        let lab = Lab::start(LabOptions {
+            hold: "1h",
+            mx_ttl: 300,
+        })
+        .await;
+        let db = common::fresh_pg_database(tag).await;
+        let mut it = instances.into_iter();
+        let first = ha::serve(&lab, &db.url, &it.next().expect("one instance"));
+        let epoch = ha::wait_role(&first, "leader", LONG)
+            .await
+            .expect("leader epoch");
+        let mut nodes = vec![first];
+        for inst in it {
+            let n = ha::serve(&lab, &db.url, &inst);
+            ha::wait_role(&n, "follower", LONG).await;
+            nodes.push(n);
+        }
+        let store = ha::open_store(&db.url).await;
+        let serial = lab.serial().await;
+        Cluster {
+            lab,
+            db: Some(db),
+            nodes,
+            epoch,
+            store,
+            serial,
+        }
+    }
+
+    async fn settled(&self) {
+        poll("the leader to settle on the primary", LONG, || async {
+            self.nodes[0].mx.saw("first verdicts").then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for an event of the domain that `matches`.
+    async fn event(&self, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+        poll(what, LONG, || async {
+            let events = self.store.events(&domain(), None, 1000).await.ok()?;
+            events.into_iter().find(|e| matches(e))
+        })
+        .await
+    }
+
+    async fn backup_published(&self) {
+        poll("named to serve the backup MX", LONG, || async {
+            let mx = self.lab.served_mx().await;
+            (mx.len() == 1 && mx[0].starts_with(BACKUP_MX)).then_some(())
+        })
+        .await;
+    }
+
+    /// The change rows, once every one is verified: (id, status, epoch).
+    async fn verified_changes(&self) -> Vec<(i64, ChangeStatus, i64)> {
+        poll("every change to be verified", LONG, || async {
+            let rows = self.store.recent_changes(&domain(), 10).await.ok()?;
+            let done = !rows.is_empty() && rows.iter().all(|c| c.status == ChangeStatus::Verified);
+            done.then(|| rows.iter().map(|c| (c.id, c.status, c.epoch)).collect())
+        })
+        .await
+    }
+
+    /// Nothing was published: no change row, no transition to FailingOver, the same serial.
+    async fn nothing_published(&self) {
+        let events = self
+            .store
+            .events(&domain(), None, 1000)
+            .await
+            .expect("events");
+        let shown: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.message.as_str()))
+            .collect();
+        assert!(
+            !events.iter().any(|e| e.message.contains("FailingOver")),
+            "{shown:#?}"
+        );
+        let changes = self
+            .store
+            .recent_changes(&domain(), 10)
+            .await
+            .expect("changes");
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(self.lab.serial().await, self.serial, "named was updated");
+    }
+
+    /// The new leader among the nodes other than `old`, with its epoch.
+    async fn new_leader(&self, old: usize) -> (usize, i64) {
+        poll("another instance to take the lease", LONG, || async {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if i == old {
+                    continue;
+                }
+                if let Some((role, Some(epoch))) = ha::role(n).await {
+                    if role == "leader" {
+                        return Some((i, epoch));
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Waits until `vantage`'s own verdict on the primary is Down and it has reported 3 s of
+    /// rounds since (1 s interval): the leader had every chance to act on that verdict.
+    async fn seen_down_for_a_while(&self, vantage: &str) {
+        let report = |want_down: bool| async move {
+            let rows = self.store.vantage_reports(&domain()).await.ok()?;
+            rows.into_iter()
+                .find(|r| r.vantage == vantage && r.side == "primary")
+                .filter(|r| !want_down || r.report["health"] == "down")
+                .map(|r| r.at)
+        };
+        let since = poll(&format!("{vantage} to see the primary Down"), LONG, || {
+            report(true)
+        })
+        .await;
+        poll(&format!("3 s more of {vantage}'s rounds"), LONG, || async {
+            report(false)
+                .await
+                .filter(|at| *at >= since + chrono::Duration::seconds(3))
+        })
+        .await;
+    }
+
+    /// The lease is held by `node` at `epoch`.
+    async fn leads(&self, node: usize, epoch: i64) {
+        let lease = self.store.lease().await.expect("lease");
+        assert_eq!(
+            (lease.vantage.as_str(), lease.epoch),
+            (self.nodes[node].vantage, epoch)
+        );
+    }
+
+    fn store_url(&self) -> mxguard::config::StoreUrl {
+        self.db.as_ref().expect("database").url.clone()
+    }
+
+    async fn finish(mut self) {
+        self.store.close().await;
+        self.nodes.clear();
+        if let Some(db) = self.db.take() {
+            db.drop_db().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_survive_the_leaders_sigkill_mid_failover() {
+    let mut a = Instance::new("a");
+    a.failpoint = Some("after_intent");
+    let mut c = Cluster::start("ha_kill", vec![a, Instance::new("b"), Instance::new("c")]).await;
+    c.settled().await;
+    c.lab.primary.stop().await.expect("stop primary MTA");
+    poll("the leader to write its intent and pause", LONG, || async {
+        c.nodes[0]
+            .mx
+            .saw("FAILPOINT after_intent reached")
+            .then_some(())
+    })
+    .await;
+    let pending = c
+        .store
+        .recent_changes(&domain(), 10)
+        .await
+        .expect("changes");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (pending[0].status, pending[0].epoch),
+        (ChangeStatus::Pending, c.epoch)
+    );
+
+    let killed = Instant::now();
+    c.nodes[0].mx.kill9();
+    let (leader, epoch) = c.new_leader(0).await;
+    eprintln!(
+        "lease taken by {} (epoch {epoch}) {:.1} s after the SIGKILL (lease_ttl {LEASE_TTL_SECS} s)",
+        c.nodes[leader].vantage,
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(epoch > c.epoch, "a new epoch: {epoch} after {}", c.epoch);
+
+    c.backup_published().await;
+    assert_eq!(
+        c.verified_changes().await,
+        vec![(pending[0].id, ChangeStatus::Verified, c.epoch)],
+        "the killed leader's intent was finished, and no second one written"
+    );
+    assert_eq!(
+        c.lab.serial().await,
+        c.serial + 1,
+        "exactly one UPDATE reached named"
+    );
+    assert!(
+        c.nodes[leader].mx.saw("resuming change"),
+        "the new leader resumed the intent:\n{}",
+        c.nodes[leader].mx.log()
+    );
+    c.leads(leader, epoch).await;
+    c.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_past_its_lease_is_fenced_when_it_resumes() {
+    let mut a = Instance::new("a");
+    a.failpoint = Some("after_intent:stop");
+    let mut c = Cluster::start("ha_pause", vec![a, Instance::new("b"), Instance::new("c")]).await;
+    c.settled().await;
+    follower_serves_reads_and_refuses_mutations(&c.nodes[1], &c.nodes[0]).await;
+    let pid = c.nodes[0].mx.child.id();
+
+    c.lab.primary.stop().await.expect("stop primary MTA");
+    poll(
+        "the leader to stop itself after its intent",
+        LONG,
+        || async { (ha::proc_state(pid) == Some('T')).then_some(()) },
+    )
+    .await;
+
+    // Another instance takes the lease once it runs out and finishes the change.
+    let (leader, epoch) = c.new_leader(0).await;
+    assert!(epoch > c.epoch);
+    c.backup_published().await;
+    assert_eq!(c.verified_changes().await.len(), 1);
+    assert_eq!(c.lab.serial().await, c.serial + 1);
+
+    // The old leader resumes, still believing it leads at its epoch: its write is refused.
+    ha::signal(pid, "-CONT");
+    poll("the resumed leader to be fenced", LONG, || async {
+        c.nodes[0]
+            .mx
+            .saw("fenced: not applying the change")
+            .then_some(())
+    })
+    .await;
+    ha::wait_role(&c.nodes[0], "follower", LONG).await;
+    assert_eq!(
+        c.lab.serial().await,
+        c.serial + 1,
+        "the fenced leader applied nothing:\n{}",
+        c.nodes[0].mx.log()
+    );
+    let after = c
+        .store
+        .recent_changes(&domain(), 10)
+        .await
+        .expect("changes");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].status, ChangeStatus::Verified);
+    c.leads(leader, epoch).await;
+    c.finish().await;
+}
+
+/// A follower answers reads from the shared store and refuses mutations, naming the leader.
+async fn follower_serves_reads_and_refuses_mutations(follower: &Node, leader: &Node) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/domains/example.test", follower.api);
+    let status: serde_json::Value =
+        poll("the follower to show the leader's state", LONG, || async {
+            let r = http.get(&url).bearer_auth(ha::TOKEN).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            (v["phase"] == "primary").then_some(v)
+        })
+        .await;
+    assert_eq!(status["active"], "primary", "{status}");
+    let r = http
+        .post(format!("{url}/pause"))
+        .bearer_auth(ha::TOKEN)
+        .json(&serde_json::json!({"reason": "maintenance"}))
+        .send()
+        .await
+        .expect("pause on the follower");
+    assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap_or_default(),
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = r.json().await.expect("problem");
+    assert_eq!(problem["type"], "https://mxguard.dev/problems/not-leader");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!(
+            "the leader is {} at {}",
+            leader.vantage, leader.api
+        )),
+        "{detail}"
+    );
+    // Nothing changed: the leader's state is not paused.
+    let r = http
+        .get(format!("{}/v1/domains/example.test", leader.api))
+        .bearer_auth(ha::TOKEN)
+        .send()
+        .await
+        .expect("status at the leader");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["override"], serde_json::Value::Null, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_vantage_cannot_trigger_a_failover() {
+    // b leads but is cut off from DNS: its resolvers are ports where nothing listens.
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            let port = mxguard_testpeers::free_port().expect("port");
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    let mut b = Instance::new("b");
+    b.resolvers = Some(dead);
+    let mut c = Cluster::start("ha_partition", vec![b, Instance::new("a")]).await;
+
+    // b sees everything fail, says it is partitioned, and settles on a's vote.
+    c.event("b to report itself partitioned", |e| {
+        e.kind == "alert.vantage_partitioned" && e.message.contains("vantage b")
+    })
+    .await;
+    c.settled().await;
+
+    // a goes away: b is alone, partitioned, and sees both sides down. It must not act.
+    c.nodes[1].mx.kill9();
+    c.event("a's vote to go stale", |e| {
+        e.kind == "health" && e.message.contains("a Up (stale")
+    })
+    .await;
+    c.seen_down_for_a_while("b").await;
+    c.nothing_published().await;
+
+    // A healthy vantage comes back and sees the primary really down: b acts on its vote.
+    c.nodes[1] = ha::serve(&c.lab, &c.store_url(), &Instance::new("a"));
+    ha::wait_role(&c.nodes[1], "follower", LONG).await;
+    c.lab.primary.stop().await.expect("stop primary MTA");
+    c.backup_published().await;
+    let down = c
+        .event("a health event for the primary going Down", |e| {
+            e.kind == "health" && e.message.starts_with("primary") && e.message.contains("→ Down")
+        })
+        .await;
+    assert!(
+        down.message.contains("a Down") && down.message.contains("b Down (partitioned"),
+        "{}",
+        down.message
+    );
+    assert_eq!(c.lab.serial().await, c.serial + 1);
+    c.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vantage_that_cannot_reach_its_canaries_does_not_vote() {
+    let port = mxguard_testpeers::free_port().expect("port");
+    let canary = format!("127.0.0.1:{port}");
+    let mut only = Instance::new("solo");
+    only.canaries = vec![canary.clone()];
+    let mut c = Cluster::start("ha_canary", vec![only]).await;
+
+    // Nothing listens on the canary: the vantage is partitioned and, alone, cannot decide.
+    c.event("the canary to mark the vantage partitioned", |e| {
+        e.kind == "alert.vantage_partitioned" && e.message.contains("canaries unreachable")
+    })
+    .await;
+    c.lab.primary.stop().await.expect("stop primary MTA");
+    c.seen_down_for_a_while("solo").await;
+    c.nothing_published().await;
+
+    // The canary answers again: the vantage votes, sees the primary down, fails over.
+    let _canary = std::net::TcpListener::bind(&canary).expect("canary listener");
+    c.backup_published().await;
+    c.event("the vantage to vote again", |e| {
+        e.kind == "vantage_reachable"
+    })
+    .await;
+    assert_eq!(c.lab.serial().await, c.serial + 1);
+    c.finish().await;
+}
