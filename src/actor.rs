@@ -114,6 +114,11 @@ enum Msg {
     Status(oneshot::Sender<Status>),
     Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
     ChangeDone(Side, Box<Result<ChangeReport, String>>),
+    /// A reconcile read came back; `changes` is the count of changes started when it began.
+    Observed {
+        changes: u64,
+        live: Box<Result<Vec<RecordSet>, String>>,
+    },
 }
 
 /// How the API and CLI talk to a domain's actor.
@@ -188,6 +193,10 @@ pub struct Actor {
     rounds: BTreeMap<&'static str, RoundSummary>,
     drift: bool,
     change_running: bool,
+    /// Changes started so far: a reconcile read that began before the latest one is stale.
+    changes_started: u64,
+    /// A reconcile read is out (one at a time; a slow provider does not pile them up).
+    observing: bool,
     retry_at: Option<tokio::time::Instant>,
     attempts: u32,
     ticked: Option<DateTime<Utc>>,
@@ -205,7 +214,6 @@ pub struct Actor {
     rx: mpsc::Receiver<Msg>,
 }
 
-const RECONCILE: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Actor {
@@ -231,6 +239,8 @@ impl Actor {
             rounds: BTreeMap::new(),
             drift: false,
             change_running: false,
+            changes_started: 0,
+            observing: false,
             retry_at: None,
             attempts: 0,
             ticked: None,
@@ -250,7 +260,13 @@ impl Actor {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut reconcile = tokio::time::interval(RECONCILE);
+        // The first read is at recovery; the periodic ones start at a random point of the
+        // period, so a thousand domains started together do not read together.
+        let period = self.deps.reconcile;
+        let fraction = mxguard_core::Jitter::fraction(&mxguard_core::SeededJitter::from_entropy());
+        let offset = period.mul_f64(fraction).max(Duration::from_secs(1));
+        let mut reconcile = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leadership = self.deps.fence.clone();
         let mut watching = true;
         loop {
@@ -281,7 +297,7 @@ impl Actor {
                         self.start_change(side, None).await;
                     }
                 }
-                _ = reconcile.tick() => self.observe().await,
+                _ = reconcile.tick() => self.start_observe(),
             }
         }
         tracing::info!(domain = %self.cfg.name, "domain controller stopped");
@@ -331,9 +347,10 @@ impl Actor {
             .into_iter()
             .filter(|c| c.domain == self.cfg.name)
             .collect();
-        self.observe().await;
         match self.state.machine.in_flight {
             Some(side) => {
+                // What is live decides how the resumed change is planned: read it first.
+                self.observe().await;
                 let resume = unfinished.into_iter().last();
                 if let Some(c) = &resume {
                     self.event(
@@ -362,6 +379,8 @@ impl Actor {
                         )
                         .await;
                 }
+                // Read in the background: the actor takes rounds meanwhile.
+                self.start_observe();
             }
         }
         Ok(())
@@ -386,6 +405,17 @@ impl Actor {
                 let _ = reply.send(self.dry_run(side).await);
             }
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
+            Msg::Observed { changes, live } => {
+                self.observing = false;
+                match *live {
+                    // A change started since the read began: what it saw may be gone.
+                    Ok(_) if changes != self.changes_started || self.change_running => {}
+                    Ok(live) => self.on_observed(live).await,
+                    Err(e) => {
+                        tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records")
+                    }
+                }
+            }
         }
     }
 
@@ -649,6 +679,7 @@ impl Actor {
             }
         };
         self.change_running = true;
+        self.changes_started += 1;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
         tokio::spawn(async move {
             let result = publish(&deps, &managed, side, desired, resume).await;
@@ -762,23 +793,59 @@ impl Actor {
         });
     }
 
-    /// Reads what the provider serves and tells the machine; reports drift once per episode.
+    /// Reads what the provider serves, waiting for it (at recovery), and tells the machine.
     async fn observe(&mut self) {
         if !self.leading {
             return;
         }
-        let live = match self
+        match self
             .deps
             .provider
             .read(&self.managed.zone, &self.managed.keys())
             .await
         {
-            Ok(live) => live,
+            Ok(live) => self.on_observed(live).await,
             Err(e) => {
-                tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records");
-                return;
+                tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records")
             }
+        }
+    }
+
+    /// The periodic reconcile: reads in a child task at background priority (after any
+    /// change's requests at the provider) and reports back, so the actor keeps handling
+    /// rounds and commands while the read waits for the provider's budget.
+    fn start_observe(&mut self) {
+        if !self.leading || self.observing || self.change_running {
+            return;
+        }
+        self.observing = true;
+        // Not knowing what is published, automation cannot act: that read is as urgent as a
+        // change's. Otherwise it is a check, and waits behind the changes of other domains.
+        let provider = if self.state.machine.published.is_none() {
+            self.deps.provider.clone()
+        } else {
+            self.deps.background.clone()
         };
+        let (provider, zone, keys, tx, changes) = (
+            provider,
+            self.managed.zone.clone(),
+            self.managed.keys(),
+            self.tx.clone(),
+            self.changes_started,
+        );
+        tokio::spawn(async move {
+            let live = provider.read(&zone, &keys).await.map_err(|e| e.to_string());
+            let _ = tx
+                .send(Msg::Observed {
+                    changes,
+                    live: Box::new(live),
+                })
+                .await;
+        });
+    }
+
+    /// What the provider serves: tells the machine; reports drift once per episode.
+    async fn on_observed(&mut self, live: Vec<RecordSet>) {
         let published = self.managed.which_side(&live);
         let ttl = self.managed.ttl_of(&live);
         let drift = published.is_none() && !self.change_running;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxguard_core::{
-    DnsProvider, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter, TokenBucket, TokioClock,
+    DnsProvider, Gate, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter, TokenBucket,
+    TokioClock,
 };
 use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
 use secrecy::ExposeSecret;
@@ -55,6 +56,8 @@ pub struct Engine {
 
 struct BuiltProvider {
     client: Arc<dyn DnsProvider>,
+    /// The same client at background priority (periodic reads).
+    background: Arc<dyn DnsProvider>,
     /// The server that answers authoritatively for the zone, when the provider knows it.
     primary: Option<std::net::SocketAddr>,
 }
@@ -97,8 +100,10 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
             };
             let config = Rfc2136Config::new(name, *server, tsig_name.clone(), algorithm, secret);
             let provider = Rfc2136Provider::new(config).map_err(|e| err(e.to_string()))?;
+            let (client, background) = guarded(provider, 50.0, 8);
             Ok(BuiltProvider {
-                client: guarded(provider, 50.0),
+                client,
+                background,
                 primary: Some(*server),
             })
         }
@@ -122,9 +127,13 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
             let provider =
                 mxguard_cloudflare::CloudflareProvider::new(config, Arc::new(TokioClock))
                     .map_err(|e| err(e.to_string()))?;
-            // The client paces its own requests (1,200 per 5 minutes); the shared bucket only retries.
+            // The client paces its own requests (1,200 per 5 minutes); the shared bucket only
+            // retries. Four operations at a time (a change is 3–4 requests) keep each one's
+            // wait for the client's pacing well inside the 30 s deadline in a mass outage.
+            let (client, background) = guarded(provider, 1000.0, 4);
             Ok(BuiltProvider {
-                client: guarded(provider, 1000.0),
+                client,
+                background,
                 primary: None,
             })
         }
@@ -142,16 +151,25 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
             let provider = mxguard_route53::Route53Provider::new(config, Arc::new(TokioClock))
                 .await
                 .map_err(|e| err(e.to_string()))?;
+            // The client paces itself to Route53's 5 requests per second per account.
+            let (client, background) = guarded(provider, 1000.0, 4);
             Ok(BuiltProvider {
-                client: guarded(provider, 1000.0),
+                client,
+                background,
                 primary: None,
             })
         }
     }
 }
 
-/// Wraps a provider in the shared machinery: token bucket, retries with backoff, deadline.
-fn guarded<P: DnsProvider + 'static>(provider: P, per_second: f64) -> Arc<dyn DnsProvider> {
+/// Wraps a provider in the shared machinery: admission (`places` operations at a time, changes
+/// first), token bucket, retries with backoff, deadline. Returns the client for changes and
+/// the same client at background priority.
+fn guarded<P: DnsProvider + 'static>(
+    provider: P,
+    per_second: f64,
+    places: usize,
+) -> (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>) {
     let clock = Arc::new(TokioClock);
     let bucket = match RateLimit::new(per_second, per_second.ceil() as u32) {
         Ok(limit) => Arc::new(TokenBucket::new(limit, clock.clone())),
@@ -167,7 +185,51 @@ fn guarded<P: DnsProvider + 'static>(provider: P, per_second: f64) -> Arc<dyn Dn
         deadline: Duration::from_secs(30),
     };
     let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
-    Arc::new(Guarded::new(provider, bucket, retrier))
+    let client = Guarded::with_gate(provider, bucket, retrier, Gate::new(places));
+    let background = client.background();
+    (Arc::new(client), Arc::new(background))
+}
+
+/// How often a domain reads its published records back, at most.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// The share of a pacing provider's request budget the periodic reads may take, so that a
+/// mass failover still finds most of the budget free.
+const RECONCILE_SHARE: f64 = 0.2;
+
+/// Per provider: every `RECONCILE_EVERY`, or slower when its domains' reads at that pace would
+/// take more than `RECONCILE_SHARE` of the requests its client allows itself (Cloudflare's
+/// 1,200 per 5 minutes per token is 4 requests/s: 60 s suits up to ~48 one-name domains).
+fn reconcile_periods(
+    config: &Config,
+    providers: &BTreeMap<String, BuiltProvider>,
+) -> BTreeMap<String, Duration> {
+    let mut out = BTreeMap::new();
+    for (name, built) in providers {
+        let Some(rate) = built.client.request_rate() else {
+            continue;
+        };
+        let cost: u32 = config
+            .domains
+            .iter()
+            .filter(|d| &d.provider == name)
+            .map(|d| built.client.read_cost(&Managed::new(d).keys()))
+            .sum();
+        let period = reconcile_period(cost, rate);
+        if period > RECONCILE_EVERY {
+            tracing::info!(provider = %name, domains_read_cost = cost, requests_per_sec = rate, period_secs = period.as_secs(), "published records of this provider's domains are read back every {}s, not {}s, to keep the reads under a fifth of its request budget", period.as_secs(), RECONCILE_EVERY.as_secs());
+        }
+        out.insert(name.clone(), period);
+    }
+    out
+}
+
+/// The reconcile period for reads costing `cost` requests in all, at `rate` requests/s.
+pub fn reconcile_period(cost: u32, rate: f64) -> Duration {
+    if !(rate.is_finite() && rate > 0.0) {
+        return RECONCILE_EVERY;
+    }
+    let secs = f64::from(cost) / (RECONCILE_SHARE * rate);
+    RECONCILE_EVERY.max(Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
 fn targets(cfg: &DomainConfig, managed: &Managed) -> Vec<TargetSpec> {
@@ -210,6 +272,7 @@ impl Engine {
                 providers.insert(name.clone(), build_provider(name, p).await?);
             }
         }
+        let reconcile = reconcile_periods(config, &providers);
         let global = Arc::new(Semaphore::new(GLOBAL_PROBES));
         let mut engine = Engine {
             leadership: leadership.clone(),
@@ -274,6 +337,11 @@ impl Engine {
             let deps = ChangeDeps {
                 store: store.clone(),
                 provider: provider.client.clone(),
+                background: provider.background.clone(),
+                reconcile: reconcile
+                    .get(&d.provider)
+                    .copied()
+                    .unwrap_or(RECONCILE_EVERY),
                 verifier,
                 fence: leadership.clone(),
                 vantage_quorum: config.cluster.vantage_quorum,
@@ -391,4 +459,30 @@ fn watch_canaries(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_reads_take_at_most_a_fifth_of_a_pacing_providers_budget() {
+        // Cloudflare's pace: 1,140 per 5 minutes after the burst
+        let cloudflare = 1140.0 / 300.0;
+        assert_eq!(reconcile_period(10, cloudflare), RECONCILE_EVERY);
+        let p = reconcile_period(1000, cloudflare);
+        assert!(
+            (1300..=1320).contains(&p.as_secs()),
+            "1,000 one-name domains at 3.8 requests/s: {p:?}"
+        );
+        // the reads per second that period asks for
+        let share = 1000.0 / p.as_secs_f64() / cloudflare;
+        assert!(share <= 0.2 + 1e-9, "{share}");
+        assert_eq!(reconcile_period(1000, 50.0), Duration::from_secs(100));
+        assert_eq!(reconcile_period(5, f64::NAN), RECONCILE_EVERY);
+        assert_eq!(
+            reconcile_period(u32::MAX, 1e-9),
+            Duration::from_secs(86_400)
+        );
+    }
 }

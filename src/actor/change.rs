@@ -17,7 +17,12 @@ use crate::verify::{Verifier, Visible};
 #[derive(Clone)]
 pub struct ChangeDeps {
     pub store: Arc<dyn Store>,
+    /// The provider for changes: their plan reads, applies and read-backs.
     pub provider: Arc<dyn DnsProvider>,
+    /// The same provider for the periodic reconcile read, admitted after changes waiting.
+    pub background: Arc<dyn DnsProvider>,
+    /// How often the published records are read back (spread over the provider's budget).
+    pub reconcile: std::time::Duration,
     pub verifier: Verifier,
     /// Whether this instance leads, and the fencing epoch its writes carry.
     pub fence: crate::lease::Leadership,

@@ -208,6 +208,8 @@ pub fn memory_deps(
     ChangeDeps {
         store: store.clone(),
         provider: dns.clone(),
+        background: dns.clone(),
+        reconcile: Duration::from_secs(60),
         verifier: Verifier {
             authoritative: vec![],
             resolvers: vec![],

@@ -36,6 +36,11 @@ impl From<CallError> for ProviderError {
 }
 
 impl Client {
+    /// The sustained requests per second this client paces itself to.
+    pub fn rate(&self) -> f64 {
+        self.bucket.limit().per_second()
+    }
+
     pub fn new(config: &CloudflareConfig, bucket: Arc<TokenBucket>) -> Result<Self, ConfigError> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)

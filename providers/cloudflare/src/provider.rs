@@ -262,6 +262,20 @@ impl DnsProvider for CloudflareProvider {
         &self.name
     }
 
+    fn request_rate(&self) -> Option<f64> {
+        Some(self.client.rate())
+    }
+
+    /// One request per name when it reads by name, else a listing (one page, usually).
+    fn read_cost(&self, keys: &[RrsetKey]) -> u32 {
+        let names: BTreeSet<&Fqdn> = keys.iter().map(|k| &k.name).collect();
+        if names.len() <= READ_BY_NAME_MAX {
+            names.len().max(1) as u32
+        } else {
+            1
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             min_ttl: self.min_ttl,

@@ -1,45 +1,85 @@
-//! [`Guarded`]: wraps any [`DnsProvider`] in the shared machinery — the account's token
-//! bucket, retries with backoff inside a deadline, and one change in flight per zone. The
-//! service hands `Arc::new(Guarded::new(provider, …))` to the actors; provider crates stay
-//! free of retry loops.
+//! [`Guarded`]: wraps any [`DnsProvider`] in the shared machinery — admission to the account
+//! ([`Gate`]: a few operations at a time, changes before background reads), the account's
+//! token bucket, retries with backoff inside a deadline, and one change in flight per zone.
+//! The service hands `Arc::new(Guarded::new(provider, …))` to the actors, and
+//! [`Guarded::background`] to the periodic reconcile; provider crates stay free of retry loops.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::gate::{Gate, Priority};
 use crate::ratelimit::TokenBucket;
 use crate::retry::Retrier;
 use crate::zonelock::ZoneLocks;
 use crate::{Capabilities, ChangeSet, DnsProvider, Fqdn, ProviderError, RecordSet, RrsetKey};
 
 pub struct Guarded<P> {
+    shared: Arc<Shared<P>>,
+    priority: Priority,
+}
+
+struct Shared<P> {
     inner: P,
     bucket: Arc<TokenBucket>,
     retrier: Retrier,
     zones: ZoneLocks,
+    gate: Arc<Gate>,
 }
 
 impl<P: DnsProvider> Guarded<P> {
-    /// `bucket` is the account's: share it between every `Guarded` on the same account.
+    /// `bucket` is the account's: share it between every `Guarded` on the same account. No
+    /// admission limit: see [`Guarded::with_gate`].
     pub fn new(inner: P, bucket: Arc<TokenBucket>, retrier: Retrier) -> Self {
+        Guarded::with_gate(inner, bucket, retrier, Gate::new(usize::MAX))
+    }
+
+    /// As [`Guarded::new`], admitting operations through `gate`. The wait at the gate is
+    /// outside the retry deadline: nothing has been sent yet, so giving up there would be
+    /// needless, and the outcome of an operation that never started is never "unknown".
+    pub fn with_gate(
+        inner: P,
+        bucket: Arc<TokenBucket>,
+        retrier: Retrier,
+        gate: Arc<Gate>,
+    ) -> Self {
         Guarded {
-            inner,
-            bucket,
-            retrier,
-            zones: ZoneLocks::new(),
+            shared: Arc::new(Shared {
+                inner,
+                bucket,
+                retrier,
+                zones: ZoneLocks::new(),
+                gate,
+            }),
+            priority: Priority::Change,
+        }
+    }
+
+    /// The same provider (same gate, bucket and zone locks) for periodic reads: admitted only
+    /// when no change's operation is waiting.
+    pub fn background(&self) -> Guarded<P> {
+        Guarded {
+            shared: self.shared.clone(),
+            priority: Priority::Background,
         }
     }
 
     pub fn inner(&self) -> &P {
-        &self.inner
+        &self.shared.inner
+    }
+
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.shared.gate
     }
 }
 
 impl<P> std::fmt::Debug for Guarded<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
-            .field("bucket", &self.bucket)
-            .field("retrier", &self.retrier)
+            .field("bucket", &self.shared.bucket)
+            .field("retrier", &self.shared.retrier)
+            .field("gate", &self.shared.gate.limit())
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }
@@ -47,42 +87,58 @@ impl<P> std::fmt::Debug for Guarded<P> {
 #[async_trait]
 impl<P: DnsProvider> DnsProvider for Guarded<P> {
     fn name(&self) -> &str {
-        self.inner.name()
+        self.shared.inner.name()
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.shared.inner.capabilities()
+    }
+
+    fn request_rate(&self) -> Option<f64> {
+        let own = self.shared.bucket.limit().per_second();
+        Some(self.shared.inner.request_rate().map_or(own, |r| r.min(own)))
+    }
+
+    fn read_cost(&self, keys: &[RrsetKey]) -> u32 {
+        self.shared.inner.read_cost(keys)
     }
 
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
-        self.retrier
+        let s = &self.shared;
+        let _pass = s.gate.enter(self.priority).await;
+        s.retrier
             .run("read", || async {
-                self.bucket.acquire().await;
-                self.inner.read(zone, keys).await
+                s.bucket.acquire().await;
+                s.inner.read(zone, keys).await
             })
             .await
     }
 
     async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError> {
-        self.retrier
+        let s = &self.shared;
+        let _pass = s.gate.enter(self.priority).await;
+        s.retrier
             .run("list_zone", || async {
-                self.bucket.acquire().await;
-                self.inner.list_zone(zone).await
+                s.bucket.acquire().await;
+                s.inner.list_zone(zone).await
             })
             .await
     }
 
     /// Waits for any other change to `zone` to finish (the wait is bounded by that change's
-    /// own deadline), then applies with retries. Prerequisites (`expected`) make a retried
-    /// apply safe: if the first attempt did land, the retry is `Rejected` and the next
-    /// reconcile reads the converged state.
+    /// own deadline), then for admission, then applies with retries. Prerequisites
+    /// (`expected`) make a retried apply safe: if the first attempt did land, the retry is
+    /// `Rejected` and the next reconcile reads the converged state. The zone lock comes
+    /// before the gate, so nothing holding a place at the gate ever waits for a zone.
     async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError> {
-        let _in_flight = self.zones.lock(zone).await;
-        tracing::debug!(provider = self.inner.name(), %zone, changes = changes.changes.len(), "applying");
-        self.retrier
+        let s = &self.shared;
+        let _in_flight = s.zones.lock(zone).await;
+        let _pass = s.gate.enter(self.priority).await;
+        tracing::debug!(provider = s.inner.name(), %zone, changes = changes.changes.len(), "applying");
+        s.retrier
             .run("apply", || async {
-                self.bucket.acquire().await;
-                self.inner.apply(zone, changes).await
+                s.bucket.acquire().await;
+                s.inner.apply(zone, changes).await
             })
             .await
     }
@@ -96,6 +152,7 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock, TokioClock};
+    use crate::gate::{Gate, Priority};
     use crate::jitter::FixedJitter;
     use crate::ratelimit::RateLimit;
     use crate::retry::RetryPolicy;
@@ -143,6 +200,7 @@ mod tests {
             Err(ProviderError::NotFound("no listing".into()))
         }
         async fn apply(&self, _: &Fqdn, _: &ChangeSet) -> Result<(), ProviderError> {
+            self.log.lock().unwrap().push("apply");
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             // stay in flight across a few scheduler turns so overlap would show
@@ -232,6 +290,88 @@ mod tests {
             clock.elapsed(),
             Duration::from_secs(2),
             "2 from the burst, 2 paced at 1/s"
+        );
+    }
+
+    fn gated(probe: Probe, clock: Arc<dyn Clock>, places: usize) -> Arc<Guarded<Probe>> {
+        let limit = RateLimit::new(1e6, 1000).unwrap();
+        let bucket = Arc::new(TokenBucket::new(limit, Arc::clone(&clock)));
+        let retrier = Retrier::new(
+            RetryPolicy {
+                max_attempts: 4,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                deadline: Duration::from_secs(10),
+            },
+            clock,
+            Arc::new(FixedJitter(0.0)),
+        );
+        Arc::new(Guarded::with_gate(
+            probe,
+            bucket,
+            retrier,
+            Gate::new(places),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_admission_is_not_part_of_the_deadline() {
+        let clock = ManualClock::new();
+        let g = gated(Probe::new(0), Arc::new(clock.clone()), 1);
+        let held = g.gate().enter(Priority::Change).await;
+        let waiting = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.apply(&zone("example.com"), &ChangeSet::default()).await })
+        };
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            g.gate().occupancy(),
+            (1, 1, 0),
+            "the apply waits at the gate"
+        );
+        // three deadlines pass while it waits; nothing was sent, so nothing is given up
+        clock.advance(Duration::from_secs(30));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished());
+        drop(held);
+        // (awaited without driving the clock: the probe's apply yields, which `drive` would
+        // take for idleness and jump to the deadline)
+        let out = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the apply ran once admitted")
+            .expect("task");
+        assert_eq!(out, Ok(()));
+        assert_eq!(g.inner().calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn background_reads_wait_behind_a_change_and_share_its_gate() {
+        let g = gated(Probe::new(0), Arc::new(TokioClock), 1);
+        let bg = g.background();
+        let held = g.gate().enter(Priority::Background).await;
+        let read = tokio::spawn(async move { bg.read(&zone("example.com"), &[]).await });
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        let apply = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.apply(&zone("example.com"), &ChangeSet::default()).await })
+        };
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(g.gate().occupancy(), (1, 1, 1));
+        drop(held);
+        assert_eq!(apply.await.expect("task"), Ok(()));
+        assert_eq!(read.await.expect("task"), Ok(Vec::new()));
+        assert_eq!(
+            *g.inner().log.lock().unwrap(),
+            vec!["apply", "read"],
+            "the change went first although the read queued earlier"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! mxguard's core vocabulary: domain names, TTLs, MX/A/AAAA/TXT record sets, and the
 //! [`DnsProvider`] port that every provider crate implements; the machinery every provider
-//! shares ([`Guarded`]: token bucket, retries, deadline, one change in flight per zone, on an
+//! shares ([`Guarded`]: admission ([`Gate`]), token bucket, retries, deadline, one change in flight per zone, on an
 //! injected [`Clock`]); [`diff`]; TXT presentation format ([`txt`]); what `verify_access`
 //! reports ([`AccessReport`]); and, behind the `conformance` feature, the provider
 //! conformance kit (see `CONFORMANCE.md`).
@@ -11,6 +11,7 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod diff;
+pub mod gate;
 mod guarded;
 pub mod jitter;
 mod name;
@@ -24,6 +25,7 @@ mod zonelock;
 pub use access::{AccessCheck, AccessReport, Missing, Outcome};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use diff::{diff, write_rank};
+pub use gate::{Gate, Priority};
 pub use guarded::Guarded;
 pub use jitter::{FixedJitter, Jitter, SeededJitter};
 pub use name::{DomainName, Fqdn};

@@ -212,6 +212,18 @@ pub trait DnsProvider: Send + Sync {
 
     fn capabilities(&self) -> Capabilities;
 
+    /// The sustained requests per second this client allows itself at the provider (its own
+    /// pacing, e.g. Cloudflare's 1,200 per 5 minutes), when it paces; `None` when it does not.
+    /// The service spreads its periodic reads so they take a fraction of this.
+    fn request_rate(&self) -> Option<f64> {
+        None
+    }
+
+    /// How many requests one `read` of `keys` costs at the provider (for that spreading).
+    fn read_cost(&self, _keys: &[RrsetKey]) -> u32 {
+        1
+    }
+
     /// The live RRsets at `keys` in `zone`; an absent RRset is simply missing from the result.
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError>;
 

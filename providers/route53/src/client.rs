@@ -73,6 +73,11 @@ impl Api {
     }
 
     /// The credentials provider the client signs with (the default chain, unless configured).
+    /// The sustained requests per second this client paces itself to.
+    pub fn rate(&self) -> f64 {
+        self.bucket.limit().per_second()
+    }
+
     pub fn credentials(&self) -> Option<&SharedCredentialsProvider> {
         self.credentials.as_ref()
     }

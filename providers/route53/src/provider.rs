@@ -297,6 +297,10 @@ impl DnsProvider for Route53Provider {
         &self.name
     }
 
+    fn request_rate(&self) -> Option<f64> {
+        Some(self.api.rate())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             min_ttl: 0,
