@@ -114,6 +114,8 @@ enum Msg {
     Status(oneshot::Sender<Status>),
     Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
     ChangeDone(Side, Box<Result<ChangeReport, String>>),
+    /// Read the published records now (after an operator wrote them, e.g. a revert).
+    Reconcile,
     /// A reconcile read came back; `changes` is the count of changes started when it began.
     Observed {
         changes: u64,
@@ -126,7 +128,13 @@ enum Msg {
 pub struct ActorHandle {
     pub domain: Fqdn,
     tx: mpsc::Sender<Msg>,
+    /// Held by whoever writes this domain's records: the actor's change (read, plan, apply,
+    /// verify) or an operator's revert. One writer per domain at a time.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The right to write a domain's records, held until dropped.
+pub type WriterGuard = tokio::sync::OwnedMutexGuard<()>;
 
 impl ActorHandle {
     pub async fn command(
@@ -174,6 +182,17 @@ impl ActorHandle {
         rx.await.map_err(|_| ActorError::Gone)
     }
 
+    /// The domain's writer lock if nobody holds it (a change is not being applied); the
+    /// actor's next change waits until the guard is dropped.
+    pub fn try_write(&self) -> Option<WriterGuard> {
+        self.writer.clone().try_lock_owned().ok()
+    }
+
+    /// Asks the actor to read the published records now (after an operator changed them).
+    pub async fn reconcile(&self) {
+        let _ = self.tx.send(Msg::Reconcile).await;
+    }
+
     /// Feeds a probe round in (the monitor's output) with this vantage's report of it.
     pub async fn round(&self, report: RoundReport, own: VantageReport) -> bool {
         self.tx
@@ -189,6 +208,8 @@ pub struct Actor {
     policy: Policy,
     deps: ChangeDeps,
     state: Persisted,
+    /// Shared with the handle: see [`ActorHandle::try_write`].
+    writer: Arc<tokio::sync::Mutex<()>>,
     version: Option<i64>,
     rounds: BTreeMap<&'static str, RoundSummary>,
     drift: bool,
@@ -225,9 +246,11 @@ impl Actor {
             approval: cfg.failback.approval,
             ..Policy::default()
         };
+        let writer = Arc::new(tokio::sync::Mutex::new(()));
         let handle = ActorHandle {
             domain: cfg.name.clone(),
             tx: tx.clone(),
+            writer: writer.clone(),
         };
         let actor = Actor {
             cfg,
@@ -235,6 +258,7 @@ impl Actor {
             policy,
             deps,
             state: Persisted::default(),
+            writer,
             version: None,
             rounds: BTreeMap::new(),
             drift: false,
@@ -405,6 +429,7 @@ impl Actor {
                 let _ = reply.send(self.dry_run(side).await);
             }
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
+            Msg::Reconcile => self.start_observe(),
             Msg::Observed { changes, live } => {
                 self.observing = false;
                 match *live {
@@ -681,7 +706,11 @@ impl Actor {
         self.change_running = true;
         self.changes_started += 1;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
+        let writer = self.writer.clone();
         tokio::spawn(async move {
+            // An operator's revert may hold the domain: the change waits for it, then plans
+            // against what the revert left.
+            let _writing = writer.lock_owned().await;
             let result = publish(&deps, &managed, side, desired, resume).await;
             let _ = tx.send(Msg::ChangeDone(side, Box::new(result))).await;
         });

@@ -52,6 +52,9 @@ pub struct Engine {
     pub leadership: Leadership,
     /// Every event the domains' actors record, for notifications.
     pub events: crate::events::EventBus,
+    /// The provider clients the actors use, by config name: the API writes through these
+    /// too, so they share one account budget (token bucket, admission) and zone locks.
+    pub providers: BTreeMap<String, Arc<dyn DnsProvider>>,
 }
 
 struct BuiltProvider {
@@ -277,6 +280,10 @@ impl Engine {
         let mut engine = Engine {
             leadership: leadership.clone(),
             events,
+            providers: providers
+                .iter()
+                .map(|(name, p)| (name.clone(), p.client.clone()))
+                .collect(),
             ..Engine::default()
         };
         let canaries = watch_canaries(&config.cluster.canaries, shutdown.clone(), tasks);

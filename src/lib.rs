@@ -116,11 +116,17 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // The API writes through the engine's clients: one budget and one set of zone locks per
+    // provider account, whoever writes.
+    let providers = api::Providers::default();
+    for (name, client) in &engine.providers {
+        providers.insert(name, client.clone()).await;
+    }
     let app = api::router(api::AppState {
         store: store.clone(),
         engine: engine.clone(),
         config: Arc::new(config),
-        providers: Default::default(),
+        providers,
     });
     let graceful = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -217,6 +217,19 @@ pub async fn revert(
         let cfg = api.snapshot_domain(&s)?;
         let provider = api.provider(cfg).await?;
         let epoch = api.leader_epoch()?;
+        // One writer per domain: not while the controller applies a change, and its next
+        // change waits for this revert to finish.
+        let handle = api.app.engine.domains.get(&cfg.name);
+        let writing = match (handle, b.dry_run) {
+            (Some(h), false) => Some(h.try_write().ok_or_else(|| {
+                ApiError::Refused(format!(
+                    "a change to {} is being applied by the controller; nothing was reverted. Retry once it is verified (see GET /v1/domains/{}/events)",
+                    cfg.name.without_dot(),
+                    cfg.name.without_dot()
+                ))
+            })?),
+            _ => None,
+        };
         let out = ops::revert(
             cfg,
             &provider,
@@ -230,6 +243,11 @@ pub async fn revert(
         )
         .await
         .map_err(ops_error)?;
+        drop(writing);
+        if let (Some(h), Some(_)) = (handle, out.change_id) {
+            // The controller learns what is published now without waiting for its next read.
+            h.reconcile().await;
+        }
         let message = if b.dry_run {
             format!("dry run: {}; nothing was changed", out.message)
         } else {

@@ -130,6 +130,7 @@ impl DnsProvider for MemoryDns {
 
 pub struct TestApi {
     pub app: Router,
+    pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub dns: Arc<MemoryDns>,
     pub config: Arc<Config>,
@@ -271,6 +272,7 @@ pub async fn start(tokens: bool) -> TestApi {
     .await;
     TestApi {
         app,
+        engine,
         store,
         dns,
         config,
