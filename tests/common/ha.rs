@@ -1,15 +1,14 @@
 //! Several `mxguard serve` processes on one PostgreSQL, each with its own vantage name and
 //! config (derived from a [`Lab`]'s), for the leader lease, fencing and vantage quorum tests.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mxguard::config::StoreUrl;
 use mxguard::store::Store;
 
-use super::lab::{Lab, Mxguard, SECRET};
+use super::lab::{mxguard_bin, Lab, Mxguard, SECRET};
 
 /// How one instance differs from the lab's config.
 pub struct Instance {
@@ -97,42 +96,27 @@ pub fn serve(lab: &Lab, store: &StoreUrl, inst: &Instance) -> Node {
         .join(format!("mxguard-{}.toml", inst.vantage));
     std::fs::write(&config, text).expect("write config");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxguard"));
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(mxguard_bin());
     cmd.args([
         "--config",
         &config.display().to_string(),
         "serve",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        &listen.to_string(),
     ])
     .current_dir(lab.dir.path())
     .env("MXGUARD_TEST_TSIG", SECRET)
     .env("MXGUARD_TEST_TOKEN", TOKEN)
     .env("MXGUARD_STORE_URL", store.expose())
-    .env("RUST_LOG", "info,mxguard=debug")
-    .env_remove("MXGUARD_FAILPOINT")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    .env_remove("MXGUARD_FAILPOINT");
     if let Some(f) = inst.failpoint {
         cmd.env("MXGUARD_FAILPOINT", f);
     }
-    let mut child = cmd.spawn().expect("spawn mxguard");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().expect("lines").push(line);
-        }
-    });
     Node {
         vantage: inst.vantage,
         api,
-        mx: Mxguard {
-            child,
-            lines,
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        },
+        mx: Mxguard::spawn(cmd, listen),
     }
 }
 

@@ -333,27 +333,11 @@ authoritative = ["{named}"]
             "MXGUARD_STORE_URL",
             format!("sqlite://{}", self.db.display()),
         )
-        .env("RUST_LOG", "info,mxguard=debug")
-        .env_remove("MXGUARD_FAILPOINT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env_remove("MXGUARD_FAILPOINT");
         if let Some(f) = failpoint {
             cmd.env("MXGUARD_FAILPOINT", f);
         }
-        let mut child = cmd.spawn().expect("spawn mxguard");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Mxguard {
-            child,
-            lines,
-            listen,
-        }
+        Mxguard::spawn(cmd, listen)
     }
 
     /// Runs a one-shot `mxguard` command against this lab's config and store.
@@ -427,6 +411,28 @@ pub struct Mxguard {
 }
 
 impl Mxguard {
+    /// Starts `cmd` (an `mxguard serve` listening on `listen`) at debug level, collecting its
+    /// stderr lines.
+    pub fn spawn(mut cmd: Command, listen: SocketAddr) -> Mxguard {
+        cmd.env("RUST_LOG", "info,mxguard=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mxguard");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Mxguard {
+            child,
+            lines,
+            listen,
+        }
+    }
+
     pub fn saw(&self, needle: &str) -> bool {
         self.lines
             .lock()
