@@ -103,7 +103,7 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
             };
             let config = Rfc2136Config::new(name, *server, tsig_name.clone(), algorithm, secret);
             let provider = Rfc2136Provider::new(config).map_err(|e| err(e.to_string()))?;
-            let (client, background) = guarded(provider, 50.0, 8);
+            let (client, background) = guarded(provider, 50.0, 8, PROVIDER_DEADLINE);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -133,7 +133,7 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
             // The client paces its own requests (1,200 per 5 minutes); the shared bucket only
             // retries. Four operations at a time (a change is 3–4 requests) keep each one's
             // wait for the client's pacing well inside the 30 s deadline in a mass outage.
-            let (client, background) = guarded(provider, 1000.0, 4);
+            let (client, background) = guarded(provider, 1000.0, 4, PROVIDER_DEADLINE);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -151,11 +151,17 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
             if let Some(url) = endpoint_url {
                 config = config.with_endpoint_url(url.clone());
             }
+            // An apply follows the change until Route 53 reports it INSYNC (up to
+            // `sync.max_wait`): the deadline covers that wait.
+            let deadline = PROVIDER_DEADLINE + config.sync.max_wait;
             let provider = mxguard_route53::Route53Provider::new(config, Arc::new(TokioClock))
                 .await
                 .map_err(|e| err(e.to_string()))?;
-            // The client paces itself to Route53's 5 requests per second per account.
-            let (client, background) = guarded(provider, 1000.0, 4);
+            // The client paces itself to Route 53's 5 requests per second per account. A
+            // change holds its place while Route 53 syncs it (about a minute, one GetChange
+            // every 5 s), so more places than for Cloudflare: 16 changes following INSYNC take
+            // about 3 of the 5 requests/s.
+            let (client, background) = guarded(provider, 1000.0, 16, deadline);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -165,6 +171,9 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
     }
 }
 
+/// How long one provider operation may take, retries included (not the wait for admission).
+const PROVIDER_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Wraps a provider in the shared machinery: admission (`places` operations at a time, changes
 /// first), token bucket, retries with backoff, deadline. Returns the client for changes and
 /// the same client at background priority.
@@ -172,6 +181,7 @@ fn guarded<P: DnsProvider + 'static>(
     provider: P,
     per_second: f64,
     places: usize,
+    deadline: Duration,
 ) -> (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>) {
     let clock = Arc::new(TokioClock);
     let bucket = match RateLimit::new(per_second, per_second.ceil() as u32) {
@@ -185,7 +195,7 @@ fn guarded<P: DnsProvider + 'static>(
         max_attempts: 4,
         initial_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(5),
-        deadline: Duration::from_secs(30),
+        deadline,
     };
     let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
     let client = Guarded::with_gate(provider, bucket, retrier, Gate::new(places));
