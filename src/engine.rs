@@ -311,6 +311,11 @@ impl Engine {
             shutdown.clone(),
             tasks,
         );
+        // One TLS client configuration per distinct `ca_file`, shared by the domains that name
+        // it: each holds the whole parsed system root store (about 110 KiB per domain, which
+        // made memory grow with the number of domains).
+        let mut tls_by_ca: BTreeMap<Option<std::path::PathBuf>, Arc<rustls::ClientConfig>> =
+            BTreeMap::new();
         for d in &config.domains {
             let derr = |why: String| EngineError::Domain {
                 domain: d.name.to_string(),
@@ -320,7 +325,14 @@ impl Engine {
                 .get(&d.provider)
                 .ok_or_else(|| derr(format!("unknown provider {}", d.provider)))?;
             let c = &d.checks;
-            let tls = tls::client_config(c.ca_file.as_deref()).map_err(derr)?;
+            let tls = match tls_by_ca.get(&c.ca_file) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let built = tls::client_config(c.ca_file.as_deref()).map_err(derr)?;
+                    tls_by_ca.insert(c.ca_file.clone(), built.clone());
+                    built
+                }
+            };
             let resolvers: Vec<DnsClient> = c
                 .resolvers
                 .iter()

@@ -1,6 +1,10 @@
 //! The SQL both backends share. SQLite and PostgreSQL accept the same statements here
 //! (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so one macro implements [`Store`] for
-//! each pool type; only `KIND` and `run_migrations` differ per backend.
+//! each pool type. Each backend supplies `KIND`, `run_migrations`, `close_pools`,
+//! `reader()` (the pool reads run on) and `write(job)`, which runs a job of writes on one
+//! connection, all or nothing, and returns once they are committed (PostgreSQL: a transaction
+//! of its own; SQLite: a savepoint in a group commit, see `sqlite.rs`). A write job owns its
+//! inputs (it may run on another task) and never touches the pools.
 
 use chrono::{DateTime, Utc};
 
@@ -82,10 +86,10 @@ macro_rules! impl_sql_store {
             /// Refuses the transaction's writes unless `epoch` is the lease's. The no-op UPDATE
             /// also locks the lease row (PostgreSQL) until commit, so a takeover waits for a
             /// fenced write in progress and then sees it as unfinished work.
-            async fn fence(tx: &mut sqlx::Transaction<'_, $db>, epoch: i64) -> Result<(), $crate::store::StoreError> {
+            async fn fence(conn: &mut <$db as sqlx::Database>::Connection, epoch: i64) -> Result<(), $crate::store::StoreError> {
                 let r = sqlx::query("UPDATE leader_lease SET epoch = epoch WHERE name = 'controller' AND epoch = $1")
                     .bind(epoch)
-                    .execute(&mut **tx)
+                    .execute(&mut *conn)
                     .await?;
                 if r.rows_affected() == 1 {
                     Ok(())
@@ -153,19 +157,19 @@ macro_rules! impl_sql_store {
             }
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
             }
 
             async fn close(&self) {
-                self.pool.close().await;
+                self.close_pools().await;
             }
 
             async fn load_state(&self, domain: &mxguard_core::Fqdn) -> Result<Option<$crate::store::DomainStateRow>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query("SELECT domain, state, version, updated_at_ms FROM domain_state WHERE domain = $1")
                     .bind(domain.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await?;
                 row.map(|r| {
                     Ok($crate::store::DomainStateRow {
@@ -187,68 +191,72 @@ macro_rules! impl_sql_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<i64, $crate::store::StoreError> {
                 let at = $crate::store::sql::ms(at);
-                let mut tx = self.pool.begin().await?;
-                Self::fence(&mut tx, epoch).await?;
-                let (done, version) = match expected_version {
-                    None => {
-                        let r = sqlx::query(
-                            "INSERT INTO domain_state (domain, state, version, updated_at_ms) VALUES ($1, $2, 1, $3) \
-                             ON CONFLICT (domain) DO NOTHING",
-                        )
-                        .bind(domain.as_str())
-                        .bind(sqlx::types::Json(state))
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?;
-                        (r.rows_affected() == 1, 1)
+                let (domain, state) = (domain.clone(), state.clone());
+                self.write(move |c| Box::pin(async move {
+                    Self::fence(&mut *c, epoch).await?;
+                    let (done, version) = match expected_version {
+                        None => {
+                            let r = sqlx::query(
+                                "INSERT INTO domain_state (domain, state, version, updated_at_ms) VALUES ($1, $2, 1, $3) \
+                                 ON CONFLICT (domain) DO NOTHING",
+                            )
+                            .bind(domain.as_str())
+                            .bind(sqlx::types::Json(&state))
+                            .bind(at)
+                            .execute(&mut *c)
+                            .await?;
+                            (r.rows_affected() == 1, 1)
+                        }
+                        Some(v) => {
+                            let r = sqlx::query(
+                                "UPDATE domain_state SET state = $1, version = version + 1, updated_at_ms = $2 \
+                                 WHERE domain = $3 AND version = $4",
+                            )
+                            .bind(sqlx::types::Json(&state))
+                            .bind(at)
+                            .bind(domain.as_str())
+                            .bind(v)
+                            .execute(&mut *c)
+                            .await?;
+                            (r.rows_affected() == 1, v + 1)
+                        }
+                    };
+                    if done {
+                        Ok(version)
+                    } else {
+                        Err($crate::store::StoreError::Conflict(format!(
+                            "state of {domain} was changed by another writer (expected version {expected_version:?})"
+                        )))
                     }
-                    Some(v) => {
-                        let r = sqlx::query(
-                            "UPDATE domain_state SET state = $1, version = version + 1, updated_at_ms = $2 \
-                             WHERE domain = $3 AND version = $4",
-                        )
-                        .bind(sqlx::types::Json(state))
-                        .bind(at)
-                        .bind(domain.as_str())
-                        .bind(v)
-                        .execute(&mut *tx)
-                        .await?;
-                        (r.rows_affected() == 1, v + 1)
-                    }
-                };
-                if done {
-                    tx.commit().await?;
-                    Ok(version)
-                } else {
-                    Err($crate::store::StoreError::Conflict(format!(
-                        "state of {domain} was changed by another writer (expected version {expected_version:?})"
-                    )))
-                }
+                }))
+                .await
             }
 
             async fn record_observations(&self, obs: &[$crate::store::Observation]) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                for chunk in obs.chunks($crate::store::sql::OBSERVATION_CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO observations (domain, vantage, side, target, resolver, address, outcome, phase, latency_ms, detail, observed_at_ms) ",
-                    );
-                    q.push_values(chunk, |mut b, o| {
-                        b.push_bind(o.domain.as_str().to_string())
-                            .push_bind(o.vantage.clone())
-                            .push_bind(o.side.clone())
-                            .push_bind(o.target.clone())
-                            .push_bind(o.resolver.clone())
-                            .push_bind(o.address.clone())
-                            .push_bind(o.outcome.clone())
-                            .push_bind(o.phase.clone())
-                            .push_bind(o.latency_ms)
-                            .push_bind(o.detail.clone())
-                            .push_bind($crate::store::sql::ms(o.observed_at));
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                let obs = obs.to_vec();
+                self.write(move |c| Box::pin(async move {
+                    for chunk in obs.chunks($crate::store::sql::OBSERVATION_CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO observations (domain, vantage, side, target, resolver, address, outcome, phase, latency_ms, detail, observed_at_ms) ",
+                        );
+                        q.push_values(chunk, |mut b, o| {
+                            b.push_bind(o.domain.as_str().to_string())
+                                .push_bind(o.vantage.clone())
+                                .push_bind(o.side.clone())
+                                .push_bind(o.target.clone())
+                                .push_bind(o.resolver.clone())
+                                .push_bind(o.address.clone())
+                                .push_bind(o.outcome.clone())
+                                .push_bind(o.phase.clone())
+                                .push_bind(o.latency_ms)
+                                .push_bind(o.detail.clone())
+                                .push_bind($crate::store::sql::ms(o.observed_at));
+                        });
+                        q.build().execute(&mut *c).await?;
+                    }
+                    Ok(())
+                }))
+                .await
             }
 
             async fn recent_observations(&self, domain: &mxguard_core::Fqdn, limit: u32) -> Result<Vec<$crate::store::Observation>, $crate::store::StoreError> {
@@ -258,7 +266,7 @@ macro_rules! impl_sql_store {
                 )
                 .bind(domain.as_str())
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await?;
                 rows.iter()
                     .map(|r| {
@@ -280,28 +288,36 @@ macro_rules! impl_sql_store {
             }
 
             async fn prune_observations(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::StoreError> {
-                let r = sqlx::query("DELETE FROM observations WHERE observed_at_ms < $1")
-                    .bind($crate::store::sql::ms(before))
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected())
+                let before = $crate::store::sql::ms(before);
+                self.write(move |c| Box::pin(async move {
+                    let r = sqlx::query("DELETE FROM observations WHERE observed_at_ms < $1")
+                        .bind(before)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(r.rows_affected())
+                }))
+                .await
             }
 
             async fn append_event(&self, e: &$crate::store::NewEvent) -> Result<$crate::store::Event, $crate::store::StoreError> {
-                let row = sqlx::query(
-                    "INSERT INTO events (domain, at_ms, kind, actor, reason, message, evidence) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-                )
-                .bind(e.domain.as_str())
-                .bind($crate::store::sql::ms(e.at))
-                .bind(&e.kind)
-                .bind(&e.actor)
-                .bind(&e.reason)
-                .bind(&e.message)
-                .bind(sqlx::types::Json(&e.evidence))
-                .fetch_one(&self.pool)
-                .await?;
-                Self::event_row(&row)
+                let e = e.clone();
+                self.write(move |c| Box::pin(async move {
+                    let row = sqlx::query(
+                        "INSERT INTO events (domain, at_ms, kind, actor, reason, message, evidence) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+                    )
+                    .bind(e.domain.as_str())
+                    .bind($crate::store::sql::ms(e.at))
+                    .bind(&e.kind)
+                    .bind(&e.actor)
+                    .bind(&e.reason)
+                    .bind(&e.message)
+                    .bind(sqlx::types::Json(&e.evidence))
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Self::event_row(&row)
+                }))
+                .await
             }
 
             async fn events(&self, domain: &mxguard_core::Fqdn, after: Option<i64>, limit: u32) -> Result<Vec<$crate::store::Event>, $crate::store::StoreError> {
@@ -309,19 +325,21 @@ macro_rules! impl_sql_store {
                     .bind(domain.as_str())
                     .bind(after.unwrap_or(0))
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::event_row).collect()
             }
 
             async fn save_snapshot(&self, s: &$crate::store::NewSnapshot) -> Result<$crate::store::Snapshot, $crate::store::StoreError> {
-                Self::insert_snapshot(&self.pool, s).await
+                let s = s.clone();
+                self.write(move |c| Box::pin(async move { Self::insert_snapshot(&mut *c, &s).await }))
+                    .await
             }
 
             async fn snapshot(&self, id: i64) -> Result<Option<$crate::store::Snapshot>, $crate::store::StoreError> {
                 let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await?;
                 row.as_ref().map(Self::snapshot_row).transpose()
             }
@@ -332,13 +350,13 @@ macro_rules! impl_sql_store {
                         sqlx::query("SELECT * FROM snapshots WHERE domain = $1 ORDER BY id DESC LIMIT $2")
                             .bind(d.as_str())
                             .bind(i64::from(limit))
-                            .fetch_all(&self.pool)
+                            .fetch_all(self.reader())
                             .await?
                     }
                     None => {
                         sqlx::query("SELECT * FROM snapshots ORDER BY id DESC LIMIT $1")
                             .bind(i64::from(limit))
-                            .fetch_all(&self.pool)
+                            .fetch_all(self.reader())
                             .await?
                     }
                 };
@@ -350,27 +368,30 @@ macro_rules! impl_sql_store {
                 snapshot: &$crate::store::NewSnapshot,
                 c: &$crate::store::NewChange,
             ) -> Result<($crate::store::Snapshot, $crate::store::ChangeIntent), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                Self::fence(&mut tx, c.epoch).await?;
-                let snap = Self::insert_snapshot(&mut *tx, snapshot).await?;
-                let row = sqlx::query(
-                    "INSERT INTO changes (domain, provider, zone, epoch, snapshot_id, before, after, status, error, created_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, $8, $8) RETURNING *",
-                )
-                .bind(c.domain.as_str())
-                .bind(&c.provider)
-                .bind(c.zone.as_str())
-                .bind(c.epoch)
-                .bind(snap.id)
-                .bind(sqlx::types::Json(serde_json::to_value(&c.before)?))
-                .bind(sqlx::types::Json(serde_json::to_value(&c.after)?))
-                .bind($crate::store::sql::ms(c.at))
-                .fetch_one(&mut *tx)
+                let (snapshot, c) = (snapshot.clone(), c.clone());
+                let done = self.write(move |conn| Box::pin(async move {
+                    Self::fence(&mut *conn, c.epoch).await?;
+                    let snap = Self::insert_snapshot(&mut *conn, &snapshot).await?;
+                    let row = sqlx::query(
+                        "INSERT INTO changes (domain, provider, zone, epoch, snapshot_id, before, after, status, error, created_at_ms, updated_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, $8, $8) RETURNING *",
+                    )
+                    .bind(c.domain.as_str())
+                    .bind(&c.provider)
+                    .bind(c.zone.as_str())
+                    .bind(c.epoch)
+                    .bind(snap.id)
+                    .bind(sqlx::types::Json(serde_json::to_value(&c.before)?))
+                    .bind(sqlx::types::Json(serde_json::to_value(&c.after)?))
+                    .bind($crate::store::sql::ms(c.at))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let change = Self::change_row(&row)?;
+                    Ok((snap, change))
+                }))
                 .await?;
-                let change = Self::change_row(&row)?;
-                tx.commit().await?;
                 metrics::counter!("mxguard_change_intents_total", "status" => "pending").increment(1);
-                Ok((snap, change))
+                Ok(done)
             }
 
             async fn set_change_status(
@@ -382,42 +403,50 @@ macro_rules! impl_sql_store {
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::ChangeIntent, $crate::store::StoreError> {
                 let from = status.allowed_from();
-                if !from.is_empty() {
-                    let mut tx = self.pool.begin().await?;
-                    Self::fence(&mut tx, epoch).await?;
-                    // The IN list is built from fixed status names, never from input.
-                    let list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
-                    let sql = format!(
-                        "UPDATE changes SET status = $1, error = COALESCE($2, error), updated_at_ms = $3 \
-                         WHERE id = $4 AND status IN ({list}) RETURNING *"
-                    );
-                    let row = sqlx::query(&sql)
-                        .bind(status.as_str())
-                        .bind(error)
-                        .bind($crate::store::sql::ms(at))
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if let Some(row) = row {
-                        let change = Self::change_row(&row)?;
-                        tx.commit().await?;
-                        metrics::counter!("mxguard_change_intents_total", "status" => status.as_str()).increment(1);
-                        return Ok(change);
+                let error = error.map(str::to_string);
+                let at = $crate::store::sql::ms(at);
+                let moved = self.write(move |c| Box::pin(async move {
+                    if !from.is_empty() {
+                        Self::fence(&mut *c, epoch).await?;
+                        // The IN list is built from fixed status names, never from input.
+                        let list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+                        let sql = format!(
+                            "UPDATE changes SET status = $1, error = COALESCE($2, error), updated_at_ms = $3 \
+                             WHERE id = $4 AND status IN ({list}) RETURNING *"
+                        );
+                        let row = sqlx::query(&sql)
+                            .bind(status.as_str())
+                            .bind(error)
+                            .bind(at)
+                            .bind(id)
+                            .fetch_optional(&mut *c)
+                            .await?;
+                        if let Some(row) = row {
+                            return Self::change_row(&row);
+                        }
                     }
-                }
-                match $crate::store::Store::change(self, id).await? {
-                    None => Err($crate::store::StoreError::NotFound(format!("change {id}"))),
-                    Some(c) => Err($crate::store::StoreError::Conflict(format!(
-                        "change {id} is {}; it cannot become {status}",
-                        c.status
-                    ))),
-                }
+                    // Refused: say why, from what the same connection sees (the job rolls back).
+                    let row = sqlx::query("SELECT * FROM changes WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    Err(match row.as_ref().map(Self::change_row).transpose()? {
+                        None => $crate::store::StoreError::NotFound(format!("change {id}")),
+                        Some(c) => $crate::store::StoreError::Conflict(format!(
+                            "change {id} is {}; it cannot become {status}",
+                            c.status
+                        )),
+                    })
+                }))
+                .await?;
+                metrics::counter!("mxguard_change_intents_total", "status" => status.as_str()).increment(1);
+                Ok(moved)
             }
 
             async fn change(&self, id: i64) -> Result<Option<$crate::store::ChangeIntent>, $crate::store::StoreError> {
                 let row = sqlx::query("SELECT * FROM changes WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await?;
                 row.as_ref().map(Self::change_row).transpose()
             }
@@ -426,14 +455,14 @@ macro_rules! impl_sql_store {
                 let rows = sqlx::query("SELECT * FROM changes WHERE domain = $1 ORDER BY id DESC LIMIT $2")
                     .bind(domain.as_str())
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::change_row).collect()
             }
 
             async fn unfinished_changes(&self) -> Result<Vec<$crate::store::ChangeIntent>, $crate::store::StoreError> {
                 let rows = sqlx::query("SELECT * FROM changes WHERE status IN ('pending', 'applied') ORDER BY id")
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::change_row).collect()
             }
@@ -441,76 +470,94 @@ macro_rules! impl_sql_store {
             async fn acquire_lease(&self, c: &$crate::store::LeaseClaim, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::Lease, $crate::store::StoreError> {
                 let now = $crate::store::sql::ms(now);
                 let ttl = i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX / 2);
-                sqlx::query(
-                    "UPDATE leader_lease SET holder = $1, vantage = $2, api_url = $3, epoch = epoch + 1, \
-                     acquired_at_ms = $4, expires_at_ms = $5 \
-                     WHERE name = 'controller' AND holder <> $1 \
-                     AND (expires_at_ms <= $4 OR $6 = 2 OR ($6 = 1 AND vantage = $2))",
-                )
-                .bind(&c.holder)
-                .bind(&c.vantage)
-                .bind(&c.api_url)
-                .bind(now)
-                .bind(now.saturating_add(ttl))
-                .bind(c.takeover.code())
-                .execute(&self.pool)
-                .await?;
-                $crate::store::Store::lease(self).await
+                let c = c.clone();
+                self.write(move |conn| Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE leader_lease SET holder = $1, vantage = $2, api_url = $3, epoch = epoch + 1, \
+                         acquired_at_ms = $4, expires_at_ms = $5 \
+                         WHERE name = 'controller' AND holder <> $1 \
+                         AND (expires_at_ms <= $4 OR $6 = 2 OR ($6 = 1 AND vantage = $2))",
+                    )
+                    .bind(&c.holder)
+                    .bind(&c.vantage)
+                    .bind(&c.api_url)
+                    .bind(now)
+                    .bind(now.saturating_add(ttl))
+                    .bind(c.takeover.code())
+                    .execute(&mut *conn)
+                    .await?;
+                    let row = sqlx::query("SELECT * FROM leader_lease WHERE name = 'controller'")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    Self::lease_row(&row)
+                }))
+                .await
             }
 
             async fn renew_lease(&self, holder: &str, epoch: i64, ttl: std::time::Duration, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
                 let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-                let r = sqlx::query(
-                    "UPDATE leader_lease SET expires_at_ms = $1 WHERE name = 'controller' AND holder = $2 AND epoch = $3",
-                )
-                .bind($crate::store::sql::ms(now).saturating_add(ttl))
-                .bind(holder)
-                .bind(epoch)
-                .execute(&self.pool)
-                .await?;
-                Ok(r.rows_affected() == 1)
+                let until = $crate::store::sql::ms(now).saturating_add(ttl);
+                let holder = holder.to_string();
+                self.write(move |c| Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE leader_lease SET expires_at_ms = $1 WHERE name = 'controller' AND holder = $2 AND epoch = $3",
+                    )
+                    .bind(until)
+                    .bind(&holder)
+                    .bind(epoch)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(r.rows_affected() == 1)
+                }))
+                .await
             }
 
             async fn release_lease(&self, holder: &str, epoch: i64) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("UPDATE leader_lease SET expires_at_ms = 0 WHERE name = 'controller' AND holder = $1 AND epoch = $2")
-                    .bind(holder)
-                    .bind(epoch)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+                let holder = holder.to_string();
+                self.write(move |c| Box::pin(async move {
+                    sqlx::query("UPDATE leader_lease SET expires_at_ms = 0 WHERE name = 'controller' AND holder = $1 AND epoch = $2")
+                        .bind(&holder)
+                        .bind(epoch)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(())
+                }))
+                .await
             }
 
             async fn lease(&self) -> Result<$crate::store::Lease, $crate::store::StoreError> {
                 let row = sqlx::query("SELECT * FROM leader_lease WHERE name = 'controller'")
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.reader())
                     .await?;
                 Self::lease_row(&row)
             }
 
             async fn put_vantage_reports(&self, rows: &[$crate::store::VantageRow]) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                for r in rows {
-                    sqlx::query(
-                        "INSERT INTO vantage_reports (domain, vantage, side, at_ms, report) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (domain, vantage, side) DO UPDATE SET at_ms = excluded.at_ms, report = excluded.report",
-                    )
-                    .bind(r.domain.as_str())
-                    .bind(&r.vantage)
-                    .bind(&r.side)
-                    .bind($crate::store::sql::ms(r.at))
-                    .bind(sqlx::types::Json(&r.report))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                let rows = rows.to_vec();
+                self.write(move |c| Box::pin(async move {
+                    for r in &rows {
+                        sqlx::query(
+                            "INSERT INTO vantage_reports (domain, vantage, side, at_ms, report) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (domain, vantage, side) DO UPDATE SET at_ms = excluded.at_ms, report = excluded.report",
+                        )
+                        .bind(r.domain.as_str())
+                        .bind(&r.vantage)
+                        .bind(&r.side)
+                        .bind($crate::store::sql::ms(r.at))
+                        .bind(sqlx::types::Json(&r.report))
+                        .execute(&mut *c)
+                        .await?;
+                    }
+                    Ok(())
+                }))
+                .await
             }
 
             async fn other_vantage_reports(&self, except: &str, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<$crate::store::VantageRow>, $crate::store::StoreError> {
                 let rows = sqlx::query("SELECT * FROM vantage_reports WHERE vantage <> $1 AND at_ms > $2 ORDER BY domain, vantage, side")
                     .bind(except)
                     .bind($crate::store::sql::ms(since))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::vantage_row).collect()
             }
@@ -518,7 +565,7 @@ macro_rules! impl_sql_store {
             async fn vantage_reports(&self, domain: &mxguard_core::Fqdn) -> Result<Vec<$crate::store::VantageRow>, $crate::store::StoreError> {
                 let rows = sqlx::query("SELECT * FROM vantage_reports WHERE domain = $1 ORDER BY vantage, side")
                     .bind(domain.as_str())
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::vantage_row).collect()
             }
@@ -528,7 +575,7 @@ macro_rules! impl_sql_store {
                 let row = sqlx::query("SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2")
                     .bind(scope)
                     .bind(key)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await?;
                 row.map(|r| {
                     let status: i64 = r.try_get("status")?;
@@ -545,19 +592,23 @@ macro_rules! impl_sql_store {
             }
 
             async fn idempotency_put(&self, rec: &$crate::store::IdempotencyRecord) -> Result<bool, $crate::store::StoreError> {
-                let r = sqlx::query(
-                    "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, created_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
-                )
-                .bind(&rec.scope)
-                .bind(&rec.key)
-                .bind(&rec.request_hash)
-                .bind(i64::from(rec.status))
-                .bind(sqlx::types::Json(&rec.body))
-                .bind($crate::store::sql::ms(rec.created_at))
-                .execute(&self.pool)
-                .await?;
-                Ok(r.rows_affected() == 1)
+                let rec = rec.clone();
+                self.write(move |c| Box::pin(async move {
+                    let r = sqlx::query(
+                        "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, created_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
+                    )
+                    .bind(&rec.scope)
+                    .bind(&rec.key)
+                    .bind(&rec.request_hash)
+                    .bind(i64::from(rec.status))
+                    .bind(sqlx::types::Json(&rec.body))
+                    .bind($crate::store::sql::ms(rec.created_at))
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(r.rows_affected() == 1)
+                }))
+                .await
             }
         }
     };
