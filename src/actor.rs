@@ -1,4 +1,5 @@
-//! One task per domain owns its state. Probe rounds and operator commands arrive on a channel;
+//! One task per domain owns its state. Operator commands arrive on a channel, probe rounds in an
+//! inbox that keeps the latest per side;
 //! each step of the machine is persisted (state, then events) **before** any provider call;
 //! publishes run in a child task that reports back, so the actor keeps answering while a change
 //! is applied and verified. On start it reloads its state and resumes an unfinished change.
@@ -104,7 +105,6 @@ pub fn not_leader(r: &RoleReport) -> String {
 }
 
 enum Msg {
-    Round(Box<RoundReport>, Box<VantageReport>),
     Command {
         command: Command,
         by: String,
@@ -131,6 +131,27 @@ pub struct ActorHandle {
     /// Held by whoever writes this domain's records: the actor's change (read, plan, apply,
     /// verify) or an operator's revert. One writer per domain at a time.
     writer: Arc<tokio::sync::Mutex<()>>,
+    inbox: Arc<Inbox>,
+}
+
+/// The latest probe round per side, not yet taken by the actor. Rounds are not queued: an
+/// actor that falls behind (a slow store, a busy machine) decides on the newest verdicts
+/// rather than working through old ones — which would look stale when it got to them, and
+/// fill memory with rounds meanwhile.
+#[derive(Default)]
+struct Inbox {
+    latest: std::sync::Mutex<BTreeMap<&'static str, (RoundReport, VantageReport)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Inbox {
+    fn take(&self) -> Vec<(RoundReport, VantageReport)> {
+        let mut latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *latest).into_values().collect()
+    }
 }
 
 /// The right to write a domain's records, held until dropped.
@@ -194,11 +215,24 @@ impl ActorHandle {
     }
 
     /// Feeds a probe round in (the monitor's output) with this vantage's report of it.
+    /// Replaces a round of the same side the actor has not taken yet; `false` once the actor
+    /// has stopped.
     pub async fn round(&self, report: RoundReport, own: VantageReport) -> bool {
-        self.tx
-            .send(Msg::Round(Box::new(report), Box::new(own)))
-            .await
-            .is_ok()
+        if self.tx.is_closed() {
+            return false;
+        }
+        let replaced = self
+            .inbox
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(report.side.as_str(), (report, own))
+            .is_some();
+        if replaced {
+            metrics::counter!("mxguard_rounds_superseded_total").increment(1);
+        }
+        self.inbox.ready.notify_one();
+        true
     }
 }
 
@@ -210,6 +244,7 @@ pub struct Actor {
     state: Persisted,
     /// Shared with the handle: see [`ActorHandle::try_write`].
     writer: Arc<tokio::sync::Mutex<()>>,
+    inbox: Arc<Inbox>,
     version: Option<i64>,
     rounds: BTreeMap<&'static str, RoundSummary>,
     drift: bool,
@@ -247,10 +282,12 @@ impl Actor {
             ..Policy::default()
         };
         let writer = Arc::new(tokio::sync::Mutex::new(()));
+        let inbox = Arc::new(Inbox::default());
         let handle = ActorHandle {
             domain: cfg.name.clone(),
             tx: tx.clone(),
             writer: writer.clone(),
+            inbox: inbox.clone(),
         };
         let actor = Actor {
             cfg,
@@ -259,6 +296,7 @@ impl Actor {
             deps,
             state: Persisted::default(),
             writer,
+            inbox,
             version: None,
             rounds: BTreeMap::new(),
             drift: false,
@@ -292,6 +330,7 @@ impl Actor {
         let mut reconcile = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leadership = self.deps.fence.clone();
+        let inbox = self.inbox.clone();
         let mut watching = true;
         loop {
             self.follow_leadership().await;
@@ -307,6 +346,11 @@ impl Actor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = leadership.changed(), if watching => watching = changed,
+                _ = inbox.ready.notified() => {
+                    for (report, own) in inbox.take() {
+                        self.on_round(report, own).await;
+                    }
+                }
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => break,
@@ -412,7 +456,6 @@ impl Actor {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Round(report, own) => self.on_round(*report, *own).await,
             Msg::Command {
                 command,
                 by,
@@ -983,4 +1026,85 @@ fn servers(r: &ChangeReport) -> String {
         .map(|v| format!("{} ({} ms)", v.server, v.after_ms.unwrap_or_default()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(side: Side, health: Health, secs: i64) -> (RoundReport, VantageReport) {
+        let at = DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid time");
+        let report = RoundReport {
+            domain: Fqdn::parse("example.test").expect("name"),
+            side,
+            at,
+            pass: health == Health::Up,
+            verdicts: vec![],
+            health: crate::health::SideHealth {
+                side,
+                health,
+                since: None,
+                failures: 0,
+                passes: 0,
+                rounds: 0,
+            },
+            change: None,
+            confirmation: false,
+            evidence: vec![],
+        };
+        let own = VantageReport {
+            vantage: "v".into(),
+            side,
+            at,
+            health,
+            pass: health == Health::Up,
+            partitioned: None,
+            verdicts: vec![],
+        };
+        (report, own)
+    }
+
+    #[tokio::test]
+    async fn a_busy_actor_gets_the_latest_round_per_side_not_a_backlog() {
+        let (tx, _rx) = mpsc::channel(1);
+        let handle = ActorHandle {
+            domain: Fqdn::parse("example.test").expect("name"),
+            tx,
+            writer: Arc::default(),
+            inbox: Arc::default(),
+        };
+        // 100 rounds per side arrive while the actor is busy elsewhere
+        for i in 0..100 {
+            let health = if i < 99 { Health::Up } else { Health::Down };
+            for side in [Side::Primary, Side::Backup] {
+                let (r, own) = round(side, health, i);
+                assert!(handle.round(r, own).await);
+            }
+        }
+        // one wake-up is pending, and it finds one round per side: the newest
+        tokio::time::timeout(Duration::from_secs(1), handle.inbox.ready.notified())
+            .await
+            .expect("the actor is woken");
+        let got = handle.inbox.take();
+        assert_eq!(got.len(), 2);
+        for (r, own) in &got {
+            assert_eq!(r.at.timestamp(), 1_800_000_099, "{:?}", r.side);
+            assert_eq!(own.health, Health::Down);
+        }
+        assert!(handle.inbox.take().is_empty(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn rounds_are_refused_once_the_actor_has_stopped() {
+        let (tx, rx) = mpsc::channel(1);
+        let handle = ActorHandle {
+            domain: Fqdn::parse("example.test").expect("name"),
+            tx,
+            writer: Arc::default(),
+            inbox: Arc::default(),
+        };
+        drop(rx);
+        let (r, own) = round(Side::Primary, Health::Up, 0);
+        assert!(!handle.round(r, own).await);
+    }
 }

@@ -82,8 +82,22 @@ pub async fn run(
         "mxguard serving"
     );
     let tasks = TaskTracker::new();
+    // PostgreSQL: the lease is renewed on a connection of its own, so a burst of the actors'
+    // writes (which queue for the pool) never delays a renewal past the lease's TTL. SQLite
+    // keeps one handle: its writes go through one writer anyway, and the lease is local.
+    let lease_store = match store.kind() {
+        config::StoreKind::Postgres => {
+            store::open(&config.store.url)
+                .await
+                .map_err(|source| RunError::Store {
+                    url: config.store.url.to_string(),
+                    source,
+                })?
+        }
+        config::StoreKind::Sqlite => store.clone(),
+    };
     let (keeper, leadership) = lease::LeaseKeeper::new(
-        store.clone(),
+        lease_store,
         &config.cluster,
         Arc::new(mxguard_core::TokioClock),
     );
