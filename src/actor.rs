@@ -270,6 +270,8 @@ pub struct Actor {
     rx: mpsc::Receiver<Msg>,
 }
 
+/// Domains loading their state at once (process-wide).
+static RECOVERIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Actor {
@@ -378,6 +380,11 @@ impl Actor {
         let leader = self.deps.fence.is_leader();
         if leader && !self.leading {
             self.leading = true;
+            // A few domains load their state at a time: at a start with thousands of domains
+            // every actor reading at once timed out the store's read pool (2,111 failed loads
+            // at 5,000 domains, each retried a round later). Waiting here loses nothing: the
+            // inbox keeps the newest rounds meanwhile.
+            let _turn = RECOVERIES.acquire().await;
             match self.recover().await {
                 Ok(()) => {}
                 Err(e) => {
