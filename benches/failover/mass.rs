@@ -7,9 +7,9 @@
 //! The window is scaled down (`window` seconds instead of 300) so a run takes minutes: the fake
 //! enforces 1,200 per `window`, and mxguard's Cloudflare client is told the same window through
 //! `MXGUARD_CLOUDFLARE_RATE_WINDOW_SECS` (it then paces a burst of 60 plus 1,140 per window,
-//! its default budget, over that window). What does not scale with it: the 60 s period of the
-//! actors' reconcile reads (one read per domain per minute), the probe timings and the retry
-//! backoffs — so the scaled run is *kinder* than real time (see docs/BENCHMARKS.md).
+//! its default budget, over that window). What does not scale with it: the probe timings and
+//! the retry backoffs. The actors' reconcile period does: it derives from the client's pacing
+//! (see `engine::reconcile_period`).
 //!
 //! Probes: `named` serves the MX hosts' addresses (example.test), two Unbound resolvers, and
 //! two healthy SMTP listeners with STARTTLS on 127.0.0.20 (primary) and 127.0.0.21 (backup);

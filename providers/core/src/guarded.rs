@@ -217,6 +217,15 @@ mod tests {
     }
 
     fn guarded(probe: Probe, clock: Arc<dyn Clock>, limit: RateLimit) -> Arc<Guarded<Probe>> {
+        build(probe, clock, limit, Gate::new(usize::MAX))
+    }
+
+    fn build(
+        probe: Probe,
+        clock: Arc<dyn Clock>,
+        limit: RateLimit,
+        gate: Arc<Gate>,
+    ) -> Arc<Guarded<Probe>> {
         let bucket = Arc::new(TokenBucket::new(limit, Arc::clone(&clock)));
         let retrier = Retrier::new(
             RetryPolicy {
@@ -228,7 +237,7 @@ mod tests {
             clock,
             Arc::new(FixedJitter(0.0)),
         );
-        Arc::new(Guarded::new(probe, bucket, retrier))
+        Arc::new(Guarded::with_gate(probe, bucket, retrier, gate))
     }
 
     fn zone(s: &str) -> Fqdn {
@@ -294,24 +303,12 @@ mod tests {
     }
 
     fn gated(probe: Probe, clock: Arc<dyn Clock>, places: usize) -> Arc<Guarded<Probe>> {
-        let limit = RateLimit::new(1e6, 1000).unwrap();
-        let bucket = Arc::new(TokenBucket::new(limit, Arc::clone(&clock)));
-        let retrier = Retrier::new(
-            RetryPolicy {
-                max_attempts: 4,
-                initial_backoff: Duration::from_millis(1),
-                max_backoff: Duration::from_millis(5),
-                deadline: Duration::from_secs(10),
-            },
-            clock,
-            Arc::new(FixedJitter(0.0)),
-        );
-        Arc::new(Guarded::with_gate(
+        build(
             probe,
-            bucket,
-            retrier,
+            clock,
+            RateLimit::new(1e6, 1000).unwrap(),
             Gate::new(places),
-        ))
+        )
     }
 
     #[tokio::test]
