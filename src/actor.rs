@@ -352,6 +352,9 @@ impl Actor {
                     for (report, own) in inbox.take() {
                         self.on_round(report, own).await;
                     }
+                    if !self.leading {
+                        self.follow_state().await;
+                    }
                 }
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
@@ -511,17 +514,20 @@ impl Actor {
         }
         self.note_partition(&own).await;
         self.own.insert(key, own);
-        if !self.leading {
-            // Followers serve reads: keep the leader's persisted state at hand.
-            if let Ok(Some(row)) = self.store().load_state(&self.cfg.name).await {
-                if let Ok(state) = serde_json::from_value(row.state) {
-                    self.state = state;
-                    self.version = Some(row.version);
-                }
-            }
-            return;
+        if self.leading {
+            self.decide().await;
         }
-        self.decide().await;
+    }
+
+    /// Followers serve reads: keep the leader's persisted state at hand (once per batch of
+    /// rounds, not once per side).
+    async fn follow_state(&mut self) {
+        if let Ok(Some(row)) = self.store().load_state(&self.cfg.name).await {
+            if let Ok(state) = serde_json::from_value(row.state) {
+                self.state = state;
+                self.version = Some(row.version);
+            }
+        }
     }
 
     /// Reports once per episode that this vantage is cut off (it stops voting) or back.

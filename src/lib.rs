@@ -56,13 +56,17 @@ pub enum RunError {
 /// Opens the configured store and applies its migrations.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
     let url = &config.store.url;
-    let err = |source| RunError::Store {
+    let store = store::open(url).await.map_err(store_error(url))?;
+    store.migrate().await.map_err(store_error(url))?;
+    Ok(store)
+}
+
+/// A store error at `url`, as `serve` reports it.
+fn store_error(url: &config::StoreUrl) -> impl Fn(StoreError) -> RunError + '_ {
+    move |source| RunError::Store {
         url: url.to_string(),
         source,
-    };
-    let store = store::open(url).await.map_err(err)?;
-    store.migrate().await.map_err(err)?;
-    Ok(store)
+    }
 }
 
 /// Runs the service on `listener` until `shutdown` is cancelled.
@@ -86,14 +90,9 @@ pub async fn run(
     // writes (which queue for the pool) never delays a renewal past the lease's TTL. SQLite
     // keeps one handle: its writes go through one writer anyway, and the lease is local.
     let lease_store = match store.kind() {
-        config::StoreKind::Postgres => {
-            store::open(&config.store.url)
-                .await
-                .map_err(|source| RunError::Store {
-                    url: config.store.url.to_string(),
-                    source,
-                })?
-        }
+        config::StoreKind::Postgres => store::open(&config.store.url)
+            .await
+            .map_err(store_error(&config.store.url))?,
         config::StoreKind::Sqlite => store.clone(),
     };
     let (keeper, leadership) = lease::LeaseKeeper::new(

@@ -84,18 +84,7 @@ async fn a_slow_reconcile_read_neither_blocks_the_actor_nor_overrules_a_later_ch
     let _stop = shutdown.clone().drop_guard();
     tokio::spawn(actor.run(shutdown));
 
-    common::poll(
-        "the first read of the zone",
-        Duration::from_secs(10),
-        || {
-            let handle = handle.clone();
-            async move {
-                let s = handle.status().await.ok()?;
-                (s.state.published == Some(Side::Primary)).then_some(())
-            }
-        },
-    )
-    .await;
+    common::api::first_read(&handle).await;
 
     // A reconcile read goes out and hangs, holding "the primary is published".
     slow.hold.store(true, Ordering::SeqCst);

@@ -226,6 +226,22 @@ pub fn memory_deps(
     }
 }
 
+/// The actor reads the zone when it starts: waits until it knows the primary is published.
+pub async fn first_read(handle: &mxguard::actor::ActorHandle) {
+    super::poll(
+        "the actor's first read of the zone",
+        Duration::from_secs(10),
+        || {
+            let handle = handle.clone();
+            async move {
+                let s = handle.status().await.ok()?;
+                (s.state.published == Some(Side::Primary)).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 pub async fn start(tokens: bool) -> TestApi {
     let config = Config::parse("api-test.toml", &config_text(tokens)).expect("config");
     let config = Arc::new(config);
@@ -256,20 +272,7 @@ pub async fn start(tokens: bool) -> TestApi {
         config: config.clone(),
         providers,
     });
-    // The actor reads the zone when it starts: wait until it knows the primary is published.
-    let handle = engine.domains.values().next().expect("a domain").clone();
-    super::poll(
-        "the actor's first read of the zone",
-        Duration::from_secs(10),
-        || {
-            let handle = handle.clone();
-            async move {
-                let s = handle.status().await.ok()?;
-                (s.state.published == Some(Side::Primary)).then_some(())
-            }
-        },
-    )
-    .await;
+    first_read(engine.domains.values().next().expect("a domain")).await;
     TestApi {
         app,
         engine,
