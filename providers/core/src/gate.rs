@@ -17,35 +17,48 @@ pub enum Priority {
     Background,
 }
 
-/// At most `limit` operations inside at once; `Change` waiters go first.
+/// At most `limit` operations inside at once; `Change` waiters go first. A place that frees
+/// wakes only the waiter next in line (each waiter has its own `Notify`), not every waiter.
 #[derive(Debug)]
 pub struct Gate {
     limit: usize,
     state: Mutex<State>,
-    wake: Notify,
 }
+
+/// A waiter: its ticket and how to wake it.
+type Waiter = (u64, Arc<Notify>);
 
 #[derive(Debug, Default)]
 struct State {
     inside: usize,
     next: u64,
-    change: VecDeque<u64>,
-    background: VecDeque<u64>,
+    change: VecDeque<Waiter>,
+    background: VecDeque<Waiter>,
 }
 
 impl State {
-    fn queue(&mut self, p: Priority) -> &mut VecDeque<u64> {
+    fn queue(&mut self, p: Priority) -> &mut VecDeque<Waiter> {
         match p {
             Priority::Change => &mut self.change,
             Priority::Background => &mut self.background,
         }
     }
 
-    fn is_next(&self, p: Priority, ticket: u64) -> bool {
-        match p {
-            Priority::Change => self.change.front() == Some(&ticket),
-            Priority::Background => {
-                self.change.is_empty() && self.background.front() == Some(&ticket)
+    /// The waiter to admit next: the first change, else the first background read.
+    fn head(&self) -> Option<&Waiter> {
+        self.change.front().or(self.background.front())
+    }
+
+    fn is_next(&self, ticket: u64) -> bool {
+        self.head().is_some_and(|(id, _)| *id == ticket)
+    }
+
+    /// Wakes the waiter next in line if a place is free (its `Notify` keeps the permit until
+    /// it looks, so the wake-up cannot be lost).
+    fn wake_next(&self, limit: usize) {
+        if self.inside < limit {
+            if let Some((_, wake)) = self.head() {
+                wake.notify_one();
             }
         }
     }
@@ -59,8 +72,9 @@ pub struct Pass {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        self.gate.lock().inside -= 1;
-        self.gate.wake.notify_waiters();
+        let mut s = self.gate.lock();
+        s.inside -= 1;
+        s.wake_next(self.gate.limit);
     }
 }
 
@@ -75,12 +89,10 @@ struct Ticket<'a> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.admitted {
-            self.gate
-                .lock()
-                .queue(self.priority)
-                .retain(|t| *t != self.id);
-            // Whoever was behind this ticket may be next now.
-            self.gate.wake.notify_waiters();
+            let mut s = self.gate.lock();
+            s.queue(self.priority).retain(|(t, _)| *t != self.id);
+            // It may have been next in line (and even woken): pass the turn on.
+            s.wake_next(self.gate.limit);
         }
     }
 }
@@ -91,7 +103,6 @@ impl Gate {
         Arc::new(Gate {
             limit: limit.max(1),
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
         })
     }
 
@@ -115,11 +126,12 @@ impl Gate {
 
     /// Waits for a place; cancel-safe (a dropped wait leaves the queue).
     pub async fn enter(self: &Arc<Self>, priority: Priority) -> Pass {
+        let wake = Arc::new(Notify::new());
         let mut ticket = {
             let mut s = self.lock();
             let id = s.next;
             s.next += 1;
-            s.queue(priority).push_back(id);
+            s.queue(priority).push_back((id, wake.clone()));
             Ticket {
                 gate: self,
                 priority,
@@ -128,23 +140,18 @@ impl Gate {
             }
         };
         loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a release between the check and the await wakes it.
-            notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                if s.inside < self.limit && s.is_next(priority, ticket.id) {
+                if s.inside < self.limit && s.is_next(ticket.id) {
                     s.queue(priority).pop_front();
                     s.inside += 1;
                     ticket.admitted = true;
-                    drop(s);
-                    // The next in line may fit too (several places free at once).
-                    self.wake.notify_waiters();
+                    // Several places may be free at once: the next in line may fit too.
+                    s.wake_next(self.limit);
                     return Pass { gate: self.clone() };
                 }
             }
-            notified.await;
+            wake.notified().await;
         }
     }
 }
