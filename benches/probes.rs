@@ -284,6 +284,7 @@ async fn detection_trial(
             side: Side::Primary,
             host: Fqdn::parse("mx.bench.test").expect("host"),
             rcpt: None,
+            addresses: Vec::new(),
         }],
         settings,
         Arc::new(prober),
@@ -336,6 +337,7 @@ async fn main() {
             side: Side::Primary,
             host: Fqdn::parse(&format!("mx{i}.bench.test")).expect("host"),
             rcpt: None,
+            addresses: Vec::new(),
         })
         .collect();
     let prober = Prober {

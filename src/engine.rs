@@ -6,19 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxguard_core::{
-    DnsProvider, Gate, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter, TokenBucket,
-    TokioClock,
-};
-use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
-use secrecy::ExposeSecret;
+use mxguard_core::{DnsProvider, SeededJitter, TokioClock};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actor::change::ChangeDeps;
 use crate::actor::{Actor, ActorHandle};
-use crate::config::{Config, DomainConfig, ProviderConfig, RcptChecks, TsigAlgorithm};
+use crate::config::{Config, DomainConfig, RcptChecks};
 use crate::health::Thresholds;
 use crate::lease::Leadership;
 use crate::model::{Fqdn, Side};
@@ -28,6 +23,7 @@ use crate::probe::dns::DnsClient;
 use crate::probe::smtp::{RcptCheck, SmtpPolicy};
 use crate::probe::target::{Prober, TargetSpec};
 use crate::probe::tls;
+use crate::providers::{BuiltProvider, ProviderRegistry};
 use crate::recorder::{Board, Recorder};
 use crate::store::{Store, VantageRow};
 use crate::vantage::{self, VantageReport};
@@ -57,155 +53,6 @@ pub struct Engine {
     pub providers: BTreeMap<String, Arc<dyn DnsProvider>>,
 }
 
-struct BuiltProvider {
-    client: Arc<dyn DnsProvider>,
-    /// The same client at background priority (periodic reads).
-    background: Arc<dyn DnsProvider>,
-    /// The server that answers authoritatively for the zone, when the provider knows it.
-    primary: Option<std::net::SocketAddr>,
-}
-
-/// The provider client for `[providers.NAME]`, as the engine builds it (for CLI operations).
-pub async fn provider_client(
-    config: &Config,
-    name: &str,
-) -> Result<Arc<dyn DnsProvider>, EngineError> {
-    let cfg = config
-        .providers
-        .get(name)
-        .ok_or_else(|| EngineError::Provider {
-            name: name.to_string(),
-            why: "not configured".into(),
-        })?;
-    Ok(build_provider(name, cfg).await?.client)
-}
-
-async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, EngineError> {
-    let err = |why: String| EngineError::Provider {
-        name: name.to_string(),
-        why,
-    };
-    match cfg {
-        ProviderConfig::Rfc2136 {
-            server,
-            tsig_name,
-            tsig_algorithm,
-            tsig_secret,
-        } => {
-            let secret = tsig_secret
-                .resolve()
-                .map_err(|e| err(format!("tsig secret: {e}")))?;
-            let secret = TsigSecret::from_base64(secret.expose_secret())
-                .map_err(|e| err(format!("tsig secret: {e}")))?;
-            let algorithm = match tsig_algorithm {
-                TsigAlgorithm::HmacSha256 => mxguard_rfc2136::TsigAlgorithm::HmacSha256,
-                TsigAlgorithm::HmacSha512 => mxguard_rfc2136::TsigAlgorithm::HmacSha512,
-            };
-            let config = Rfc2136Config::new(name, *server, tsig_name.clone(), algorithm, secret);
-            let provider = Rfc2136Provider::new(config).map_err(|e| err(e.to_string()))?;
-            // A DNS server answers in milliseconds when idle but not under load (5,000 fresh
-            // domains reading at once through 8 places got ~10 reads/s): 32 places, the
-            // 50 requests/s bucket paces.
-            let (client, background) = guarded(provider, 50.0, 32, PROVIDER_DEADLINE);
-            Ok(BuiltProvider {
-                client,
-                background,
-                primary: Some(*server),
-            })
-        }
-        ProviderConfig::Cloudflare {
-            api_token,
-            api_url,
-            min_ttl,
-        } => {
-            let token = api_token
-                .resolve()
-                .map_err(|e| err(format!("api token: {e}")))?;
-            let token = mxguard_cloudflare::ApiToken::new(token.expose_secret())
-                .map_err(|e| err(e.to_string()))?;
-            let mut config =
-                mxguard_cloudflare::CloudflareConfig::new(name, token).with_min_ttl(*min_ttl);
-            if let Some(url) = api_url {
-                config = config
-                    .with_base_url(url)
-                    .map_err(|e| err(format!("api_url: {e}")))?;
-            }
-            let provider =
-                mxguard_cloudflare::CloudflareProvider::new(config, Arc::new(TokioClock))
-                    .map_err(|e| err(e.to_string()))?;
-            // The client paces its own requests (1,200 per 5 minutes); the shared bucket only
-            // retries. Four operations at a time (a change is 3–4 requests) keep each one's
-            // wait for the client's pacing well inside the 30 s deadline in a mass outage.
-            let (client, background) = guarded(provider, 1000.0, 4, PROVIDER_DEADLINE);
-            Ok(BuiltProvider {
-                client,
-                background,
-                primary: None,
-            })
-        }
-        ProviderConfig::Route53 {
-            region,
-            endpoint_url,
-        } => {
-            let mut config = mxguard_route53::Route53Config::new(name);
-            if let Some(r) = region {
-                config = config.with_region(r.clone());
-            }
-            if let Some(url) = endpoint_url {
-                config = config.with_endpoint_url(url.clone());
-            }
-            // An apply follows the change until Route 53 reports it INSYNC (up to
-            // `sync.max_wait`): the deadline covers that wait.
-            let deadline = PROVIDER_DEADLINE + config.sync.max_wait;
-            let provider = mxguard_route53::Route53Provider::new(config, Arc::new(TokioClock))
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            // The client paces itself to Route 53's 5 requests per second per account. A
-            // change holds its place while Route 53 syncs it (about a minute, one GetChange
-            // every 5 s), so more places than for Cloudflare: 16 changes following INSYNC take
-            // about 3 of the 5 requests/s.
-            let (client, background) = guarded(provider, 1000.0, 16, deadline);
-            Ok(BuiltProvider {
-                client,
-                background,
-                primary: None,
-            })
-        }
-    }
-}
-
-/// How long one provider operation may take, retries included (not the wait for admission).
-const PROVIDER_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Wraps a provider in the shared machinery: admission (`places` operations at a time, changes
-/// first), token bucket, retries with backoff, deadline. Returns the client for changes and
-/// the same client at background priority.
-fn guarded<P: DnsProvider + 'static>(
-    provider: P,
-    per_second: f64,
-    places: usize,
-    deadline: Duration,
-) -> (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>) {
-    let clock = Arc::new(TokioClock);
-    let bucket = match RateLimit::new(per_second, per_second.ceil() as u32) {
-        Ok(limit) => Arc::new(TokenBucket::new(limit, clock.clone())),
-        Err(_) => Arc::new(TokenBucket::new(
-            RateLimit::new(1.0, 1).expect("1/s is a valid rate"),
-            clock.clone(),
-        )),
-    };
-    let policy = RetryPolicy {
-        max_attempts: 4,
-        initial_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(5),
-        deadline,
-    };
-    let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
-    let client = Guarded::with_gate(provider, bucket, retrier, Gate::new(places));
-    let background = client.background();
-    (Arc::new(client), Arc::new(background))
-}
-
 /// How often a domain reads its published records back, at most.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// The share of a pacing provider's request budget the periodic reads may take, so that a
@@ -215,12 +62,9 @@ const RECONCILE_SHARE: f64 = 0.2;
 /// Per provider: every `RECONCILE_EVERY`, or slower when its domains' reads at that pace would
 /// take more than `RECONCILE_SHARE` of the requests its client allows itself (Cloudflare's
 /// 1,200 per 5 minutes per token is 4 requests/s: 60 s suits up to ~48 one-name domains).
-fn reconcile_periods(
-    config: &Config,
-    providers: &BTreeMap<String, BuiltProvider>,
-) -> BTreeMap<String, Duration> {
+fn reconcile_periods(config: &Config, providers: &ProviderRegistry) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
-    for (name, built) in providers {
+    for (name, built) in providers.iter() {
         let Some(rate) = built.client.request_rate() else {
             continue;
         };
@@ -258,11 +102,15 @@ fn targets(cfg: &DomainConfig, managed: &Managed) -> Vec<TargetSpec> {
             }),
             _ => None,
         };
+        // mode a: one host, probed at this side's own addresses (never at what the host
+        // resolves to now, which is whichever side is published).
+        let addresses = managed.addresses(side);
         for host in managed.hosts(side) {
             out.push(TargetSpec {
                 side,
                 host,
                 rcpt: rcpt.clone(),
+                addresses: addresses.clone(),
             });
         }
     }
@@ -276,27 +124,19 @@ impl Engine {
     /// while they recover.
     pub async fn start(
         config: &Config,
+        providers: &ProviderRegistry,
         store: Arc<dyn Store>,
         leadership: Leadership,
         events: crate::events::EventBus,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Engine, EngineError> {
-        let mut providers = BTreeMap::new();
-        for (name, p) in &config.providers {
-            if config.domains.iter().any(|d| &d.provider == name) {
-                providers.insert(name.clone(), build_provider(name, p).await?);
-            }
-        }
-        let reconcile = reconcile_periods(config, &providers);
+        let reconcile = reconcile_periods(config, providers);
         let global = Arc::new(Semaphore::new(GLOBAL_PROBES));
         let mut engine = Engine {
             leadership: leadership.clone(),
             events,
-            providers: providers
-                .iter()
-                .map(|(name, p)| (name.clone(), p.client.clone()))
-                .collect(),
+            providers: providers.clients(),
             ..Engine::default()
         };
         let canaries = watch_canaries(&config.cluster.canaries, shutdown.clone(), tasks);
@@ -324,7 +164,7 @@ impl Engine {
                 domain: d.name.to_string(),
                 why,
             };
-            let provider = providers
+            let provider: &BuiltProvider = providers
                 .get(&d.provider)
                 .ok_or_else(|| derr(format!("unknown provider {}", d.provider)))?;
             let c = &d.checks;

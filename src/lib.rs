@@ -22,6 +22,7 @@ pub mod notify;
 pub mod ops;
 pub mod plan;
 pub mod probe;
+pub mod providers;
 pub mod recorder;
 pub mod store;
 pub mod vantage;
@@ -104,7 +105,7 @@ pub async fn run(
     // Notifications listen before the actors start, so nothing recorded during recovery is lost.
     let events = events::EventBus::new();
     notify::spawn(&config, store.clone(), &events, shutdown.clone(), &tasks);
-    let engine = match engine::Engine::start(
+    let engine = match start_engine(
         &config,
         store.clone(),
         leadership,
@@ -160,6 +161,23 @@ pub async fn run(
     store.close().await;
     tracing::info!("mxguard stopped");
     result
+}
+
+/// Builds the providers from `config` (one factory, [`providers::ProviderRegistry`]) and starts
+/// the engine on them.
+async fn start_engine(
+    config: &Config,
+    store: Arc<dyn Store>,
+    leadership: lease::Leadership,
+    events: events::EventBus,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<engine::Engine, engine::EngineError> {
+    let registry = providers::ProviderRegistry::from_config(config).await?;
+    engine::Engine::start(
+        config, &registry, store, leadership, events, shutdown, tasks,
+    )
+    .await
 }
 
 /// Deletes probe observations older than the retention, hourly.

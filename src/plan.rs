@@ -87,6 +87,20 @@ impl Managed {
         }
     }
 
+    /// The addresses `side` publishes for the host (mode `a`); empty in mode `mx`, where each
+    /// side is a list of names.
+    pub fn addresses(&self, side: Side) -> Vec<IpAddr> {
+        match &self.targets {
+            Targets::Mx { .. } => Vec::new(),
+            Targets::A {
+                primary, backup, ..
+            } => match side {
+                Side::Primary => primary.clone(),
+                Side::Backup => backup.clone(),
+            },
+        }
+    }
+
     /// `side`'s records with `ttl`.
     pub fn desired(&self, side: Side, ttl: Ttl) -> Result<Vec<RecordSet>, PlanError> {
         let model = |e: mxguard_core::ModelError| PlanError::Model(e.to_string());

@@ -65,7 +65,7 @@ impl Providers {
         if let Some(p) = map.get(name) {
             return Ok(p.clone());
         }
-        let p = crate::engine::provider_client(config, name).await?;
+        let p = crate::providers::provider_client(config, name).await?;
         map.insert(name.to_string(), p.clone());
         Ok(p)
     }

@@ -169,6 +169,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
                     domain: req.domain.clone(),
                     refuse_relay: false,
                 }),
+                addresses: Vec::new(),
             };
             (spec, Some(*p))
         })
@@ -182,6 +183,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
                 domain: req.domain.clone(),
                 refuse_relay: true,
             }),
+            addresses: Vec::new(),
         };
         specs.push((spec, None));
     }

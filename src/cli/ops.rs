@@ -77,7 +77,7 @@ impl Ctx {
     }
 
     async fn provider(&self, d: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ExitCode> {
-        crate::engine::provider_client(&self.config, &d.provider)
+        crate::providers::provider_client(&self.config, &d.provider)
             .await
             .map_err(|e| fail(1, e))
     }
@@ -399,7 +399,7 @@ pub(super) async fn providers_check(file: Option<PathBuf>) -> ExitCode {
     }
     let mut ok = true;
     for d in &config.domains {
-        let provider = match crate::engine::provider_client(&config, &d.provider).await {
+        let provider = match crate::providers::provider_client(&config, &d.provider).await {
             Ok(p) => p,
             Err(e) => {
                 ok = false;

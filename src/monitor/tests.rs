@@ -68,6 +68,7 @@ fn spec(side: Side, host: &str) -> TargetSpec {
         side,
         host: Fqdn::parse(host).unwrap(),
         rcpt: None,
+        addresses: Vec::new(),
     }
 }
 

@@ -34,6 +34,22 @@ pub struct TargetSpec {
     pub side: Side,
     pub host: Fqdn,
     pub rcpt: Option<RcptCheck>,
+    /// The addresses to probe, when the side is a set of addresses rather than names (mode
+    /// `a`): the host's A/AAAA move between sides, so what `host` resolves to now says which
+    /// side is published, not where this side's MTAs are. Empty: probe what `host` resolves to.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl TargetSpec {
+    /// A named MX host, probed at the addresses it resolves to.
+    pub fn named(side: Side, host: Fqdn, rcpt: Option<RcptCheck>) -> Self {
+        TargetSpec {
+            side,
+            host,
+            rcpt,
+            addresses: Vec::new(),
+        }
+    }
 }
 
 /// Everything a round learned about a target: the health model's input plus the evidence.
@@ -74,6 +90,12 @@ impl Prober {
             answers.extend(ans);
         }
 
+        if !spec.addresses.is_empty() {
+            // Senders still connect to `host` by name, so it must resolve (at the quorum, as
+            // above); the SMTP probes go to this side's own addresses, with `host` as the TLS
+            // name.
+            addresses = spec.addresses.iter().copied().collect();
+        }
         let mut policy = self.smtp.clone();
         policy.rcpt = spec.rcpt.clone();
         let policy = Arc::new(policy);

@@ -8,6 +8,8 @@
 //! - [`faults`]: small SMTP listeners that misbehave in one specific way each.
 //! - [`cloudflare`]: a strict fake of Cloudflare's DNS API (the one mock: Cloudflare cannot
 //!   run locally), with Cloudflare's rate limit on demand.
+//! - [`route53`]: a `moto_server` (Route 53) on a free port, and a proxy in front of it that
+//!   answers what moto never says (throttling, `PENDING`, 5xx) and counts what reached moto.
 //! - [`poll_until`], [`free_port`], [`free_port_on`]: waiting and port helpers.
 //!
 //! Every peer lives in its own directory under [`peers_dir`] and is stopped on `Drop`. Peers
@@ -23,6 +25,7 @@ pub mod dns;
 pub mod faults;
 pub mod named;
 pub mod postfix;
+pub mod route53;
 pub mod unbound;
 mod util;
 mod workdir;

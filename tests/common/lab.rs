@@ -16,18 +16,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mxguard_testpeers::{
-    ca::Ca,
+    ca::{Ca, CertKind},
+    cloudflare::{FakeCloudflare, FakeConfig, Perms, Record},
     dns::RcodeServer,
     free_port_on,
     hickory_proto::op::ResponseCode,
     named::{Named, TsigKey, Zone},
     postfix::{Postfix, PostfixConfig},
+    route53::{Moto, Op, Proxy},
     unbound::{Stub, Unbound, UnboundOptions},
 };
 
 pub const PRIMARY_IP: &str = "127.0.0.20";
 pub const BACKUP_IP: &str = "127.0.0.21";
 pub const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldCE=";
+/// The mode-`a` MX host: its A record moves between the two MTAs' addresses.
+pub const A_HOST: &str = "mx.example.test";
+/// The Cloudflare API token the lab's fake accepts (handed to mxguard by env).
+pub const CF_TOKEN: &str = "lab-cloudflare-token-0123456789abcdef";
+/// The AWS keys handed to mxguard for moto (which accepts any).
+pub const AWS_KEY_ID: &str = "AKIAMXGUARDLAB000001";
+pub const AWS_SECRET: &str = "mxguard/lab/secret/0123456789abcdefghijkl";
 /// The bearer token of [`Layout::read_token`].
 pub const READ_TOKEN: &str = "lab-read-token";
 
@@ -47,8 +56,45 @@ pub fn mxguard_bin() -> PathBuf {
     }
 }
 
+/// Which DNS provider holds the managed records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabProvider {
+    /// `named` itself, by RFC 2136 with TSIG (verification at `named`).
+    Rfc2136,
+    /// The strict Cloudflare fake (verification by read-back).
+    Cloudflare,
+    /// moto's Route 53 behind the counting proxy (verification by read-back).
+    Route53,
+}
+
+/// What moves on failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabMode {
+    /// The apex MX set: `10 mx1.example.test.` ↔ `10 backup.example.test.`.
+    Mx,
+    /// The A record of [`A_HOST`]: `127.0.0.20` ↔ `127.0.0.21`.
+    A,
+}
+
+/// The provider peer the lab started.
+pub enum Peer {
+    Rfc2136,
+    Cloudflare(FakeCloudflare),
+    Route53 {
+        moto: Moto,
+        proxy: Proxy,
+        zone_id: String,
+    },
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
+    /// The provider holding the managed records (`named` itself for RFC 2136).
+    pub peer: Peer,
+    /// The TTL mxguard publishes on failover (the provider's minimum where it has one).
+    pub failover_ttl: u32,
+    /// The TTL the lab starts with on the managed records.
+    pub live_ttl: u32,
     pub named: Named,
     pub resolvers: Vec<Unbound>,
     pub primary: Postfix,
@@ -114,6 +160,10 @@ pub struct Layout {
     pub checks: Checks,
     /// Adds a token with the read scope ([`READ_TOKEN`]) for [`Lab::api_get`].
     pub read_token: bool,
+    /// Where the managed records live.
+    pub provider: LabProvider,
+    /// What moves.
+    pub mode: LabMode,
 }
 
 impl Default for Layout {
@@ -124,6 +174,8 @@ impl Default for Layout {
             mx_zone: None,
             checks: Checks::FAST,
             read_token: false,
+            provider: LabProvider::Rfc2136,
+            mode: LabMode::Mx,
         }
     }
 }
@@ -143,10 +195,17 @@ impl Lab {
         let mut zones = Vec::new();
         let mx_host = match layout.mx_zone {
             None => {
-                let records = format!(
-                    "@ {ttl} IN MX 10 mx1\nmx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n",
-                    ttl = opts.mx_ttl
-                );
+                let records = match layout.mode {
+                    LabMode::Mx => format!(
+                        "@ {ttl} IN MX 10 mx1\nmx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n",
+                        ttl = opts.mx_ttl
+                    ),
+                    // mode a: the MX names one host, whose address is what moves
+                    LabMode::A => format!(
+                        "@ 300 IN MX 10 mx\nmx {ttl} IN A {PRIMARY_IP}\nmx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n",
+                        ttl = opts.mx_ttl
+                    ),
+                };
                 zones.push(Zone::new("example.test", &records));
                 "mx1.example.test".to_string()
             }
@@ -185,12 +244,18 @@ impl Lab {
             .map(|s| s.parse().expect("ip"))
             .collect();
         let port = free_port_on(&ips).expect("port");
+        // Both MTAs also answer as the mode-a host: senders reach either under that name.
         let primary_cfg = PostfixConfig::mx(&ca, &mx_host, SocketAddr::new(ips[0], port))
             .expect("cfg")
+            .with_cert(ca.leaf(&[&mx_host, A_HOST], CertKind::Valid).expect("cert"))
             .with_domain("example.test");
         let backup_cfg =
             PostfixConfig::mx(&ca, "backup.example.test", SocketAddr::new(ips[1], port))
                 .expect("cfg")
+                .with_cert(
+                    ca.leaf(&["backup.example.test", A_HOST], CertKind::Valid)
+                        .expect("cert"),
+                )
                 .with_domain("example.test");
         let mut mtas = Postfix::start_all(vec![primary_cfg, backup_cfg])
             .await
@@ -203,16 +268,40 @@ impl Lab {
             .iter()
             .map(|r| format!("\"{}\"", r.addr()))
             .collect();
+        let (peer, failover_ttl) = start_peer(&layout, &mx_host, opts.mx_ttl).await;
         let c = layout.checks;
+        let provider_section = match &peer {
+            Peer::Rfc2136 => format!(
+                "kind = \"rfc2136\"\nserver = \"{}\"\ntsig_name = \"mxguard-test\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_env = \"MXGUARD_TEST_TSIG\"\n",
+                named.addr()
+            ),
+            Peer::Cloudflare(fake) => format!(
+                "kind = \"cloudflare\"\napi_token_env = \"MXGUARD_TEST_CF_TOKEN\"\napi_url = \"{}\"\n",
+                fake.base_url
+            ),
+            Peer::Route53 { proxy, .. } => format!(
+                "kind = \"route53\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+                proxy.url
+            ),
+        };
+        let targets = match layout.mode {
+            LabMode::Mx => format!(
+                "primary = [\"10 {mx_host}.\"]\nbackup = [\"10 backup.example.test.\"]\n"
+            ),
+            LabMode::A => format!(
+                "mode = \"a\"\nhost = \"{A_HOST}\"\nprimary = [\"{PRIMARY_IP}\"]\nbackup = [\"{BACKUP_IP}\"]\n"
+            ),
+        };
+        // named serves the records only when it is the provider; otherwise mxguard verifies
+        // by reading them back from the provider.
+        let authoritative = match peer {
+            Peer::Rfc2136 => format!("authoritative = [\"{}\"]\n", named.addr()),
+            _ => String::new(),
+        };
         let mut text = format!(
             r#"
 [providers.lab]
-kind = "rfc2136"
-server = "{named}"
-tsig_name = "mxguard-test"
-tsig_algorithm = "hmac-sha256"
-tsig_secret_env = "MXGUARD_TEST_TSIG"
-
+{provider_section}
 [checks]
 interval = "{interval}"
 timeout = "{timeout}"
@@ -230,13 +319,9 @@ rcpt_checks = "backup"
 [[domains]]
 name = "example.test"
 provider = "lab"
-primary = ["10 {mx_host}."]
-backup = ["10 backup.example.test."]
-failover_ttl = 30
+{targets}failover_ttl = {failover_ttl}
 failback = {{ hold = "{hold}" }}
-authoritative = ["{named}"]
-"#,
-            named = named.addr(),
+{authoritative}"#,
             resolvers = resolver_list.join(", "),
             ca = ca.cert_path().display(),
             hold = opts.hold,
@@ -260,6 +345,9 @@ authoritative = ["{named}"]
         std::fs::write(&config, text).expect("write config");
         Lab {
             dir,
+            peer,
+            failover_ttl,
+            live_ttl: opts.mx_ttl,
             named,
             resolvers,
             primary,
@@ -328,12 +416,12 @@ authoritative = ["{named}"]
             &listen.to_string(),
         ])
         .current_dir(self.dir.path())
-        .env("MXGUARD_TEST_TSIG", SECRET)
         .env(
             "MXGUARD_STORE_URL",
             format!("sqlite://{}", self.db.display()),
         )
         .env_remove("MXGUARD_FAILPOINT");
+        provider_env(&mut cmd);
         if let Some(f) = failpoint {
             cmd.env("MXGUARD_FAILPOINT", f);
         }
@@ -342,11 +430,11 @@ authoritative = ["{named}"]
 
     /// Runs a one-shot `mxguard` command against this lab's config and store.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(mxguard_bin())
-            .args(["--config", &self.config.display().to_string()])
+        let mut cmd = Command::new(mxguard_bin());
+        provider_env(&mut cmd);
+        cmd.args(["--config", &self.config.display().to_string()])
             .args(args)
             .current_dir(self.dir.path())
-            .env("MXGUARD_TEST_TSIG", SECRET)
             .env(
                 "MXGUARD_STORE_URL",
                 format!("sqlite://{}", self.db.display()),
@@ -400,6 +488,183 @@ authoritative = ["{named}"]
                 _ => None,
             })
             .expect("an SOA")
+    }
+}
+
+/// Starts the provider peer `layout` asks for, holding the managed records as `named` does
+/// (the primary's, with `ttl`), and returns it with the failover TTL to configure.
+async fn start_peer(layout: &Layout, mx_host: &str, ttl: u32) -> (Peer, u32) {
+    match layout.provider {
+        LabProvider::Rfc2136 => (Peer::Rfc2136, 30),
+        LabProvider::Cloudflare => {
+            let fake = FakeCloudflare::start(FakeConfig::default()).await;
+            fake.add_token(CF_TOKEN, Perms::FULL);
+            fake.add_zone("example.test");
+            let (rtype, name, content, priority) = match layout.mode {
+                LabMode::Mx => ("MX", "example.test", mx_host.to_string(), Some(10)),
+                LabMode::A => ("A", A_HOST, PRIMARY_IP.to_string(), None),
+            };
+            fake.edit("example.test", |records, new_id| {
+                records.push(Record {
+                    id: new_id(),
+                    rtype: rtype.into(),
+                    name: name.into(),
+                    content,
+                    priority,
+                    ttl,
+                    proxied: false,
+                })
+            });
+            // Cloudflare's smallest TTL outside Enterprise
+            (Peer::Cloudflare(fake), 60)
+        }
+        LabProvider::Route53 => {
+            let moto = Moto::start().await;
+            let proxy = Proxy::start(&moto.url).await;
+            let zone_id = moto.create_zone("example.test.").await;
+            match layout.mode {
+                LabMode::Mx => {
+                    let value = format!("10 {mx_host}.");
+                    moto.create_rrset(&zone_id, "example.test.", "MX", ttl, &[&value])
+                        .await
+                }
+                LabMode::A => {
+                    moto.create_rrset(&zone_id, &format!("{A_HOST}."), "A", ttl, &[PRIMARY_IP])
+                        .await
+                }
+            }
+            (
+                Peer::Route53 {
+                    moto,
+                    proxy,
+                    zone_id,
+                },
+                30,
+            )
+        }
+    }
+}
+
+/// The secrets every provider of the lab needs, by env as mxguard reads them; no AWS setting
+/// of the machine leaks in.
+fn provider_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("MXGUARD_TEST_TSIG", SECRET)
+        .env("MXGUARD_TEST_CF_TOKEN", CF_TOKEN)
+        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+}
+
+impl Lab {
+    /// The managed RRset: (owner name, type).
+    pub fn managed(&self) -> (&'static str, mxguard::model::RecordType) {
+        match self.layout.mode {
+            LabMode::Mx => ("example.test.", mxguard::model::RecordType::Mx),
+            LabMode::A => ("mx.example.test.", mxguard::model::RecordType::A),
+        }
+    }
+
+    /// The primary's records as [`Lab::published`] shows them, at `ttl`.
+    pub fn primary_at(&self, ttl: u32) -> Vec<String> {
+        match self.layout.mode {
+            LabMode::Mx => vec![format!("{} {ttl}", self.primary_mx())],
+            LabMode::A => vec![format!("{PRIMARY_IP} {ttl}")],
+        }
+    }
+
+    /// The backup's records as [`Lab::published`] shows them, at `ttl`.
+    pub fn backup_at(&self, ttl: u32) -> Vec<String> {
+        match self.layout.mode {
+            LabMode::Mx => vec![format!("10 backup.example.test. {ttl}")],
+            LabMode::A => vec![format!("{BACKUP_IP} {ttl}")],
+        }
+    }
+
+    /// The managed RRset as the provider holds it now, as sorted "RDATA TTL" strings (empty
+    /// while it cannot be read): `named`'s answer, the fake's records, moto's record sets.
+    pub async fn published(&self) -> Vec<String> {
+        let (name, rtype) = self.managed();
+        let mut out: Vec<String> = match &self.peer {
+            Peer::Rfc2136 => {
+                let client = mxguard::probe::dns::DnsClient::authoritative(
+                    self.named.addr(),
+                    Duration::from_secs(2),
+                );
+                let a = client
+                    .query(&mxguard::model::Fqdn::parse(name).expect("name"), rtype)
+                    .await;
+                a.records
+                    .iter()
+                    .map(|r| format!("{r} {}", a.ttl.unwrap_or(0)))
+                    .collect()
+            }
+            Peer::Cloudflare(fake) => fake
+                .records("example.test")
+                .into_iter()
+                .filter(|r| r.name == name.trim_end_matches('.') && r.rtype == rtype.to_string())
+                .map(|r| match r.priority {
+                    Some(p) => format!("{p} {}. {}", r.content, r.ttl),
+                    None => format!("{} {}", r.content, r.ttl),
+                })
+                .collect(),
+            Peer::Route53 { moto, zone_id, .. } => moto
+                .rrsets(zone_id)
+                .await
+                .into_iter()
+                .filter(|(n, t, _, _)| n == name && *t == rtype.to_string())
+                .flat_map(|(_, _, ttl, values)| {
+                    values.into_iter().map(move |v| format!("{v} {ttl}"))
+                })
+                .collect(),
+        };
+        out.sort();
+        out
+    }
+
+    /// Writes the provider carried out so far: `named`'s SOA serial (one per UPDATE), the
+    /// fake's successful changes, the change batches moto applied.
+    pub async fn writes(&self) -> u64 {
+        match &self.peer {
+            Peer::Rfc2136 => u64::from(self.serial().await),
+            Peer::Cloudflare(fake) => fake.writes() as u64,
+            Peer::Route53 { proxy, .. } => proxy.done(Op::ChangeRecordSets) as u64,
+        }
+    }
+
+    /// The provider's API starts failing every change: `named` stops; the fake answers the
+    /// batch endpoint 503; the proxy answers `ChangeResourceRecordSets` 503 in moto's place.
+    pub async fn provider_outage(&mut self) {
+        match &mut self.peer {
+            Peer::Rfc2136 => self.named.stop(),
+            Peer::Cloudflare(fake) => {
+                fake.inject(
+                    mxguard_testpeers::cloudflare::Route::Batch,
+                    mxguard_testpeers::cloudflare::Fault::Status(503),
+                    usize::MAX,
+                );
+            }
+            Peer::Route53 { proxy, .. } => proxy.inject(
+                Op::ChangeRecordSets,
+                mxguard_testpeers::route53::Fault::Status(503),
+                usize::MAX,
+            ),
+        }
+    }
+
+    /// Ends [`Lab::provider_outage`].
+    pub async fn provider_recovers(&mut self) {
+        match &mut self.peer {
+            Peer::Rfc2136 => self.named.restart().await.expect("restart named"),
+            Peer::Cloudflare(fake) => fake.clear_faults(),
+            Peer::Route53 { proxy, .. } => proxy.clear_faults(),
+        }
     }
 }
 

@@ -333,6 +333,7 @@ impl VerdictLab {
             side: Side::Primary,
             host: fqdn(MX_HOST),
             rcpt: None,
+            addresses: Vec::new(),
         };
         prober.probe_target(&spec, chrono::Utc::now()).await
     }

@@ -124,7 +124,12 @@ async fn answer(
         fail_batch,
     );
     match result {
-        Ok((result, info)) => ok(result, info),
+        Ok((result, info)) => {
+            if head.method != Method::GET {
+                s.writes += 1;
+            }
+            ok(result, info)
+        }
         Err(e) => fail(&e),
     }
 }

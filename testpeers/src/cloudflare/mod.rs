@@ -92,6 +92,8 @@ pub struct State {
     pub max_per_page: u32,
     /// `METHOD /path?query` of every request that passed authentication.
     pub requests: Vec<String>,
+    /// Requests that changed something and succeeded (faults and refusals not counted).
+    pub writes: usize,
     /// Answer the batch endpoint with 404 / 7000 "No route for that URI".
     pub batch_disabled: bool,
     /// The global rate limit, when enforced.
@@ -269,6 +271,7 @@ impl FakeCloudflare {
             batch_limit: config.batch_limit,
             max_per_page: config.max_per_page,
             requests: Vec::new(),
+            writes: 0,
             batch_disabled: false,
             rate_limit: config.rate_limit,
             windows: HashMap::new(),
@@ -324,8 +327,18 @@ impl FakeCloudflare {
         self.state().faults.push((route, fault, times));
     }
 
+    /// Drops every fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     pub fn requests(&self) -> Vec<String> {
         self.state().requests.clone()
+    }
+
+    /// How many requests changed something and succeeded so far.
+    pub fn writes(&self) -> usize {
+        self.state().writes
     }
 
     /// How many requests passed authentication so far.

@@ -3,9 +3,6 @@
 //! kit's `support`.
 #![allow(dead_code)]
 
-pub mod moto;
-pub mod proxy;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +13,9 @@ pub use mxguard_core::conformance::support::{capture_logs, guarded, Captured, Re
 use mxguard_core::{Fqdn, RateLimit, RetryPolicy, TokioClock};
 use mxguard_route53::{Credentials, Route53Config, Route53Provider, SyncPolicy};
 
-pub use moto::Moto;
+pub use mxguard_testpeers::route53::Moto;
 #[allow(unused_imports)]
-pub use proxy::{Fault, Op, Proxy};
+pub use mxguard_testpeers::route53::{Fault, Op, Proxy};
 
 /// The access key the proxy lets through (moto accepts any; see README.md).
 pub const KEY_ID: &str = "AKIAMXGUARDTEST00001";

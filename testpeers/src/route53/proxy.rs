@@ -64,6 +64,8 @@ pub struct ProxyState {
     faults: Vec<(Op, Fault, usize)>,
     /// Every request that reached the proxy, in order.
     pub log: Vec<Op>,
+    /// Every request forwarded to moto with a 2xx answer, in order (what Route 53 did).
+    pub done: Vec<Op>,
 }
 
 pub struct Proxy {
@@ -115,8 +117,18 @@ impl Proxy {
         self.state().faults.push((op, fault, times));
     }
 
+    /// Drops every fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     pub fn count(&self, op: Op) -> usize {
         self.state().log.iter().filter(|o| **o == op).count()
+    }
+
+    /// How many `op` requests moto carried out (2xx), faults and refusals not counted.
+    pub fn done(&self, op: Op) -> usize {
+        self.state().done.iter().filter(|o| **o == op).count()
     }
 
     pub async fn stop(&self) {
@@ -228,6 +240,14 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
         }
     };
     let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done
+            .push(op);
+    }
     let content_type = resp
         .headers()
         .get("content-type")

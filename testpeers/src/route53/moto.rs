@@ -8,6 +8,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
+const XMLNS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
+/// moto routes a request to its service by the credential scope of the signature, and checks
+/// nothing else: an unsigned request with this header reaches its Route 53.
+const SCOPE: &str = "AWS4-HMAC-SHA256 Credential=AKIAMOTOSETUP/20260101/us-east-1/route53/aws4_request, SignedHeaders=host, Signature=00";
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
+}
 
 pub struct Moto {
     child: Option<Child>,
@@ -117,6 +127,78 @@ impl Moto {
             // pace the polling a little; readiness is decided by the answer, not the wait
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Creates a public hosted zone (moto checks no signature) and returns its id.
+    pub async fn create_zone(&self, name: &str) -> String {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><CreateHostedZoneRequest xmlns=\"{XMLNS}\"><Name>{name}</Name><CallerReference>mxguard-test-{name}</CallerReference></CreateHostedZoneRequest>"
+        );
+        let text = self.post("/2013-04-01/hostedzone", body).await;
+        let id = between(&text, "<Id>", "</Id>")
+            .unwrap_or_else(|| panic!("moto's CreateHostedZone answer has no <Id>: {text}"));
+        id.rsplit('/').next().unwrap_or(id).to_string()
+    }
+
+    /// Creates one record set (`rtype`, `ttl`, each value as Route 53 writes it) in zone `id`.
+    pub async fn create_rrset(&self, id: &str, name: &str, rtype: &str, ttl: u32, values: &[&str]) {
+        let records: String = values
+            .iter()
+            .map(|v| format!("<ResourceRecord><Value>{v}</Value></ResourceRecord>"))
+            .collect();
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ChangeResourceRecordSetsRequest xmlns=\"{XMLNS}\"><ChangeBatch><Changes><Change><Action>CREATE</Action><ResourceRecordSet><Name>{name}</Name><Type>{rtype}</Type><TTL>{ttl}</TTL><ResourceRecords>{records}</ResourceRecords></ResourceRecordSet></Change></Changes></ChangeBatch></ChangeResourceRecordSetsRequest>"
+        );
+        self.post(&format!("/2013-04-01/hostedzone/{id}/rrset"), body)
+            .await;
+    }
+
+    /// Every record set of zone `id`: (name, type, TTL, values as Route 53 writes them).
+    pub async fn rrsets(&self, id: &str) -> Vec<(String, String, u32, Vec<String>)> {
+        let url = format!("{}/2013-04-01/hostedzone/{id}/rrset", self.url);
+        let Ok(resp) = reqwest::Client::new()
+            .get(url)
+            .header("authorization", SCOPE)
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let text = resp.text().await.unwrap_or_default();
+        let mut out = Vec::new();
+        for chunk in text.split("<ResourceRecordSet>").skip(1) {
+            let field = |tag: &str| {
+                between(chunk, &format!("<{tag}>"), &format!("</{tag}>")).unwrap_or_default()
+            };
+            let values = chunk
+                .split("<Value>")
+                .skip(1)
+                .filter_map(|v| v.split("</Value>").next())
+                .map(str::to_string)
+                .collect();
+            out.push((
+                field("Name").to_string(),
+                field("Type").to_string(),
+                field("TTL").parse().unwrap_or(0),
+                values,
+            ));
+        }
+        out
+    }
+
+    async fn post(&self, path: &str, body: String) -> String {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "text/xml")
+            .header("authorization", SCOPE)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to moto: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "POST {path} to moto: {status}: {text}");
+        text
     }
 
     pub fn log(&self) -> String {
