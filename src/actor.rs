@@ -119,7 +119,7 @@ enum Msg {
     /// A reconcile read came back; `changes` is the count of changes started when it began.
     Observed {
         changes: u64,
-        live: Box<Result<Vec<RecordSet>, String>>,
+        live: Box<Result<Vec<RecordSet>, mxguard_core::ProviderError>>,
     },
 }
 
@@ -266,6 +266,8 @@ pub struct Actor {
     partitioned: bool,
     /// The machine left Unknown at the last round: the next round goes in even if unchanged.
     settled: bool,
+    /// A read failure that retries do not fix was alerted (once per episode).
+    read_alerted: bool,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
 }
@@ -302,6 +304,7 @@ impl Actor {
             version: None,
             rounds: BTreeMap::new(),
             drift: false,
+            read_alerted: false,
             change_running: false,
             changes_started: 0,
             observing: false,
@@ -489,12 +492,31 @@ impl Actor {
                     // A change started since the read began: what it saw may be gone.
                     Ok(_) if changes != self.changes_started || self.change_running => {}
                     Ok(live) => self.on_observed(live).await,
-                    Err(e) => {
-                        tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records")
-                    }
+                    Err(e) => self.on_read_failed(&e).await,
                 }
             }
         }
+    }
+
+    /// A read of the published records failed. One that retries will not fix (credentials, a
+    /// zone the credentials cannot see, a zone id naming another zone) is alerted once per
+    /// episode: until it is fixed nothing can be published, and an outage would find it.
+    async fn on_read_failed(&mut self, e: &mxguard_core::ProviderError) {
+        tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records");
+        if e.is_retryable() || self.read_alerted {
+            return;
+        }
+        self.read_alerted = true;
+        let message = format!(
+            "cannot read {}'s records at provider {}: {e}; nothing can be published until this is fixed",
+            self.cfg.name, self.cfg.provider
+        );
+        self.event(
+            "alert.provider_read_failed",
+            message,
+            json!({"provider": self.cfg.provider, "kind": e.kind()}),
+        )
+        .await;
     }
 
     async fn on_round(&mut self, r: RoundReport, own: VantageReport) {
@@ -890,9 +912,7 @@ impl Actor {
             .await
         {
             Ok(live) => self.on_observed(live).await,
-            Err(e) => {
-                tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records")
-            }
+            Err(e) => self.on_read_failed(&e).await,
         }
     }
 
@@ -919,7 +939,7 @@ impl Actor {
             self.changes_started,
         );
         tokio::spawn(async move {
-            let live = provider.read(&zone, &keys).await.map_err(|e| e.to_string());
+            let live = provider.read(&zone, &keys).await;
             let _ = tx
                 .send(Msg::Observed {
                     changes,
@@ -931,6 +951,7 @@ impl Actor {
 
     /// What the provider serves: tells the machine; reports drift once per episode.
     async fn on_observed(&mut self, live: Vec<RecordSet>) {
+        self.read_alerted = false;
         let published = self.managed.which_side(&live);
         let ttl = self.managed.ttl_of(&live);
         let drift = published.is_none() && !self.change_running;

@@ -43,7 +43,7 @@ impl ProviderRegistry {
         let mut built = BTreeMap::new();
         for (name, p) in &config.providers {
             if config.domains.iter().any(|d| &d.provider == name) {
-                built.insert(name.clone(), build_provider(name, p).await?);
+                built.insert(name.clone(), build_provider(name, p, config).await?);
             }
         }
         Ok(ProviderRegistry { built })
@@ -58,7 +58,7 @@ impl ProviderRegistry {
                 name: name.to_string(),
                 why: "not configured".into(),
             })?;
-        build_provider(name, cfg).await
+        build_provider(name, cfg, config).await
     }
 
     pub fn get(&self, name: &str) -> Option<&BuiltProvider> {
@@ -86,7 +86,11 @@ pub async fn provider_client(
     Ok(ProviderRegistry::one(config, name).await?.client)
 }
 
-async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvider, EngineError> {
+async fn build_provider(
+    name: &str,
+    cfg: &ProviderConfig,
+    config: &Config,
+) -> Result<BuiltProvider, EngineError> {
     let err = |why: String| EngineError::Provider {
         name: name.to_string(),
         why,
@@ -152,8 +156,19 @@ async fn build_provider(name: &str, cfg: &ProviderConfig) -> Result<BuiltProvide
         ProviderConfig::Route53 {
             region,
             endpoint_url,
+            profile,
         } => {
+            let domains = &config.domains;
             let mut config = mxguard_route53::Route53Config::new(name);
+            if let Some(p) = profile {
+                config = config.with_credentials(mxguard_route53::Credentials::Profile(p.clone()));
+            }
+            // Zones whose domains name their hosted zone are never looked up by name.
+            for d in domains.iter().filter(|d| d.provider == name) {
+                if let Some(id) = &d.hosted_zone_id {
+                    config = config.with_hosted_zone_id(d.zone.clone(), id.clone());
+                }
+            }
             if let Some(r) = region {
                 config = config.with_region(r.clone());
             }

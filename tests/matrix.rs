@@ -233,6 +233,75 @@ async fn provider_outage_during_failover(provider: LabProvider, mode: LabMode) {
     assert!(earlier.iter().all(|(_, s)| s == "failed"), "{rows:?}");
 }
 
+/// A `hosted_zone_id` that the credentials cannot see: an alert naming the zone id as soon as
+/// the controller reads, and nothing is written, not even when the primary fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn route53_unknown_hosted_zone_id_alerts_and_writes_nothing() {
+    let mut lab = Lab::start_with(
+        LabOptions {
+            hold: "1h",
+            mx_ttl: 300,
+        },
+        Layout {
+            provider: LabProvider::Route53,
+            hosted_zone_id: Some("Z0000000000NOSUCHZONE"),
+            ..Layout::default()
+        },
+    )
+    .await;
+    let writes = lab.writes().await;
+    let mx = lab.serve(None);
+    wait_for_events(&lab, &mx, "alert.provider_read_failed", 1).await;
+    lab.primary.stop().await.expect("stop the primary MTA");
+    // the primary is seen Down; still nothing can be (or is) published
+    let start = Instant::now();
+    while !plain(&mx.log()).contains("side=primary from=Up to=Down") {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "primary never Down:\n{}",
+            mx.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alert = events(&lab)
+        .await
+        .into_iter()
+        .find(|e| e.kind == "alert.provider_read_failed")
+        .expect("the alert");
+    assert!(
+        alert.message.contains("Z0000000000NOSUCHZONE"),
+        "the alert names the zone id: {}",
+        alert.message
+    );
+    assert_eq!(lab.writes().await, writes, "nothing written");
+    assert_eq!(lab.published().await, lab.primary_at(lab.live_ttl));
+    assert_eq!(
+        count_events(&lab, "alert.provider_read_failed").await,
+        1,
+        "alerted once, not at every read"
+    );
+    assert!(changes(&lab).await.is_empty(), "no intent");
+}
+
+/// `text` without ANSI colour codes.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // skip to the end of the escape sequence (a letter)
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One test per (body, provider, mode).
 macro_rules! matrix {
     ($($name:ident: $body:ident($provider:ident, $mode:ident);)*) => {$(

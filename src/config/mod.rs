@@ -213,6 +213,27 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             );
         }
     }
+    // One Route 53 client finds a zone by its name: two hosted zones of one name (public and
+    // private) need a client each.
+    let mut zone_ids: BTreeMap<(&str, &Fqdn), (usize, &str)> = BTreeMap::new();
+    for (i, d) in domains.iter().enumerate() {
+        let Some(id) = d.hosted_zone_id.as_deref() else {
+            continue;
+        };
+        match zone_ids.get(&(d.provider.as_str(), &d.zone)) {
+            Some((j, other)) if *other != id => errs.push(
+                format!("domains[{i}].hosted_zone_id"),
+                format!(
+                    "zone {} of provider {:?} is already hosted zone {other} (domains[{j}]); a public and a private zone with one name need a [providers.NAME] entry each",
+                    d.zone, d.provider
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                zone_ids.insert((d.provider.as_str(), &d.zone), (i, id));
+            }
+        }
+    }
 
     let notify = notify::parse_notify(root.child("notify", errs), listen, &domains, errs);
 
@@ -371,10 +392,15 @@ fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig>
         "route53" => {
             let region = sec.string("region", errs);
             let endpoint_url = sec.string("endpoint_url", errs);
-            sec.finish(errs, &["kind", "region", "endpoint_url"]);
+            let profile = sec.string("profile", errs);
+            if profile.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                errs.push(sec.field("profile"), "empty; name a profile of the shared AWS config files, or leave it out for the default credential chain");
+            }
+            sec.finish(errs, &["kind", "region", "endpoint_url", "profile"]);
             ProviderConfig::Route53 {
                 region,
                 endpoint_url,
+                profile,
             }
         }
         "rfc2136" => {
@@ -737,12 +763,29 @@ fn parse_domain(
             ),
         }
     }
+    let hosted_zone_id = sec.string("hosted_zone_id", errs).and_then(|id| {
+        let is_route53 = provider
+            .as_ref()
+            .and_then(|p| providers.get(p))
+            .is_some_and(|p| matches!(p, ProviderConfig::Route53 { .. }));
+        if provider.as_ref().is_some_and(|p| providers.contains_key(p)) && !is_route53 {
+            errs.push(
+                sec.field("hosted_zone_id"),
+                "only used with a provider of kind = \"route53\"",
+            );
+            return None;
+        }
+        parse_hosted_zone_id(&id)
+            .map_err(|why| errs.push(sec.field("hosted_zone_id"), why))
+            .ok()
+    });
     sec.finish(
         errs,
         &[
             "name",
             "provider",
             "zone",
+            "hosted_zone_id",
             "mode",
             "host",
             "primary",
@@ -764,7 +807,26 @@ fn parse_domain(
         drift,
         checks,
         authoritative,
+        hosted_zone_id,
     })
+}
+
+/// A Route 53 hosted zone id as the console shows it (`Z0123456789ABCDEFGHIJ`), with or
+/// without the API's `/hostedzone/` prefix.
+fn parse_hosted_zone_id(raw: &str) -> Result<String, String> {
+    let id = raw.trim().trim_start_matches("/hostedzone/");
+    if !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        Ok(id.to_string())
+    } else {
+        Err(format!(
+            "expected a Route 53 hosted zone id such as \"Z0123456789ABCDEFGHIJ\" (upper-case letters and digits), got {raw:?}"
+        ))
+    }
 }
 
 fn mx_list(

@@ -177,6 +177,94 @@ backup = ["mx2.example.com"]
     );
 }
 
+const ROUTE53: &str = r#"
+[providers.aws]
+kind = "route53"
+profile = "prod-dns"
+[providers.ns1]
+kind = "rfc2136"
+server = "127.0.0.1:5353"
+tsig_name = "mxguard"
+tsig_secret_env = "TSIG"
+"#;
+
+#[test]
+fn route53_domains_may_name_their_hosted_zone() {
+    let text = format!(
+        r#"{ROUTE53}
+[[domains]]
+name = "example.com"
+provider = "aws"
+hosted_zone_id = "/hostedzone/Z0123456789ABC"
+primary = ["10 mx1.example.com."]
+backup = ["10 mx2.example.net."]
+"#
+    );
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(
+        cfg.domains[0].hosted_zone_id.as_deref(),
+        Some("Z0123456789ABC")
+    );
+    assert!(matches!(
+        &cfg.providers["aws"],
+        ProviderConfig::Route53 { profile: Some(p), .. } if p == "prod-dns"
+    ));
+}
+
+#[test]
+fn a_hosted_zone_id_is_checked_and_only_for_route53() {
+    let text = format!(
+        r#"{ROUTE53}
+[[domains]]
+name = "example.com"
+provider = "aws"
+hosted_zone_id = "z-lower-case"
+primary = ["10 mx1.example.com."]
+backup = ["10 mx2.example.net."]
+
+[[domains]]
+name = "example.org"
+provider = "ns1"
+hosted_zone_id = "Z0123456789ABC"
+primary = ["10 mx1.example.org."]
+backup = ["10 mx2.example.net."]
+
+[[domains]]
+name = "a.example.net"
+zone = "example.net"
+provider = "aws"
+hosted_zone_id = "Z1111"
+primary = ["10 mx1.example.org."]
+backup = ["10 mx2.example.org."]
+
+[[domains]]
+name = "b.example.net"
+zone = "example.net"
+provider = "aws"
+hosted_zone_id = "Z2222"
+primary = ["10 mx1.example.org."]
+backup = ["10 mx2.example.org."]
+"#
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "domains[0].hosted_zone_id: expected a Route 53 hosted zone id"
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "domains[1].hosted_zone_id: only used with a provider of kind = \"route53\""
+        )),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("domains[") && e.contains(".hosted_zone_id: zone example.net. of provider \"aws\" is already hosted zone Z1111")),
+        "{errs:?}"
+    );
+}
+
 #[test]
 fn null_mx_and_empty_sides_are_refused() {
     let text = format!(

@@ -203,6 +203,9 @@ pub enum ProviderConfig {
     Route53 {
         region: Option<String>,
         endpoint_url: Option<String>,
+        /// A named profile of the shared AWS config files (one per AWS account); `None`: the
+        /// default credential chain.
+        profile: Option<String>,
     },
     Rfc2136 {
         server: SocketAddr,
@@ -338,4 +341,7 @@ pub struct DomainConfig {
     /// Servers that must serve a change before it counts as verified; empty: the provider's
     /// own primary (RFC 2136) or a read-back through the provider.
     pub authoritative: Vec<SocketAddr>,
+    /// Route 53: the hosted zone's id (a public and a private zone may share a name); `None`:
+    /// found by name.
+    pub hosted_zone_id: Option<String>,
 }

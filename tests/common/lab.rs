@@ -164,6 +164,8 @@ pub struct Layout {
     pub provider: LabProvider,
     /// What moves.
     pub mode: LabMode,
+    /// Route 53: the `hosted_zone_id` written on the domain instead of the lab zone's own id.
+    pub hosted_zone_id: Option<&'static str>,
 }
 
 impl Default for Layout {
@@ -176,6 +178,7 @@ impl Default for Layout {
             read_token: false,
             provider: LabProvider::Rfc2136,
             mode: LabMode::Mx,
+            hosted_zone_id: None,
         }
     }
 }
@@ -294,9 +297,15 @@ impl Lab {
         };
         // named serves the records only when it is the provider; otherwise mxguard verifies
         // by reading them back from the provider.
-        let authoritative = match peer {
+        let authoritative = match &peer {
             Peer::Rfc2136 => format!("authoritative = [\"{}\"]\n", named.addr()),
-            _ => String::new(),
+            // Route 53: the domain names its hosted zone, as operators with a public and a
+            // private zone of one name must
+            Peer::Route53 { zone_id, .. } => format!(
+                "hosted_zone_id = \"{}\"\n",
+                layout.hosted_zone_id.unwrap_or(zone_id)
+            ),
+            Peer::Cloudflare(_) => String::new(),
         };
         let mut text = format!(
             r#"

@@ -101,7 +101,7 @@ impl Api {
             (None, _) => Ok(None),
             (Some(z), None) => Ok(Some(bare_id(z.id()).to_string())),
             (Some(_), Some(_)) => Err(ProviderError::Rejected {
-                reason: format!("{zone}: more than one hosted zone has this name (public and private?): configure its hosted zone id"),
+                reason: format!("{zone}: more than one hosted zone has this name (public and private?): set hosted_zone_id on its [[domains]] entries"),
             }),
         }
     }

@@ -90,7 +90,7 @@ impl Route53Provider {
                 if &name != zone {
                     return Err(ProviderError::Rejected {
                         reason: format!(
-                            "hosted zone {id} is {name}, not {zone}: check hosted_zone_ids"
+                            "hosted zone {id} is {name}, not {zone}: check the hosted_zone_id configured for zone {zone}"
                         ),
                     });
                 }
