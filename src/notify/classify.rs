@@ -19,12 +19,14 @@ use crate::store::Event;
 ///
 /// | kind | severity |
 /// |---|---|
-/// | `alert.both_down`, `alert.change_failed`, a transition into `BothDown` | critical |
+/// | `alert.both_down`, `alert.change_failed`, `alert.provider_read_failed` (no failover possible), a transition into `BothDown` | critical |
 /// | `alert.flap_guard`, any other `alert.*`, a transition into `FailingOver`, a side's health turning `Down`, `drift` | warning |
 /// | everything else (other transitions, `override`, `operator`, `change`, `propagation`, health recovering) | info |
 pub fn severity_of(event: &Event) -> Severity {
     match event.kind.as_str() {
-        "alert.both_down" | "alert.change_failed" => Severity::Critical,
+        "alert.both_down" | "alert.change_failed" | "alert.provider_read_failed" => {
+            Severity::Critical
+        }
         k if k.starts_with("alert.") => Severity::Warning,
         "transition" => match transition_target(&event.message) {
             Some("BothDown") => Severity::Critical,
