@@ -175,17 +175,17 @@ async fn build_provider(
             if let Some(url) = endpoint_url {
                 config = config.with_endpoint_url(url.clone());
             }
-            // An apply follows the change until Route 53 reports it INSYNC (up to
-            // `sync.max_wait`): the deadline covers that wait.
-            let deadline = PROVIDER_DEADLINE + config.sync.max_wait;
+            // An apply returns once Route 53 accepted the change; following it to INSYNC runs
+            // outside the zone lock and the admission place (Route 53 refuses only a change
+            // processed concurrently, `PriorRequestNotComplete`, which is retried), and the
+            // change is verified at the authoritative servers or by reading back.
+            let config = config.with_background_follow();
             let provider = mxguard_route53::Route53Provider::new(config, Arc::new(TokioClock))
                 .await
                 .map_err(|e| err(e.to_string()))?;
-            // The client paces itself to Route 53's 5 requests per second per account. A
-            // change holds its place while Route 53 syncs it (about a minute, one GetChange
-            // every 5 s), so more places than for Cloudflare: 16 changes following INSYNC take
-            // about 3 of the 5 requests/s.
-            let (client, background) = guarded(provider, 1000.0, 16, deadline);
+            // The client paces itself to Route 53's 5 requests per second per account; a change
+            // is a read and a batch, so a few places keep each inside its deadline.
+            let (client, background) = guarded(provider, 1000.0, 8, PROVIDER_DEADLINE);
             Ok(BuiltProvider {
                 client,
                 background,

@@ -17,6 +17,7 @@ use crate::config::Route53Config;
 use crate::errors::{classify, from_sdk};
 use crate::wire;
 
+#[derive(Clone)]
 pub(crate) struct Api {
     sdk: Sdk,
     credentials: Option<SharedCredentialsProvider>,

@@ -110,6 +110,11 @@ pub struct Route53Config {
     /// The client-side budget for the account (Route 53 allows 5 requests per second).
     pub rate_limit: RateLimit,
     pub sync: SyncPolicy,
+    /// `apply` returns once Route 53 has accepted the change and follows it to `INSYNC` in a
+    /// task of its own, so a caller's zone lock and admission place are not held for the
+    /// minute Route 53 takes to sync (the service verifies at the authoritative servers or by
+    /// reading back). Off: `apply` follows the change before it returns.
+    pub follow_in_background: bool,
 }
 
 impl Route53Config {
@@ -126,6 +131,7 @@ impl Route53Config {
             timeout: Self::DEFAULT_TIMEOUT,
             rate_limit: Self::default_rate_limit(),
             sync: SyncPolicy::default(),
+            follow_in_background: false,
         }
     }
 
@@ -166,6 +172,12 @@ impl Route53Config {
 
     pub fn with_sync(mut self, sync: SyncPolicy) -> Self {
         self.sync = sync;
+        self
+    }
+
+    /// See [`Route53Config::follow_in_background`].
+    pub fn with_background_follow(mut self) -> Self {
+        self.follow_in_background = true;
         self
     }
 

@@ -15,6 +15,9 @@ use crate::config::{ConfigError, Route53Config, SyncPolicy};
 use crate::sync::{ApplyOutcome, ChangeObserver, Follower, SyncStatus};
 use crate::wire;
 
+/// Changes followed to INSYNC in the background at once (8 at one `GetChange` per 5 s take
+/// under a third of the account's 5 requests/s); more are not followed, only verified.
+const MAX_FOLLOWED: usize = 8;
 /// Reads of at most this many RRsets fetch each one; more list the whole zone.
 const READ_BY_KEY_MAX: usize = 4;
 /// Record sets per `ListResourceRecordSets` page (Route 53's maximum).
@@ -28,6 +31,10 @@ pub struct Route53Provider {
     pub(crate) api: Api,
     clock: Arc<dyn Clock>,
     sync: SyncPolicy,
+    background: bool,
+    /// Changes followed in the background at once: each polls `GetChange` every
+    /// `sync.poll_interval` from the account's 5 requests/s, which the changes need too.
+    following: Arc<tokio::sync::Semaphore>,
     observer: Option<Arc<dyn ChangeObserver>>,
     configured: BTreeMap<Fqdn, String>,
     zones: Mutex<HashMap<Fqdn, String>>,
@@ -62,6 +69,8 @@ impl Route53Provider {
             name: config.name,
             clock,
             sync: config.sync,
+            background: config.follow_in_background,
+            following: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWED)),
             observer: None,
             configured: config.hosted_zone_ids,
             zones: Mutex::new(HashMap::new()),
@@ -196,20 +205,16 @@ impl Route53Provider {
         }
     }
 
-    /// [`DnsProvider::apply`], returning how far the change got: the change id and whether
-    /// Route 53 reported it `INSYNC` within `sync.max_wait`.
-    pub async fn apply_and_follow(
+    /// Checks `expected` and sends the change set as one batch: the change id and its first
+    /// status, or `None` when nothing needed changing (no request was sent).
+    async fn submit(
         &self,
         zone: &Fqdn,
         changes: &ChangeSet,
-    ) -> Result<ApplyOutcome, ProviderError> {
+    ) -> Result<Option<(String, aws_sdk_route53::types::ChangeStatus)>, ProviderError> {
         changes.validate_for(zone)?;
-        let nothing = ApplyOutcome {
-            change_id: None,
-            status: SyncStatus::InSync,
-        };
         if changes.is_empty() {
-            return Ok(nothing);
+            return Ok(None);
         }
         let zone_id = self.zone_id(zone).await?;
         let keys: Vec<RrsetKey> = changes.changes.iter().map(Change::key).collect();
@@ -247,7 +252,7 @@ impl Route53Provider {
             }
         }
         if batch.is_empty() {
-            return Ok(nothing);
+            return Ok(None);
         }
         let (records, chars) = batch
             .iter()
@@ -275,6 +280,22 @@ impl Route53Provider {
         let sent = self.api.change(&zone_id, aws_changes, &what).await;
         let (change_id, status) = self.forget_on_not_found(zone, sent)?;
         tracing::info!(provider = %self.name, %zone, change_id, ?status, "change accepted");
+        Ok(Some((change_id, status)))
+    }
+
+    /// [`DnsProvider::apply`], returning how far the change got: the change id and whether
+    /// Route 53 reported it `INSYNC` within `sync.max_wait`.
+    pub async fn apply_and_follow(
+        &self,
+        zone: &Fqdn,
+        changes: &ChangeSet,
+    ) -> Result<ApplyOutcome, ProviderError> {
+        let Some((change_id, status)) = self.submit(zone, changes).await? else {
+            return Ok(ApplyOutcome {
+                change_id: None,
+                status: SyncStatus::InSync,
+            });
+        };
         let follower = Follower {
             api: &self.api,
             clock: &self.clock,
@@ -288,6 +309,44 @@ impl Route53Provider {
             change_id: Some(change_id),
             status,
         })
+    }
+
+    /// Submits the change and follows it to `INSYNC` in a task of its own (reported to the
+    /// observer and the log as usual): Route 53 refuses only a second change *processed* at
+    /// once (`PriorRequestNotComplete`, retried), so nothing needs to wait here.
+    async fn apply_following_in_background(
+        &self,
+        zone: &Fqdn,
+        changes: &ChangeSet,
+    ) -> Result<(), ProviderError> {
+        let Some((change_id, status)) = self.submit(zone, changes).await? else {
+            return Ok(());
+        };
+        let Ok(place) = Arc::clone(&self.following).try_acquire_owned() else {
+            tracing::info!(provider = %self.name, %zone, change_id, "not following this change to INSYNC: {MAX_FOLLOWED} changes are followed already (verification still checks it)");
+            return Ok(());
+        };
+        let (api, clock, policy, observer, provider, zone) = (
+            self.api.clone(),
+            Arc::clone(&self.clock),
+            self.sync,
+            self.observer.clone(),
+            self.name.clone(),
+            zone.clone(),
+        );
+        tokio::spawn(async move {
+            let follower = Follower {
+                api: &api,
+                clock: &clock,
+                policy,
+                observer: observer.as_ref(),
+                provider: &provider,
+                zone: &zone,
+            };
+            follower.follow(&change_id, status).await;
+            drop(place);
+        });
+        Ok(())
     }
 }
 
@@ -348,6 +407,10 @@ impl DnsProvider for Route53Provider {
     }
 
     async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError> {
-        self.apply_and_follow(zone, changes).await.map(|_| ())
+        if self.background {
+            self.apply_following_in_background(zone, changes).await
+        } else {
+            self.apply_and_follow(zone, changes).await.map(|_| ())
+        }
     }
 }

@@ -203,6 +203,53 @@ async fn a_change_still_pending_at_max_wait_is_reported_and_apply_still_succeeds
 }
 
 #[tokio::test]
+async fn with_background_follow_apply_returns_at_acceptance_and_insync_is_reported_later() {
+    let peer = peer_with_zone().await;
+    let clock = RecordingClock::new();
+    let events: Events = Arc::default();
+    let sink = Arc::clone(&events);
+    let observer = move |e: &ChangeEvent| sink.lock().expect("events").push(e.clone());
+    let sync = SyncPolicy {
+        poll_interval: Duration::from_secs(5),
+        max_wait: Duration::from_secs(1_200),
+    };
+    let p = Route53Provider::new(
+        peer.config(KEY_ID, SECRET)
+            .with_sync(sync)
+            .with_background_follow(),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("a valid config")
+    .with_observer(Arc::new(observer));
+    peer.proxy.inject(Op::ChangeRecordSets, Fault::Pending, 1);
+    peer.proxy.inject(Op::GetChange, Fault::Pending, 2);
+    p.apply(&fqdn(ZONE), &create(&[&mx()]))
+        .await
+        .expect("accepted by Route 53");
+    // apply returned with the change accepted, before any poll (the change is PENDING)
+    assert_eq!(
+        p.read(&fqdn(ZONE), &[RrsetKey::of(&mx())]).await,
+        Ok(vec![mx()])
+    );
+    // the follower goes on by itself and reports INSYNC to the observer
+    let start = std::time::Instant::now();
+    while statuses(&events).last() != Some(&SyncStatus::InSync) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never reported INSYNC: {:?}",
+            statuses(&events)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        peer.proxy.count(Op::GetChange),
+        3,
+        "two PENDING, then INSYNC"
+    );
+}
+
+#[tokio::test]
 async fn a_refused_get_change_leaves_the_change_unconfirmed_not_failed() {
     let peer = peer_with_zone().await;
     let clock = RecordingClock::new();
