@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use chrono::{FixedOffset, SecondsFormat, Utc};
-use common::api::{self, Call, TestApi, ADMIN, BACKUP_MX, OPERATOR, PRIMARY_MX, READER};
+use common::api::{self, Call, MxView, TestApi, ADMIN, BACKUP_MX, OPERATOR, PRIMARY_MX, READER};
 use serde_json::{json, Value};
 
 const D: &str = "/v1/domains/example.test";
@@ -309,7 +309,7 @@ async fn a_revert_and_a_change_never_write_the_domain_at_once() {
     // The controller's change holds the domain: the revert is refused and changes nothing.
     let change = handle.try_write().expect("nobody writes yet");
     t.dns.hand_edit_mx(BACKUP_MX, 30);
-    let applies = t.dns.applies.load(std::sync::atomic::Ordering::SeqCst);
+    let applies = t.dns.applies();
     let r = t
         .call(
             Call::new(Method::POST, "/v1/snapshots/1/revert")
@@ -327,10 +327,7 @@ async fn a_revert_and_a_change_never_write_the_domain_at_once() {
         r.text
     );
     assert_eq!(t.dns.mx(), vec![format!("{BACKUP_MX} 30")]);
-    assert_eq!(
-        t.dns.applies.load(std::sync::atomic::Ordering::SeqCst),
-        applies
-    );
+    assert_eq!(t.dns.applies(), applies);
     // a dry run only reads: it is answered
     let r = t
         .call(
@@ -355,7 +352,7 @@ async fn a_revert_and_a_change_never_write_the_domain_at_once() {
 
     // An operator's revert holds the domain: a failover is accepted but applied only after.
     let revert = handle.try_write().expect("the revert is over");
-    let applies = t.dns.applies.load(std::sync::atomic::Ordering::SeqCst);
+    let applies = t.dns.applies();
     let r = t
         .call(
             Call::new(Method::POST, "/v1/domains/example.test/failover")
@@ -369,11 +366,7 @@ async fn a_revert_and_a_change_never_write_the_domain_at_once() {
     }
     let status = get(&t, D).await;
     assert_eq!(status["state"]["in_flight"], "backup", "{status}");
-    assert_eq!(
-        t.dns.applies.load(std::sync::atomic::Ordering::SeqCst),
-        applies,
-        "the change waits for the revert"
-    );
+    assert_eq!(t.dns.applies(), applies, "the change waits for the revert");
     assert_eq!(t.dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
     drop(revert);
     common::poll(

@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::api::{self, Call, ADMIN, BACKUP_MX, OPERATOR, PRIMARY_MX};
+use common::api::{self, Call, MxView, ADMIN, BACKUP_MX, OPERATOR, PRIMARY_MX};
 use serde_json::json;
 
 const PIN: &str = "/v1/domains/example.test/pin";

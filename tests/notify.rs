@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::api::DOMAIN;
+use common::api::{MxView, DOMAIN};
 use common::poll;
 use hmac::{Hmac, Mac};
 use mxguard::config::Config;

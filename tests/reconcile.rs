@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::api::{memory_deps, sole_leader, MemoryDns, BACKUP_MX, PRIMARY_MX};
+use common::api::{lab_dns, memory_deps, sole_leader, MemoryDns, MxView, BACKUP_MX, PRIMARY_MX};
 use mxguard::actor::Actor;
 use mxguard::config::Config;
 use mxguard::config::StoreUrl;
@@ -65,7 +65,7 @@ async fn a_slow_reconcile_read_neither_blocks_the_actor_nor_overrules_a_later_ch
         StoreUrl::parse(&format!("sqlite://{}", dir.path().join("r.db").display())).expect("url");
     let store = mxguard::store::open(&url).await.expect("store");
     store.migrate().await.expect("migrate");
-    let dns = Arc::new(MemoryDns::default());
+    let dns = Arc::new(lab_dns());
     dns.hand_edit_mx(PRIMARY_MX, 300);
     let slow = Arc::new(SlowReads {
         inner: dns.clone(),

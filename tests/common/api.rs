@@ -3,12 +3,9 @@
 //! `operator` (read + operate), `admin` (admin). [`TestApi::fingerprint`] captures everything a
 //! request could change, so a test can assert that a refused request changed nothing.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
@@ -20,7 +17,8 @@ use mxguard::engine::Engine;
 use mxguard::model::{Fqdn, RecordSet, RecordType, Side, Ttl};
 use mxguard::store::Store;
 use mxguard::verify::Verifier;
-use mxguard_core::{Capabilities, Change, ChangeSet, DnsProvider, ProviderError, RrsetKey};
+use mxguard_core::conformance::memory::MemoryProvider;
+use mxguard_core::RrsetKey;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -40,18 +38,28 @@ pub fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-/// One zone in memory; counts applies.
-#[derive(Default)]
-pub struct MemoryDns {
-    pub sets: Mutex<BTreeMap<RrsetKey, RecordSet>>,
-    pub applies: AtomicUsize,
+/// The lab zone in memory: `mxguard_core`'s reference provider (the one the conformance kit
+/// is checked against), holding [`DOMAIN`].
+pub type MemoryDns = MemoryProvider;
+
+/// A [`MemoryDns`] holding the empty lab zone.
+pub fn lab_dns() -> MemoryDns {
+    MemoryProvider::with_zones([&Fqdn::parse(DOMAIN).expect("name")])
 }
 
-impl MemoryDns {
-    pub fn mx(&self) -> Vec<String> {
-        let key = RrsetKey::new(Fqdn::parse(DOMAIN).expect("name"), RecordType::Mx);
-        let sets = self.sets.lock().expect("sets");
-        sets.get(&key)
+/// The lab zone's MX set, seen and edited the way the tests need it.
+pub trait MxView {
+    /// The MX set as "PREF HOST TTL" strings.
+    fn mx(&self) -> Vec<String>;
+    /// Replaces the MX set behind mxguard's back (a hand edit in a console).
+    fn hand_edit_mx(&self, record: &str, ttl: u32);
+}
+
+impl MxView for MemoryDns {
+    fn mx(&self) -> Vec<String> {
+        let zone = Fqdn::parse(DOMAIN).expect("name");
+        let key = RrsetKey::new(zone.clone(), RecordType::Mx);
+        self.get(&zone, &key)
             .map(|s| {
                 s.records()
                     .iter()
@@ -61,13 +69,8 @@ impl MemoryDns {
             .unwrap_or_default()
     }
 
-    /// Replaces the MX set behind mxguard's back (a hand edit in a console).
-    pub fn hand_edit_mx(&self, record: &str, ttl: u32) {
-        let set = mx_set(record, ttl);
-        self.sets
-            .lock()
-            .expect("sets")
-            .insert(RrsetKey::of(&set), set);
+    fn hand_edit_mx(&self, record: &str, ttl: u32) {
+        self.put(&Fqdn::parse(DOMAIN).expect("name"), mx_set(record, ttl));
     }
 }
 
@@ -79,53 +82,6 @@ pub fn mx_set(record: &str, ttl: u32) -> RecordSet {
         &[record],
     )
     .expect("mx set")
-}
-
-#[async_trait]
-impl DnsProvider for MemoryDns {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            min_ttl: 0,
-            max_ttl: Ttl::MAX,
-            max_changes_per_request: 50,
-            atomic: true,
-            zone_listing: true,
-        }
-    }
-    async fn read(&self, _zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
-        let sets = self.sets.lock().expect("sets");
-        Ok(keys.iter().filter_map(|k| sets.get(k).cloned()).collect())
-    }
-    async fn list_zone(&self, _zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError> {
-        Ok(self.sets.lock().expect("sets").values().cloned().collect())
-    }
-    async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError> {
-        changes.validate_for(zone)?;
-        let mut sets = self.sets.lock().expect("sets");
-        for c in &changes.changes {
-            let live = sets.get(&c.key()).map(|s| s.records().to_vec());
-            if live.as_deref() != c.expected().map(|s| s.records()) {
-                return Err(ProviderError::Rejected {
-                    reason: format!("{:?} changed", c.key()),
-                });
-            }
-        }
-        for c in &changes.changes {
-            match c {
-                Change::Upsert { set, .. } => {
-                    sets.insert(RrsetKey::of(set), set.clone());
-                }
-                Change::Delete { key, .. } => {
-                    sets.remove(key);
-                }
-            }
-        }
-        self.applies.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
 }
 
 pub struct TestApi {
@@ -250,7 +206,7 @@ pub async fn start(tokens: bool) -> TestApi {
         StoreUrl::parse(&format!("sqlite://{}", dir.path().join("api.db").display())).expect("url");
     let store = mxguard::store::open(&url).await.expect("store");
     store.migrate().await.expect("migrate");
-    let dns = Arc::new(MemoryDns::default());
+    let dns = Arc::new(lab_dns());
     dns.hand_edit_mx(PRIMARY_MX, 300);
     let shutdown = CancellationToken::new();
     let leadership = sole_leader(&*store).await;
@@ -379,7 +335,7 @@ impl TestApi {
             .recent_changes(&domain, 1000)
             .await
             .expect("changes");
-        let sets = self.dns.sets.lock().expect("sets").clone();
+        let sets = self.dns.sets(&domain);
         format!(
             "state={:?}\nevents={:?}\nsnapshots={}\nchanges={}\nzone={:?}\napplies={}",
             state.map(|s| (s.version, s.state)),
@@ -390,7 +346,7 @@ impl TestApi {
             snaps.len(),
             changes.len(),
             sets,
-            self.dns.applies.load(Ordering::SeqCst)
+            self.dns.applies()
         )
     }
 }

@@ -30,7 +30,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::common::api::{memory_deps, sole_leader, MemoryDns, BACKUP_MX, DOMAIN, PRIMARY_MX};
+use crate::common::api::{
+    lab_dns, memory_deps, sole_leader, MemoryDns, MxView, BACKUP_MX, DOMAIN, PRIMARY_MX,
+};
 use crate::common::poll;
 
 /// A request a receiver got.
@@ -240,7 +242,7 @@ impl Drop for NotifyLab {
 impl NotifyLab {
     pub async fn start(notify: &str) -> NotifyLab {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let dns = Arc::new(MemoryDns::default());
+        let dns = Arc::new(lab_dns());
         dns.hand_edit_mx(PRIMARY_MX, 300);
         NotifyLab::boot(notify, dir, dns, None).await
     }

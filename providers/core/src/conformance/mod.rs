@@ -11,6 +11,7 @@
 //! recording clock, log capture).
 
 mod failures;
+pub mod memory;
 mod records;
 pub mod support;
 
