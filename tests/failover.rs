@@ -35,17 +35,6 @@ async fn store(lab: &Lab) -> std::sync::Arc<dyn Store> {
     mxguard::store::open(&url).await.expect("open store")
 }
 
-async fn changes(lab: &Lab) -> Vec<(i64, String)> {
-    let url = format!("sqlite://{}", lab.db.display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("db");
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM changes ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .expect("changes");
-    pool.close().await;
-    rows
-}
-
 async fn wait_for_log(mx: &common::lab::Mxguard, needle: &str, deadline: Duration) {
     let start = Instant::now();
     while !mx.saw(needle) {
@@ -108,7 +97,7 @@ async fn primary_down_fails_over_and_recovery_fails_back_after_the_hold() {
         "failback after {back_after:?}, before the 4 s hold"
     );
 
-    let rows = changes(&lab).await;
+    let rows = lab.changes().await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows.iter().all(|(_, st)| st == "verified"), "{rows:?}");
     let events = s.events(&domain, None, 1000).await.expect("events");
@@ -148,13 +137,13 @@ async fn kill_at(failpoint: &str) -> (Lab, Vec<(i64, String)>, Vec<(i64, String)
     )
     .await;
     mx.kill9();
-    let before = changes(&lab).await;
+    let before = lab.changes().await;
     let serial_at_kill = lab.serial().await;
     let mx2 = lab.serve(None);
     wait_for_mx(&lab, BACKUP_MX, Duration::from_secs(60)).await;
     let start = Instant::now();
     let after = loop {
-        let rows = changes(&lab).await;
+        let rows = lab.changes().await;
         if rows.iter().all(|(_, s)| s == "verified") || start.elapsed() > Duration::from_secs(30) {
             break rows;
         }

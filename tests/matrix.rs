@@ -16,8 +16,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::lab::{Lab, LabMode, LabOptions, LabProvider, Layout, Mxguard};
-use mxguard::config::StoreUrl;
-use mxguard::model::Fqdn;
 
 /// Generous: a loaded 2-core machine runs several labs at once.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -34,22 +32,8 @@ async fn start(provider: LabProvider, mode: LabMode, hold: &'static str) -> Lab 
     .await
 }
 
-async fn events(lab: &Lab) -> Vec<mxguard::store::Event> {
-    let url = StoreUrl::parse(&format!("sqlite://{}", lab.db.display())).expect("url");
-    let Ok(store) = mxguard::store::open(&url).await else {
-        return Vec::new();
-    };
-    // Before the server's first migration there is no table yet: no events.
-    let ev = store
-        .events(&Fqdn::parse("example.test").expect("name"), None, 10_000)
-        .await
-        .unwrap_or_default();
-    store.close().await;
-    ev
-}
-
 async fn count_events(lab: &Lab, kind: &str) -> usize {
-    events(lab).await.iter().filter(|e| e.kind == kind).count()
+    lab.events().await.iter().filter(|e| e.kind == kind).count()
 }
 
 /// Until `n` events of `kind` are recorded.
@@ -59,7 +43,7 @@ async fn wait_for_events(lab: &Lab, mx: &Mxguard, kind: &str, n: usize) {
         assert!(
             start.elapsed() < DEADLINE,
             "fewer than {n} {kind} events after {DEADLINE:?}: {:#?}\nmxguard's log:\n{}",
-            events(lab)
+            lab.events()
                 .await
                 .iter()
                 .map(|e| format!("{} {}", e.kind, e.message))
@@ -87,23 +71,11 @@ async fn wait_published(lab: &Lab, mx: &Mxguard, want: &[String]) {
     }
 }
 
-/// The change intents in the store: (id, status).
-async fn changes(lab: &Lab) -> Vec<(i64, String)> {
-    let url = format!("sqlite://{}", lab.db.display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("db");
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM changes ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .expect("changes");
-    pool.close().await;
-    rows
-}
-
 /// Until every change intent is `verified`; returns them.
 async fn wait_verified(lab: &Lab, mx: &Mxguard) -> Vec<(i64, String)> {
     let start = Instant::now();
     loop {
-        let rows = changes(lab).await;
+        let rows = lab.changes().await;
         if !rows.is_empty() && rows.iter().all(|(_, s)| s == "verified") {
             return rows;
         }
@@ -116,29 +88,11 @@ async fn wait_verified(lab: &Lab, mx: &Mxguard) -> Vec<(i64, String)> {
     }
 }
 
-/// Until the controller settled on the primary and has seen both sides Up.
-async fn settle(lab: &Lab, mx: &Mxguard) {
-    let start = Instant::now();
-    loop {
-        let ev = events(lab).await;
-        let up = |side: &str| {
-            ev.iter().any(|e| {
-                e.kind == "health" && e.message.starts_with(&format!("{side} Unknown → Up"))
-            })
-        };
-        if mx.saw("first verdicts") && up("primary") && up("backup") {
-            return;
-        }
-        assert!(start.elapsed() < DEADLINE, "never settled:\n{}", mx.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn failover_and_failback(provider: LabProvider, mode: LabMode) {
     let mut lab = start(provider, mode, "4s").await;
     let writes = lab.writes().await;
     let mut mx = lab.serve(None);
-    settle(&lab, &mx).await;
+    lab.settle(&mx, DEADLINE).await;
     assert_eq!(lab.published().await, lab.primary_at(lab.live_ttl));
     assert_eq!(lab.writes().await, writes, "a healthy start writes nothing");
 
@@ -162,7 +116,7 @@ async fn failover_and_failback(provider: LabProvider, mode: LabMode) {
     );
     wait_for_events(&lab, &mx, "change", 2).await;
     assert_eq!(lab.writes().await, writes + 2, "one write for the failback");
-    let rows = changes(&lab).await;
+    let rows = lab.changes().await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows.iter().all(|(_, s)| s == "verified"), "{rows:?}");
     assert_eq!(mx.terminate(), Some(0));
@@ -172,7 +126,7 @@ async fn sigkill_during_failover(provider: LabProvider, mode: LabMode) {
     let mut lab = start(provider, mode, "1h").await;
     let writes = lab.writes().await;
     let mut mx = lab.serve(Some("after_intent"));
-    settle(&lab, &mx).await;
+    lab.settle(&mx, DEADLINE).await;
     lab.primary.stop().await.expect("stop the primary MTA");
     let start = Instant::now();
     while !mx.saw("FAILPOINT after_intent reached") {
@@ -184,7 +138,7 @@ async fn sigkill_during_failover(provider: LabProvider, mode: LabMode) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     mx.kill9();
-    let before = changes(&lab).await;
+    let before = lab.changes().await;
     assert_eq!(before.len(), 1, "the intent was written: {before:?}");
     assert_eq!(before[0].1, "pending");
     assert_eq!(
@@ -208,7 +162,7 @@ async fn provider_outage_during_failover(provider: LabProvider, mode: LabMode) {
     let mut lab = start(provider, mode, "1h").await;
     let writes = lab.writes().await;
     let mx = lab.serve(None);
-    settle(&lab, &mx).await;
+    lab.settle(&mx, DEADLINE).await;
     lab.provider_outage().await;
     lab.primary.stop().await.expect("stop the primary MTA");
     wait_for_events(&lab, &mx, "alert.change_failed", 1).await;
@@ -227,7 +181,7 @@ async fn provider_outage_during_failover(provider: LabProvider, mode: LabMode) {
     assert_eq!(lab.writes().await, writes + 1, "exactly one write landed");
     // An intent whose apply failed is closed as `failed` and the retry writes a new one; only
     // the last is applied.
-    let rows = changes(&lab).await;
+    let rows = lab.changes().await;
     let (last, earlier) = rows.split_last().expect("intents");
     assert_eq!(last.1, "verified", "{rows:?}");
     assert!(earlier.iter().all(|(_, s)| s == "failed"), "{rows:?}");
@@ -256,7 +210,7 @@ async fn route53_unknown_hosted_zone_id_alerts_and_writes_nothing() {
     // the primary is seen Down; still nothing can be (or is) published
     let start = Instant::now();
     // (Unknown → Down when the stop came before the first round of the primary)
-    while !plain(&mx.log()).lines().any(|l| {
+    while !mx.plain_log().lines().any(|l| {
         l.contains("side health changed") && l.contains("side=primary") && l.contains("to=Down")
     }) {
         assert!(
@@ -266,7 +220,8 @@ async fn route53_unknown_hosted_zone_id_alerts_and_writes_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let alert = events(&lab)
+    let alert = lab
+        .events()
         .await
         .into_iter()
         .find(|e| e.kind == "alert.provider_read_failed")
@@ -283,26 +238,7 @@ async fn route53_unknown_hosted_zone_id_alerts_and_writes_nothing() {
         1,
         "alerted once, not at every read"
     );
-    assert!(changes(&lab).await.is_empty(), "no intent");
-}
-
-/// `text` without ANSI colour codes.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // skip to the end of the escape sequence (a letter)
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    assert!(lab.changes().await.is_empty(), "no intent");
 }
 
 /// One test per (body, provider, mode).

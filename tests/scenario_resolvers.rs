@@ -15,25 +15,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::lab::{Lab, LabOptions, Layout, Mxguard, PRIMARY_IP};
-use mxguard::config::StoreUrl;
-use mxguard::model::Fqdn;
 use mxguard_testpeers::hickory_proto::op::ResponseCode;
 use mxguard_testpeers::hickory_proto::rr::{RData, RecordType};
 use serde_json::Value;
 
 const DOMAIN_PATH: &str = "/v1/domains/example.test";
 const BACKUP_MX: &str = "10 backup.example.test. 30";
-
-async fn events(lab: &Lab) -> Vec<mxguard::store::Event> {
-    let url = StoreUrl::parse(&format!("sqlite://{}", lab.db.display())).expect("url");
-    let store = mxguard::store::open(&url).await.expect("store");
-    let ev = store
-        .events(&Fqdn::parse("example.test").expect("name"), None, 10_000)
-        .await
-        .unwrap_or_default();
-    store.close().await;
-    ev
-}
 
 fn timeline(ev: &[mxguard::store::Event]) -> Vec<String> {
     ev.iter()
@@ -147,7 +134,7 @@ async fn mx_host_unresolvable_at_one_resolver_of_three_is_no_outage_at_two_it_fa
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let ev = events(&lab).await;
+    let ev = lab.events().await;
     let after: Vec<&mxguard::store::Event> = ev.iter().filter(|e| e.at >= broken_at).collect();
     assert!(
         after
@@ -179,7 +166,7 @@ async fn mx_host_unresolvable_at_one_resolver_of_three_is_no_outage_at_two_it_fa
 
     // the timeline says why: the primary went Down for lack of a resolver quorum
     let ev = common::poll("the change event", Duration::from_secs(30), || async {
-        let ev = events(&lab).await;
+        let ev = lab.events().await;
         ev.iter().any(|e| e.kind == "change").then_some(ev)
     })
     .await;

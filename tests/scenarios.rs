@@ -5,61 +5,24 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, LabOptions, Mxguard};
-use mxguard::config::StoreUrl;
-use mxguard::model::Fqdn;
-
-async fn events(lab: &Lab) -> Vec<mxguard::store::Event> {
-    let url = StoreUrl::parse(&format!("sqlite://{}", lab.db.display())).expect("url");
-    let store = mxguard::store::open(&url).await.expect("store");
-    // Before the server's first migration there is no table yet: no events.
-    let ev = store
-        .events(&Fqdn::parse("example.test").expect("name"), None, 10_000)
-        .await
-        .unwrap_or_default();
-    store.close().await;
-    ev
-}
+use common::lab::{Lab, LabOptions};
 
 async fn wait_for_event(lab: &Lab, kind: &str, deadline: Duration) -> mxguard::store::Event {
     let start = Instant::now();
     loop {
-        if let Some(e) = events(lab).await.into_iter().find(|e| e.kind == kind) {
+        if let Some(e) = lab.events().await.into_iter().find(|e| e.kind == kind) {
             return e;
         }
         assert!(
             start.elapsed() < deadline,
             "no {kind} event within {deadline:?}: {:#?}",
-            events(lab)
+            lab.events()
                 .await
                 .iter()
                 .map(|e| format!("{} {}", e.kind, e.message))
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Until the controller settled on the primary and both sides have been seen Up (so the
-/// resolvers have cached both MX hosts' addresses).
-async fn settle(lab: &Lab, mx: &Mxguard) {
-    let start = Instant::now();
-    loop {
-        let ev = events(lab).await;
-        let up = |side: &str| {
-            ev.iter().any(|e| {
-                e.kind == "health" && e.message.starts_with(&format!("{side} Unknown → Up"))
-            })
-        };
-        if mx.saw("first verdicts") && up("primary") && up("backup") {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never settled:\n{}",
-            mx.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -71,12 +34,13 @@ async fn backup_down_too_changes_nothing_and_alerts() {
     })
     .await;
     let mx = lab.serve(None);
-    settle(&lab, &mx).await;
+    lab.settle(&mx, Duration::from_secs(60)).await;
     let serial = lab.serial().await;
     lab.backup.stop().await.expect("stop backup");
     // the backup is known Down before the primary fails (otherwise failing over is right)
     let start = Instant::now();
-    while !events(&lab)
+    while !lab
+        .events()
         .await
         .iter()
         .any(|e| e.kind == "health" && e.message.starts_with("backup Up → Down"))
@@ -124,7 +88,7 @@ async fn provider_down_during_failover_retries_and_applies_once() {
     })
     .await;
     let mx = lab.serve(None);
-    settle(&lab, &mx).await;
+    lab.settle(&mx, Duration::from_secs(60)).await;
     let serial = lab.serial().await;
     // the DNS provider goes down; the resolvers still have the MX hosts' addresses cached
     lab.named.stop();
@@ -156,7 +120,8 @@ async fn provider_down_during_failover_retries_and_applies_once() {
         serial + 1,
         "exactly one UPDATE reached named"
     );
-    let changes: Vec<_> = events(&lab)
+    let changes: Vec<_> = lab
+        .events()
         .await
         .into_iter()
         .filter(|e| e.kind == "change")
@@ -172,7 +137,7 @@ async fn a_flapping_primary_trips_the_flap_guard() {
     })
     .await;
     let mx = lab.serve(None);
-    settle(&lab, &mx).await;
+    lab.settle(&mx, Duration::from_secs(60)).await;
     let serial = lab.serial().await;
     let backup = "10 backup.example.test. 30".to_string();
     let primary = "10 mx1.example.test. 300".to_string();

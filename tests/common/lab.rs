@@ -572,6 +572,56 @@ fn provider_env(cmd: &mut Command) {
 }
 
 impl Lab {
+    /// The domain's timeline in the lab's store (empty before the first migration).
+    pub async fn events(&self) -> Vec<mxguard::store::Event> {
+        let url = mxguard::config::StoreUrl::parse(&format!("sqlite://{}", self.db.display()))
+            .expect("url");
+        let Ok(store) = mxguard::store::open(&url).await else {
+            return Vec::new();
+        };
+        let ev = store
+            .events(
+                &mxguard::model::Fqdn::parse("example.test").expect("name"),
+                None,
+                10_000,
+            )
+            .await
+            .unwrap_or_default();
+        store.close().await;
+        ev
+    }
+
+    /// The change intents in the lab's store: (id, status), oldest first.
+    pub async fn changes(&self) -> Vec<(i64, String)> {
+        let url = format!("sqlite://{}", self.db.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("db");
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM changes ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("changes");
+        pool.close().await;
+        rows
+    }
+
+    /// Until `mx` settled on the primary and has seen both sides Up (so the resolvers have
+    /// cached both MX hosts' addresses).
+    pub async fn settle(&self, mx: &Mxguard, deadline: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let ev = self.events().await;
+            let up = |side: &str| {
+                ev.iter().any(|e| {
+                    e.kind == "health" && e.message.starts_with(&format!("{side} Unknown → Up"))
+                })
+            };
+            if mx.saw("first verdicts") && up("primary") && up("backup") {
+                return;
+            }
+            assert!(start.elapsed() < deadline, "never settled:\n{}", mx.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The managed RRset: (owner name, type).
     pub fn managed(&self) -> (&'static str, mxguard::model::RecordType) {
         match self.layout.mode {
@@ -717,6 +767,26 @@ impl Mxguard {
 
     pub fn log(&self) -> String {
         self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// [`Mxguard::log`] without ANSI colour codes, for matching `field=value` pairs.
+    pub fn plain_log(&self) -> String {
+        let text = self.log();
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // ESC [ … up to the final letter
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     pub fn kill9(&mut self) {
