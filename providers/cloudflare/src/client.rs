@@ -11,7 +11,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::config::{ApiToken, CloudflareConfig, ConfigError};
-use crate::errors::{classify, transport, Failure};
+use crate::errors::{classify, parse_should_retry, transport, Failure};
 use crate::wire::{ApiMessage, Envelope, ResultInfo};
 
 pub(crate) struct Client {
@@ -111,6 +111,11 @@ impl Client {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let should_retry = response
+            .headers()
+            .get("x-should-retry")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_should_retry);
         let bytes = response
             .bytes()
             .await
@@ -123,7 +128,13 @@ impl Client {
                     "{what}: Cloudflare answered success without a result"
                 )))),
             },
-            Ok(env) => Err(self.failed(status, env.errors, retry_after.as_deref(), what)),
+            Ok(env) => Err(self.failed(
+                status,
+                env.errors,
+                retry_after.as_deref(),
+                should_retry,
+                what,
+            )),
             Err(e) if status.is_success() => Err(plain(ProviderError::Transient(format!(
                 "{what}: Cloudflare's answer could not be read: {e}"
             )))),
@@ -132,7 +143,7 @@ impl Client {
                 let errors = serde_json::from_slice::<Envelope<serde_json::Value>>(&bytes)
                     .map(|e| e.errors)
                     .unwrap_or_default();
-                Err(self.failed(status, errors, retry_after.as_deref(), what))
+                Err(self.failed(status, errors, retry_after.as_deref(), should_retry, what))
             }
         }
     }
@@ -142,12 +153,14 @@ impl Client {
         status: StatusCode,
         errors: Vec<ApiMessage>,
         retry_after: Option<&str>,
+        should_retry: Option<bool>,
         what: &str,
     ) -> CallError {
         let error = classify(&Failure {
             status: status.as_u16(),
             errors: &errors,
             retry_after,
+            should_retry,
             what,
         });
         tracing::debug!(status = status.as_u16(), error = %error, "cloudflare call failed");

@@ -23,6 +23,9 @@ pub(crate) struct Failure<'a> {
     pub status: u16,
     pub errors: &'a [ApiMessage],
     pub retry_after: Option<&'a str>,
+    /// `x-should-retry`: Cloudflare's own word on whether to retry, which its SDK obeys
+    /// before looking at the status.
+    pub should_retry: Option<bool>,
     /// e.g. "listing DNS records of example.com."
     pub what: &'a str,
 }
@@ -65,16 +68,33 @@ pub(crate) fn classify(f: &Failure<'_>) -> ProviderError {
             "{detail} (the API token is invalid, expired, or lacks a permission: mxguard needs Zone:Read and DNS:Edit on the zone)"
         ));
     }
-    if f.status >= 500 {
+    // As Cloudflare's SDK decides: the header first, then 408, 409 (a lock timeout: another
+    // change to the zone held it) and 5xx are retried.
+    match f.should_retry {
+        Some(true) => return ProviderError::Transient(detail),
+        Some(false) if f.status >= 500 || f.status == 408 || f.status == 409 => {
+            return ProviderError::Rejected {
+                reason: format!("{detail} (x-should-retry: false)"),
+            }
+        }
+        _ => {}
+    }
+    if f.status >= 500 || f.status == 408 || f.status == 409 {
         return ProviderError::Transient(detail);
     }
     if has_code(f.errors, NO_ROUTE_FOR_ID) {
         return ProviderError::NotFound(detail);
     }
-    if f.status == 408 {
-        return ProviderError::Transient(detail);
-    }
     ProviderError::Rejected { reason: detail }
+}
+
+/// `x-should-retry` as Cloudflare's SDK reads it: `true` or `false`, anything else ignored.
+pub(crate) fn parse_should_retry(value: &str) -> Option<bool> {
+    match value.trim() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
 }
 
 /// `retry-after` as seconds or as an HTTP date.
@@ -124,8 +144,45 @@ mod tests {
             status,
             errors,
             retry_after,
+            should_retry: None,
             what: "test",
         })
+    }
+
+    fn classify_told(status: u16, should_retry: bool) -> &'static str {
+        classify(&Failure {
+            status,
+            errors: &[],
+            retry_after: None,
+            should_retry: Some(should_retry),
+            what: "test",
+        })
+        .kind()
+    }
+
+    #[test]
+    fn lock_timeouts_and_x_should_retry_decide_as_cloudflares_sdk_does() {
+        assert_eq!(classify_one(409, &[], None).kind(), "transient");
+        assert_eq!(classify_one(408, &[], None).kind(), "transient");
+        assert_eq!(
+            classify_told(400, true),
+            "transient",
+            "the header forces a retry"
+        );
+        assert_eq!(classify_told(503, false), "rejected", "and forbids one");
+        assert_eq!(classify_told(409, false), "rejected");
+        assert_eq!(
+            classify_told(429, false),
+            "rate_limited",
+            "a 429 still waits"
+        );
+        assert_eq!(
+            classify_told(403, true),
+            "auth",
+            "a refused token is never retried"
+        );
+        assert_eq!(parse_should_retry(" true"), Some(true));
+        assert_eq!(parse_should_retry("1"), None);
     }
 
     #[test]

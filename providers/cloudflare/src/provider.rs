@@ -114,38 +114,51 @@ impl CloudflareProvider {
         let names: BTreeSet<&Fqdn> = keys.iter().map(|k| &k.name).collect();
         let path = ["zones", zone_id, "dns_records"];
         let result = if names.len() <= READ_BY_NAME_MAX {
-            let mut out = Vec::new();
-            for name in names {
-                let types: BTreeSet<&str> = keys
-                    .iter()
-                    .filter(|k| &k.name == name)
-                    .map(|k| k.rtype.as_str())
-                    .collect();
-                let mut query = vec![("name.exact", name.without_dot().to_string())];
-                if let [only] = types.iter().collect::<Vec<_>>().as_slice() {
-                    query.push(("type", (*only).to_string()));
-                }
-                let what = format!("reading {name} in zone {zone}");
-                out.extend(
-                    self.client
-                        .list_all::<DnsRecord>(&path, &query, self.per_page, &what)
-                        .await?,
-                );
-            }
-            Ok(out)
+            self.read_by_name(zone, &path, names, keys).await
         } else {
             let what = format!("listing DNS records of zone {zone}");
             self.client.list_all(&path, &[], self.per_page, &what).await
         };
-        self.forget_on_not_found(zone, result)
+        self.forget_zone_on_failure(zone, result)
     }
 
-    fn forget_on_not_found<T>(
+    /// One list call per name (with its type when the name has one key).
+    async fn read_by_name(
+        &self,
+        zone: &Fqdn,
+        path: &[&str],
+        names: BTreeSet<&Fqdn>,
+        keys: &[RrsetKey],
+    ) -> Result<Vec<DnsRecord>, ProviderError> {
+        let mut out = Vec::new();
+        for name in names {
+            let types: BTreeSet<&str> = keys
+                .iter()
+                .filter(|k| &k.name == name)
+                .map(|k| k.rtype.as_str())
+                .collect();
+            let mut query = vec![("name.exact", name.without_dot().to_string())];
+            if let [only] = types.iter().collect::<Vec<_>>().as_slice() {
+                query.push(("type", (*only).to_string()));
+            }
+            let what = format!("reading {name} in zone {zone}");
+            out.extend(
+                self.client
+                    .list_all::<DnsRecord>(path, &query, self.per_page, &what)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn forget_zone_on_failure<T>(
         &self,
         zone: &Fqdn,
         r: Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        if matches!(r, Err(ProviderError::NotFound(_))) {
+        // A zone id that stops working (the zone deleted and added again, or moved out of the
+        // token's scope) is looked up again next time, which then says what is wrong.
+        if matches!(r, Err(ProviderError::NotFound(_) | ProviderError::Auth(_))) {
             self.lock_zones().remove(zone);
         }
         r
@@ -210,7 +223,9 @@ impl CloudflareProvider {
                     self.batch_available.store(false, Ordering::SeqCst);
                 }
                 Err(e) => {
-                    if has_code(&e.errors, NO_ROUTE_FOR_ID) {
+                    if has_code(&e.errors, NO_ROUTE_FOR_ID)
+                        || matches!(e.error, ProviderError::Auth(_))
+                    {
                         self.lock_zones().remove(zone);
                     }
                     return Err(e.error);
@@ -315,7 +330,7 @@ impl DnsProvider for CloudflareProvider {
             .client
             .list_all::<DnsRecord>(&path, &[], self.per_page, &what)
             .await;
-        let records = self.forget_on_not_found(zone, listed)?;
+        let records = self.forget_zone_on_failure(zone, listed)?;
         let (sets, problems) = wire::group(&records, |k| k.name.is_within(zone));
         for (key, problem) in problems {
             tracing::warn!(provider = %self.name, %zone, %key, %problem, "skipping an RRset mxguard cannot represent");

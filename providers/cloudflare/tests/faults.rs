@@ -304,3 +304,84 @@ async fn a_record_deleted_behind_our_back_fails_the_whole_batch() {
         "the MX of the failed batch is not there"
     );
 }
+
+/// The guarded stack on a recording clock, for the retry tests below.
+fn retrying(fake: &fake::FakeCloudflare) -> Arc<dyn DnsProvider> {
+    let clock = RecordingClock::new();
+    guarded(
+        provider(config(fake, common::TOKEN)),
+        Arc::new(clock),
+        quick_policy(),
+    )
+}
+
+#[tokio::test]
+async fn a_lock_timeout_409_is_retried_and_the_batch_lands_once() {
+    let fake = fake_with_zone(ZONE).await;
+    let p = retrying(&fake);
+    let mx = set(ZONE, RecordType::Mx, 300, &["10 mx.backup.example.net."]);
+    fake.inject(Route::Batch, Fault::LockTimeout, 1);
+    p.apply(&fqdn(ZONE), &create(&mx))
+        .await
+        .expect("a lock timeout is retried, as Cloudflare's SDK does");
+    assert_eq!(count(&fake, "/batch"), 2, "{:#?}", fake.requests());
+    assert_eq!(fake.writes(), 1, "applied once");
+}
+
+#[tokio::test]
+async fn x_should_retry_overrides_the_status_both_ways() {
+    let fake = fake_with_zone(ZONE).await;
+    let p = retrying(&fake);
+    let mx = set(ZONE, RecordType::Mx, 300, &["10 mx.backup.example.net."]);
+    // a 503 that Cloudflare says not to retry: one attempt, a permanent refusal
+    fake.inject(
+        Route::Batch,
+        Fault::ShouldRetry {
+            status: 503,
+            retry: false,
+        },
+        1,
+    );
+    let got = p.apply(&fqdn(ZONE), &create(&mx)).await;
+    assert!(
+        matches!(&got, Err(ProviderError::Rejected { reason }) if reason.contains("x-should-retry: false")),
+        "{got:?}"
+    );
+    assert_eq!(count(&fake, "/batch"), 1, "not retried");
+    // a 400 that Cloudflare says to retry: retried, and it lands
+    fake.inject(
+        Route::Batch,
+        Fault::ShouldRetry {
+            status: 400,
+            retry: true,
+        },
+        1,
+    );
+    p.apply(&fqdn(ZONE), &create(&mx))
+        .await
+        .expect("retried on Cloudflare's word");
+    assert_eq!(count(&fake, "/batch"), 3);
+    assert_eq!(fake.writes(), 1);
+}
+
+#[tokio::test]
+async fn a_zone_deleted_and_added_again_is_found_again_after_one_not_found() {
+    let fake = fake_with_zone(ZONE).await;
+    let p = provider(config(&fake, common::TOKEN));
+    let key = RrsetKey::new(fqdn(ZONE), RecordType::Mx);
+    assert_eq!(p.read(&fqdn(ZONE), &[key.clone()]).await, Ok(vec![]));
+    // the zone is deleted and added again: it has a new id, the cached one is unroutable
+    fake.state().zones.retain(|z| z.name != ZONE);
+    fake.add_zone(ZONE);
+    let got = p.read(&fqdn(ZONE), &[key.clone()]).await;
+    assert!(
+        matches!(&got, Err(ProviderError::NotFound(why)) if why.contains("7003") && why.contains("HTTP 400")),
+        "Cloudflare answers 400 with 7003 and 7000: {got:?}"
+    );
+    assert_eq!(
+        p.read(&fqdn(ZONE), &[key]).await,
+        Ok(vec![]),
+        "the zone is looked up again"
+    );
+    assert_eq!(count(&fake, "/zones?name="), 2, "{:#?}", fake.requests());
+}

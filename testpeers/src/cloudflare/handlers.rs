@@ -26,11 +26,7 @@ fn is_id(s: &str) -> bool {
 }
 
 fn bad_id(path: &str) -> ApiError {
-    ApiError::new(
-        400,
-        7003,
-        format!("Could not route to {path}, perhaps your object identifier is invalid?"),
-    )
+    ApiError::unroutable(path)
 }
 
 fn route_of(method: &Method, parts: &[&str]) -> Route {
@@ -107,6 +103,21 @@ async fn answer(
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::FailBatch(e)) => fail_batch = Some(e),
+        Some(Fault::LockTimeout) => {
+            return fail(&ApiError::new(
+                409,
+                1000,
+                "Lock timeout: another request to this zone is still being processed",
+            ))
+        }
+        Some(Fault::ShouldRetry { status, retry }) => {
+            let mut r = fail(&ApiError::new(status, 10_000 + i64::from(status), "Failed"));
+            r.headers_mut().insert(
+                "x-should-retry",
+                axum::http::HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+            return r;
+        }
         None => {}
     }
     let Ok(body) = to_bytes(body, 4 << 20).await else {

@@ -74,6 +74,10 @@ pub enum Fault {
     /// A batch that fails as a whole with this error, after validating and applying its
     /// operations to a copy: nothing is applied.
     FailBatch(ApiError),
+    /// 409, a lock timeout: another change to the zone held its lock (nothing applied).
+    LockTimeout,
+    /// That status with `x-should-retry: <retry>` (nothing applied).
+    ShouldRetry { status: u16, retry: bool },
 }
 
 pub struct Zone {
@@ -162,7 +166,7 @@ impl State {
         self.zones
             .iter_mut()
             .find(|z| z.id == id)
-            .ok_or_else(|| ApiError::new(404, 7003, format!("Could not route to /zones/{id}/dns_records, perhaps your object identifier is invalid?")))
+            .ok_or_else(|| ApiError::unroutable(&format!("/zones/{id}/dns_records")))
     }
 
     /// Counts a request of `token` arriving `now` against the rate limit.
@@ -400,7 +404,7 @@ pub fn ok(result: Value, info: Option<Value>) -> Response {
 }
 
 pub fn fail(e: &ApiError) -> Response {
-    let body = json!({"success": false, "errors": [e.to_json()], "messages": [], "result": null});
+    let body = json!({"success": false, "errors": e.errors_json(), "messages": [], "result": null});
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     (status, axum::Json(body)).into_response()
 }

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: i64,
     pub message: String,
     pub chain: Option<(i64, String)>,
+    /// More entries of `errors[]` after the first (Cloudflare sends 7003 with 7000).
+    pub also: Vec<(i64, String)>,
 }
 
 impl ApiError {
@@ -21,7 +23,32 @@ impl ApiError {
             code,
             message: message.into(),
             chain: None,
+            also: Vec::new(),
         }
+    }
+
+    /// 400 / 7003 + 7000, Cloudflare's answer for a zone or record id it cannot route to
+    /// (unknown, malformed, or not the token's).
+    pub fn unroutable(path: &str) -> Self {
+        ApiError {
+            also: vec![(7000, "No route for that URI".into())],
+            ..ApiError::new(
+                400,
+                7003,
+                format!("Could not route to {path}, perhaps your object identifier is invalid?"),
+            )
+        }
+    }
+
+    /// Every entry of `errors[]`.
+    pub fn errors_json(&self) -> Vec<Value> {
+        let mut out = vec![self.to_json()];
+        out.extend(
+            self.also
+                .iter()
+                .map(|(code, message)| json!({"code": code, "message": message})),
+        );
+        out
     }
 
     /// 400 / 1004 "DNS Validation Error" with the specific cause in `error_chain`.
