@@ -15,8 +15,12 @@ pub fn init(format: LogFormat) {
 /// Like [`init`], with `default` as the filter when `RUST_LOG` is not set.
 pub fn init_with_default(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour codes only for a person at a terminal: in a file, a pipe or journald they are
+    // noise around every field.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests) is not an error worth failing over.
     let _ = match format {

@@ -64,9 +64,11 @@ async fn serve_until_signal(sig: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = mxguard(dir.path(), &["serve", "--listen", &listen])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn mxguard serve");
     let base = format!("http://{listen}");
@@ -114,6 +116,13 @@ async fn serve_until_signal(sig: &str) {
     signal(&child, sig);
     let status = wait_exit(&mut child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "exit status after {sig}");
+    // Logged to a file: plain text, no terminal colour codes around the fields.
+    let logged = std::fs::read_to_string(&log_path).expect("read the log");
+    assert!(logged.contains("mxguard serving"), "{logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "ANSI codes in a log file:\n{logged}"
+    );
 }
 
 #[tokio::test]

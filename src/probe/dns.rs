@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData as WireData, RecordType as WireType};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,14 +156,13 @@ impl DnsClient {
         via_tcp: &mut bool,
     ) -> Result<Message, String> {
         let request = self.request(name, rtype)?;
-        let id = request.metadata.id;
         let bytes = request.to_vec().map_err(|e| e.to_string())?;
-        let reply = self.udp(&bytes, id).await?;
+        let reply = self.udp(&bytes, &request).await?;
         if !reply.metadata.truncation {
             return Ok(reply);
         }
         *via_tcp = true;
-        self.tcp(&bytes, id).await
+        self.tcp(&bytes, &request).await
     }
 
     fn request(&self, name: &Fqdn, rtype: RecordType) -> Result<Message, String> {
@@ -177,7 +176,7 @@ impl DnsClient {
         Ok(msg)
     }
 
-    async fn udp(&self, bytes: &[u8], id: u16) -> Result<Message, String> {
+    async fn udp(&self, bytes: &[u8], request: &Message) -> Result<Message, String> {
         let bind: SocketAddr = if self.server.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -194,9 +193,10 @@ impl DnsClient {
             let wait = tokio::time::timeout(resend_after, async {
                 loop {
                     let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
-                    // Ignore stray datagrams that do not answer our id (spoofing, late replies).
+                    // Ignore stray datagrams that do not answer our query (spoofing, late
+                    // replies, a query reflected back).
                     if let Ok(msg) = Message::from_vec(&buf[..n]) {
-                        if msg.metadata.id == id {
+                        if answers(request, &msg) {
                             return Ok::<Message, String>(msg);
                         }
                     }
@@ -208,7 +208,7 @@ impl DnsClient {
         }
     }
 
-    async fn tcp(&self, bytes: &[u8], id: u16) -> Result<Message, String> {
+    async fn tcp(&self, bytes: &[u8], request: &Message) -> Result<Message, String> {
         let mut stream = TcpStream::connect(self.server)
             .await
             .map_err(|e| e.to_string())?;
@@ -227,11 +227,21 @@ impl DnsClient {
             .await
             .map_err(|e| e.to_string())?;
         let msg = Message::from_vec(&buf).map_err(|e| e.to_string())?;
-        if msg.metadata.id != id {
-            return Err("TCP answer with a foreign message id".into());
+        if !answers(request, &msg) {
+            return Err(
+                "TCP answer that does not answer the query (id, QR bit or question)".into(),
+            );
         }
         Ok(msg)
     }
+}
+
+/// Whether `reply` answers `request`: the same id, the QR bit set, and the same question
+/// (RFC 5452 §9.1: a resolver accepts an answer only when all of them match).
+fn answers(request: &Message, reply: &Message) -> bool {
+    reply.metadata.id == request.metadata.id
+        && reply.metadata.message_type == MessageType::Response
+        && reply.queries == request.queries
 }
 
 fn fill(answer: &mut DnsAnswer, msg: &Message) {
@@ -343,9 +353,8 @@ async fn ns_names(resolver: &DnsClient, zone: &Fqdn) -> Result<Vec<Fqdn>, String
     let mut msg = Message::query();
     msg.add_query(Query::query(qname, WireType::NS));
     msg.metadata.recursion_desired = true;
-    let id = msg.metadata.id;
     let bytes = msg.to_vec().map_err(|e| e.to_string())?;
-    let reply = tokio::time::timeout(resolver.timeout, resolver.udp(&bytes, id))
+    let reply = tokio::time::timeout(resolver.timeout, resolver.udp(&bytes, &msg))
         .await
         .map_err(|_| format!("timeout asking {} for the NS of {zone}", resolver.server))??;
     let names: Vec<Fqdn> = reply
@@ -363,4 +372,38 @@ async fn ns_names(resolver: &DnsClient, zone: &Fqdn) -> Result<Vec<Fqdn>, String
         ));
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str) -> Message {
+        let mut msg = Message::query();
+        msg.add_query(Query::query(
+            Name::from_ascii(name).expect("name"),
+            WireType::MX,
+        ));
+        msg
+    }
+
+    #[test]
+    fn only_a_response_to_the_same_question_with_the_same_id_answers() {
+        let request = query("example.test.");
+        let mut reply = request.clone();
+        reply.metadata.message_type = MessageType::Response;
+        assert!(answers(&request, &reply));
+
+        let reflected = request.clone();
+        assert!(!answers(&request, &reflected), "the QR bit is not set");
+
+        let mut other_id = reply.clone();
+        other_id.metadata.id = request.metadata.id.wrapping_add(1);
+        assert!(!answers(&request, &other_id));
+
+        let mut other_question = query("evil.test.");
+        other_question.metadata.id = request.metadata.id;
+        other_question.metadata.message_type = MessageType::Response;
+        assert!(!answers(&request, &other_question), "another question");
+    }
 }

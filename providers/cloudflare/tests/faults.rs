@@ -369,11 +369,14 @@ async fn a_zone_deleted_and_added_again_is_found_again_after_one_not_found() {
     let fake = fake_with_zone(ZONE).await;
     let p = provider(config(&fake, common::TOKEN));
     let key = RrsetKey::new(fqdn(ZONE), RecordType::Mx);
-    assert_eq!(p.read(&fqdn(ZONE), &[key.clone()]).await, Ok(vec![]));
+    assert_eq!(
+        p.read(&fqdn(ZONE), std::slice::from_ref(&key)).await,
+        Ok(vec![])
+    );
     // the zone is deleted and added again: it has a new id, the cached one is unroutable
     fake.state().zones.retain(|z| z.name != ZONE);
     fake.add_zone(ZONE);
-    let got = p.read(&fqdn(ZONE), &[key.clone()]).await;
+    let got = p.read(&fqdn(ZONE), std::slice::from_ref(&key)).await;
     assert!(
         matches!(&got, Err(ProviderError::NotFound(why)) if why.contains("7003") && why.contains("HTTP 400")),
         "Cloudflare answers 400 with 7003 and 7000: {got:?}"

@@ -48,17 +48,21 @@ impl RetryPolicy {
     }
 
     /// The wait before retrying after `error`: the backoff, or the provider's `retry_after`
-    /// when that is longer.
+    /// when that is longer (at most [`MAX_RETRY_AFTER`]: the value comes from a server).
     pub fn delay_after(&self, failures: u32, error: &ProviderError, fraction: f64) -> Duration {
         let backoff = self.backoff(failures, fraction);
         match error {
             ProviderError::RateLimited {
                 retry_after: Some(after),
-            } => backoff.max(*after),
+            } => backoff.max((*after).min(MAX_RETRY_AFTER)),
             _ => backoff,
         }
     }
 }
+
+/// The longest `retry_after` a server is taken at its word for: a day (a hostile or broken
+/// `Retry-After: 18446744073709551615` would otherwise overflow the clock's arithmetic).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// Runs operations under a [`RetryPolicy`] with an injected clock and jitter.
 #[derive(Clone)]
@@ -131,7 +135,7 @@ impl Retrier {
             let delay = self
                 .policy
                 .delay_after(failures, &error, self.jitter.fraction());
-            if self.clock.now() + delay >= deadline {
+            if delay >= deadline.saturating_duration_since(self.clock.now()) {
                 tracing::warn!(what, attempts = failures, ?delay, %error, "giving up: the next attempt would start after the deadline");
                 return Err(error);
             }
@@ -220,6 +224,32 @@ mod tests {
         let (out, starts) = run_script(&clock, &r, vec![Err(limited), Ok(1)]).await;
         assert_eq!(out, Ok(1));
         assert_eq!(starts, vec![Duration::ZERO, Duration::from_secs(7)]);
+    }
+
+    #[test]
+    fn a_retry_after_from_the_edge_of_u64_is_capped_not_overflowed() {
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        };
+        let hostile = ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(u64::MAX)),
+        };
+        assert_eq!(policy.delay_after(1, &hostile, 0.5), MAX_RETRY_AFTER);
+    }
+
+    #[tokio::test]
+    async fn a_hostile_retry_after_gives_up_without_panicking() {
+        let clock = ManualClock::new();
+        let r = retrier(&clock, policy(), 0.5);
+        let hostile = ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(u64::MAX)),
+        };
+        let (out, starts) = run_script(&clock, &r, vec![Err(hostile.clone()), Ok(1)]).await;
+        assert_eq!(out, Err(hostile), "past the deadline: the caller learns it");
+        assert_eq!(starts.len(), 1);
     }
 
     #[tokio::test]
