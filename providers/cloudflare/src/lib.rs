@@ -17,4 +17,4 @@ pub use config::{
     ApiToken, CloudflareConfig, ConfigError, Plan, DEFAULT_BASE_URL, MAX_TTL, RATE_WINDOW_ENV,
 };
 pub use mxguard_core::{AccessCheck, AccessReport, Missing, Outcome};
-pub use provider::CloudflareProvider;
+pub use provider::{CloudflareProvider, BATCH_REPROBE_EVERY};

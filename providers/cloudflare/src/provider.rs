@@ -29,7 +29,13 @@ pub struct CloudflareProvider {
     pub(crate) per_page: u32,
     /// False once the batch endpoint answered "no route": then per-record calls, not atomic.
     batch_available: AtomicBool,
+    /// Applies made one record at a time since the batch endpoint said "no route".
+    per_record_applies: std::sync::atomic::AtomicU32,
 }
+
+/// The batch endpoint is tried again after this many per-record applies: its absence may have
+/// been a passing fault of Cloudflare's routing, and per-record calls give up atomicity.
+pub const BATCH_REPROBE_EVERY: u32 = 20;
 
 impl std::fmt::Debug for CloudflareProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +73,7 @@ impl CloudflareProvider {
             min_ttl: config.min_ttl,
             per_page: config.per_page,
             batch_available: AtomicBool::new(true),
+            per_record_applies: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -215,12 +222,16 @@ impl CloudflareProvider {
                 .await;
             match sent {
                 Ok(_) => return Ok(()),
+                // Only Cloudflare's own "no route" answer (an envelope with 7000, or a 405 with
+                // errors) means the endpoint is missing; a bare 404/405 from something in
+                // between is an error like any other.
                 Err(e)
-                    if e.status == Some(405)
+                    if (e.status == Some(405) && !e.errors.is_empty())
                         || (e.status == Some(404) && has_code(&e.errors, NO_ROUTE)) =>
                 {
-                    tracing::warn!(provider = %self.name, %zone, "the batch endpoint is not available: per-record calls from now on (not atomic)");
+                    tracing::warn!(provider = %self.name, %zone, "the batch endpoint is not available: per-record calls (not atomic), trying the batch again after {BATCH_REPROBE_EVERY} applies");
                     self.batch_available.store(false, Ordering::SeqCst);
+                    self.per_record_applies.store(0, Ordering::SeqCst);
                 }
                 Err(e) => {
                     if has_code(&e.errors, NO_ROUTE_FOR_ID)
@@ -232,7 +243,12 @@ impl CloudflareProvider {
                 }
             }
         }
-        self.send_one_by_one(zone, zone_id, batch).await
+        let sent = self.send_one_by_one(zone, zone_id, batch).await;
+        if self.per_record_applies.fetch_add(1, Ordering::SeqCst) + 1 >= BATCH_REPROBE_EVERY {
+            tracing::info!(provider = %self.name, "trying the batch endpoint again at the next apply");
+            self.batch_available.store(true, Ordering::SeqCst);
+        }
+        sent
     }
 
     /// The fallback: the batch's operations one request each, in the batch's order.

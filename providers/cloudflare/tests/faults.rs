@@ -388,3 +388,47 @@ async fn a_zone_deleted_and_added_again_is_found_again_after_one_not_found() {
     );
     assert_eq!(count(&fake, "/zones?name="), 2, "{:#?}", fake.requests());
 }
+
+#[tokio::test]
+async fn the_batch_endpoint_is_tried_again_after_some_per_record_applies() {
+    let fake = fake_with_zone(ZONE).await;
+    fake.state().batch_disabled = true;
+    let p = provider(config(&fake, common::TOKEN));
+    let zone = fqdn(ZONE);
+    let mut live: Option<RecordSet> = None;
+    let mut apply = |i: u32| {
+        let next = set(ZONE, RecordType::Mx, 300 + i, &["10 mx.example.net."]);
+        let changes = match &live {
+            Some(prev) => diff(std::slice::from_ref(&next), std::slice::from_ref(prev)),
+            None => create(&next),
+        };
+        live = Some(next);
+        changes
+    };
+    for i in 0..mxguard_cloudflare::BATCH_REPROBE_EVERY - 1 {
+        p.apply(&zone, &apply(i)).await.expect("per-record apply");
+    }
+    assert!(!p.capabilities().atomic, "per-record calls are not atomic");
+    p.apply(&zone, &apply(98)).await.expect("per-record apply");
+    assert_eq!(
+        count(&fake, "/batch"),
+        1,
+        "tried once, then per-record calls"
+    );
+    // the endpoint is back (a passing routing fault): the next apply tries it and uses it
+    fake.state().batch_disabled = false;
+    p.apply(&zone, &apply(99)).await.expect("a batch again");
+    assert_eq!(count(&fake, "/batch"), 2, "{:#?}", fake.requests());
+    assert!(p.capabilities().atomic, "atomic again");
+}
+
+#[tokio::test]
+async fn a_bare_405_from_something_in_between_is_not_taken_for_a_missing_batch_endpoint() {
+    let fake = fake_with_zone(ZONE).await;
+    let p = provider(config(&fake, common::TOKEN));
+    let mx = set(ZONE, RecordType::Mx, 300, &["10 mx.backup.example.net."]);
+    fake.inject(Route::Batch, Fault::Bare(405), 1);
+    let got = p.apply(&fqdn(ZONE), &create(&mx)).await;
+    assert!(got.is_err(), "{got:?}");
+    assert!(p.capabilities().atomic, "still on the batch endpoint");
+}

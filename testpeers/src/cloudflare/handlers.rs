@@ -103,6 +103,11 @@ async fn answer(
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::FailBatch(e)) => fail_batch = Some(e),
+        Some(Fault::Bare(code)) => {
+            let status = axum::http::StatusCode::from_u16(code)
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            return axum::response::IntoResponse::into_response((status, "Method Not Allowed\n"));
+        }
         Some(Fault::LockTimeout) => {
             return fail(&ApiError::new(
                 409,

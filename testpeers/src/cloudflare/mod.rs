@@ -74,6 +74,8 @@ pub enum Fault {
     /// A batch that fails as a whole with this error, after validating and applying its
     /// operations to a copy: nothing is applied.
     FailBatch(ApiError),
+    /// That status with a plain-text body and no envelope, as a proxy in between answers.
+    Bare(u16),
     /// 409, a lock timeout: another change to the zone held its lock (nothing applied).
     LockTimeout,
     /// That status with `x-should-retry: <retry>` (nothing applied).
