@@ -242,9 +242,21 @@ async fn three_instances_survive_the_leaders_sigkill_mid_failover() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_paused_past_its_lease_is_fenced_when_it_resumes() {
+    paused_leader_is_fenced("after_intent:stop", "ha_pause").await;
+}
+
+/// Paused at the provider call itself — after its intent and after the lease checks that come
+/// before the call, as a long queue at admission or a VM pause would hold it: the fence inside
+/// the provider client still refuses the write when it resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_at_the_provider_call_writes_nothing_when_it_resumes() {
+    paused_leader_is_fenced("before_apply:stop", "ha_pause_apply").await;
+}
+
+async fn paused_leader_is_fenced(failpoint: &'static str, tag: &str) {
     let mut a = Instance::new("a");
-    a.failpoint = Some("after_intent:stop");
-    let mut c = Cluster::start("ha_pause", vec![a, Instance::new("b"), Instance::new("c")]).await;
+    a.failpoint = Some(failpoint);
+    let mut c = Cluster::start(tag, vec![a, Instance::new("b"), Instance::new("c")]).await;
     c.settled().await;
     follower_serves_reads_and_refuses_mutations(&c.nodes[1], &c.nodes[0]).await;
     let pid = c.nodes[0].mx.child.id();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use mxguard_core::DnsProvider;
+use mxguard_core::{DnsProvider, ProviderError};
 use serde::Serialize;
 
 use crate::model::{RecordSet, Side, Ttl};
@@ -196,24 +196,36 @@ pub async fn publish(
     })
 }
 
-/// The last moment before a provider write: the lease must still be trusted locally (a process
-/// paused past its lease finds it has run out) and still be this epoch's in the store.
-async fn check_fence(deps: &ChangeDeps, id: i64, epoch: i64) -> Result<(), String> {
-    let refuse = |why: String| {
-        tracing::warn!(change = id, epoch, %why, "fenced: not applying the change");
-        metrics::counter!("mxguard_fenced_writes_total").increment(1);
-        Err(format!("fenced: {why}; change {id} not applied"))
-    };
-    if deps.fence.epoch() != Some(epoch) {
-        return refuse(format!("the lease of epoch {epoch} is no longer trusted"));
-    }
-    match deps.store.lease().await {
-        Ok(lease) if lease.epoch == epoch => Ok(()),
-        Ok(lease) => refuse(format!(
-            "epoch {epoch} is stale; {} leads at epoch {}",
-            lease.vantage, lease.epoch
-        )),
-        Err(e) => Err(format!("cannot confirm the lease before applying: {e}")),
+/// The lease, as a fence the provider client checks at the last moment before each write
+/// request (after every wait for the zone lock, admission and the rate limit): it must still be
+/// trusted locally (a process paused past its lease finds it has run out) and still be this
+/// epoch's in the store.
+struct LeaseFence<'a> {
+    deps: &'a ChangeDeps,
+    id: i64,
+    epoch: i64,
+}
+
+#[async_trait::async_trait]
+impl mxguard_core::Fence for LeaseFence<'_> {
+    async fn check(&self) -> Result<(), String> {
+        let (deps, id, epoch) = (self.deps, self.id, self.epoch);
+        let refuse = |why: String| {
+            tracing::warn!(change = id, epoch, %why, "fenced: not applying the change");
+            metrics::counter!("mxguard_fenced_writes_total").increment(1);
+            Err(format!("{why}; change {id} not applied"))
+        };
+        if deps.fence.epoch() != Some(epoch) {
+            return refuse(format!("the lease of epoch {epoch} is no longer trusted"));
+        }
+        match deps.store.lease().await {
+            Ok(lease) if lease.epoch == epoch => Ok(()),
+            Ok(lease) => refuse(format!(
+                "epoch {epoch} is stale; {} leads at epoch {}",
+                lease.vantage, lease.epoch
+            )),
+            Err(e) => Err(format!("cannot confirm the lease before applying: {e}")),
+        }
     }
 }
 
@@ -224,14 +236,25 @@ async fn apply(
     id: i64,
     epoch: i64,
 ) -> Result<(), String> {
-    check_fence(deps, id, epoch).await?;
-    if let Err(e) = deps.provider.apply(&managed.zone, &plan.changes).await {
-        let why = format!("provider {}: {e}", deps.provider_name);
-        let _ = deps
-            .store
-            .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, Utc::now())
-            .await;
-        return Err(why);
+    // Stands for any wait before the provider call (a queue at admission, a paused process).
+    failpoint("before_apply").await;
+    let fence = LeaseFence { deps, id, epoch };
+    match deps
+        .provider
+        .apply_fenced(&managed.zone, &plan.changes, &fence)
+        .await
+    {
+        Ok(()) => {}
+        // Nothing was sent; the intent belongs to whoever leads now.
+        Err(ProviderError::Fenced(why)) => return Err(format!("fenced: {why}")),
+        Err(e) => {
+            let why = format!("provider {}: {e}", deps.provider_name);
+            let _ = deps
+                .store
+                .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, Utc::now())
+                .await;
+            return Err(why);
+        }
     }
     deps.store
         .set_change_status(id, ChangeStatus::Applied, None, epoch, Utc::now())

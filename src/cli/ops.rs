@@ -434,7 +434,8 @@ pub(super) async fn providers_check(file: Option<PathBuf>) -> ExitCode {
                     | mxguard_core::ProviderError::RateLimited { .. } => {
                         "provider unreachable (network) or failing"
                     }
-                    mxguard_core::ProviderError::Rejected { .. } => "request refused",
+                    mxguard_core::ProviderError::Rejected { .. }
+                    | mxguard_core::ProviderError::Fenced(_) => "request refused",
                 };
                 println!("{}  provider {}: FAIL ({missing}): {e}", d.name, d.provider);
             }

@@ -51,7 +51,9 @@ impl Outcome {
             ProviderError::Transient(_) => Missing::Network,
             ProviderError::Auth(_) => auth,
             ProviderError::NotFound(_) => Missing::Zone,
-            ProviderError::RateLimited { .. } | ProviderError::Rejected { .. } => Missing::Other,
+            ProviderError::RateLimited { .. }
+            | ProviderError::Rejected { .. }
+            | ProviderError::Fenced(_) => Missing::Other,
         };
         Outcome::Failed {
             missing,

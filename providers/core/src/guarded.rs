@@ -12,7 +12,9 @@ use crate::gate::{Gate, Priority};
 use crate::ratelimit::TokenBucket;
 use crate::retry::Retrier;
 use crate::zonelock::ZoneLocks;
-use crate::{Capabilities, ChangeSet, DnsProvider, Fqdn, ProviderError, RecordSet, RrsetKey};
+use crate::{
+    Capabilities, ChangeSet, DnsProvider, Fence, Fqdn, ProviderError, RecordSet, RrsetKey,
+};
 
 pub struct Guarded<P> {
     shared: Arc<Shared<P>>,
@@ -131,6 +133,29 @@ impl<P: DnsProvider> DnsProvider for Guarded<P> {
     /// `Rejected` and the next reconcile reads the converged state. The zone lock comes
     /// before the gate, so nothing holding a place at the gate ever waits for a zone.
     async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError> {
+        self.guarded_apply(zone, changes, None).await
+    }
+
+    /// As [`Guarded::apply`], with `fence` checked after the zone lock, the gate and the
+    /// bucket — immediately before each attempt — so time spent waiting can never carry a
+    /// write past the moment its writer lost the right to make it. A refusal is not retried.
+    async fn apply_fenced(
+        &self,
+        zone: &Fqdn,
+        changes: &ChangeSet,
+        fence: &dyn Fence,
+    ) -> Result<(), ProviderError> {
+        self.guarded_apply(zone, changes, Some(fence)).await
+    }
+}
+
+impl<P: DnsProvider> Guarded<P> {
+    async fn guarded_apply(
+        &self,
+        zone: &Fqdn,
+        changes: &ChangeSet,
+        fence: Option<&dyn Fence>,
+    ) -> Result<(), ProviderError> {
         let s = &self.shared;
         let _in_flight = s.zones.lock(zone).await;
         let _pass = s.gate.enter(self.priority).await;
@@ -138,6 +163,9 @@ impl<P: DnsProvider> DnsProvider for Guarded<P> {
         s.retrier
             .run("apply", || async {
                 s.bucket.acquire().await;
+                if let Some(f) = fence {
+                    f.check().await.map_err(ProviderError::Fenced)?;
+                }
                 s.inner.apply(zone, changes).await
             })
             .await
@@ -242,6 +270,64 @@ mod tests {
 
     fn zone(s: &str) -> Fqdn {
         Fqdn::parse(s).unwrap()
+    }
+
+    /// Allows the first `allow` checks, refuses the rest.
+    struct CountingFence {
+        checks: AtomicUsize,
+        allow: usize,
+    }
+
+    #[async_trait]
+    impl Fence for CountingFence {
+        async fn check(&self) -> Result<(), String> {
+            let n = self.checks.fetch_add(1, Ordering::SeqCst);
+            if n < self.allow {
+                Ok(())
+            } else {
+                Err("lease lost".into())
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_fence_is_checked_after_waiting_for_the_zone_and_before_every_attempt() {
+        let limit = RateLimit::new(1e6, 1000).unwrap();
+        // the first attempt fails (transient); the fence allowed it, then refuses the retry
+        let g = guarded(Probe::new(1), Arc::new(TokioClock), limit);
+        let fence = CountingFence {
+            checks: AtomicUsize::new(0),
+            allow: 1,
+        };
+        let got = g
+            .apply_fenced(&zone("a.example"), &ChangeSet::default(), &fence)
+            .await;
+        assert_eq!(got, Err(ProviderError::Fenced("lease lost".into())));
+        assert_eq!(g.inner().calls.load(Ordering::SeqCst), 1, "no retry sent");
+        assert_eq!(fence.checks.load(Ordering::SeqCst), 2);
+
+        // a writer that lost its lease while it waited for the zone sends nothing
+        let g = guarded(Probe::new(0), Arc::new(TokioClock), limit);
+        let held = g.shared.zones.lock(&zone("a.example")).await;
+        let refused = CountingFence {
+            checks: AtomicUsize::new(0),
+            allow: 0,
+        };
+        let waiting = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move {
+                g.apply_fenced(&zone("a.example"), &ChangeSet::default(), &refused)
+                    .await
+            })
+        };
+        // still waiting for the zone: nothing checked yet, nothing sent
+        tokio::task::yield_now().await;
+        assert_eq!(g.inner().calls.load(Ordering::SeqCst), 0);
+        drop(held);
+        let got = waiting.await.unwrap();
+        assert!(matches!(got, Err(ProviderError::Fenced(_))), "{got:?}");
+        assert_eq!(g.inner().calls.load(Ordering::SeqCst), 0, "nothing sent");
+        assert!(!got.unwrap_err().is_retryable());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ pub use gate::{Gate, Priority};
 pub use guarded::Guarded;
 pub use jitter::{FixedJitter, Jitter, SeededJitter};
 pub use name::{DomainName, Fqdn};
-pub use provider::{Capabilities, Change, ChangeSet, DnsProvider, ProviderError, RrsetKey};
+pub use provider::{Capabilities, Change, ChangeSet, DnsProvider, Fence, ProviderError, RrsetKey};
 pub use ratelimit::{RateLimit, RateLimitError, TokenBucket};
 pub use record::{MxRecord, Preference, RData, RecordSet, RecordType, Ttl};
 pub use retry::{Retrier, RetryPolicy};

@@ -182,6 +182,9 @@ pub enum ProviderError {
     NotFound(String),
     #[error("the provider rejected the change: {reason}")]
     Rejected { reason: String },
+    /// This writer lost its right to write (a fencing check refused it): nothing was sent.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl ProviderError {
@@ -200,6 +203,7 @@ impl ProviderError {
             ProviderError::Auth(_) => "auth",
             ProviderError::NotFound(_) => "not_found",
             ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Fenced(_) => "fenced",
         }
     }
 }
@@ -234,6 +238,28 @@ pub trait DnsProvider: Send + Sync {
     /// set succeeds without a request. Changes to names outside `zone`, or two changes to one
     /// RRset, are `Rejected` before anything is sent.
     async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError>;
+
+    /// [`DnsProvider::apply`] only while `fence` allows it, checked as late as the client can:
+    /// here just before the apply; [`crate::Guarded`] after every wait (zone lock, admission,
+    /// rate limit) and again before each retry. Refused: `Fenced`, nothing sent.
+    async fn apply_fenced(
+        &self,
+        zone: &Fqdn,
+        changes: &ChangeSet,
+        fence: &dyn Fence,
+    ) -> Result<(), ProviderError> {
+        fence.check().await.map_err(ProviderError::Fenced)?;
+        self.apply(zone, changes).await
+    }
+}
+
+/// Whether the writer may still write: checked immediately before a request that changes
+/// records, so a writer that lost its lease while it waited (for a lock, admission, the rate
+/// limit, or a pause of the whole process) writes nothing.
+#[async_trait]
+pub trait Fence: Send + Sync {
+    /// `Err(why)` when the writer must not write.
+    async fn check(&self) -> Result<(), String>;
 }
 
 #[cfg(test)]
