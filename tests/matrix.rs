@@ -71,23 +71,6 @@ async fn wait_published(lab: &Lab, mx: &Mxguard, want: &[String]) {
     }
 }
 
-/// Until every change intent is `verified`; returns them.
-async fn wait_verified(lab: &Lab, mx: &Mxguard) -> Vec<(i64, String)> {
-    let start = Instant::now();
-    loop {
-        let rows = lab.changes().await;
-        if !rows.is_empty() && rows.iter().all(|(_, s)| s == "verified") {
-            return rows;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "intents {rows:?} not verified after {DEADLINE:?}\nmxguard's log:\n{}",
-            mx.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn failover_and_failback(provider: LabProvider, mode: LabMode) {
     let mut lab = start(provider, mode, "4s").await;
     let writes = lab.writes().await;
@@ -151,7 +134,7 @@ async fn sigkill_during_failover(provider: LabProvider, mode: LabMode) {
     let mx = lab.serve(None);
     wait_published(&lab, &mx, &lab.backup_at(lab.failover_ttl)).await;
     assert_eq!(
-        wait_verified(&lab, &mx).await,
+        lab.wait_verified(&mx, 1, DEADLINE).await,
         vec![(before[0].0, "verified".to_string())],
         "the same intent completed, no second one"
     );

@@ -67,6 +67,9 @@ pub async fn failpoint(name: &str) {
             .args(["-STOP", &pid])
             .status()
             .await;
+        // `kill` returns before the stop reaches this process's threads: without a pause here
+        // the publish would run on for a few milliseconds past the failpoint.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         tracing::warn!(failpoint = name, ?stopped, "resumed after SIGSTOP");
         eprintln!("FAILPOINT {name} resumed");
     }

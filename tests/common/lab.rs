@@ -603,6 +603,29 @@ impl Lab {
         rows
     }
 
+    /// Until at least `count` change intents exist and every one is `verified` (the status is
+    /// written a moment after the records are served); returns them.
+    pub async fn wait_verified(
+        &self,
+        mx: &Mxguard,
+        count: usize,
+        deadline: Duration,
+    ) -> Vec<(i64, String)> {
+        let start = std::time::Instant::now();
+        loop {
+            let rows = self.changes().await;
+            if rows.len() >= count && rows.iter().all(|(_, s)| s == "verified") {
+                return rows;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "intents {rows:?} not verified after {deadline:?}\nmxguard's log:\n{}",
+                mx.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Until `mx` settled on the primary and has seen both sides Up (so the resolvers have
     /// cached both MX hosts' addresses).
     pub async fn settle(&self, mx: &Mxguard, deadline: Duration) {
