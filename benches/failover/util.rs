@@ -261,6 +261,8 @@ pub fn phase_of(state: &serde_json::Value) -> Option<String> {
 
 /// A duration in ms for a table cell: "1,234 ms" or "12.3 s".
 pub fn show_ms(ms: f64) -> String {
+    // a value within half a millisecond of zero prints as "0 ms", not "-0 ms"
+    let ms = if ms.abs() < 0.5 { 0.0 } else { ms };
     if !ms.is_finite() {
         "—".into()
     } else if ms.abs() >= 10_000.0 {
