@@ -141,6 +141,9 @@ impl Engine {
         };
         let canaries = watch_canaries(&config.cluster.canaries, shutdown.clone(), tasks);
         let recorder = Recorder::start(store.clone(), shutdown.clone(), tasks);
+        // Reports are read for twice the longest freshness: one past its freshness no longer
+        // votes but stays in the evidence ("a Up (stale: last report …)") for a while, so the
+        // timeline says which vantage went quiet instead of the vantage just vanishing.
         let window = config
             .domains
             .iter()
@@ -150,7 +153,7 @@ impl Engine {
         let board = Board::start(
             store.clone(),
             leadership.clone(),
-            window,
+            window * 2,
             shutdown.clone(),
             tasks,
         );

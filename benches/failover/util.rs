@@ -182,7 +182,7 @@ impl Service {
         let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for line in lines {
-            let plain = strip_ansi(&line);
+            let plain = crate::lab::strip_ansi(&line);
             if !(plain.contains(" WARN ") || plain.contains(" ERROR ")) {
                 continue;
             }
@@ -270,22 +270,4 @@ pub fn show_ms(ms: f64) -> String {
     } else {
         format!("{ms:.0} ms")
     }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ … letter
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

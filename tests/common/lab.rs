@@ -794,22 +794,7 @@ impl Mxguard {
 
     /// [`Mxguard::log`] without ANSI colour codes, for matching `field=value` pairs.
     pub fn plain_log(&self) -> String {
-        let text = self.log();
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // ESC [ … up to the final letter
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        strip_ansi(&self.log())
     }
 
     pub fn kill9(&mut self) {
@@ -839,4 +824,22 @@ impl Drop for Mxguard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
