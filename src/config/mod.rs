@@ -764,11 +764,8 @@ fn parse_domain(
         }
     }
     let hosted_zone_id = sec.string("hosted_zone_id", errs).and_then(|id| {
-        let is_route53 = provider
-            .as_ref()
-            .and_then(|p| providers.get(p))
-            .is_some_and(|p| matches!(p, ProviderConfig::Route53 { .. }));
-        if provider.as_ref().is_some_and(|p| providers.contains_key(p)) && !is_route53 {
+        let configured = provider.as_ref().and_then(|p| providers.get(p));
+        if configured.is_some_and(|p| !matches!(p, ProviderConfig::Route53 { .. })) {
             errs.push(
                 sec.field("hosted_zone_id"),
                 "only used with a provider of kind = \"route53\"",

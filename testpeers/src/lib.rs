@@ -26,6 +26,7 @@ pub mod faults;
 pub mod named;
 pub mod postfix;
 pub mod route53;
+mod served;
 pub mod unbound;
 mod util;
 mod workdir;

@@ -21,12 +21,8 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use records::{ApiError, Record};
-
-use crate::Error;
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug)]
@@ -253,7 +249,7 @@ pub struct FakeCloudflare {
     /// `http://127.0.0.1:PORT/client/v4`
     pub base_url: String,
     state: Shared,
-    shutdown: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    served: crate::served::Served,
 }
 
 impl FakeCloudflare {
@@ -283,28 +279,16 @@ impl FakeCloudflare {
             windows: HashMap::new(),
             limit_stats: LimitStats::default(),
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::io("binding the fake Cloudflare API's port", e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the fake Cloudflare API's address", e))?;
         let app = axum::Router::new()
             .fallback(handlers::handle)
             .with_state(Arc::clone(&state));
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let served = crate::served::Served::start(app, "the fake Cloudflare API").await?;
+        let addr = served.addr;
         Ok(FakeCloudflare {
             addr,
             base_url: format!("http://{addr}/client/v4"),
             state,
-            shutdown: Mutex::new(Some((tx, task))),
+            served,
         })
     }
 
@@ -383,15 +367,7 @@ impl FakeCloudflare {
 
     /// Stops serving: later connections are refused.
     pub async fn stop(&self) {
-        let taken = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((tx, task)) = taken {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
+        self.served.stop().await;
     }
 }
 

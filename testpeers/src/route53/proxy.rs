@@ -13,8 +13,6 @@ use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -71,7 +69,7 @@ pub struct ProxyState {
 pub struct Proxy {
     pub url: String,
     state: Arc<Mutex<ProxyState>>,
-    shutdown: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    served: crate::served::Served,
 }
 
 struct Shared {
@@ -88,23 +86,14 @@ impl Proxy {
             http: reqwest::Client::new(),
             state: Arc::clone(&state),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port");
-        let addr = listener.local_addr().expect("local address");
         let app = axum::Router::new().fallback(handle).with_state(shared);
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let served = crate::served::Served::start(app, "the Route 53 proxy")
+            .await
+            .unwrap_or_else(|e| panic!("starting the Route 53 proxy: {e}"));
         Proxy {
-            url: format!("http://{addr}"),
+            url: format!("http://{}", served.addr),
             state,
-            shutdown: Mutex::new(Some((tx, task))),
+            served,
         }
     }
 
@@ -132,15 +121,7 @@ impl Proxy {
     }
 
     pub async fn stop(&self) {
-        let taken = self
-            .shutdown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((tx, task)) = taken {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
+        self.served.stop().await;
     }
 }
 
