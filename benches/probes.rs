@@ -20,7 +20,7 @@ use hickory_proto::rr::{RData as WireData, Record};
 use mxguard::config::StartTls;
 use mxguard::health::{Health, Thresholds};
 use mxguard::model::{Fqdn, Side};
-use mxguard::monitor::{Monitor, MonitorSettings};
+use mxguard::monitor::{MonitorSettings, Monitors};
 use mxguard::probe::dns::DnsClient;
 use mxguard::probe::smtp::{self, SmtpPolicy};
 use mxguard::probe::target::{Prober, TargetSpec};
@@ -30,7 +30,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -278,7 +278,12 @@ async fn detection_trial(
         },
         resolver_quorum: 1,
     };
-    let monitor = Monitor::new(
+    let mut monitors = Monitors::new(
+        Arc::new(TokioClock),
+        Arc::new(SeededJitter::new(seed)),
+        chrono::Utc::now(),
+    );
+    let mut rx = monitors.add(
         Fqdn::parse("bench.test").expect("name"),
         vec![TargetSpec {
             side: Side::Primary,
@@ -288,13 +293,9 @@ async fn detection_trial(
         }],
         settings,
         Arc::new(prober),
-        Arc::new(TokioClock),
-        Arc::new(SeededJitter::new(seed)),
-        chrono::Utc::now(),
     );
-    let (tx, mut rx) = mpsc::channel(64);
     let stop = CancellationToken::new();
-    tokio::spawn(monitor.run(tx, stop.clone()));
+    tokio::spawn(monitors.run(stop.clone()));
     tokio::time::sleep(delay).await;
     // Reports from before the fault say nothing about detection.
     while let Ok(r) = rx.try_recv() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxguard_core::{DnsProvider, SeededJitter, TokioClock};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,7 +17,7 @@ use crate::config::{Config, DomainConfig, RcptChecks};
 use crate::health::Thresholds;
 use crate::lease::Leadership;
 use crate::model::{Fqdn, Side};
-use crate::monitor::{Monitor, MonitorSettings};
+use crate::monitor::{MonitorSettings, Monitors, TargetProber};
 use crate::plan::Managed;
 use crate::probe::dns::DnsClient;
 use crate::probe::smtp::{RcptCheck, SmtpPolicy};
@@ -96,10 +96,9 @@ fn targets(cfg: &DomainConfig, managed: &Managed) -> Vec<TargetSpec> {
     let mut out = Vec::new();
     for side in [Side::Primary, Side::Backup] {
         let rcpt = match (cfg.checks.rcpt_checks, side) {
-            (RcptChecks::All, _) | (RcptChecks::Backup, Side::Backup) => Some(RcptCheck {
-                domain: cfg.name.clone(),
-                refuse_relay: side == Side::Backup,
-            }),
+            (RcptChecks::All, _) | (RcptChecks::Backup, Side::Backup) => {
+                Some(RcptCheck::one(cfg.name.clone(), side == Side::Backup))
+            }
             _ => None,
         };
         // mode a: one host, probed at this side's own addresses (never at what the host
@@ -162,6 +161,14 @@ impl Engine {
         // made memory grow with the number of domains).
         let mut tls_by_ca: BTreeMap<Option<std::path::PathBuf>, Arc<rustls::ClientConfig>> =
             BTreeMap::new();
+        // One prober per distinct set of probe settings: the monitors probe a host once for
+        // all the domains that reach it through the same prober.
+        let mut probers: BTreeMap<String, Arc<dyn TargetProber>> = BTreeMap::new();
+        let mut monitors = Monitors::new(
+            Arc::new(TokioClock),
+            Arc::new(SeededJitter::from_entropy()),
+            chrono::Utc::now(),
+        );
         for d in &config.domains {
             let derr = |why: String| EngineError::Domain {
                 domain: d.name.to_string(),
@@ -179,24 +186,40 @@ impl Engine {
                     built
                 }
             };
-            let resolvers: Vec<DnsClient> = c
-                .resolvers
-                .iter()
-                .map(|r| DnsClient::resolver(*r, c.timeout))
-                .collect();
-            let prober = Prober {
-                resolvers,
-                smtp: SmtpPolicy {
-                    port: c.smtp_port,
-                    timeout: c.timeout,
-                    starttls: c.starttls,
-                    ehlo_name: c.ehlo_name.clone(),
-                    cert_min_days: c.cert_min_days,
-                    tls,
-                    rcpt: None,
-                },
-                global: global.clone(),
-            };
+            let class = format!(
+                "{:?}",
+                (
+                    &c.resolvers,
+                    c.timeout,
+                    c.smtp_port,
+                    c.starttls,
+                    &c.ehlo_name,
+                    c.cert_min_days,
+                    &c.ca_file
+                )
+            );
+            let prober = probers
+                .entry(class)
+                .or_insert_with(|| {
+                    Arc::new(Prober {
+                        resolvers: c
+                            .resolvers
+                            .iter()
+                            .map(|r| DnsClient::resolver(*r, c.timeout))
+                            .collect(),
+                        smtp: SmtpPolicy {
+                            port: c.smtp_port,
+                            timeout: c.timeout,
+                            starttls: c.starttls,
+                            ehlo_name: c.ehlo_name.clone(),
+                            cert_min_days: c.cert_min_days,
+                            tls,
+                            rcpt: None,
+                        },
+                        global: global.clone(),
+                    })
+                })
+                .clone();
             let authoritative = if d.authoritative.is_empty() {
                 provider.primary.into_iter().collect()
             } else {
@@ -235,19 +258,9 @@ impl Engine {
                 },
                 resolver_quorum: c.resolver_quorum,
             };
-            let monitor = Monitor::new(
-                d.name.clone(),
-                targets(d, &managed),
-                settings,
-                Arc::new(prober),
-                Arc::new(TokioClock),
-                Arc::new(SeededJitter::from_entropy()),
-                chrono::Utc::now(),
-            );
+            let mut rx = monitors.add(d.name.clone(), targets(d, &managed), settings, prober);
             let (actor, handle) = Actor::new(d.clone(), deps);
             tasks.spawn(actor.run(shutdown.clone()));
-            let (tx, mut rx) = mpsc::channel(16);
-            tasks.spawn(monitor.run(tx, shutdown.clone()));
             let forward = handle.clone();
             let (recorder, me, canaries) = (
                 recorder.clone(),
@@ -267,6 +280,7 @@ impl Engine {
             tracing::info!(domain = %d.name, provider = %d.provider, mode = %d.targets.mode(), "domain controller started");
             engine.domains.insert(d.name.clone(), handle);
         }
+        monitors.spawn(shutdown, tasks);
         Ok(engine)
     }
 }

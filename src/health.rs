@@ -115,7 +115,7 @@ pub enum Health {
     Down,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Thresholds {
     pub fail_after: u32,
     pub recover_after: u32,

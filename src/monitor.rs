@@ -1,13 +1,29 @@
-//! The probe loop of one domain: rounds every `interval` (with jitter so domains do not probe in
-//! lockstep), and **fast confirmation** — a side that failed a round but is not Down yet is
-//! re-probed every `confirm_interval` until it passes or reaches `fail_after`. Detection then
-//! costs about half an interval plus (fail_after − 1) × confirm_interval, while a single lost
-//! probe still cannot take a side Down.
+//! The probe loops, **one per distinct MX host, however many domains use it**. Thousands of
+//! customer domains often point at the same few hosts; a session per domain per interval
+//! would be a flood that those hosts rate-limit (`421 too many connections`) until the backup
+//! looks down exactly when it is needed. So a host is probed once per round, in one SMTP
+//! session that also carries a slice of its domains' postmaster RCPTs (`rcpt.rs`: at most 100
+//! a round, each domain's latest answer standing until its next turn), and the round fans out
+//! to each of those domains, which folds in its own RCPT answer and keeps its own side health.
 //!
-//! Time comes from an injected [`Clock`]; [`Monitor::round`] is public so tests drive the loop
-//! one step at a time.
+//! * A host runs rounds every `interval` (with jitter, so hosts do not probe in lockstep) and
+//!   **fast confirmation**: while any of its domains has a side that failed a round but is not
+//!   Down yet, the host is re-probed every `confirm_interval`. Detection then costs about half
+//!   an interval plus (fail_after − 1) × confirm_interval, while a single lost probe still
+//!   cannot take a side Down.
+//! * A domain's side completes a round when every target of that side has reported since its
+//!   last round (one target: every host round), so the hysteresis counts rounds as it did
+//!   when each domain probed for itself.
+//! * Hosts are shared when everything that shapes the probe is the same: the prober (the
+//!   resolvers and SMTP policy, shared by domains with the same checks), the name, the
+//!   configured addresses (mode `a`), the relay check (a backup's) and the timings.
+//!
+//! Time comes from an injected [`Clock`]; [`Monitors::round`] is public so tests drive a host
+//! one round at a time.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,6 +37,7 @@ use crate::health::{
     side_passes, target_verdict, HealthChange, SideHealth, TargetVerdict, Thresholds,
 };
 use crate::model::{Fqdn, Side};
+use crate::probe::smtp::RcptCheck;
 use crate::probe::target::{Prober, TargetEvidence, TargetSpec};
 
 /// Probes one target; [`Prober`] in production, a script in tests.
@@ -36,7 +53,7 @@ impl TargetProber for Prober {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MonitorSettings {
     pub interval: Duration,
     pub confirm_interval: Duration,
@@ -62,61 +79,58 @@ pub struct RoundReport {
     pub evidence: Vec<TargetEvidence>,
 }
 
-pub struct Monitor {
+/// One domain as its hosts' rounds reach it.
+struct DomainView {
     domain: Fqdn,
     targets: Vec<TargetSpec>,
     settings: MonitorSettings,
-    prober: Arc<dyn TargetProber>,
-    clock: Arc<dyn Clock>,
-    jitter: Arc<dyn Jitter>,
-    epoch: (Instant, DateTime<Utc>),
     primary: SideHealth,
     backup: SideHealth,
+    /// Per target: its latest round as this domain sees it, until its side's round uses it.
+    latest: Vec<Option<TargetEvidence>>,
+    /// Per side: whether a round waiting to complete included a confirmation.
+    confirmation: [bool; 2],
+    tx: mpsc::Sender<RoundReport>,
 }
 
-impl Monitor {
-    pub fn new(
-        domain: Fqdn,
-        targets: Vec<TargetSpec>,
-        settings: MonitorSettings,
-        prober: Arc<dyn TargetProber>,
-        clock: Arc<dyn Clock>,
-        jitter: Arc<dyn Jitter>,
-        utc_now: DateTime<Utc>,
-    ) -> Self {
-        let epoch = (clock.now(), utc_now);
-        Monitor {
-            domain,
-            targets,
-            settings,
-            prober,
-            clock,
-            jitter,
-            epoch,
-            primary: SideHealth::new(Side::Primary),
-            backup: SideHealth::new(Side::Backup),
-        }
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Primary => 0,
+        Side::Backup => 1,
     }
+}
 
-    /// Wall-clock time derived from the injected clock.
-    fn utc(&self) -> DateTime<Utc> {
-        let since = self.clock.now().saturating_duration_since(self.epoch.0);
-        self.epoch.1 + chrono::Duration::from_std(since).unwrap_or_default()
-    }
-
-    pub fn health(&self, side: Side) -> &SideHealth {
+impl DomainView {
+    fn health(&self, side: Side) -> &SideHealth {
         match side {
             Side::Primary => &self.primary,
             Side::Backup => &self.backup,
         }
     }
 
-    /// Probes every target of `side` once and folds the result into its health.
-    pub async fn round(&mut self, side: Side, confirmation: bool) -> RoundReport {
-        let at = self.utc();
-        let specs: Vec<&TargetSpec> = self.targets.iter().filter(|t| t.side == side).collect();
-        let evidence =
-            futures::future::join_all(specs.iter().map(|s| self.prober.probe(s, at))).await;
+    /// Takes target `i`'s round; returns the side's round once every target of that side has
+    /// reported since the last one.
+    fn offer(
+        &mut self,
+        i: usize,
+        evidence: TargetEvidence,
+        at: DateTime<Utc>,
+        confirmation: bool,
+    ) -> Option<RoundReport> {
+        let side = self.targets[i].side;
+        self.latest[i] = Some(evidence);
+        self.confirmation[side_index(side)] |= confirmation;
+        let members: Vec<usize> = (0..self.targets.len())
+            .filter(|&j| self.targets[j].side == side)
+            .collect();
+        if members.iter().any(|&j| self.latest[j].is_none()) {
+            return None;
+        }
+        let evidence: Vec<TargetEvidence> = members
+            .iter()
+            .filter_map(|&j| self.latest[j].take())
+            .collect();
+        let confirmation = std::mem::take(&mut self.confirmation[side_index(side)]);
         let verdicts: Vec<TargetVerdict> = evidence
             .iter()
             .map(|e| target_verdict(&e.round, self.settings.resolver_quorum))
@@ -136,7 +150,7 @@ impl Monitor {
             tracing::info!(domain = %self.domain, side = %side, from = ?c.from, to = ?c.to,
                 failures = c.failures, passes = c.passes, evidence = %reasons.join("; "), "side health changed");
         }
-        RoundReport {
+        Some(RoundReport {
             domain: self.domain.clone(),
             side,
             at,
@@ -146,53 +160,244 @@ impl Monitor {
             change,
             confirmation,
             evidence,
+        })
+    }
+}
+
+/// What makes two domains' targets one host to probe.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct HostKey {
+    /// The prober's identity: domains with the same checks share one.
+    prober: usize,
+    host: Fqdn,
+    addresses: Vec<IpAddr>,
+    refuse_relay: bool,
+    settings: MonitorSettings,
+}
+
+/// One probed host and the domains it reports to.
+struct Host {
+    /// Its name and addresses, with the RCPT checks of every domain that wants them.
+    spec: TargetSpec,
+    settings: MonitorSettings,
+    prober: Arc<dyn TargetProber>,
+    /// Each domain using it, with the index of this host among that domain's targets.
+    domains: Vec<(Arc<Mutex<DomainView>>, usize)>,
+    /// A backup's check that it refuses a stranger's recipient, once per session.
+    refuse_relay: bool,
+    /// The domains whose postmaster is checked here, a slice per round.
+    rcpt: Mutex<RcptRotation>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Views and rotations are only changed by plain computation; a panic there leaves them
+    // consistent enough to keep monitoring.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every domain's monitoring, as one probe loop per distinct host.
+pub struct Monitors {
+    hosts: Vec<Host>,
+    index: BTreeMap<HostKey, usize>,
+    domains: usize,
+    clock: Arc<dyn Clock>,
+    jitter: Arc<dyn Jitter>,
+    epoch: (Instant, DateTime<Utc>),
+}
+
+/// Reports a domain can hold unread; a full queue drops the newest (the actor decides on the
+/// latest round of each side anyway, and a host never waits on one slow domain).
+const REPORT_QUEUE: usize = 16;
+
+impl Monitors {
+    pub fn new(clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>, utc_now: DateTime<Utc>) -> Self {
+        let epoch = (clock.now(), utc_now);
+        Monitors {
+            hosts: Vec::new(),
+            index: BTreeMap::new(),
+            domains: 0,
+            clock,
+            jitter,
+            epoch,
         }
     }
 
-    fn next_delay(&self, side: Side) -> (Duration, bool) {
-        if self.health(side).confirming() {
-            (self.settings.confirm_interval, true)
+    /// Adds a domain with its targets (each with that domain's own RCPT check, if any),
+    /// probed by `prober`: pass the same `Arc` for domains with the same checks, so that
+    /// their shared hosts are probed once. Returns the domain's round reports.
+    pub fn add(
+        &mut self,
+        domain: Fqdn,
+        targets: Vec<TargetSpec>,
+        settings: MonitorSettings,
+        prober: Arc<dyn TargetProber>,
+    ) -> mpsc::Receiver<RoundReport> {
+        let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+        self.domains += 1;
+        let view = Arc::new(Mutex::new(DomainView {
+            domain: domain.clone(),
+            latest: vec![None; targets.len()],
+            targets: targets.clone(),
+            settings,
+            primary: SideHealth::new(Side::Primary),
+            backup: SideHealth::new(Side::Backup),
+            confirmation: [false; 2],
+            tx,
+        }));
+        for (i, t) in targets.into_iter().enumerate() {
+            let key = HostKey {
+                prober: Arc::as_ptr(&prober) as *const () as usize,
+                host: t.host.clone(),
+                addresses: t.addresses.clone(),
+                refuse_relay: t.rcpt.as_ref().is_some_and(|r| r.refuse_relay),
+                settings,
+            };
+            let h = *self.index.entry(key).or_insert_with(|| {
+                self.hosts.push(Host {
+                    spec: TargetSpec {
+                        rcpt: None,
+                        ..t.clone()
+                    },
+                    settings,
+                    prober: prober.clone(),
+                    domains: Vec::new(),
+                    refuse_relay: t.rcpt.as_ref().is_some_and(|r| r.refuse_relay),
+                    rcpt: Mutex::new(RcptRotation::default()),
+                });
+                self.hosts.len() - 1
+            });
+            let host = &mut self.hosts[h];
+            if let Some(rcpt) = &t.rcpt {
+                let rotation = host.rcpt.get_mut().unwrap_or_else(|p| p.into_inner());
+                for d in &rcpt.domains {
+                    rotation.add(d.clone());
+                }
+            }
+            host.domains.push((view.clone(), i));
+        }
+        rx
+    }
+
+    /// Distinct hosts probed (each once per round, however many domains use it).
+    pub fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn domains(&self) -> usize {
+        self.domains
+    }
+
+    /// Wall-clock time derived from the injected clock.
+    fn utc(&self) -> DateTime<Utc> {
+        let since = self.clock.now().saturating_duration_since(self.epoch.0);
+        self.epoch.1 + chrono::Duration::from_std(since).unwrap_or_default()
+    }
+
+    /// Probes host `h` once and hands the round to each of its domains. Returns whether the
+    /// host is to be confirmed (some domain's side failed a round and is not Down yet), and
+    /// whether any domain still listens.
+    pub async fn round(&self, h: usize, confirmation: bool) -> (bool, bool) {
+        let host = &self.hosts[h];
+        let checked = lock(&host.rcpt).pick(confirmation);
+        let spec = TargetSpec {
+            rcpt: (!checked.is_empty() || host.refuse_relay).then(|| RcptCheck {
+                domains: checked.clone(),
+                refuse_relay: host.refuse_relay,
+            }),
+            ..host.spec.clone()
+        };
+        let mut evidence = host.prober.probe(&spec, self.utc()).await;
+        if !lock(&host.rcpt).is_empty() {
+            lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
+        }
+        // The round is as of when its evidence is complete: a session carrying thousands of
+        // RCPTs takes a while, and its age decides whether the verdict is fresh enough to vote.
+        let at = self.utc();
+        let side = host.spec.side;
+        let mut confirming = false;
+        let mut listening = false;
+        for (view, i) in &host.domains {
+            let mut v = lock(view);
+            let mine = evidence.for_domain(&v.domain);
+            if let Some(report) = v.offer(*i, mine, at, confirmation) {
+                match v.tx.try_send(report) {
+                    Ok(()) => listening = true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        listening = true;
+                        tracing::warn!(domain = %v.domain, side = %side, "round report dropped: the domain has {REPORT_QUEUE} unread");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            } else {
+                listening |= !v.tx.is_closed();
+            }
+            confirming |= v.health(side).confirming();
+        }
+        (confirming, listening)
+    }
+
+    fn next_delay(&self, h: usize, confirming: bool) -> Duration {
+        let s = self.hosts[h].settings;
+        if confirming {
+            s.confirm_interval
         } else {
             // Symmetric jitter: rounds drift apart, the mean interval stays `interval`.
-            let j = self.settings.jitter;
-            let delay =
-                self.settings.interval.saturating_sub(j / 2) + j.mul_f64(self.jitter.fraction());
-            (delay, false)
+            s.interval.saturating_sub(s.jitter / 2) + s.jitter.mul_f64(self.jitter.fraction())
         }
     }
 
-    /// Runs rounds until `shutdown`, sending every report; stops early if the receiver is gone.
-    pub async fn run(mut self, tx: mpsc::Sender<RoundReport>, shutdown: CancellationToken) {
-        let start = self.clock.now();
-        // Spread first rounds over one interval so many domains do not start together. A side
-        // with no target is never probed: an empty round would count as a failure.
-        let mut due: Vec<(Side, Instant, bool)> = [Side::Primary, Side::Backup]
-            .into_iter()
-            .filter(|side| self.targets.iter().any(|t| t.side == *side))
-            .map(|side| {
-                let offset = self.settings.interval.mul_f64(self.jitter.fraction());
-                (side, start + offset, false)
-            })
-            .collect();
+    /// Runs host `h`'s rounds until `shutdown` or until none of its domains listens.
+    async fn run_host(&self, h: usize, shutdown: CancellationToken) {
+        // First rounds are spread over one interval so that hosts do not start together.
+        let first = self.hosts[h]
+            .settings
+            .interval
+            .mul_f64(self.jitter.fraction());
+        let mut due = self.clock.now() + first;
+        let mut confirmation = false;
         loop {
-            let Some(i) = (0..due.len()).min_by_key(|&i| due[i].1) else {
-                return;
-            };
-            let (side, when, confirmation) = due[i];
-            let wait = when.saturating_duration_since(self.clock.now());
+            let wait = due.saturating_duration_since(self.clock.now());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.clock.sleep(wait) => {}
             }
-            let report = self.round(side, confirmation).await;
-            let (delay, confirming) = self.next_delay(side);
-            due[i] = (side, self.clock.now() + delay, confirming);
-            if tx.send(report).await.is_err() {
+            let (confirming, listening) = self.round(h, confirmation).await;
+            if !listening {
                 return;
             }
+            confirmation = confirming;
+            due = self.clock.now() + self.next_delay(h, confirming);
+        }
+    }
+
+    /// Runs every host's rounds until `shutdown`. (A side with no target is never probed: an
+    /// empty round would count as a failure.)
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        futures::future::join_all(
+            (0..this.hosts.len()).map(|h| this.run_host(h, shutdown.clone())),
+        )
+        .await;
+    }
+
+    /// Spawns one task per host on `tasks`.
+    pub fn spawn(self, shutdown: CancellationToken, tasks: &tokio_util::task::TaskTracker) {
+        tracing::info!(
+            hosts = self.hosts.len(),
+            domains = self.domains,
+            "probing each distinct MX host once per round for every domain that uses it"
+        );
+        let this = Arc::new(self);
+        for h in 0..this.hosts.len() {
+            let (this, shutdown) = (this.clone(), shutdown.clone());
+            tasks.spawn(async move { this.run_host(h, shutdown).await });
         }
     }
 }
+
+mod rcpt;
+use rcpt::RcptRotation;
+pub use rcpt::RCPT_PER_ROUND;
 
 #[cfg(test)]
 mod tests;

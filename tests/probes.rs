@@ -12,7 +12,7 @@ use mxguard::config::StartTls;
 use mxguard::health::target_verdict;
 use mxguard::model::RecordType;
 use mxguard::probe::dns::{DnsClient, DnsStatus};
-use mxguard::probe::smtp::{FailureKind, Phase};
+use mxguard::probe::smtp::{self, FailureKind, Phase, RcptCheck};
 use mxguard_testpeers::dns::RcodeServer;
 use mxguard_testpeers::hickory_proto::op::ResponseCode;
 use mxguard_testpeers::{Ca, CertKind, Fault, Named, Unbound, UnboundOptions};
@@ -291,6 +291,63 @@ async fn postfix_mx_passes_every_phase_and_refuses_the_foreign_recipient() {
     );
     let log = mta.log();
     assert!(!log.contains("data=") && !log.contains("qmgr"), "{log}");
+}
+
+#[tokio::test]
+async fn one_postfix_session_carries_the_postmaster_checks_of_250_domains() {
+    // A host shared by 250 domains: one session, three transactions of at most 100 RCPTs
+    // (RSET between), each domain's own answer, and the relay check once.
+    let (ca, mta) = postfix(false, [127, 0, 0, 20]).await;
+    let mut domains = vec![fqdn("example.test"), fqdn("stranger.test")];
+    domains.extend((0..248).map(|i| fqdn(&format!("d{i}.example.test"))));
+    let mut p = plain_policy(&ca, StartTls::Require, T);
+    p.port = mta.addr().port();
+    p.rcpt = Some(RcptCheck {
+        domains: domains.clone(),
+        refuse_relay: true,
+    });
+    let r = smtp::probe(&fqdn(MX_HOST), mta.addr().ip(), &p, chrono::Utc::now()).await;
+    assert!(r.pass, "the host itself passes: {r:#?}");
+    assert_eq!(r.recipients.len(), 250);
+    assert_eq!(
+        r.phases
+            .iter()
+            .filter(|p| p.phase == Phase::RcptRelay)
+            .count(),
+        1,
+        "the relay check once per session"
+    );
+    let mine = r.for_domain(&fqdn("d247.example.test"));
+    assert!(mine.pass, "{mine:#?}");
+    assert_eq!(
+        phase_names(&mine),
+        FULL_DIALOGUE,
+        "a domain sees its own RCPT among the phases"
+    );
+    let stranger = r.for_domain(&fqdn("stranger.test"));
+    assert_failure(
+        &stranger,
+        Phase::RcptPostmaster,
+        FailureKind::PermReject,
+        "554 5.7.1 <postmaster@stranger.test>: Relay access denied",
+    );
+    assert_eq!(stranger.recipients.len(), 1, "only its own answer");
+    // Postfix's count: one session, 3 MAIL, 251 RCPTs (250 + the stranger's relay probe) of
+    // which 249 accepted, 2 RSETs, no DATA.
+    let summary = session_summary(&mta, "rset=2").await;
+    assert!(
+        summary.contains("mail=3 rcpt=249/251 rset=2 quit=1"),
+        "{summary}"
+    );
+    let log = mta.log();
+    let sessions = log
+        .lines()
+        .filter(|l| l.contains("disconnect from") && l.contains("ehlo="))
+        .count();
+    assert_eq!(
+        sessions, 1,
+        "one session (besides the readiness check): {log}"
+    );
 }
 
 #[tokio::test]

@@ -165,10 +165,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
             let spec = TargetSpec {
                 side: Side::Primary,
                 host: h.clone(),
-                rcpt: Some(RcptCheck {
-                    domain: req.domain.clone(),
-                    refuse_relay: false,
-                }),
+                rcpt: Some(RcptCheck::one(req.domain.clone(), false)),
                 addresses: Vec::new(),
             };
             (spec, Some(*p))
@@ -179,15 +176,16 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         let spec = TargetSpec {
             side: Side::Backup,
             host: b.clone(),
-            rcpt: Some(RcptCheck {
-                domain: req.domain.clone(),
-                refuse_relay: true,
-            }),
+            rcpt: Some(RcptCheck::one(req.domain.clone(), true)),
             addresses: Vec::new(),
         };
         specs.push((spec, None));
     }
-    let evidence = join_all(specs.iter().map(|(spec, _)| prober.probe_target(spec, now))).await;
+    let evidence =
+        join_all(specs.iter().map(|(spec, _)| async {
+            prober.probe_target(spec, now).await.for_domain(&req.domain)
+        }))
+        .await;
     let mut targets = Vec::new();
     for ((spec, pref), ev) in specs.iter().zip(evidence) {
         let verdict = target_verdict(&ev.round, quorum);

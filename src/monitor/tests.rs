@@ -1,10 +1,10 @@
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use mxguard_core::{FixedJitter, ManualClock};
 
 use super::*;
 use crate::health::{AddressResult, Health, ResolverResult, TargetRound};
+use crate::probe::smtp::SmtpReport;
 
 /// A prober whose answer for a target is a function of the (manual) time since start.
 struct Scripted {
@@ -12,6 +12,70 @@ struct Scripted {
     /// host → (down from, down until) in seconds since start
     outages: BTreeMap<String, (f64, f64)>,
     calls: Mutex<Vec<(String, f64)>>,
+    /// The RCPT-checked domains of each probe, in order.
+    rcpts: Mutex<Vec<Vec<String>>>,
+    /// Domains whose postmaster every host refuses (with a 550); others are accepted.
+    refused: Vec<String>,
+}
+
+impl Scripted {
+    fn new(clock: &ManualClock, outages: &[(&str, f64, f64)]) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            clock: clock.clone(),
+            outages: outages
+                .iter()
+                .map(|(h, from, until)| (h.to_string(), (*from, *until)))
+                .collect(),
+            calls: Mutex::new(vec![]),
+            rcpts: Mutex::new(vec![]),
+            refused: vec![],
+        })
+    }
+
+    fn calls_of(&self, host: &str) -> Vec<f64> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+/// The SMTP report of an address that passed, with each RCPT-checked domain's answer.
+fn smtp_report(spec: &TargetSpec, refused: &[String]) -> SmtpReport {
+    use crate::probe::smtp::{Failure, FailureKind, Phase, Recipient};
+    let recipients = spec
+        .rcpt
+        .iter()
+        .flat_map(|r| r.domains.iter())
+        .map(|d| {
+            let refuse = refused.contains(&d.to_string());
+            Recipient {
+                domain: d.clone(),
+                latency_ms: 1,
+                code: if refuse { 550 } else { 250 },
+                text: "5.1.1 unknown".into(),
+                failure: refuse.then(|| Failure {
+                    phase: Phase::RcptPostmaster,
+                    kind: FailureKind::PermReject,
+                    detail: "550 5.1.1 unknown".into(),
+                }),
+            }
+        })
+        .collect();
+    SmtpReport {
+        host: spec.host.clone(),
+        address: "192.0.2.1:25".parse().unwrap(),
+        pass: true,
+        failure: None,
+        warnings: vec![],
+        phases: vec![],
+        starttls_offered: Some(true),
+        certificate: None,
+        latency_ms: 1,
+        recipients,
+    }
 }
 
 #[async_trait]
@@ -20,11 +84,36 @@ impl TargetProber for Scripted {
         let t = self.clock.elapsed().as_secs_f64();
         let host = spec.host.to_string();
         self.calls.lock().unwrap().push((host.clone(), t));
+        if let Some(r) = &spec.rcpt {
+            let domains = r.domains.iter().map(|d| d.to_string()).collect();
+            self.rcpts.lock().unwrap().push(domains);
+        }
         let down = self
             .outages
             .get(&host)
             .is_some_and(|(from, until)| t >= *from && t < *until);
         let address = "192.0.2.1".parse().unwrap();
+        if spec.rcpt.is_some() && !down {
+            let smtp = vec![smtp_report(spec, &self.refused)];
+            return TargetEvidence {
+                side: spec.side,
+                round: TargetRound {
+                    target: spec.host.clone(),
+                    resolvers: vec![ResolverResult {
+                        resolver: "r".into(),
+                        addresses: vec![address],
+                        error: None,
+                    }],
+                    addresses: vec![AddressResult {
+                        address,
+                        pass: true,
+                        reason: "250 ok".into(),
+                    }],
+                },
+                dns: vec![],
+                smtp,
+            };
+        }
         TargetEvidence {
             side: spec.side,
             round: TargetRound {
@@ -79,12 +168,13 @@ async fn detect(
     first_round_fraction: f64,
 ) -> (f64, Vec<RoundReport>, Arc<Scripted>) {
     let clock = ManualClock::new();
-    let prober = Arc::new(Scripted {
-        clock: clock.clone(),
-        outages: BTreeMap::from([("mx1.example.test.".to_string(), (outage_start, f64::MAX))]),
-        calls: Mutex::new(vec![]),
-    });
-    let monitor = Monitor::new(
+    let prober = Scripted::new(&clock, &[("mx1.example.test.", outage_start, f64::MAX)]);
+    let mut monitors = Monitors::new(
+        Arc::new(clock.clone()),
+        Arc::new(FixedJitter(first_round_fraction)),
+        Utc::now(),
+    );
+    let mut rx = monitors.add(
         Fqdn::parse("example.test").unwrap(),
         vec![
             spec(Side::Primary, "mx1.example.test"),
@@ -92,13 +182,9 @@ async fn detect(
         ],
         settings(),
         prober.clone(),
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(first_round_fraction)),
-        Utc::now(),
     );
-    let (tx, mut rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let task = monitor.run(tx, stop.clone());
+    let task = monitors.run(stop.clone());
     let watch = async {
         let mut seen = Vec::new();
         while let Some(r) = rx.recv().await {
@@ -142,12 +228,7 @@ async fn fast_confirmation_detects_within_half_an_interval_plus_confirmations() 
 #[tokio::test]
 async fn backup_keeps_its_own_schedule_while_primary_is_confirmed() {
     let (_, _, prober) = detect(8.0, 0.5).await;
-    let calls = prober.calls.lock().unwrap();
-    let backup: Vec<f64> = calls
-        .iter()
-        .filter(|(h, _)| h == "backup.example.net.")
-        .map(|(_, t)| *t)
-        .collect();
+    let backup = prober.calls_of("backup.example.net.");
     assert_eq!(
         backup,
         vec![2.5, 7.5, 12.5],
@@ -158,61 +239,57 @@ async fn backup_keeps_its_own_schedule_while_primary_is_confirmed() {
 #[tokio::test]
 async fn a_single_failed_round_is_forgiven() {
     let clock = ManualClock::new();
-    let prober = Arc::new(Scripted {
-        clock: clock.clone(),
-        // down only between 7 and 8 s: the round at 7.5 fails, the confirmation at 8.0 passes
-        outages: BTreeMap::from([("mx1.example.test.".to_string(), (7.0, 8.0))]),
-        calls: Mutex::new(vec![]),
-    });
-    let mut monitor = Monitor::new(
-        Fqdn::parse("example.test").unwrap(),
-        vec![spec(Side::Primary, "mx1.example.test")],
-        settings(),
-        prober,
+    // down only between 7 and 8 s: the round at 7.5 fails, the confirmation at 8.0 passes
+    let prober = Scripted::new(&clock, &[("mx1.example.test.", 7.0, 8.0)]);
+    let mut monitors = Monitors::new(
         Arc::new(clock.clone()),
         Arc::new(FixedJitter(0.5)),
         Utc::now(),
     );
+    let mut rx = monitors.add(
+        Fqdn::parse("example.test").unwrap(),
+        vec![spec(Side::Primary, "mx1.example.test")],
+        settings(),
+        prober,
+    );
     clock.advance(Duration::from_millis(2500));
-    assert!(monitor.round(Side::Primary, false).await.pass);
+    assert_eq!(monitors.round(0, false).await, (false, true));
+    assert!(rx.recv().await.unwrap().pass);
     clock.advance(Duration::from_secs(5));
-    let failed = monitor.round(Side::Primary, false).await;
+    let (confirming, _) = monitors.round(0, false).await;
+    let failed = rx.recv().await.unwrap();
     assert!(!failed.pass);
     assert!(failed.health.confirming());
+    assert!(confirming, "the host is confirmed");
     assert_eq!(
-        monitor.next_delay(Side::Primary),
-        (Duration::from_millis(500), true)
+        monitors.next_delay(0, confirming),
+        Duration::from_millis(500)
     );
     clock.advance(Duration::from_millis(500));
-    let ok = monitor.round(Side::Primary, true).await;
-    assert!(ok.pass);
+    let (confirming, _) = monitors.round(0, true).await;
+    let ok = rx.recv().await.unwrap();
+    assert!(ok.pass && ok.confirmation);
     assert_eq!(ok.health.health, Health::Up);
-    assert!(
-        !monitor.next_delay(Side::Primary).1,
-        "back to the normal schedule"
-    );
+    assert!(!confirming, "back to the normal schedule");
 }
 
 #[tokio::test]
 async fn a_side_without_targets_is_never_probed() {
     let clock = ManualClock::new();
-    let prober = Arc::new(Scripted {
-        clock: clock.clone(),
-        outages: BTreeMap::new(),
-        calls: Mutex::new(vec![]),
-    });
-    let monitor = Monitor::new(
-        Fqdn::parse("example.test").unwrap(),
-        vec![spec(Side::Primary, "mx1.example.test")],
-        settings(),
-        prober,
+    let prober = Scripted::new(&clock, &[]);
+    let mut monitors = Monitors::new(
         Arc::new(clock.clone()),
         Arc::new(FixedJitter(0.5)),
         Utc::now(),
     );
-    let (tx, mut rx) = mpsc::channel(64);
+    let mut rx = monitors.add(
+        Fqdn::parse("example.test").unwrap(),
+        vec![spec(Side::Primary, "mx1.example.test")],
+        settings(),
+        prober,
+    );
     let stop = CancellationToken::new();
-    let task = monitor.run(tx, stop.clone());
+    let task = monitors.run(stop.clone());
     let reports = clock
         .drive(async {
             tokio::select! {
@@ -232,4 +309,204 @@ async fn a_side_without_targets_is_never_probed() {
         "only the primary has targets"
     );
     assert!(reports.iter().all(|r| r.health.health == Health::Up));
+}
+
+const SHARING: [&str; 3] = ["a.example.test.", "b.example.test.", "c.example.test."];
+
+/// Three domains whose primary is mx1.example.test and whose backup (RCPT-checked, relay
+/// check) is backup.example.net, on one prober.
+fn sharing(monitors: &mut Monitors, prober: Arc<Scripted>) -> Vec<mpsc::Receiver<RoundReport>> {
+    SHARING
+        .iter()
+        .map(|d| {
+            let domain = Fqdn::parse(d).unwrap();
+            let backup = TargetSpec {
+                rcpt: Some(RcptCheck::one(domain.clone(), true)),
+                ..spec(Side::Backup, "backup.example.net")
+            };
+            monitors.add(
+                domain,
+                vec![spec(Side::Primary, "mx1.example.test"), backup],
+                settings(),
+                prober.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `monitors` on `clock` until `done` holds for the reports each domain received.
+async fn run_until(
+    clock: &ManualClock,
+    monitors: Monitors,
+    mut rxs: Vec<mpsc::Receiver<RoundReport>>,
+    done: impl Fn(&[Vec<RoundReport>]) -> bool,
+) -> Vec<Vec<RoundReport>> {
+    let stop = CancellationToken::new();
+    let task = monitors.run(stop.clone());
+    let watch = async {
+        let mut seen: Vec<Vec<RoundReport>> = vec![vec![]; rxs.len()];
+        while !done(&seen) {
+            let (report, i, _) =
+                futures::future::select_all(rxs.iter_mut().map(|rx| Box::pin(rx.recv()))).await;
+            seen[i].push(report.expect("report"));
+        }
+        seen
+    };
+    let seen = clock
+        .drive(async {
+            tokio::select! {
+                r = watch => r,
+                _ = task => panic!("monitors ended"),
+            }
+        })
+        .await;
+    stop.cancel();
+    seen
+}
+
+fn backups(reports: &[RoundReport]) -> Vec<&RoundReport> {
+    reports.iter().filter(|r| r.side == Side::Backup).collect()
+}
+
+#[tokio::test]
+async fn a_host_shared_by_three_domains_is_probed_once_per_round() {
+    let clock = ManualClock::new();
+    let prober = Scripted::new(&clock, &[]);
+    let mut monitors = Monitors::new(
+        Arc::new(clock.clone()),
+        Arc::new(FixedJitter(0.5)),
+        Utc::now(),
+    );
+    let rxs = sharing(&mut monitors, prober.clone());
+    assert_eq!(monitors.hosts(), 2, "two distinct hosts for three domains");
+    let seen = run_until(&clock, monitors, rxs, |seen| {
+        seen.iter().all(|r| backups(r).len() >= 4)
+    })
+    .await;
+    assert_eq!(
+        prober.calls_of("backup.example.net."),
+        vec![2.5, 7.5, 12.5, 17.5],
+        "one probe per round for all three domains"
+    );
+    let primary = prober.calls_of("mx1.example.test.");
+    assert!(
+        (3..=4).contains(&primary.len())
+            && primary.iter().all(|t| [2.5, 7.5, 12.5, 17.5].contains(t)),
+        "{primary:?}"
+    );
+    // the one session per round carried every domain's RCPT check
+    for rcpts in prober.rcpts.lock().unwrap().iter() {
+        assert_eq!(rcpts, &SHARING.map(String::from).to_vec());
+    }
+    for (domain, reports) in SHARING.iter().zip(&seen) {
+        for r in backups(reports) {
+            assert_eq!(r.domain.as_str(), *domain);
+            assert!(r.pass && r.health.health == Health::Up, "{r:?}");
+            let recipients: Vec<&str> = r.evidence[0].smtp[0]
+                .recipients
+                .iter()
+                .map(|x| x.domain.as_str())
+                .collect();
+            assert_eq!(
+                recipients,
+                [*domain],
+                "each domain sees its own answer only"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_domains_refused_rcpt_fails_only_that_domain_while_the_host_is_up() {
+    let clock = ManualClock::new();
+    let prober = Arc::new(Scripted {
+        refused: vec!["b.example.test.".into()],
+        ..Arc::into_inner(Scripted::new(&clock, &[])).unwrap()
+    });
+    let mut monitors = Monitors::new(
+        Arc::new(clock.clone()),
+        Arc::new(FixedJitter(0.5)),
+        Utc::now(),
+    );
+    let rxs = sharing(&mut monitors, prober.clone());
+    let seen = run_until(&clock, monitors, rxs, |seen| {
+        backups(&seen[1])
+            .last()
+            .is_some_and(|r| r.health.health == Health::Down)
+    })
+    .await;
+    // b's failing round confirms the shared host (at confirm_interval) until b is Down
+    assert_eq!(prober.calls_of("backup.example.net."), vec![2.5, 3.0, 3.5]);
+    let b = backups(&seen[1]);
+    assert!(b.iter().all(|r| !r.pass), "{b:?}");
+    assert_eq!(
+        b.last().unwrap().verdicts[0].reason,
+        "192.0.2.1: permanent rejection (5xx) in rcpt_postmaster: 550 5.1.1 unknown"
+    );
+    for other in [&seen[0], &seen[2]] {
+        let reports = backups(other);
+        assert!(!reports.is_empty());
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.pass && r.health.health == Health::Up),
+            "{reports:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rcpt_checks_rotate_a_hundred_a_round_and_each_domain_keeps_its_latest_answer() {
+    let clock = ManualClock::new();
+    let prober = Arc::new(Scripted {
+        refused: vec!["d7.example.test.".into()],
+        ..Arc::into_inner(Scripted::new(&clock, &[])).unwrap()
+    });
+    let mut monitors = Monitors::new(
+        Arc::new(clock.clone()),
+        Arc::new(FixedJitter(0.5)),
+        Utc::now(),
+    );
+    let mut rxs = Vec::new();
+    for i in 0..250 {
+        let domain = Fqdn::parse(&format!("d{i}.example.test")).unwrap();
+        let backup = TargetSpec {
+            rcpt: Some(RcptCheck::one(domain.clone(), true)),
+            ..spec(Side::Backup, "backup.example.net")
+        };
+        rxs.push(monitors.add(domain, vec![backup], settings(), prober.clone()));
+    }
+    assert_eq!(monitors.hosts(), 1);
+    let own_answer = |r: &RoundReport| {
+        r.evidence[0].smtp[0]
+            .recipients
+            .iter()
+            .map(|x| x.domain.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut asked = std::collections::BTreeSet::new();
+    for round in 0..3 {
+        clock.advance(Duration::from_secs(5));
+        monitors.round(0, false).await;
+        let rcpts = prober.rcpts.lock().unwrap().last().cloned().unwrap();
+        assert!(rcpts.len() <= RCPT_PER_ROUND, "{}", rcpts.len());
+        asked.extend(rcpts);
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let r = rx.try_recv().expect("every domain gets every round");
+            let name = format!("d{i}.example.test.");
+            let checked = asked.contains(&name);
+            // checked once: its answer stands in later rounds; never checked yet: none
+            assert_eq!(
+                own_answer(&r),
+                if checked { vec![name.clone()] } else { vec![] },
+                "round {round}"
+            );
+            assert_eq!(r.pass, i != 7 || !checked, "{name} in round {round}: {r:?}");
+        }
+    }
+    assert_eq!(asked.len(), 250, "every domain checked within three rounds");
+    // a confirmation round re-asks only the refused domain
+    monitors.round(0, true).await;
+    let rcpts = prober.rcpts.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(rcpts, ["d7.example.test."]);
 }

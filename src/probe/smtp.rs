@@ -36,12 +36,40 @@ pub struct SmtpPolicy {
     pub rcpt: Option<RcptCheck>,
 }
 
+/// RCPT checks: one session carries those of every domain that shares the host, in
+/// transactions of at most [`RCPT_BATCH`] recipients (`MAIL FROM:<>`, the RCPTs, `RSET`).
 #[derive(Clone, Debug)]
 pub struct RcptCheck {
-    /// `postmaster@domain` must be accepted.
-    pub domain: Fqdn,
-    /// For backups: a recipient in a foreign domain must be refused (no open relay).
+    /// `postmaster@domain` must be accepted, for each of these.
+    pub domains: Vec<Fqdn>,
+    /// For backups: a recipient in a foreign domain must be refused (no open relay). A property
+    /// of the host, checked once per session.
     pub refuse_relay: bool,
+}
+
+impl RcptCheck {
+    /// The checks of one domain.
+    pub fn one(domain: Fqdn, refuse_relay: bool) -> Self {
+        RcptCheck {
+            domains: vec![domain],
+            refuse_relay,
+        }
+    }
+}
+
+/// Recipients per transaction: well under Postfix's `smtpd_recipient_limit` (1,000) and the
+/// 100 that RFC 5321 (4.5.3.1.8) requires servers to accept.
+pub const RCPT_BATCH: usize = 100;
+
+/// What the host answered to `RCPT TO:<postmaster@domain>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recipient {
+    pub domain: Fqdn,
+    pub latency_ms: u64,
+    pub code: u16,
+    pub text: String,
+    /// `None`: accepted.
+    pub failure: Option<Failure>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +84,7 @@ pub enum Phase {
     MailFrom,
     RcptPostmaster,
     RcptRelay,
+    Rset,
     Quit,
 }
 
@@ -71,6 +100,7 @@ impl Phase {
             Phase::MailFrom => "mail_from",
             Phase::RcptPostmaster => "rcpt_postmaster",
             Phase::RcptRelay => "rcpt_relay",
+            Phase::Rset => "rset",
             Phase::Quit => "quit",
         }
     }
@@ -146,9 +176,57 @@ pub struct SmtpReport {
     pub starttls_offered: Option<bool>,
     pub certificate: Option<CertificateInfo>,
     pub latency_ms: u64,
+    /// The postmaster RCPT of each domain checked in this session. `pass` and `failure` are
+    /// the host's alone (a host that refuses one domain's postmaster still serves the others);
+    /// [`SmtpReport::for_domain`] folds in one domain's answer. Sorted by domain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<Recipient>,
 }
 
 impl SmtpReport {
+    /// The report as one domain sees it: the host's outcome, then (if the host passed) whether
+    /// it accepted that domain's postmaster, which also appears among the phases after
+    /// `MAIL FROM`. Other domains' recipients are left out.
+    pub fn for_domain(&self, domain: &Fqdn) -> SmtpReport {
+        let mine = self
+            .recipients
+            .binary_search_by(|r| r.domain.cmp(domain))
+            .ok()
+            .map(|i| &self.recipients[i]);
+        let mut phases = self.phases.clone();
+        if let Some(r) = mine {
+            let at = phases
+                .iter()
+                .position(|p| p.phase == Phase::MailFrom)
+                .map_or(phases.len(), |i| i + 1);
+            phases.insert(
+                at,
+                PhaseRecord {
+                    phase: Phase::RcptPostmaster,
+                    latency_ms: r.latency_ms,
+                    code: Some(r.code),
+                    text: r.text.clone(),
+                },
+            );
+        }
+        let failure = self
+            .failure
+            .clone()
+            .or_else(|| mine.and_then(|r| r.failure.clone()));
+        SmtpReport {
+            host: self.host.clone(),
+            address: self.address,
+            pass: failure.is_none() && self.pass,
+            failure,
+            warnings: self.warnings.clone(),
+            phases,
+            starttls_offered: self.starttls_offered,
+            certificate: self.certificate.clone(),
+            latency_ms: self.latency_ms,
+            recipients: mine.cloned().into_iter().collect(),
+        }
+    }
+
     /// One line for verdict reasons: `250 ok` or the failure.
     pub fn summary(&self) -> String {
         match &self.failure {
@@ -208,6 +286,7 @@ pub async fn probe(
             starttls_offered: None,
             certificate: None,
             latency_ms: 0,
+            recipients: Vec::new(),
         },
     };
     let outcome = s.dialogue(now, false).await;
@@ -244,9 +323,8 @@ impl Session<'_> {
         let caps = self
             .expect(&mut conn, Phase::Ehlo, Some(&ehlo), &[250])
             .await?;
-        let offered = caps.lines.iter().skip(1).any(|l| {
-            l.eq_ignore_ascii_case("STARTTLS") || l.to_ascii_uppercase().starts_with("STARTTLS ")
-        });
+        let offered = has_extension(&caps, "STARTTLS");
+        let mut pipelining = has_extension(&caps, "PIPELINING");
         self.report.starttls_offered = Some(offered);
 
         let use_tls = match (self.policy.starttls, offered) {
@@ -278,26 +356,90 @@ impl Session<'_> {
                 }
                 Err(f) => return Err(f),
             }
-            self.expect(&mut conn, Phase::EhloTls, Some(&ehlo), &[250])
+            let caps = self
+                .expect(&mut conn, Phase::EhloTls, Some(&ehlo), &[250])
                 .await?;
+            pipelining = has_extension(&caps, "PIPELINING");
         }
 
         if let Some(rcpt) = self.policy.rcpt.clone() {
-            self.expect(&mut conn, Phase::MailFrom, Some("MAIL FROM:<>\r\n"), &[250])
-                .await?;
-            let postmaster = format!("RCPT TO:<postmaster@{}>\r\n", rcpt.domain.without_dot());
-            self.expect(
-                &mut conn,
-                Phase::RcptPostmaster,
-                Some(&postmaster),
-                &[250, 251],
-            )
-            .await?;
-            if rcpt.refuse_relay {
-                let foreign = foreign_recipient(&rcpt.domain);
+            self.recipients(&mut conn, &rcpt, pipelining).await?;
+        }
+        // QUIT is a courtesy: its failure does not fail a probe that got this far.
+        if self
+            .exchange(&mut conn, Phase::Quit, Some("QUIT\r\n"))
+            .await
+            .is_err()
+        {
+            self.report.warnings.push("no reply to QUIT".into());
+        }
+        Ok(())
+    }
+
+    /// The RCPT checks: every domain's postmaster, [`RCPT_BATCH`] per transaction, and in the
+    /// first transaction the stranger's recipient a backup must refuse. A domain's refusal is
+    /// that domain's (in `recipients`); with `pipelining` (the server offers it) each
+    /// transaction's RCPTs go out in one write. A refused `MAIL FROM`, a `421` (the server is closing
+    /// the session) or a broken connection is the host's, and ends the session.
+    async fn recipients(
+        &mut self,
+        conn: &mut BufReader<Box<dyn Io>>,
+        rcpt: &RcptCheck,
+        pipelining: bool,
+    ) -> Result<(), Failure> {
+        if rcpt.domains.is_empty() && !rcpt.refuse_relay {
+            return Ok(());
+        }
+        let mut batches: Vec<&[Fqdn]> = rcpt.domains.chunks(RCPT_BATCH).collect();
+        if batches.is_empty() {
+            batches.push(&[]);
+        }
+        for (i, batch) in batches.iter().enumerate() {
+            if i > 0 {
+                let reply = self
+                    .reply_quiet(conn, Phase::Rset, Some("RSET\r\n"))
+                    .await?;
+                host_refusal(Phase::Rset, &reply, &[250])?;
+                let reply = self
+                    .reply_quiet(conn, Phase::MailFrom, Some("MAIL FROM:<>\r\n"))
+                    .await?;
+                host_refusal(Phase::MailFrom, &reply, &[250])?;
+            } else {
+                self.expect(conn, Phase::MailFrom, Some("MAIL FROM:<>\r\n"), &[250])
+                    .await?;
+            }
+            let commands: Vec<String> = batch
+                .iter()
+                .map(|d| format!("RCPT TO:<postmaster@{}>\r\n", d.without_dot()))
+                .collect();
+            let t = Instant::now();
+            if pipelining {
+                // RFC 2920: the whole batch in one write, then the replies in order; a session
+                // of thousands of recipients costs a round trip per batch, not per domain.
+                self.send(conn, Phase::RcptPostmaster, &commands.concat())
+                    .await?;
+            }
+            for (domain, cmd) in batch.iter().zip(&commands) {
+                let sent = (!pipelining).then_some(cmd.as_str());
+                let reply = self.reply_quiet(conn, Phase::RcptPostmaster, sent).await?;
+                if reply.code == 421 {
+                    return Err(rejection(Phase::RcptPostmaster, &reply));
+                }
+                let failure = (!matches!(reply.code, 250 | 251))
+                    .then(|| rejection(Phase::RcptPostmaster, &reply));
+                self.report.recipients.push(Recipient {
+                    domain: domain.clone(),
+                    latency_ms: t.elapsed().as_millis() as u64,
+                    code: reply.code,
+                    text: reply.text(),
+                    failure,
+                });
+            }
+            if i == 0 && rcpt.refuse_relay {
+                let foreign = foreign_recipient(&rcpt.domains);
                 let reply = self
                     .exchange(
-                        &mut conn,
+                        conn,
                         Phase::RcptRelay,
                         Some(&format!("RCPT TO:<{foreign}>\r\n")),
                     )
@@ -313,17 +455,52 @@ impl Session<'_> {
                         ),
                     ));
                 }
+                if reply.code == 421 {
+                    return Err(rejection(Phase::RcptRelay, &reply));
+                }
             }
         }
-        // QUIT is a courtesy: its failure does not fail a probe that got this far.
-        if self
-            .exchange(&mut conn, Phase::Quit, Some("QUIT\r\n"))
-            .await
-            .is_err()
-        {
-            self.report.warnings.push("no reply to QUIT".into());
-        }
+        // sorted, so that each of thousands of domains finds its answer by binary search
+        self.report
+            .recipients
+            .sort_by(|a, b| a.domain.cmp(&b.domain));
         Ok(())
+    }
+
+    /// Like [`Session::exchange`], without a phase record: the per-recipient answers are kept
+    /// in `recipients`, not as thousands of phases.
+    async fn reply_quiet(
+        &mut self,
+        conn: &mut BufReader<Box<dyn Io>>,
+        phase: Phase,
+        cmd: Option<&str>,
+    ) -> Result<Reply, Failure> {
+        let before = self.report.phases.len();
+        let reply = self.exchange(conn, phase, cmd).await;
+        self.report.phases.truncate(before);
+        reply
+    }
+
+    /// Writes `text` (pipelined commands) under the phase timeout.
+    async fn send(
+        &mut self,
+        conn: &mut BufReader<Box<dyn Io>>,
+        phase: Phase,
+        text: &str,
+    ) -> Result<(), Failure> {
+        let io = async {
+            conn.get_mut().write_all(text.as_bytes()).await?;
+            conn.get_mut().flush().await
+        };
+        match tokio::time::timeout(self.policy.timeout, io).await {
+            Err(_) => Err(fail(
+                phase,
+                FailureKind::Timeout,
+                format!("could not send within {:?}", self.policy.timeout),
+            )),
+            Ok(Err(e)) => Err(fail(phase, FailureKind::Network, e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     async fn upgrade(
@@ -416,19 +593,8 @@ impl Session<'_> {
         ok: &[u16],
     ) -> Result<Reply, Failure> {
         let reply = self.exchange(conn, phase, cmd).await?;
-        if ok.contains(&reply.code) {
-            return Ok(reply);
-        }
-        let kind = match reply.code {
-            400..=499 => FailureKind::TempReject,
-            500..=599 => FailureKind::PermReject,
-            _ => FailureKind::Protocol,
-        };
-        Err(fail(
-            phase,
-            kind,
-            format!("{} {}", reply.code, reply.text()),
-        ))
+        host_refusal(phase, &reply, ok)?;
+        Ok(reply)
     }
 
     async fn exchange(
@@ -483,13 +649,39 @@ fn fail(phase: Phase, kind: FailureKind, detail: String) -> Failure {
     }
 }
 
-/// A recipient no MX of `domain` should accept from a stranger.
-fn foreign_recipient(domain: &Fqdn) -> String {
-    let foreign = if domain.as_str() == "example.net." {
-        "example.org"
-    } else {
-        "example.net"
+/// Whether an EHLO reply lists `extension` (its first word on a line after the greeting).
+fn has_extension(ehlo: &Reply, extension: &str) -> bool {
+    ehlo.lines.iter().skip(1).any(|l| {
+        l.split_ascii_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(extension))
+    })
+}
+
+/// A refusal as a failure: 4xx temporary, 5xx permanent.
+fn rejection(phase: Phase, reply: &Reply) -> Failure {
+    let kind = match reply.code {
+        400..=499 => FailureKind::TempReject,
+        500..=599 => FailureKind::PermReject,
+        _ => FailureKind::Protocol,
     };
+    fail(phase, kind, format!("{} {}", reply.code, reply.text()))
+}
+
+fn host_refusal(phase: Phase, reply: &Reply, ok: &[u16]) -> Result<(), Failure> {
+    if ok.contains(&reply.code) {
+        Ok(())
+    } else {
+        Err(rejection(phase, reply))
+    }
+}
+
+/// A recipient that no MX of the checked `domains` should accept from a stranger.
+fn foreign_recipient(domains: &[Fqdn]) -> String {
+    let foreign = ["example.net", "example.org", "example.com"]
+        .into_iter()
+        .find(|f| !domains.iter().any(|d| d.without_dot() == *f))
+        .unwrap_or("example.com");
     format!("mxguard-relay-probe@{foreign}")
 }
 

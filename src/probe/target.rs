@@ -121,23 +121,49 @@ impl Prober {
             }
         }
         reports.sort_by_key(|r| r.address);
-        let address_results = reports
-            .iter()
-            .map(|r| AddressResult {
-                address: r.address.ip(),
-                pass: r.pass,
-                reason: r.summary(),
-            })
-            .collect();
         TargetEvidence {
             side: spec.side,
             round: TargetRound {
                 target: spec.host.clone(),
                 resolvers,
-                addresses: address_results,
+                addresses: address_results(&reports),
             },
             dns: answers,
             smtp: reports,
+        }
+    }
+}
+
+fn address_results(reports: &[SmtpReport]) -> Vec<AddressResult> {
+    reports
+        .iter()
+        .map(|r| AddressResult {
+            address: r.address.ip(),
+            pass: r.pass,
+            reason: r.summary(),
+        })
+        .collect()
+}
+
+impl TargetEvidence {
+    /// The round as one of the domains it checked sees it: each address passes only if it
+    /// also accepted that domain's postmaster ([`SmtpReport::for_domain`]). Without RCPT
+    /// checks, the host's round itself.
+    pub fn for_domain(&self, domain: &Fqdn) -> TargetEvidence {
+        let smtp: Vec<SmtpReport> = self.smtp.iter().map(|r| r.for_domain(domain)).collect();
+        TargetEvidence {
+            side: self.side,
+            round: TargetRound {
+                target: self.round.target.clone(),
+                resolvers: self.round.resolvers.clone(),
+                addresses: if self.smtp.iter().all(|r| r.recipients.is_empty()) {
+                    self.round.addresses.clone()
+                } else {
+                    address_results(&smtp)
+                },
+            },
+            dns: self.dns.clone(),
+            smtp,
         }
     }
 }

@@ -166,6 +166,15 @@ pub struct Layout {
     pub mode: LabMode,
     /// Route 53: the `hosted_zone_id` written on the domain instead of the lab zone's own id.
     pub hosted_zone_id: Option<&'static str>,
+    /// More domains whose MX point at the same two MTAs, as a provider's customers' do:
+    /// `d0000.example.test` … in the example.test zone (RFC 2136, mode mx only), each with the
+    /// primary published ([`shared_domain`]).
+    pub shared_domains: usize,
+}
+
+/// The name of the lab's `i`th shared domain ([`Layout::shared_domains`]).
+pub fn shared_domain(i: usize) -> String {
+    format!("d{i:04}.example.test")
 }
 
 impl Default for Layout {
@@ -179,6 +188,7 @@ impl Default for Layout {
             provider: LabProvider::Rfc2136,
             mode: LabMode::Mx,
             hosted_zone_id: None,
+            shared_domains: 0,
         }
     }
 }
@@ -209,6 +219,16 @@ impl Lab {
                         ttl = opts.mx_ttl
                     ),
                 };
+                let mut records = records;
+                for i in 0..layout.shared_domains {
+                    assert!(
+                        layout.mode == LabMode::Mx && layout.provider == LabProvider::Rfc2136,
+                        "shared domains: RFC 2136, mode mx"
+                    );
+                    let name = shared_domain(i);
+                    let label = name.trim_end_matches(".example.test");
+                    records.push_str(&format!("{label} {} IN MX 10 mx1\n", opts.mx_ttl));
+                }
                 zones.push(Zone::new("example.test", &records));
                 "mx1.example.test".to_string()
             }
@@ -341,6 +361,13 @@ failback = {{ hold = "{hold}" }}
             confirm = c.confirm_interval,
             quorum = layout.resolver_quorum,
         );
+        for i in 0..layout.shared_domains {
+            text.push_str(&format!(
+                "\n[[domains]]\nname = \"{name}\"\nzone = \"example.test\"\nprovider = \"lab\"\n{targets}failover_ttl = {failover_ttl}\nfailback = {{ hold = \"{hold}\" }}\n{authoritative}",
+                name = shared_domain(i),
+                hold = opts.hold,
+            ));
+        }
         if layout.read_token {
             use sha2::Digest;
             let digest: String = sha2::Sha256::digest(READ_TOKEN.as_bytes())
