@@ -174,6 +174,27 @@ failover_ttl = "abc"
 }
 
 #[test]
+fn config_check_suggests_one_mode_a_domain_when_many_share_a_primary_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from(
+        "[providers.ns1]\nkind = \"rfc2136\"\nserver = \"127.0.0.1:5353\"\ntsig_name = \"mxguard\"\ntsig_secret_env = \"TSIG\"\n",
+    );
+    for i in 0..25 {
+        text.push_str(&format!(
+            "\n[[domains]]\nname = \"customer{i}.example\"\nprovider = \"ns1\"\nprimary = [\"10 mx.hoster.example.\"]\nbackup = [\"10 mx.backup.example.\"]\n"
+        ));
+    }
+    std::fs::write(dir.path().join("mxguard.toml"), text).unwrap();
+    let out = run(dir.path(), &["config", "check", "mxguard.toml"]);
+    assert_eq!(out.status.code(), Some(0), "advice is not an error");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("note: 25 domains (e.g. customer0.example.) fail over from primary MX host mx.hoster.example.: when it fails, that is 25 provider writes"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn example_config_passes_config_check() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["config", "example"]);

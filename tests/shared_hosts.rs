@@ -72,8 +72,14 @@ async fn wait_for(
             let kept = std::env::temp_dir().join("mxguard-shared-hosts.log");
             let _ = std::fs::write(&kept, &log);
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let limited = (
+                too_many(&lab.primary.log()).len(),
+                too_many(&lab.backup.log()).len(),
+            );
             panic!(
-                "{have} of {want} domains in {state:?} after {deadline:?}: {rows:?}\nmxguard's log in {}; its last lines, newest first:\n{}",
+                "{have} of {want} domains in {state:?} after {deadline:?}: {rows:?}\n\
+                 connections the MTAs refused as too many (primary, backup): {limited:?}\n\
+                 mxguard's log in {}; its last lines, newest first:\n{}",
                 kept.display(),
                 tail.join("\n")
             );

@@ -234,6 +234,9 @@ fn config_check(file: &Path) -> ExitCode {
                 cfg.providers.len(),
                 cfg.tokens.len()
             );
+            for note in cfg.advice() {
+                println!("note: {note}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -50,7 +50,39 @@ fn render_invalid(file: &str, errors: &[FieldError]) -> String {
         .join("\n")
 }
 
+/// From this many domains on one primary MX host, `config check` points out the other shape.
+pub const SHARED_PRIMARY_ADVICE: usize = 20;
+
 impl Config {
+    /// Not errors, but what an operator may want to know about the configuration's shape:
+    /// many mode-`mx` domains failing over from the same primary host mean one provider write
+    /// per domain when that host fails, where one mode-`a` domain for the host itself would
+    /// move them all with one write.
+    pub fn advice(&self) -> Vec<String> {
+        let mut by_host: BTreeMap<&Fqdn, Vec<&Fqdn>> = BTreeMap::new();
+        for d in &self.domains {
+            if let Targets::Mx { primary, .. } = &d.targets {
+                for mx in primary {
+                    by_host.entry(&mx.exchange).or_default().push(&d.name);
+                }
+            }
+        }
+        by_host
+            .into_iter()
+            .filter(|(_, domains)| domains.len() >= SHARED_PRIMARY_ADVICE)
+            .map(|(host, domains)| {
+                format!(
+                    "{n} domains (e.g. {first}) fail over from primary MX host {host}: when it fails, \
+                     that is {n} provider writes, one per domain. If {host} is yours, one domain \
+                     with mode = \"a\" and host = \"{host}\" moves its address for all of them \
+                     with one write (README: Shared MX hosts).",
+                    n = domains.len(),
+                    first = domains[0],
+                )
+            })
+            .collect()
+    }
+
     /// Embedded defaults: SQLite in the working directory, API on 127.0.0.1:8053, no domains.
     pub fn embedded() -> Config {
         Config {

@@ -426,3 +426,35 @@ fn cluster_defaults_and_every_mistake_named() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn many_domains_on_one_primary_host_get_the_mode_a_advice() {
+    let domain = |i: usize, host: &str| {
+        format!(
+            "[[domains]]\nname = \"d{i}.example.com\"\nprovider = \"ns1\"\nprimary = [\"10 {host}.\"]\nbackup = [\"10 backup.example.net.\"]\n"
+        )
+    };
+    let head = "[providers.ns1]\nkind = \"rfc2136\"\nserver = \"127.0.0.1:53\"\ntsig_name = \"k\"\ntsig_secret_env = \"K\"\n\n";
+    let mut text = head.to_string();
+    for i in 0..super::SHARED_PRIMARY_ADVICE {
+        text.push_str(&domain(i, "mx.hoster.example"));
+    }
+    text.push_str(&domain(99, "mx.own.example"));
+    let cfg = parse(&text).expect("valid");
+    let advice = cfg.advice();
+    assert_eq!(advice.len(), 1, "{advice:?}");
+    assert!(
+        advice[0].starts_with(
+            "20 domains (e.g. d0.example.com.) fail over from primary MX host mx.hoster.example."
+        ),
+        "{}",
+        advice[0]
+    );
+    assert!(advice[0].contains("mode = \"a\" and host = \"mx.hoster.example.\""));
+    // one fewer: nothing to say
+    let mut text = head.to_string();
+    for i in 1..super::SHARED_PRIMARY_ADVICE {
+        text.push_str(&domain(i, "mx.hoster.example"));
+    }
+    assert!(parse(&text).expect("valid").advice().is_empty());
+}
