@@ -97,7 +97,12 @@ fn sessions(log: &str) -> usize {
 
 fn too_many(log: &str) -> Vec<&str> {
     log.lines()
-        .filter(|l| l.contains("too many connections") || l.contains("Connection rate limit"))
+        .filter(|l| {
+            // smtpd answers `421 4.7.0 … too many connections`; the log says why
+            l.contains("too many connections")
+                || l.contains("Connection concurrency limit exceeded")
+                || l.contains("Connection rate limit exceeded")
+        })
         .collect()
 }
 

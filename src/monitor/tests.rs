@@ -32,6 +32,13 @@ impl Scripted {
         })
     }
 
+    /// Up everywhere, but every host refuses the postmaster of `domains`.
+    fn refusing(clock: &ManualClock, domains: &[&str]) -> Arc<Scripted> {
+        let mut s = Arc::into_inner(Scripted::new(clock, &[])).expect("not shared yet");
+        s.refused = domains.iter().map(|d| d.to_string()).collect();
+        Arc::new(s)
+    }
+
     fn calls_of(&self, host: &str) -> Vec<f64> {
         let calls = self.calls.lock().unwrap();
         calls
@@ -139,6 +146,15 @@ impl TargetProber for Scripted {
     }
 }
 
+/// Monitors on `clock`, first rounds at `first_round` of an interval.
+fn monitors_on(clock: &ManualClock, first_round: f64) -> Monitors {
+    Monitors::new(
+        Arc::new(clock.clone()),
+        Arc::new(FixedJitter(first_round)),
+        Utc::now(),
+    )
+}
+
 fn settings() -> MonitorSettings {
     MonitorSettings {
         interval: Duration::from_secs(5),
@@ -169,11 +185,7 @@ async fn detect(
 ) -> (f64, Vec<RoundReport>, Arc<Scripted>) {
     let clock = ManualClock::new();
     let prober = Scripted::new(&clock, &[("mx1.example.test.", outage_start, f64::MAX)]);
-    let mut monitors = Monitors::new(
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(first_round_fraction)),
-        Utc::now(),
-    );
+    let mut monitors = monitors_on(&clock, first_round_fraction);
     let mut rx = monitors.add(
         Fqdn::parse("example.test").unwrap(),
         vec![
@@ -241,11 +253,7 @@ async fn a_single_failed_round_is_forgiven() {
     let clock = ManualClock::new();
     // down only between 7 and 8 s: the round at 7.5 fails, the confirmation at 8.0 passes
     let prober = Scripted::new(&clock, &[("mx1.example.test.", 7.0, 8.0)]);
-    let mut monitors = Monitors::new(
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(0.5)),
-        Utc::now(),
-    );
+    let mut monitors = monitors_on(&clock, 0.5);
     let mut rx = monitors.add(
         Fqdn::parse("example.test").unwrap(),
         vec![spec(Side::Primary, "mx1.example.test")],
@@ -277,11 +285,7 @@ async fn a_single_failed_round_is_forgiven() {
 async fn a_side_without_targets_is_never_probed() {
     let clock = ManualClock::new();
     let prober = Scripted::new(&clock, &[]);
-    let mut monitors = Monitors::new(
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(0.5)),
-        Utc::now(),
-    );
+    let mut monitors = monitors_on(&clock, 0.5);
     let mut rx = monitors.add(
         Fqdn::parse("example.test").unwrap(),
         vec![spec(Side::Primary, "mx1.example.test")],
@@ -372,11 +376,7 @@ fn backups(reports: &[RoundReport]) -> Vec<&RoundReport> {
 async fn a_host_shared_by_three_domains_is_probed_once_per_round() {
     let clock = ManualClock::new();
     let prober = Scripted::new(&clock, &[]);
-    let mut monitors = Monitors::new(
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(0.5)),
-        Utc::now(),
-    );
+    let mut monitors = monitors_on(&clock, 0.5);
     let rxs = sharing(&mut monitors, prober.clone());
     assert_eq!(monitors.hosts(), 2, "two distinct hosts for three domains");
     let seen = run_until(&clock, monitors, rxs, |seen| {
@@ -419,15 +419,8 @@ async fn a_host_shared_by_three_domains_is_probed_once_per_round() {
 #[tokio::test]
 async fn one_domains_refused_rcpt_fails_only_that_domain_while_the_host_is_up() {
     let clock = ManualClock::new();
-    let prober = Arc::new(Scripted {
-        refused: vec!["b.example.test.".into()],
-        ..Arc::into_inner(Scripted::new(&clock, &[])).unwrap()
-    });
-    let mut monitors = Monitors::new(
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(0.5)),
-        Utc::now(),
-    );
+    let prober = Scripted::refusing(&clock, &["b.example.test."]);
+    let mut monitors = monitors_on(&clock, 0.5);
     let rxs = sharing(&mut monitors, prober.clone());
     let seen = run_until(&clock, monitors, rxs, |seen| {
         backups(&seen[1])
@@ -458,15 +451,8 @@ async fn one_domains_refused_rcpt_fails_only_that_domain_while_the_host_is_up() 
 #[tokio::test]
 async fn rcpt_checks_rotate_a_hundred_a_round_and_each_domain_keeps_its_latest_answer() {
     let clock = ManualClock::new();
-    let prober = Arc::new(Scripted {
-        refused: vec!["d7.example.test.".into()],
-        ..Arc::into_inner(Scripted::new(&clock, &[])).unwrap()
-    });
-    let mut monitors = Monitors::new(
-        Arc::new(clock.clone()),
-        Arc::new(FixedJitter(0.5)),
-        Utc::now(),
-    );
+    let prober = Scripted::refusing(&clock, &["d7.example.test."]);
+    let mut monitors = monitors_on(&clock, 0.5);
     let mut rxs = Vec::new();
     for i in 0..250 {
         let domain = Fqdn::parse(&format!("d{i}.example.test")).unwrap();
