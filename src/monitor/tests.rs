@@ -16,6 +16,8 @@ struct Scripted {
     rcpts: Mutex<Vec<Vec<String>>>,
     /// Domains whose postmaster every host refuses (with a 550); others are accepted.
     refused: Vec<String>,
+    /// host → how long its probe takes (seconds of the manual clock), answered as of its start
+    slow: BTreeMap<String, f64>,
 }
 
 impl Scripted {
@@ -29,6 +31,7 @@ impl Scripted {
             calls: Mutex::new(vec![]),
             rcpts: Mutex::new(vec![]),
             refused: vec![],
+            slow: BTreeMap::new(),
         })
     }
 
@@ -89,6 +92,9 @@ fn smtp_report(spec: &TargetSpec, refused: &[String]) -> SmtpReport {
 impl TargetProber for Scripted {
     async fn probe(&self, spec: &TargetSpec, _now: DateTime<Utc>) -> TargetEvidence {
         let t = self.clock.elapsed().as_secs_f64();
+        if let Some(secs) = self.slow.get(&spec.host.to_string()) {
+            self.clock.sleep(Duration::from_secs_f64(*secs)).await;
+        }
         let host = spec.host.to_string();
         self.calls.lock().unwrap().push((host.clone(), t));
         if let Some(r) = &spec.rcpt {
@@ -235,6 +241,45 @@ async fn fast_confirmation_detects_within_half_an_interval_plus_confirmations() 
     let down = primary.last().unwrap();
     assert_eq!(down.change.as_ref().map(|c| c.to), Some(Health::Down));
     assert_eq!(down.verdicts[0].reason, "192.0.2.1: 554 banner");
+}
+
+#[tokio::test]
+async fn a_slow_backup_does_not_delay_the_primarys_detection() {
+    // The backup takes 15 s to probe (healthy, each reply just under the phase timeout): the
+    // primary's rounds and confirmations run on their own loop and never wait for it.
+    let clock = ManualClock::new();
+    let mut prober = Arc::into_inner(Scripted::new(
+        &clock,
+        &[("mx1.example.test.", 8.0, f64::MAX)],
+    ))
+    .expect("not shared yet");
+    prober.slow.insert("backup.example.net.".into(), 15.0);
+    let prober = Arc::new(prober);
+    let mut monitors = monitors_on(&clock, 0.5);
+    let rxs = vec![monitors.add(
+        Fqdn::parse("example.test").unwrap(),
+        vec![
+            spec(Side::Primary, "mx1.example.test"),
+            spec(Side::Backup, "backup.example.net"),
+        ],
+        settings(),
+        prober.clone(),
+    )];
+    let seen = run_until(&clock, monitors, rxs, |seen| backups(&seen[0]).len() == 1).await;
+    // seconds since start: the first primary round ran at 2.5 s
+    let first = seen[0][0].at;
+    let secs = |r: &RoundReport| 2.5 + (r.at - first).num_milliseconds() as f64 / 1000.0;
+    let down = seen[0]
+        .iter()
+        .find(|r| r.side == Side::Primary && r.health.health == Health::Down)
+        .expect("the primary went Down before the backup's first round ended");
+    assert_eq!(secs(down), 13.5, "detected as if the backup were fast");
+    assert_eq!(
+        &prober.calls_of("mx1.example.test.")[..5],
+        [2.5, 7.5, 12.5, 13.0, 13.5]
+    );
+    // the backup's round is dated when it ended, so its verdict is as fresh as it can be
+    assert_eq!(secs(backups(&seen[0])[0]), 17.5);
 }
 
 #[tokio::test]
