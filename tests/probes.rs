@@ -209,6 +209,37 @@ async fn ehlo_550_is_a_permanent_rejection_in_ehlo() {
 }
 
 #[tokio::test]
+async fn a_200_kb_reply_is_kept_as_512_bytes() {
+    let ca = Ca::new().expect("CA");
+    for (code, pass) in [(220, true), (554, false)] {
+        let l = fault(Fault::LongBanner(code));
+        let r = probe_at(l.addr(), &plain_policy(&ca, StartTls::Off, T)).await;
+        assert_eq!(r.pass, pass, "{code}");
+        let banner = r
+            .phases
+            .iter()
+            .find(|p| p.phase == Phase::Banner)
+            .expect("the banner's phase");
+        assert_eq!(banner.text.len(), smtp::MAX_REPLY_TEXT, "{code}");
+        assert!(banner.text.starts_with("xxxx") && banner.text.ends_with('…'));
+        if let Some(f) = &r.failure {
+            assert!(
+                f.detail.len() <= smtp::MAX_REPLY_TEXT + 4,
+                "{}",
+                f.detail.len()
+            );
+            assert!(f.detail.starts_with("554 xxxx"), "{}", &f.detail[..20]);
+        }
+        let json = serde_json::to_string(&r).expect("json");
+        assert!(
+            json.len() < 4_000,
+            "the whole report is {} bytes",
+            json.len()
+        );
+    }
+}
+
+#[tokio::test]
 async fn rcpt_450_on_postmaster_is_a_temporary_rejection() {
     let r = rcpt_rejected(450).await;
     assert_failure(

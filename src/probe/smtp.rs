@@ -255,9 +255,23 @@ struct Reply {
     lines: Vec<String>,
 }
 
+/// The most of a reply's text that is kept: it is stored in observations, events and
+/// webhooks, once per domain of a shared host, so a hostile server's 200 KB reply must not be.
+pub const MAX_REPLY_TEXT: usize = 512;
+
 impl Reply {
+    /// The reply's lines joined, cut to [`MAX_REPLY_TEXT`] bytes (at a character boundary).
     fn text(&self) -> String {
-        self.lines.join(" / ")
+        let mut text = self.lines.join(" / ");
+        if text.len() > MAX_REPLY_TEXT {
+            let mut cut = MAX_REPLY_TEXT - "…".len();
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        text
     }
 }
 

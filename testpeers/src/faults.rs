@@ -40,6 +40,9 @@ pub enum Fault {
     EhloRejected(u16),
     /// Answers every RCPT with this code (e.g. 450 or 550).
     RcptRejected(u16),
+    /// Greets with this code in a reply of 99 lines of 2,000 bytes (about 200 KB: a hostile
+    /// server's largest reply a client reads); with a 5xx it then refuses everything but QUIT.
+    LongBanner(u16),
 }
 
 /// A running fault listener; it stops, and drops its connections, on drop.
@@ -174,6 +177,16 @@ async fn session(
                 return stream.shutdown().await;
             }
             rules.refuse_all = true;
+        }
+        Fault::LongBanner(code) => {
+            let line = "x".repeat(2000);
+            let mut text = String::new();
+            for _ in 0..98 {
+                text.push_str(&format!("{code}-{line}\r\n"));
+            }
+            text.push_str(&format!("{code} {line}\r\n"));
+            stream.write_all(text.as_bytes()).await?;
+            rules.refuse_all = *code >= 500;
         }
         Fault::Trickle(interval) => {
             for byte in greeting.bytes() {
