@@ -307,9 +307,7 @@ impl Monitors {
             ..host.spec.clone()
         };
         let mut evidence = host.prober.probe(&spec, self.utc()).await;
-        if !lock(&host.rcpt).is_empty() {
-            lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
-        }
+        lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
         // The round is as of when its evidence is complete: a session carrying thousands of
         // RCPTs takes a while, and its age decides whether the verdict is fresh enough to vote.
         let at = self.utc();

@@ -38,10 +38,6 @@ impl RcptRotation {
         self.refused.push(false);
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.domains.is_empty()
-    }
-
     /// The domains to check in the next round.
     pub(super) fn pick(&self, confirmation: bool) -> Vec<Fqdn> {
         let mut order: Vec<usize> = (0..self.domains.len())
@@ -60,6 +56,9 @@ impl RcptRotation {
     /// that got as far as the RCPTs with the latest answers of the domains not checked this
     /// time, so that every domain's view ([`SmtpReport::for_domain`]) includes its own.
     pub(super) fn record(&mut self, checked: &[Fqdn], reports: &mut [SmtpReport], now: Instant) {
+        if self.domains.is_empty() {
+            return;
+        }
         for r in reports.iter_mut() {
             r.recipients.sort_by(|a, b| a.domain.cmp(&b.domain));
         }
