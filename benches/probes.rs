@@ -275,6 +275,7 @@ async fn detection_trial(
         thresholds: Thresholds {
             fail_after: 3,
             recover_after: 6,
+            soft_fail_after: Duration::from_secs(600),
         },
         resolver_quorum: 1,
     };

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::change::{desired_records, publish, ChangeDeps, ChangeReport};
+use self::change::{desired_records, publish, ChangeDeps, ChangeReport, Origin};
 use crate::config::{DomainConfig, Drift};
 use crate::health::{Health, TargetVerdict};
 use crate::lease::RoleReport;
@@ -82,6 +82,9 @@ pub enum ActorError {
     Store(String),
     #[error("{0}")]
     NotLeader(String),
+    /// The change was attempted and failed (the controller retries it).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why a follower refuses a mutation, naming the leader where the lease says who it is.
@@ -114,7 +117,13 @@ enum Msg {
     Status(oneshot::Sender<Status>),
     Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
     ChangeDone(Side, Box<Result<ChangeReport, String>>),
-    /// Read the published records now (after an operator wrote them, e.g. a revert).
+    /// An operator's revert to a snapshot holding `side`'s records (`desired`: its managed
+    /// RRsets); answered once the change is verified or has failed.
+    Revert {
+        revert: Revert,
+        reply: oneshot::Sender<Result<RevertDone, ActorError>>,
+    },
+    /// Read the published records now.
     Reconcile,
     /// A reconcile read came back; `changes` is the count of changes started when it began.
     Observed {
@@ -123,14 +132,37 @@ enum Msg {
     },
 }
 
+/// An operator's revert, as the API hands it to the domain's actor.
+#[derive(Debug, Clone)]
+pub struct Revert {
+    pub snapshot: i64,
+    pub side: Side,
+    /// The snapshot's managed RRsets (records and TTLs) to publish.
+    pub desired: Vec<RecordSet>,
+    pub by: String,
+    pub reason: String,
+}
+
+/// A revert carried out: the change that made live equal to the snapshot (none when it already
+/// was), verified at the authoritative servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevertDone {
+    pub change_id: Option<i64>,
+    pub message: String,
+}
+
+/// A revert whose change is in flight: its records are what the change (and its retries)
+/// publish; the operator's request is answered when it first ends.
+struct RevertInFlight {
+    revert: Revert,
+    reply: Option<oneshot::Sender<Result<RevertDone, ActorError>>>,
+}
+
 /// How the API and CLI talk to a domain's actor.
 #[derive(Clone)]
 pub struct ActorHandle {
     pub domain: Fqdn,
     tx: mpsc::Sender<Msg>,
-    /// Held by whoever writes this domain's records: the actor's change (read, plan, apply,
-    /// verify) or an operator's revert. One writer per domain at a time.
-    writer: Arc<tokio::sync::Mutex<()>>,
     inbox: Arc<Inbox>,
 }
 
@@ -153,9 +185,6 @@ impl Inbox {
         std::mem::take(&mut *latest).into_values().collect()
     }
 }
-
-/// The right to write a domain's records, held until dropped.
-pub type WriterGuard = tokio::sync::OwnedMutexGuard<()>;
 
 impl ActorHandle {
     pub async fn command(
@@ -203,13 +232,18 @@ impl ActorHandle {
         rx.await.map_err(|_| ActorError::Gone)
     }
 
-    /// The domain's writer lock if nobody holds it (a change is not being applied); the
-    /// actor's next change waits until the guard is dropped.
-    pub fn try_write(&self) -> Option<WriterGuard> {
-        self.writer.clone().try_lock_owned().ok()
+    /// Reverts to a snapshot through the machine and the one publish (snapshot, intent, fenced
+    /// apply, verify); answers when the change is verified or has failed.
+    pub async fn revert(&self, revert: Revert) -> Result<RevertDone, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Revert { revert, reply })
+            .await
+            .map_err(|_| ActorError::Gone)?;
+        rx.await.map_err(|_| ActorError::Gone)?
     }
 
-    /// Asks the actor to read the published records now (after an operator changed them).
+    /// Asks the actor to read the published records now.
     pub async fn reconcile(&self) {
         let _ = self.tx.send(Msg::Reconcile).await;
     }
@@ -242,9 +276,9 @@ pub struct Actor {
     policy: Policy,
     deps: ChangeDeps,
     state: Persisted,
-    /// Shared with the handle: see [`ActorHandle::try_write`].
-    writer: Arc<tokio::sync::Mutex<()>>,
     inbox: Arc<Inbox>,
+    /// An operator's revert being published.
+    revert: Option<RevertInFlight>,
     version: Option<i64>,
     rounds: BTreeMap<&'static str, RoundSummary>,
     drift: bool,
@@ -283,14 +317,13 @@ impl Actor {
         let policy = Policy {
             hold: cfg.failback.hold,
             approval: cfg.failback.approval,
+            correct_drift: cfg.drift == Drift::Correct,
             ..Policy::default()
         };
-        let writer = Arc::new(tokio::sync::Mutex::new(()));
         let inbox = Arc::new(Inbox::default());
         let handle = ActorHandle {
             domain: cfg.name.clone(),
             tx: tx.clone(),
-            writer: writer.clone(),
             inbox: inbox.clone(),
         };
         let actor = Actor {
@@ -299,8 +332,8 @@ impl Actor {
             policy,
             deps,
             state: Persisted::default(),
-            writer,
             inbox,
+            revert: None,
             version: None,
             rounds: BTreeMap::new(),
             drift: false,
@@ -485,6 +518,7 @@ impl Actor {
                 let _ = reply.send(self.dry_run(side).await);
             }
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
+            Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
             Msg::Reconcile => self.start_observe(),
             Msg::Observed { changes, live } => {
                 self.observing = false;
@@ -678,6 +712,100 @@ impl Actor {
         })
     }
 
+    /// An operator's revert: the machine decides (as for a failover or failback command), the
+    /// change publishes the snapshot's records, and the operator hears back when it ends.
+    async fn on_revert(
+        &mut self,
+        revert: Revert,
+        reply: oneshot::Sender<Result<RevertDone, ActorError>>,
+    ) {
+        if !self.leading {
+            let _ = reply.send(Err(ActorError::NotLeader(not_leader(
+                &self.deps.fence.report(),
+            ))));
+            return;
+        }
+        if self.change_running {
+            let _ = reply.send(Err(ActorError::Rejected(format!(
+                "a change to {} is being applied; nothing was reverted. Retry once it is verified (see GET /v1/domains/{}/events)",
+                self.cfg.name.without_dot(),
+                self.cfg.name.without_dot()
+            ))));
+            return;
+        }
+        let input = Input::Revert {
+            side: revert.side,
+            snapshot: revert.snapshot,
+            by: revert.by.clone(),
+            reason: revert.reason.clone(),
+        };
+        let (by, reason) = (revert.by.clone(), revert.reason.clone());
+        self.revert = Some(RevertInFlight {
+            revert,
+            reply: Some(reply),
+        });
+        let outcome = self.input(input, &by, Some(&reason)).await;
+        let refused = match outcome {
+            Err(e) => Some(e),
+            Ok(fx) => fx.into_iter().find_map(|e| match e {
+                Effect::Rejected { reason } => Some(ActorError::Rejected(reason)),
+                _ => None,
+            }),
+        };
+        if let Some(e) = refused {
+            if let Some(reply) = self.revert.take().and_then(|r| r.reply) {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Answers the operator whose revert's change ended (the first time it ends) and records it.
+    async fn revert_ended(&mut self, result: &Result<ChangeReport, String>) {
+        let Some(r) = self.revert.as_mut() else {
+            return;
+        };
+        let Some(reply) = r.reply.take() else {
+            return;
+        };
+        let (id, by, reason) = (
+            r.revert.snapshot,
+            r.revert.by.clone(),
+            r.revert.reason.clone(),
+        );
+        let answer = match result {
+            Ok(report) => {
+                let change = report
+                    .change_id
+                    .map_or("no change needed".to_string(), |c| format!("change {c}"));
+                let ev = NewEvent {
+                    domain: self.cfg.name.clone(),
+                    at: Utc::now(),
+                    kind: "revert".into(),
+                    actor: by.clone(),
+                    reason: Some(reason.clone()),
+                    message: format!("reverted to snapshot {id} ({change})"),
+                    evidence: json!({"snapshot": id, "change": report.change_id, "changes": report.plan.changes}),
+                };
+                self.record(ev).await;
+                Ok(RevertDone {
+                    change_id: report.change_id,
+                    message: format!(
+                        "{}: reverted to snapshot {id} by {by}: {reason} ({change})",
+                        self.cfg.name.without_dot()
+                    ),
+                })
+            }
+            Err(e) if e.starts_with("fenced:") || !self.leading => Err(ActorError::NotLeader(format!(
+                "this instance lost the lease while reverting to snapshot {id}; nothing was written ({e}). The leader now decides: retry there"
+            ))),
+            Err(e) => Err(ActorError::Failed(format!(
+                "revert to snapshot {id} failed: {e}; the controller retries it with backoff (see GET /v1/domains/{}/events)",
+                self.cfg.name.without_dot()
+            ))),
+        };
+        let _ = reply.send(answer);
+    }
+
     /// Steps the machine, persists state and events, then carries out the effects.
     async fn input(
         &mut self,
@@ -745,8 +873,11 @@ impl Actor {
                     };
                     self.record(ev).await;
                 }
-                Effect::Publish { side, why } => {
-                    tracing::info!(domain = %self.cfg.name, %side, why, "publishing");
+                Effect::Publish { side, why, from } => {
+                    tracing::info!(domain = %self.cfg.name, %side, why, snapshot = ?from, "publishing");
+                    if from.is_none() {
+                        self.revert = None;
+                    }
                     self.attempts = 0;
                     self.start_change(*side, None).await;
                 }
@@ -773,29 +904,49 @@ impl Actor {
         if self.change_running || !self.leading {
             return;
         }
-        let desired = match self.desired(side).await {
-            Ok(d) => d,
-            Err(e) => {
-                // Reported through the mailbox like any other outcome (no recursion into `input`).
-                let _ = self.tx.try_send(Msg::ChangeDone(side, Box::new(Err(e))));
-                return;
-            }
+        // A revert publishes its snapshot's records (and so do its retries); any other publish
+        // the side's own.
+        let reverting = self
+            .revert
+            .as_ref()
+            .filter(|r| r.revert.side == side)
+            .map(|r| {
+                let origin = Origin {
+                    by: r.revert.by.clone(),
+                    why: format!("before revert to snapshot {}", r.revert.snapshot),
+                };
+                (r.revert.desired.clone(), origin)
+            });
+        let origin = reverting
+            .as_ref()
+            .map_or_else(|| Origin::automation(side), |(_, o)| o.clone());
+        let desired = match reverting {
+            Some((records, _)) => records,
+            None => match self.desired(side).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // Reported through the mailbox like any other outcome (no recursion into
+                    // `input`).
+                    let _ = self.tx.try_send(Msg::ChangeDone(side, Box::new(Err(e))));
+                    return;
+                }
+            },
         };
         self.change_running = true;
         self.changes_started += 1;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
-        let writer = self.writer.clone();
         tokio::spawn(async move {
-            // An operator's revert may hold the domain: the change waits for it, then plans
-            // against what the revert left.
-            let _writing = writer.lock_owned().await;
-            let result = publish(&deps, &managed, side, desired, resume).await;
+            let result = publish(&deps, &managed, side, desired, resume, &origin).await;
             let _ = tx.send(Msg::ChangeDone(side, Box::new(result))).await;
         });
     }
 
     async fn on_change_done(&mut self, side: Side, result: Result<ChangeReport, String>) {
         self.change_running = false;
+        self.revert_ended(&result).await;
+        if result.is_ok() {
+            self.revert = None;
+        }
         if !self.leading {
             // The lease went while the change ran; its writes were fenced, the new leader finishes.
             tracing::warn!(domain = %self.cfg.name, %side, outcome = ?result.as_ref().map(|r| r.change_id), "publish ended after this instance stopped leading; the leader takes it from here");
@@ -967,7 +1118,7 @@ impl Actor {
                         shown.join(" | ")
                     },
                     if self.cfg.drift == Drift::Correct {
-                        "correcting"
+                        "the controller decides whether to restore the published side"
                     } else {
                         "left alone (drift = \"report\")"
                     }
@@ -981,13 +1132,6 @@ impl Actor {
             let _ = self
                 .input(Input::Observed { published, ttl }, "automation", None)
                 .await;
-        }
-        if drift && self.cfg.drift == Drift::Correct && !self.state.machine.change_in_flight() {
-            let side = match self.state.machine.phase {
-                Phase::OnBackup | Phase::FailbackPending | Phase::FailingOver => Side::Backup,
-                _ => Side::Primary,
-            };
-            self.start_change(side, None).await;
         }
     }
 
@@ -1075,12 +1219,8 @@ mod tests {
             pass: health == Health::Up,
             verdicts: vec![],
             health: crate::health::SideHealth {
-                side,
                 health,
-                since: None,
-                failures: 0,
-                passes: 0,
-                rounds: 0,
+                ..crate::health::SideHealth::new(side)
             },
             change: None,
             confirmation: false,
@@ -1104,7 +1244,6 @@ mod tests {
         let handle = ActorHandle {
             domain: Fqdn::parse("example.test").expect("name"),
             tx,
-            writer: Arc::default(),
             inbox: Arc::default(),
         };
         // 100 rounds per side arrive while the actor is busy elsewhere
@@ -1134,7 +1273,6 @@ mod tests {
         let handle = ActorHandle {
             domain: Fqdn::parse("example.test").expect("name"),
             tx,
-            writer: Arc::default(),
             inbox: Arc::default(),
         };
         drop(rx);

@@ -59,9 +59,10 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
 /// mass failover still finds most of the budget free.
 const RECONCILE_SHARE: f64 = 0.2;
 
-/// Per provider: every `RECONCILE_EVERY`, or slower when its domains' reads at that pace would
-/// take more than `RECONCILE_SHARE` of the requests its client allows itself (Cloudflare's
-/// 1,200 per 5 minutes per token is 4 requests/s: 60 s suits up to ~48 one-name domains).
+/// Per pacing provider: the shortest period at which its domains' reads take no more than
+/// `RECONCILE_SHARE` of the requests its client allows itself (Cloudflare's 1,200 per 5 minutes
+/// per token is 4 requests/s: the default 60 s suits up to ~48 one-name domains). A domain reads
+/// back every `checks.reconcile_interval` or this period, whichever is longer.
 fn reconcile_periods(config: &Config, providers: &ProviderRegistry) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
     for (name, built) in providers.iter() {
@@ -74,7 +75,7 @@ fn reconcile_periods(config: &Config, providers: &ProviderRegistry) -> BTreeMap<
             .filter(|d| &d.provider == name)
             .map(|d| built.client.read_cost(&Managed::new(d).keys()))
             .sum();
-        let period = reconcile_period(cost, rate);
+        let period = reconcile_period(cost, rate, Duration::ZERO);
         if period > RECONCILE_EVERY {
             tracing::info!(provider = %name, domains_read_cost = cost, requests_per_sec = rate, period_secs = period.as_secs(), "published records of this provider's domains are read back every {}s, not {}s, to keep the reads under a fifth of its request budget", period.as_secs(), RECONCILE_EVERY.as_secs());
         }
@@ -83,13 +84,14 @@ fn reconcile_periods(config: &Config, providers: &ProviderRegistry) -> BTreeMap<
     out
 }
 
-/// The reconcile period for reads costing `cost` requests in all, at `rate` requests/s.
-pub fn reconcile_period(cost: u32, rate: f64) -> Duration {
+/// The reconcile period for reads costing `cost` requests in all, at `rate` requests/s, and
+/// never shorter than `floor`.
+pub fn reconcile_period(cost: u32, rate: f64, floor: Duration) -> Duration {
     if !(rate.is_finite() && rate > 0.0) {
-        return RECONCILE_EVERY;
+        return floor;
     }
     let secs = f64::from(cost) / (RECONCILE_SHARE * rate);
-    RECONCILE_EVERY.max(Duration::from_secs_f64(secs.min(86_400.0)))
+    floor.max(Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
 fn targets(cfg: &DomainConfig, managed: &Managed) -> Vec<TargetSpec> {
@@ -238,8 +240,7 @@ impl Engine {
                 background: provider.background.clone(),
                 reconcile: reconcile
                     .get(&d.provider)
-                    .copied()
-                    .unwrap_or(RECONCILE_EVERY),
+                    .map_or(c.reconcile_interval, |p| c.reconcile_interval.max(*p)),
                 verifier,
                 fence: leadership.clone(),
                 vantage_quorum: config.cluster.vantage_quorum,
@@ -255,6 +256,7 @@ impl Engine {
                 thresholds: Thresholds {
                     fail_after: c.fail_after,
                     recover_after: c.recover_after,
+                    soft_fail_after: c.soft_fail_after,
                 },
                 resolver_quorum: c.resolver_quorum,
             };
@@ -358,8 +360,11 @@ mod tests {
     fn reconcile_reads_take_at_most_a_fifth_of_a_pacing_providers_budget() {
         // Cloudflare's pace: 1,140 per 5 minutes after the burst
         let cloudflare = 1140.0 / 300.0;
-        assert_eq!(reconcile_period(10, cloudflare), RECONCILE_EVERY);
-        let p = reconcile_period(1000, cloudflare);
+        assert_eq!(
+            reconcile_period(10, cloudflare, RECONCILE_EVERY),
+            RECONCILE_EVERY
+        );
+        let p = reconcile_period(1000, cloudflare, RECONCILE_EVERY);
         assert!(
             (1300..=1320).contains(&p.as_secs()),
             "1,000 one-name domains at 3.8 requests/s: {p:?}"
@@ -367,10 +372,16 @@ mod tests {
         // the reads per second that period asks for
         let share = 1000.0 / p.as_secs_f64() / cloudflare;
         assert!(share <= 0.2 + 1e-9, "{share}");
-        assert_eq!(reconcile_period(1000, 50.0), Duration::from_secs(100));
-        assert_eq!(reconcile_period(5, f64::NAN), RECONCILE_EVERY);
         assert_eq!(
-            reconcile_period(u32::MAX, 1e-9),
+            reconcile_period(1000, 50.0, RECONCILE_EVERY),
+            Duration::from_secs(100)
+        );
+        assert_eq!(
+            reconcile_period(5, f64::NAN, RECONCILE_EVERY),
+            RECONCILE_EVERY
+        );
+        assert_eq!(
+            reconcile_period(u32::MAX, 1e-9, RECONCILE_EVERY),
             Duration::from_secs(86_400)
         );
     }

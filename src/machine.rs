@@ -115,6 +115,9 @@ pub struct Policy {
     /// More than `flap_max` automated moves within `flap_window` pause automation.
     pub flap_max: usize,
     pub flap_window: Duration,
+    /// `drift = "correct"`: when the published records stop matching either side, publish the
+    /// side that was published again (an automated move like any other).
+    pub correct_drift: bool,
 }
 
 impl Default for Policy {
@@ -124,6 +127,7 @@ impl Default for Policy {
             approval: false,
             flap_max: 4,
             flap_window: Duration::from_secs(3600),
+            correct_drift: false,
         }
     }
 }
@@ -172,13 +176,26 @@ pub enum Input {
         by: String,
         reason: String,
     },
+    /// An operator restores a snapshot whose managed records are `side`'s (the actor refuses a
+    /// snapshot that holds neither side's records before asking).
+    Revert {
+        side: Side,
+        snapshot: i64,
+        by: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
-    /// Make `side`'s records the published ones (snapshot, intent, apply, verify).
-    Publish { side: Side, why: String },
+    /// Make `side`'s records the published ones (snapshot, intent, apply, verify): the
+    /// records of snapshot `from` when an operator reverts to it, else the side's own.
+    Publish {
+        side: Side,
+        why: String,
+        from: Option<i64>,
+    },
     /// Record in the timeline.
     Event { kind: &'static str, message: String },
     /// Record and notify: someone should look.
@@ -241,7 +258,11 @@ impl DomainState {
             self.moves.push_back(now);
         }
         self.enter(phase, now, fx, why.clone());
-        fx.push(Effect::Publish { side, why });
+        fx.push(Effect::Publish {
+            side,
+            why,
+            from: None,
+        });
     }
 }
 
@@ -259,8 +280,12 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
             state.backup = backup;
         }
         Input::Observed { published, ttl } => {
+            let before = state.published;
             state.published = published;
             state.published_ttl = ttl;
+            if let (None, Some(lost)) = (published, before) {
+                correct_drift(state, lost, now, policy, &mut fx);
+            }
         }
         Input::ChangeVerified { side } => {
             if state.in_flight == Some(side) {
@@ -298,6 +323,24 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
             }
             // An accepted command may have lifted an override (unpin, resume): automation acts
             // on the current health at once rather than waiting for the next health change.
+        }
+        Input::Revert {
+            side,
+            snapshot,
+            by,
+            reason,
+        } => {
+            revert_step(
+                state,
+                side,
+                snapshot,
+                &format!("{by}: {reason}"),
+                now,
+                &mut fx,
+            );
+            if fx.iter().any(|e| matches!(e, Effect::Rejected { .. })) {
+                return fx;
+            }
         }
     }
     expire_pin(state, now, &mut fx);
@@ -507,6 +550,60 @@ fn automate(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Ef
     }
 }
 
+/// The published records stopped matching either side (someone edited them): with
+/// `correct_drift`, publish `lost` (the side that was published) again, under the same rules as
+/// every automated move — never a side that is not Up, never over an override, never while a
+/// change is in flight, counted by the flap guard. The TTL remembered from before the failover
+/// and the failback hold are left as they were: this restores, it does not fail over.
+fn correct_drift(
+    state: &mut DomainState,
+    lost: Side,
+    now: Time,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
+    if !policy.correct_drift || state.phase == Phase::Unknown || state.change_in_flight() {
+        return;
+    }
+    let left_alone = |fx: &mut Vec<Effect>, why: String| {
+        fx.push(Effect::Alert {
+            kind: "drift",
+            message: format!(
+                "the published records match neither side; not restoring the {lost} records: {why}"
+            ),
+        })
+    };
+    if state.overrides.is_some() {
+        return left_alone(
+            fx,
+            "automation is paused or pinned; an operator decides".into(),
+        );
+    }
+    let health = state.health(lost);
+    if !healthy(health) {
+        return left_alone(
+            fx,
+            format!("the {lost} is {health:?}; mxguard publishes only a side that is Up"),
+        );
+    }
+    if flap_guard(state, now, policy, fx) {
+        return;
+    }
+    let phase = match lost {
+        Side::Primary => Phase::FailingBack,
+        Side::Backup => Phase::FailingOver,
+    };
+    let why = format!("drift: restoring the {lost} records");
+    state.in_flight = Some(lost);
+    state.moves.push_back(now);
+    state.enter(phase, now, fx, why.clone());
+    fx.push(Effect::Publish {
+        side: lost,
+        why,
+        from: None,
+    });
+}
+
 /// True (and pauses automation) when one more automated move would exceed the flap budget.
 fn flap_guard(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Effect>) -> bool {
     let window = chrono::Duration::from_std(policy.flap_window).unwrap_or_default();
@@ -538,6 +635,44 @@ fn flap_guard(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<
         ),
     });
     true
+}
+
+/// An operator's revert is an operator's move to `side` with the snapshot's records (their
+/// TTLs): refused under the same rules as a failover or failback command.
+fn revert_step(
+    state: &mut DomainState,
+    side: Side,
+    snapshot: i64,
+    who: &str,
+    now: Time,
+    fx: &mut Vec<Effect>,
+) {
+    let reject = |fx: &mut Vec<Effect>, why: String| fx.push(Effect::Rejected { reason: why });
+    if state.change_in_flight() {
+        return reject(fx, "a change is in flight; retry when it completes".into());
+    }
+    if state.health(side) == Health::Down {
+        return reject(
+            fx,
+            format!("snapshot {snapshot} holds the {side} records and the {side} is Down; mxguard never publishes a Down side"),
+        );
+    }
+    if matches!(&state.overrides, Some(Override::Pinned { side: s, .. }) if *s != side) {
+        return reject(
+            fx,
+            format!("the domain is pinned to the other side; unpin before reverting to the {side} records"),
+        );
+    }
+    state.publish(
+        side,
+        now,
+        fx,
+        format!("operator {who} (revert to snapshot {snapshot})"),
+        false,
+    );
+    if let Some(Effect::Publish { from, .. }) = fx.last_mut() {
+        *from = Some(snapshot);
+    }
 }
 
 fn command_step(

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{
-    side_passes, target_verdict, HealthChange, SideHealth, TargetVerdict, Thresholds,
+    side_outcome, target_verdict, HealthChange, SideHealth, TargetVerdict, Thresholds,
 };
 use crate::model::{Fqdn, Side};
 use crate::probe::smtp::RcptCheck;
@@ -135,20 +135,21 @@ impl DomainView {
             .iter()
             .map(|e| target_verdict(&e.round, self.settings.resolver_quorum))
             .collect();
-        let pass = side_passes(&verdicts);
+        let outcome = side_outcome(&verdicts);
+        let pass = outcome.passed();
         let thresholds = self.settings.thresholds;
         let health = match side {
             Side::Primary => &mut self.primary,
             Side::Backup => &mut self.backup,
         };
-        let change = health.observe(pass, at, thresholds);
+        let change = health.observe(outcome, at, thresholds);
         if let Some(c) = &change {
             let reasons: Vec<String> = verdicts
                 .iter()
                 .map(|v| format!("{}: {}", v.target, v.reason))
                 .collect();
             tracing::info!(domain = %self.domain, side = %side, from = ?c.from, to = ?c.to,
-                failures = c.failures, passes = c.passes, evidence = %reasons.join("; "), "side health changed");
+                failures = c.failures, hard_failures = c.hard_failures, passes = c.passes, evidence = %reasons.join("; "), "side health changed");
         }
         Some(RoundReport {
             domain: self.domain.clone(),

@@ -1,6 +1,7 @@
 //! Operator operations on snapshots, shared by the CLI and the API: take a snapshot, compare
-//! one with what is live, revert to one. A revert is a change like any other: the live records
-//! are snapshotted and a change intent is written before the provider is called.
+//! one with what is live, check and plan a revert to one. The revert itself is written like any
+//! other change, by the domain's actor through the machine and the one publish
+//! (`actor::change::publish`: snapshot, intent, fenced apply, verify).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use mxguard_core::{diff, Change, ChangeSet, DnsProvider, RrsetKey};
 use serde::Serialize;
 
 use crate::config::{DomainConfig, Targets};
-use crate::model::{RecordSet, RecordType};
+use crate::model::{RecordSet, RecordType, Side};
 use crate::plan::Managed;
-use crate::store::{ChangeStatus, NewChange, NewSnapshot, Snapshot, Store};
+use crate::store::{ChangeStatus, NewSnapshot, Snapshot, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -32,14 +33,6 @@ pub struct SnapshotDiff {
     pub snapshot: Snapshot,
     pub live: Vec<RecordSet>,
     pub changes: ChangeSet,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RevertOutcome {
-    pub diff: SnapshotDiff,
-    pub dry_run: bool,
-    pub change_id: Option<i64>,
-    pub message: String,
 }
 
 fn store_err(e: impl std::fmt::Display) -> OpsError {
@@ -161,36 +154,59 @@ fn same(a: &[RecordSet], b: &[RecordSet]) -> bool {
     a == b
 }
 
-/// Makes live equal to snapshot `id` (records and TTLs). Refused when the live records were
-/// changed by someone else since mxguard last changed them (`force` overrides), and always when
-/// it would leave the domain without its MX set or the MX host without an address.
-#[allow(clippy::too_many_arguments)]
-pub async fn revert(
+/// A revert, checked and planned: what it would write and which side's records those are.
+#[derive(Debug, Clone)]
+pub struct RevertPlan {
+    pub diff: SnapshotDiff,
+    /// The snapshot's RRsets that the domain manages: what the revert publishes.
+    pub desired: Vec<RecordSet>,
+    /// Whose records `desired` are.
+    pub side: Side,
+    /// The changes to the managed RRsets that make live equal to the snapshot.
+    pub changes: ChangeSet,
+    /// RRsets where live differs from a zone-wide snapshot but which the domain does not
+    /// manage: shown, never written.
+    pub unmanaged: usize,
+}
+
+/// Checks a revert to snapshot `id` and plans it, changing nothing. A revert writes only the
+/// domain's managed RRsets, and only the primary's or the backup's records (the machine decides
+/// on it like on a failover or failback). Refused when the snapshot would leave the domain
+/// without its MX set or the MX host without an address, when its records are neither side's,
+/// and when the live records were changed by someone else since mxguard last changed them
+/// (`force` overrides that one).
+pub async fn plan_revert(
     cfg: &DomainConfig,
     provider: &Arc<dyn DnsProvider>,
     store: &Arc<dyn Store>,
-    epoch: i64,
     id: i64,
-    dry_run: bool,
     force: bool,
-    by: &str,
-    reason: &str,
-) -> Result<RevertOutcome, OpsError> {
+) -> Result<RevertPlan, OpsError> {
     let d = snapshot_diff(cfg, provider, store, id).await?;
-    let managed_keys = Managed::new(cfg).keys();
-    let empties = match &cfg.targets {
-        Targets::Mx { .. } => !d
-            .snapshot
-            .records
+    let managed = Managed::new(cfg);
+    let managed_keys = managed.keys();
+    let desired: Vec<RecordSet> = d
+        .snapshot
+        .records
+        .iter()
+        .filter(|s| managed_keys.contains(&RrsetKey::of(s)))
+        .cloned()
+        .collect();
+    let changes = ChangeSet {
+        changes: d
+            .changes
+            .changes
             .iter()
-            .any(|s| s.rtype() == RecordType::Mx && managed_keys.contains(&RrsetKey::of(s))),
-        Targets::A { .. } => !d
-            .snapshot
-            .records
-            .iter()
-            .any(|s| managed_keys.contains(&RrsetKey::of(s))),
+            .filter(|c| managed_keys.contains(&c.key()))
+            .cloned()
+            .collect(),
     };
-    if empties && !d.changes.is_empty() {
+    let unmanaged = d.changes.changes.len() - changes.changes.len();
+    let empties = match &cfg.targets {
+        Targets::Mx { .. } => !desired.iter().any(|s| s.rtype() == RecordType::Mx),
+        Targets::A { .. } => desired.is_empty(),
+    };
+    if empties && !changes.is_empty() {
         return Err(OpsError::Refused(format!(
             "snapshot {id} has no {} for {}: reverting would leave it without mail routing",
             if matches!(cfg.targets, Targets::Mx { .. }) {
@@ -201,6 +217,14 @@ pub async fn revert(
             cfg.name
         )));
     }
+    let Some(side) = managed.which_side(&desired) else {
+        let shown: Vec<String> = desired.iter().map(|s| s.to_string()).collect();
+        return Err(OpsError::Refused(format!(
+            "snapshot {id} holds neither the primary's nor the backup's records for {} ({}); mxguard publishes only those",
+            cfg.name.without_dot(),
+            if shown.is_empty() { "none".into() } else { shown.join(" | ") }
+        )));
+    };
     if !force {
         let keys = scope(&d.snapshot, cfg);
         let expected = match last_published(store, cfg, id).await? {
@@ -210,116 +234,45 @@ pub async fn revert(
                 .collect(),
             None => d.snapshot.records.clone(),
         };
-        if !d.changes.is_empty() && !same(&expected, &d.live) {
+        if !changes.is_empty() && !same(&expected, &d.live) {
             return Err(OpsError::Refused(
                 "the live records were changed outside mxguard since its last change; review `mxguard diff` and use --force".into(),
             ));
         }
     }
-    if d.changes.is_empty() {
-        let message = format!(
-            "{}: live already equals snapshot {id}; nothing to do",
-            cfg.name.without_dot()
-        );
-        return Ok(RevertOutcome {
-            diff: d,
-            dry_run,
-            change_id: None,
-            message,
-        });
-    }
-    if dry_run {
-        let message = format!(
-            "{}: revert to snapshot {id} would make {} change(s)",
-            cfg.name.without_dot(),
-            d.changes.changes.len()
-        );
-        return Ok(RevertOutcome {
-            diff: d,
-            dry_run,
-            change_id: None,
-            message,
-        });
-    }
-    let before = NewSnapshot {
-        domain: cfg.name.clone(),
-        provider: cfg.provider.clone(),
-        zone: d.snapshot.zone.clone(),
-        label: None,
-        reason: format!("before revert to snapshot {id}"),
-        taken_at: Utc::now(),
-        taken_by: by.to_string(),
-        records: d.live.clone(),
-    };
-    let change = NewChange {
-        domain: cfg.name.clone(),
-        provider: cfg.provider.clone(),
-        zone: d.snapshot.zone.clone(),
-        epoch,
-        before: d.live.clone(),
-        after: d.changes.clone(),
-        at: Utc::now(),
-    };
-    let (_, intent) = store
-        .begin_change(&before, &change)
-        .await
-        .map_err(store_err)?;
-    if let Err(e) = provider.apply(&d.snapshot.zone, &d.changes).await {
-        let _ = store
-            .set_change_status(
-                intent.id,
-                ChangeStatus::Failed,
-                Some(&e.to_string()),
-                epoch,
-                Utc::now(),
-            )
-            .await;
-        return Err(provider_err(e));
-    }
-    store
-        .set_change_status(intent.id, ChangeStatus::Applied, None, epoch, Utc::now())
-        .await
-        .map_err(store_err)?;
-    let live = provider
-        .read(&d.snapshot.zone, &scope(&d.snapshot, cfg))
-        .await
-        .map_err(provider_err)?;
-    if !same(&live, &d.snapshot.records) {
-        let why = "the provider does not serve the snapshot's records after the revert";
-        let _ = store
-            .set_change_status(
-                intent.id,
-                ChangeStatus::Failed,
-                Some(why),
-                epoch,
-                Utc::now(),
-            )
-            .await;
-        return Err(OpsError::Provider(why.into()));
-    }
-    store
-        .set_change_status(intent.id, ChangeStatus::Verified, None, epoch, Utc::now())
-        .await
-        .map_err(store_err)?;
-    let ev = crate::store::NewEvent {
-        domain: cfg.name.clone(),
-        at: Utc::now(),
-        kind: "revert".into(),
-        actor: by.to_string(),
-        reason: Some(reason.to_string()),
-        message: format!("reverted to snapshot {id} (change {})", intent.id),
-        evidence: serde_json::json!({"snapshot": id, "change": intent.id, "changes": d.changes}),
-    };
-    store.append_event(&ev).await.map_err(store_err)?;
-    let message = format!(
-        "{}: reverted to snapshot {id} by {by}: {reason} (change {})",
-        cfg.name.without_dot(),
-        intent.id
-    );
-    Ok(RevertOutcome {
+    Ok(RevertPlan {
         diff: d,
-        dry_run,
-        change_id: Some(intent.id),
-        message,
+        desired,
+        side,
+        changes,
+        unmanaged,
     })
+}
+
+impl RevertPlan {
+    /// What the revert would do, or that it has nothing to do, in one line.
+    pub fn summary(&self, cfg: &DomainConfig) -> String {
+        let id = self.diff.snapshot.id;
+        let left = if self.unmanaged > 0 {
+            format!(
+                "; {} other RRset(s) of the snapshot are not managed by this domain and are left alone",
+                self.unmanaged
+            )
+        } else {
+            String::new()
+        };
+        if self.changes.is_empty() {
+            format!(
+                "{}: live already equals snapshot {id}; nothing to do{left}",
+                cfg.name.without_dot()
+            )
+        } else {
+            format!(
+                "{}: revert to snapshot {id} ({} records) would make {} change(s){left}",
+                cfg.name.without_dot(),
+                self.side,
+                self.changes.changes.len()
+            )
+        }
+    }
 }

@@ -234,7 +234,12 @@ pub fn observations(vantage: &str, r: &RoundReport) -> Vec<Observation> {
                 target: target.clone(),
                 resolver: String::new(),
                 address: Some(s.address.ip().to_string()),
-                outcome: if s.pass { "pass" } else { "fail" }.to_string(),
+                outcome: match (&s.failure, s.pass) {
+                    (_, true) => "pass",
+                    (Some(f), false) if f.kind.is_soft() => "soft",
+                    _ => "fail",
+                }
+                .to_string(),
                 phase: s.failure.as_ref().map(|f| f.phase.as_str().to_string()),
                 latency_ms: i64::try_from(s.latency_ms).ok(),
                 detail: s.summary(),

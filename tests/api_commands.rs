@@ -290,13 +290,11 @@ async fn snapshots_take_list_read_diff_revert() {
     assert_eq!(revert["reason"], "end of drill");
 }
 
-/// One writer per domain: a revert is refused while the controller applies a change, and a
-/// change the controller starts during a revert waits for it. (The writer lock is taken here
-/// directly to hold each side open for as long as the test needs.)
+/// One writer per domain, decided by the machine: a revert is refused while the controller's
+/// change is in flight, and a command that would publish is refused while a revert is.
 #[tokio::test]
 async fn a_revert_and_a_change_never_write_the_domain_at_once() {
-    let t = api::start(true).await;
-    let handle = t.engine.domains.values().next().expect("a domain").clone();
+    let (t, held) = api::start_with(true).await;
     let r = t
         .call(
             Call::new(Method::POST, "/v1/snapshots")
@@ -305,74 +303,93 @@ async fn a_revert_and_a_change_never_write_the_domain_at_once() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-
-    // The controller's change holds the domain: the revert is refused and changes nothing.
-    let change = handle.try_write().expect("nobody writes yet");
-    t.dns.hand_edit_mx(BACKUP_MX, 30);
-    let applies = t.dns.applies();
-    let r = t
-        .call(
-            Call::new(Method::POST, "/v1/snapshots/1/revert")
-                .token(ADMIN)
-                .json(json!({"reason": "undo the hand edit"})),
+    let held_change = || async {
+        common::poll(
+            "a change held at the provider",
+            Duration::from_secs(10),
+            || async { (held.waiting() == 1).then_some(()) },
         )
-        .await;
+        .await
+    };
+    let call = |path: &'static str, token: &'static str, body: Value| {
+        t.call(Call::new(Method::POST, path).token(token).json(body))
+    };
+
+    // On the backup (snapshot 3 holds its records; 2 is the failover's own), the controller's
+    // failback is held at the
+    // provider: a revert to snapshot 1 is refused and changes nothing.
+    let r = call(FAILOVER, OPERATOR, json!({"reason": "drill"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    wait_phase(&t, "on_backup").await;
+    let r = call(
+        "/v1/snapshots",
+        OPERATOR,
+        json!({"domain": "example.test", "reason": "on the backup"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    held.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = call(FAILBACK, OPERATOR, json!({"reason": "drill over"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    held_change().await;
+    let before = t.fingerprint().await;
+    let r = call(
+        REVERT_1,
+        ADMIN,
+        json!({"reason": "undo the drill", "force": true}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(r.problem(), "refused");
     assert!(
         r.json()["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("being applied")),
+            .is_some_and(|d| d.contains("being applied") || d.contains("in flight")),
         "{}",
         r.text
     );
-    assert_eq!(t.dns.mx(), vec![format!("{BACKUP_MX} 30")]);
-    assert_eq!(t.dns.applies(), applies);
+    assert_eq!(
+        t.fingerprint().await,
+        before,
+        "a refused revert changes nothing"
+    );
     // a dry run only reads: it is answered
-    let r = t
-        .call(
-            Call::new(Method::POST, "/v1/snapshots/1/revert")
-                .token(ADMIN)
-                .json(json!({"reason": "what would it do", "dry_run": true, "force": true})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    drop(change);
-
-    // Now the revert goes through, and the controller learns what is published.
-    let r = t
-        .call(
-            Call::new(Method::POST, "/v1/snapshots/1/revert")
-                .token(ADMIN)
-                .json(json!({"reason": "undo the hand edit", "force": true})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(t.dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
-
-    // An operator's revert holds the domain: a failover is accepted but applied only after.
-    let revert = handle.try_write().expect("the revert is over");
-    let applies = t.dns.applies();
-    let r = t
-        .call(
-            Call::new(Method::POST, "/v1/domains/example.test/failover")
-                .token(OPERATOR)
-                .json(json!({"reason": "drill"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-    let status = get(&t, D).await;
-    assert_eq!(status["state"]["in_flight"], "backup", "{status}");
-    assert_eq!(t.dns.applies(), applies, "the change waits for the revert");
-    assert_eq!(t.dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
-    drop(revert);
-    common::poll(
-        "backup published after the revert",
-        Duration::from_secs(10),
-        || async { (t.dns.mx() == vec![format!("{BACKUP_MX} 30")]).then_some(()) },
+    let r = call(
+        REVERT_1,
+        ADMIN,
+        json!({"reason": "what would it do", "dry_run": true}),
     )
     .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    held.release();
+    wait_phase(&t, "primary").await;
+    assert_eq!(t.dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
+
+    // The revert to snapshot 3 is held at the provider: a failover is refused meanwhile;
+    // released, the revert answers with its change, verified.
+    held.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let revert = call(REVERT_3, ADMIN, json!({"reason": "back to the drill"}));
+    let meanwhile = async {
+        held_change().await;
+
+        let r = call(FAILOVER, OPERATOR, json!({"reason": "drill again"})).await;
+        held.release();
+        r
+    };
+    let (reverted, failover) = tokio::join!(revert, meanwhile);
+    assert_eq!(failover.status, StatusCode::CONFLICT, "{}", failover.text);
+    assert!(failover.text.contains("in flight"), "{}", failover.text);
+    assert_eq!(reverted.status, StatusCode::OK, "{}", reverted.text);
+    assert!(
+        reverted.json()["change_id"].as_i64().is_some(),
+        "{}",
+        reverted.text
+    );
+    assert_eq!(t.dns.mx(), vec![format!("{BACKUP_MX} 30")]);
+    wait_phase(&t, "on_backup").await;
 }
+
+const FAILOVER: &str = "/v1/domains/example.test/failover";
+const FAILBACK: &str = "/v1/domains/example.test/failback";
+const REVERT_1: &str = "/v1/snapshots/1/revert";
+const REVERT_3: &str = "/v1/snapshots/3/revert";

@@ -35,18 +35,6 @@ async fn store(lab: &Lab) -> std::sync::Arc<dyn Store> {
     mxguard::store::open(&url).await.expect("open store")
 }
 
-async fn wait_for_log(mx: &common::lab::Mxguard, needle: &str, deadline: Duration) {
-    let start = Instant::now();
-    while !mx.saw(needle) {
-        assert!(
-            start.elapsed() < deadline,
-            "never saw {needle:?} in mxguard's log:\n{}",
-            mx.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn primary_down_fails_over_and_recovery_fails_back_after_the_hold() {
     let mut lab = Lab::start(LabOptions {
@@ -56,7 +44,8 @@ async fn primary_down_fails_over_and_recovery_fails_back_after_the_hold() {
     .await;
     let mut mx = lab.serve(None);
     // healthy: the primary stays published and the controller settles on it
-    wait_for_log(&mx, "first verdicts", Duration::from_secs(60)).await;
+    mx.wait_for_log("first verdicts", Duration::from_secs(60))
+        .await;
     assert_eq!(lab.served_mx().await, vec![format!("{PRIMARY_MX} 300")]);
 
     let stopped = Instant::now();
@@ -128,10 +117,10 @@ async fn kill_at(failpoint: &str) -> (Lab, Vec<(i64, String)>, Vec<(i64, String)
     })
     .await;
     let mut mx = lab.serve(Some(failpoint));
-    wait_for_log(&mx, "first verdicts", Duration::from_secs(60)).await;
+    mx.wait_for_log("first verdicts", Duration::from_secs(60))
+        .await;
     lab.primary.stop().await.expect("stop primary MTA");
-    wait_for_log(
-        &mx,
+    mx.wait_for_log(
         &format!("FAILPOINT {failpoint} reached"),
         Duration::from_secs(60),
     )
@@ -198,7 +187,8 @@ async fn resolvers_see_the_backup_once_the_old_ttl_has_run_out() {
     })
     .await;
     let mx = lab.serve(None);
-    wait_for_log(&mx, "first verdicts", Duration::from_secs(60)).await;
+    mx.wait_for_log("first verdicts", Duration::from_secs(60))
+        .await;
     lab.primary.stop().await.expect("stop primary MTA");
     wait_for_mx(&lab, BACKUP_MX, Duration::from_secs(60)).await;
     let s = store(&lab).await;

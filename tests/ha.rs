@@ -303,6 +303,102 @@ async fn paused_leader_is_fenced(failpoint: &'static str, tag: &str) {
     c.finish().await;
 }
 
+/// An operator's revert goes through the leader's actor and the one publish, fenced at the
+/// provider call like the controller's own changes: a leader paused there past its lease writes
+/// nothing when it resumes, and the operator is told the revert did not happen there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_on_a_leader_that_loses_its_lease_writes_nothing() {
+    let mut a = Instance::new("a");
+    a.failpoint = Some("before_apply:stop");
+    let c = Cluster::start("ha_revert", vec![a, Instance::new("b")]).await;
+    c.settled().await;
+    let http = reqwest::Client::new();
+    let api = c.nodes[0].api.clone();
+    let r = http
+        .post(format!("{api}/v1/snapshots"))
+        .bearer_auth(ha::TOKEN)
+        .json(&serde_json::json!({"domain": "example.test", "reason": "before the edit"}))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    // Someone puts the backup's records in by hand; the operator reverts to the snapshot.
+    let zone = domain();
+    let mx = |record: &str, ttl: u32| {
+        mxguard::model::RecordSet::parse(
+            zone.clone(),
+            mxguard::model::RecordType::Mx,
+            mxguard::model::Ttl::new(ttl).expect("ttl"),
+            &[record],
+        )
+        .expect("set")
+    };
+    mxguard_core::DnsProvider::apply(
+        &c.lab.console(),
+        &zone,
+        &mxguard_core::ChangeSet {
+            changes: vec![mxguard_core::Change::Upsert {
+                set: mx(BACKUP_MX, 30),
+                expected: Some(mx("10 mx1.example.test.", 300)),
+            }],
+        },
+    )
+    .await
+    .expect("hand edit");
+    let edited = c.lab.serial().await;
+    let revert = tokio::spawn({
+        let http = http.clone();
+        async move {
+            http.post(format!("{api}/v1/snapshots/1/revert"))
+                .bearer_auth(ha::TOKEN)
+                .json(&serde_json::json!({"reason": "undo the hand edit", "force": true}))
+                .send()
+                .await
+        }
+    });
+    let pid = c.nodes[0].mx.child.id();
+    poll("the leader to stop at the provider call", LONG, || async {
+        (ha::proc_state(pid) == Some('T')).then_some(())
+    })
+    .await;
+
+    // The other instance takes the lease once it runs out and finishes the change in flight.
+    let (leader, epoch) = c.new_leader(0).await;
+    assert!(epoch > c.epoch);
+    poll("named to serve the primary again", LONG, || async {
+        let served = c.lab.served_mx().await;
+        (served.len() == 1 && served[0].starts_with("10 mx1.example.test.")).then_some(())
+    })
+    .await;
+    let finished = c.lab.serial().await;
+    assert_eq!(finished, edited + 1, "one write, by the new leader");
+
+    // The old leader resumes: its revert is fenced, nothing reaches named, the operator hears.
+    ha::signal(pid, "-CONT");
+    let answer = revert
+        .await
+        .expect("the request task")
+        .expect("an answer from the resumed leader");
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("nothing was written"), "{body}");
+    assert!(c.nodes[0].mx.saw("fenced: not applying the change"));
+    assert_eq!(
+        c.lab.serial().await,
+        finished,
+        "the fenced leader applied nothing:\n{}",
+        c.nodes[0].mx.log()
+    );
+    let events = c.store.events(&domain(), None, 1000).await.expect("events");
+    assert!(
+        !events.iter().any(|e| e.kind == "revert"),
+        "no revert recorded as done: {events:#?}"
+    );
+    c.leads(leader, epoch).await;
+    c.finish().await;
+}
+
 /// A follower answers reads from the shared store and refuses mutations, naming the leader.
 async fn follower_serves_reads_and_refuses_mutations(follower: &Node, leader: &Node) {
     let http = reqwest::Client::new();

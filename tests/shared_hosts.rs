@@ -124,6 +124,7 @@ async fn domains_sharing_two_postfix_hosts_are_probed_once_per_host_and_all_fail
                 fail_after: 2,
                 recover_after: 2,
                 confirm_interval: "500ms",
+                ..Checks::FAST
             },
             ..Layout::default()
         },

@@ -35,6 +35,24 @@ pub struct ChangeDeps {
     pub events: crate::events::EventBus,
 }
 
+/// Who publishes and why, for the snapshot taken before the change.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub by: String,
+    /// The snapshot's reason, e.g. "before publishing the backup records".
+    pub why: String,
+}
+
+impl Origin {
+    /// The controller publishing `side` (a failover, failback or drift correction).
+    pub fn automation(side: Side) -> Origin {
+        Origin {
+            by: "automation".into(),
+            why: format!("before publishing the {side} records"),
+        }
+    }
+}
+
 /// What a finished publish did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeReport {
@@ -83,12 +101,15 @@ fn epoch(deps: &ChangeDeps) -> Result<i64, String> {
 }
 
 /// Publishes `side` (records `desired`), resuming `resume` when a crash left it unfinished.
+/// The one write path: the controller's changes, drift corrections and operators' reverts all
+/// come here (from the actor, after the machine decided), and so does the CLI's offline revert.
 pub async fn publish(
     deps: &ChangeDeps,
     managed: &Managed,
     side: Side,
     desired: Vec<RecordSet>,
     resume: Option<ChangeIntent>,
+    origin: &Origin,
 ) -> Result<ChangeReport, String> {
     let zone = &managed.zone;
     let actual = deps
@@ -143,9 +164,9 @@ pub async fn publish(
                     provider: deps.provider_name.clone(),
                     zone: zone.clone(),
                     label: None,
-                    reason: format!("before publishing the {side} records"),
+                    reason: origin.why.clone(),
                     taken_at: now(),
-                    taken_by: "automation".into(),
+                    taken_by: origin.by.clone(),
                     records: actual,
                 };
                 let change = NewChange {

@@ -44,6 +44,7 @@ pub fn actor_error(e: ActorError) -> ApiError {
         }
         ActorError::Store(why) => ApiError::Internal(format!("store: {why}")),
         ActorError::NotLeader(why) => ApiError::NotLeader(why),
+        ActorError::Failed(why) => ApiError::Provider(why),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Snapshots of the records mxguard manages: list, take, read, compare with what is live, and
-//! revert (through `ops::revert`, which snapshots what it replaces and writes a change intent
-//! before calling the provider; refused over hand edits unless `force`).
+//! revert: checked and planned here (`ops::plan_revert`: refused over hand edits unless
+//! `force`), written by the domain's actor like any other change.
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::body::{one_line, Mutation, Reasoned};
-use super::domains::rfc3339;
+use super::domains::{actor_error, rfc3339};
 use super::error::ApiError;
 use super::idempotency::Done;
 use super::Api;
+use crate::actor::Revert;
 use crate::config::DomainConfig;
 use crate::model::Fqdn;
 use crate::ops::{self, OpsError};
@@ -215,51 +216,51 @@ pub async fn revert(
     let work = || async {
         let b = &m.body;
         let cfg = api.snapshot_domain(&s)?;
+        if !b.dry_run {
+            api.leader_epoch()?;
+        }
         let provider = api.provider(cfg).await?;
-        let epoch = api.leader_epoch()?;
-        // One writer per domain: not while the controller applies a change, and its next
-        // change waits for this revert to finish.
-        let handle = api.app.engine.domains.get(&cfg.name);
-        let writing = match (handle, b.dry_run) {
-            (Some(h), false) => Some(h.try_write().ok_or_else(|| {
-                ApiError::Refused(format!(
-                    "a change to {} is being applied by the controller; nothing was reverted. Retry once it is verified (see GET /v1/domains/{}/events)",
-                    cfg.name.without_dot(),
+        let plan = ops::plan_revert(cfg, &provider, &api.app.store, s.id, b.force)
+            .await
+            .map_err(ops_error)?;
+        let (message, change_id) = if b.dry_run || plan.changes.is_empty() {
+            let m = plan.summary(cfg);
+            (
+                if b.dry_run {
+                    format!("dry run: {m}; nothing was changed")
+                } else {
+                    m
+                },
+                None,
+            )
+        } else {
+            // Written by the domain's actor: the machine decides (a Down side, a change in
+            // flight, a pin elsewhere refuse it) and the one publish writes it, fenced.
+            let handle = api.app.engine.domains.get(&cfg.name).ok_or_else(|| {
+                ApiError::Unavailable(format!(
+                    "the controller of {} is not running",
                     cfg.name.without_dot()
                 ))
-            })?),
-            _ => None,
-        };
-        let out = ops::revert(
-            cfg,
-            &provider,
-            &api.app.store,
-            epoch,
-            s.id,
-            b.dry_run,
-            b.force,
-            &caller.name,
-            &b.reason,
-        )
-        .await
-        .map_err(ops_error)?;
-        drop(writing);
-        if let (Some(h), Some(_)) = (handle, out.change_id) {
-            // The controller learns what is published now without waiting for its next read.
-            h.reconcile().await;
-        }
-        let message = if b.dry_run {
-            format!("dry run: {}; nothing was changed", out.message)
-        } else {
-            out.message.clone()
+            })?;
+            let done = handle
+                .revert(Revert {
+                    snapshot: s.id,
+                    side: plan.side,
+                    desired: plan.desired.clone(),
+                    by: caller.name.clone(),
+                    reason: b.reason.clone(),
+                })
+                .await
+                .map_err(actor_error)?;
+            (done.message, done.change_id)
         };
         Ok(Done::ok(json!({
             "message": message,
-            "dry_run": out.dry_run,
-            "change_id": out.change_id,
-            "changes": out.diff.changes,
-            "live_before": out.diff.live,
-            "snapshot": view(&out.diff.snapshot),
+            "dry_run": b.dry_run,
+            "change_id": change_id,
+            "changes": plan.changes,
+            "live_before": plan.diff.live,
+            "snapshot": view(&plan.diff.snapshot),
         })))
     };
     api.once(&caller, &m, work).await

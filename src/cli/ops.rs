@@ -368,23 +368,72 @@ pub(super) async fn revert(
             }
         }
     };
+    let plan = match ops::plan_revert(&d, &provider, &c.store, id, force).await {
+        Ok(p) => p,
+        Err(e) => return ops_fail(e),
+    };
+    for ch in &plan.changes.changes {
+        println!("  {}", serde_json::to_string(ch).unwrap_or_default());
+    }
+    if dry_run || plan.changes.is_empty() {
+        println!("{}", plan.summary(&d));
+        return ExitCode::SUCCESS;
+    }
     let epoch = match c.store.lease().await {
         Ok(l) => l.epoch,
         Err(e) => return fail(1, e),
     };
-    match ops::revert(
-        &d, &provider, &c.store, epoch, id, dry_run, force, "cli", &reason,
-    )
-    .await
+    // No controller runs (checked above): the same publish as the controller's, fenced by the
+    // store's lease epoch, so an instance that starts meanwhile and takes the lease stops it.
+    let deps = crate::actor::change::ChangeDeps {
+        store: c.store.clone(),
+        provider: provider.clone(),
+        background: provider.clone(),
+        reconcile: std::time::Duration::from_secs(60),
+        verifier: crate::verify::Verifier {
+            authoritative: d.authoritative.clone(),
+            resolvers: Vec::new(),
+            query_timeout: d.checks.timeout,
+            bound: std::time::Duration::from_secs(60),
+            poll: std::time::Duration::from_millis(250),
+        },
+        fence: crate::lease::Leadership::fixed("cli", epoch),
+        vantage_quorum: None,
+        board: crate::recorder::Board::default(),
+        provider_name: d.provider.clone(),
+        events: crate::events::EventBus::default(),
+    };
+    let origin = crate::actor::change::Origin {
+        by: "cli".into(),
+        why: format!("before revert to snapshot {id}"),
+    };
+    let managed = Managed::new(&d);
+    match crate::actor::change::publish(&deps, &managed, plan.side, plan.desired, None, &origin)
+        .await
     {
-        Ok(o) => {
-            for ch in &o.diff.changes.changes {
-                println!("  {}", serde_json::to_string(ch).unwrap_or_default());
+        Ok(report) => {
+            let change = report
+                .change_id
+                .map_or("no change needed".to_string(), |c| format!("change {c}"));
+            let ev = crate::store::NewEvent {
+                domain: d.name.clone(),
+                at: chrono::Utc::now(),
+                kind: "revert".into(),
+                actor: "cli".into(),
+                reason: Some(reason.clone()),
+                message: format!("reverted to snapshot {id} ({change})"),
+                evidence: serde_json::json!({"snapshot": id, "change": report.change_id, "changes": report.plan.changes}),
+            };
+            if let Err(e) = c.store.append_event(&ev).await {
+                eprintln!("mxguard: the revert was applied but its event was not recorded: {e}");
             }
-            println!("{}", o.message);
+            println!(
+                "{}: reverted to snapshot {id} by cli: {reason} ({change})",
+                d.name.without_dot()
+            );
             ExitCode::SUCCESS
         }
-        Err(e) => ops_fail(e),
+        Err(e) => fail(1, format!("revert to snapshot {id} failed: {e}")),
     }
 }
 

@@ -516,6 +516,13 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         d.recover_after.into(),
         errs,
     ) as u32;
+    let soft_fail_after = sec.duration(
+        "soft_fail_after",
+        s(1),
+        s(7 * 24 * 3600),
+        d.soft_fail_after,
+        errs,
+    );
     let confirm_interval =
         sec.duration("confirm_interval", ms(50), s(600), d.confirm_interval, errs);
     let resolvers = match sec.strings("resolvers", errs) {
@@ -591,6 +598,13 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
             d.rcpt_checks
         }
     };
+    let reconcile_interval = sec.duration(
+        "reconcile_interval",
+        s(1),
+        s(24 * 3600),
+        d.reconcile_interval,
+        errs,
+    );
     if timing_set && timeout >= interval {
         errs.push(
             sec.field("timeout"),
@@ -620,6 +634,7 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         timeout,
         fail_after,
         recover_after,
+        soft_fail_after,
         confirm_interval,
         resolvers,
         resolver_quorum,
@@ -629,14 +644,16 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         cert_min_days,
         ehlo_name,
         rcpt_checks,
+        reconcile_interval,
     }
 }
 
-const CHECK_KEYS: [&str; 13] = [
+const CHECK_KEYS: [&str; 15] = [
     "interval",
     "timeout",
     "fail_after",
     "recover_after",
+    "soft_fail_after",
     "confirm_interval",
     "resolvers",
     "resolver_quorum",
@@ -646,6 +663,7 @@ const CHECK_KEYS: [&str; 13] = [
     "cert_min_days",
     "ehlo_name",
     "rcpt_checks",
+    "reconcile_interval",
 ];
 
 fn parse_domain(

@@ -215,7 +215,9 @@ pub enum ProviderConfig {
     },
 }
 
-/// Which targets get RCPT checks (`postmaster@` accepted; for backups, relay refused).
+/// Which targets get RCPT checks (`postmaster@` accepted; for backups, relay refused). With
+/// `All` (the default) a primary must accept its domain's postmaster to count as Up, so
+/// mxguard never fails back to a primary that bounces the domain's mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RcptChecks {
     Off,
@@ -237,6 +239,8 @@ pub struct Checks {
     pub timeout: Duration,
     pub fail_after: u32,
     pub recover_after: u32,
+    /// How long a side may fail softly (4xx: senders queue) before it is Down.
+    pub soft_fail_after: Duration,
     pub confirm_interval: Duration,
     pub resolvers: Vec<SocketAddr>,
     pub resolver_quorum: u32,
@@ -246,6 +250,9 @@ pub struct Checks {
     pub cert_min_days: u32,
     pub ehlo_name: Fqdn,
     pub rcpt_checks: RcptChecks,
+    /// How often the published records are read back at the provider (drift, and what the
+    /// machine believes is published); longer when the provider's request budget needs it.
+    pub reconcile_interval: Duration,
 }
 
 impl Default for Checks {
@@ -256,6 +263,7 @@ impl Default for Checks {
             timeout: Duration::from_secs(3),
             fail_after: 3,
             recover_after: 6,
+            soft_fail_after: Duration::from_secs(600),
             confirm_interval: Duration::from_millis(500),
             resolvers: vec![
                 resolver([8, 8, 8, 8]),
@@ -268,7 +276,8 @@ impl Default for Checks {
             ca_file: None,
             cert_min_days: 7,
             ehlo_name: Fqdn::parse("mxguard.invalid").expect("static name is valid"),
-            rcpt_checks: RcptChecks::Backup,
+            rcpt_checks: RcptChecks::All,
+            reconcile_interval: Duration::from_secs(60),
         }
     }
 }

@@ -4,7 +4,20 @@ use proptest::prelude::*;
 const T: Thresholds = Thresholds {
     fail_after: 3,
     recover_after: 6,
+    soft_fail_after: std::time::Duration::from_secs(600),
 };
+
+const P: Outcome = Outcome::Pass;
+const F: Outcome = Outcome::Hard;
+const S: Outcome = Outcome::Soft;
+
+fn outcome(pass: bool) -> Outcome {
+    if pass {
+        P
+    } else {
+        F
+    }
+}
 
 fn now(i: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + i, 0).expect("valid")
@@ -26,6 +39,7 @@ fn addr(a: &str, pass: bool, reason: &str) -> AddressResult {
     AddressResult {
         address: a.parse().expect("ip"),
         pass,
+        soft: !pass && reason.starts_with('4'),
         reason: reason.to_string(),
     }
 }
@@ -38,14 +52,23 @@ fn round(resolvers: Vec<ResolverResult>, addresses: Vec<AddressResult>) -> Targe
     }
 }
 
-/// Feeds a pattern like "PPFFF" and returns the health after each round.
+fn outcome_of(c: char) -> Outcome {
+    match c {
+        'P' => P,
+        'S' => S,
+        _ => F,
+    }
+}
+
+/// Feeds a pattern like "PPFFS" (pass, hard failure, soft failure), one round a second, and
+/// returns the health after each round.
 fn run(pattern: &str) -> Vec<Health> {
     let mut h = SideHealth::new(Side::Primary);
     pattern
         .chars()
         .enumerate()
         .map(|(i, c)| {
-            h.observe(c == 'P', now(i as i64), T);
+            h.observe(outcome_of(c), now(i as i64), T);
             h.health
         })
         .collect()
@@ -118,15 +141,97 @@ fn one_passing_address_is_enough_and_all_failing_is_down() {
 }
 
 #[test]
-fn a_side_passes_when_any_target_is_up() {
-    let v = |up| TargetVerdict {
+fn a_side_passes_when_any_target_is_up_and_fails_softly_when_any_answered_4xx() {
+    let v = |up, soft| TargetVerdict {
         target: fqdn("mx.example.test"),
         up,
+        soft,
         reason: String::new(),
     };
-    assert!(side_passes(&[v(false), v(true)]));
-    assert!(!side_passes(&[v(false), v(false)]));
-    assert!(!side_passes(&[]));
+    assert_eq!(side_outcome(&[v(false, false), v(true, false)]), P);
+    assert_eq!(side_outcome(&[v(false, true), v(true, false)]), P);
+    assert_eq!(side_outcome(&[v(false, false), v(false, true)]), S);
+    assert_eq!(side_outcome(&[v(false, false), v(false, false)]), F);
+    assert_eq!(side_outcome(&[]), F);
+}
+
+#[test]
+fn a_target_fails_softly_when_an_address_answered_4xx_and_it_resolved() {
+    let rs = || vec![resolver("a", &["192.0.2.1", "192.0.2.2"], None)];
+    let mixed = target_verdict(
+        &round(
+            rs(),
+            vec![
+                addr("192.0.2.1", false, "connection refused"),
+                addr("192.0.2.2", false, "421 too many connections"),
+            ],
+        ),
+        1,
+    );
+    assert!(!mixed.up && mixed.soft, "{mixed:?}");
+    let hard = target_verdict(
+        &round(rs(), vec![addr("192.0.2.1", false, "554 no service")]),
+        1,
+    );
+    assert!(!hard.up && !hard.soft, "{hard:?}");
+    // below the resolver quorum it is hard whatever the addresses said
+    let unresolved = target_verdict(
+        &round(
+            vec![
+                resolver("a", &["192.0.2.1"], None),
+                resolver("b", &[], Some("SERVFAIL")),
+            ],
+            vec![addr("192.0.2.1", false, "421 busy")],
+        ),
+        2,
+    );
+    assert!(!unresolved.up && !unresolved.soft, "{unresolved:?}");
+}
+
+#[test]
+fn soft_failures_take_a_side_down_only_after_the_soft_window() {
+    let t = Thresholds {
+        soft_fail_after: std::time::Duration::from_secs(60),
+        ..T
+    };
+    let mut h = SideHealth::new(Side::Primary);
+    h.observe(P, now(0), t);
+    // a 421 every 5 s for 55 s: far more than fail_after rounds, still Up and not confirmed fast
+    for i in 1..=12 {
+        assert_eq!(h.observe(S, now(i * 5), t), None, "round {i}");
+        assert!(
+            !h.confirming(),
+            "soft rounds are not confirmed at the fast pace"
+        );
+    }
+    assert_eq!((h.failures, h.hard_failures), (12, 0));
+    assert_eq!(h.failing_since, Some(now(5)));
+    // 60 s after the first soft round
+    let c = h
+        .observe(S, now(65), t)
+        .expect("Down at the end of the window");
+    assert_eq!((c.to, c.failures, c.hard_failures), (Health::Down, 13, 0));
+}
+
+#[test]
+fn hard_failures_count_among_soft_ones_and_a_pass_run_forgives_both() {
+    // hard rounds still take it Down at fail_after, whatever soft rounds come between
+    use Health::*;
+    assert_eq!(run("PFSFSF"), [Up, Up, Up, Up, Up, Down]);
+    // soft rounds alone within the window never do
+    assert!(run("PSSSSSSSSSS").iter().all(|h| *h == Up));
+    // a hard round after a soft run is confirmed at the fast pace again
+    let mut h = SideHealth::new(Side::Primary);
+    h.observe(P, now(0), T);
+    h.observe(S, now(1), T);
+    assert!(!h.confirming());
+    h.observe(F, now(2), T);
+    assert!(h.confirming());
+    // recover_after passes forgive the run: the soft window starts again
+    for i in 3..9 {
+        h.observe(P, now(i), T);
+    }
+    assert_eq!((h.failures, h.hard_failures, h.failing_since), (0, 0, None));
 }
 
 #[test]
@@ -170,19 +275,19 @@ fn transitions_table() {
 #[test]
 fn changes_carry_evidence_and_time() {
     let mut h = SideHealth::new(Side::Backup);
-    assert!(h.observe(true, now(0), T).is_some());
+    assert!(h.observe(P, now(0), T).is_some());
     assert_eq!(h.since, Some(now(0)));
-    assert!(h.observe(false, now(1), T).is_none());
+    assert!(h.observe(F, now(1), T).is_none());
     assert!(h.confirming());
-    assert!(h.observe(true, now(2), T).is_none());
+    assert!(h.observe(P, now(2), T).is_none());
     assert!(!h.confirming(), "a pass ends confirmation");
-    assert!(h.observe(false, now(3), T).is_none());
+    assert!(h.observe(F, now(3), T).is_none());
     assert_eq!(
         h.failures, 2,
         "the earlier failure is not forgiven by one pass"
     );
     let c = h
-        .observe(false, now(4), T)
+        .observe(F, now(4), T)
         .expect("goes down at the third failure");
     assert_eq!(
         c,
@@ -191,6 +296,7 @@ fn changes_carry_evidence_and_time() {
             from: Health::Up,
             to: Health::Down,
             failures: 3,
+            hard_failures: 3,
             passes: 0
         }
     );
@@ -206,11 +312,11 @@ proptest! {
         // make failures isolated: never two within recover_after rounds
         let mut last_fail: Option<usize> = None;
         let mut h = SideHealth::new(Side::Primary);
-        h.observe(true, now(0), T);
+        h.observe(P, now(0), T);
         for (i, fail) in pattern.iter().enumerate() {
             let isolated = *fail && last_fail.is_none_or(|l| i - l > T.recover_after as usize);
             if isolated { last_fail = Some(i); }
-            h.observe(!isolated, now(i as i64 + 1), T);
+            h.observe(outcome(!isolated), now(i as i64 + 1), T);
             prop_assert_eq!(h.health, Health::Up);
         }
     }
@@ -223,12 +329,48 @@ proptest! {
         for (i, pass) in pattern.iter().enumerate() {
             let before = h.health;
             run = if *pass { run + 1 } else { 0 };
-            h.observe(*pass, now(i as i64), T);
+            h.observe(outcome(*pass), now(i as i64), T);
             if before == Health::Down && h.health == Health::Up {
                 prop_assert!(run >= T.recover_after);
             }
             if h.health == Health::Down {
                 prop_assert!(before != Health::Up || !*pass);
+            }
+        }
+    }
+
+    /// Soft rounds never take a side Down before `soft_fail_after` has passed since the first
+    /// failing round of the run, and hard rounds alone take it Down at `fail_after` as before.
+    #[test]
+    fn soft_rounds_never_cut_the_window_short(
+        pattern in proptest::collection::vec(0u8..3, 1..300),
+        step in 1i64..30,
+    ) {
+        let mut h = SideHealth::new(Side::Primary);
+        h.observe(P, now(0), T);
+        let mut run_start: Option<i64> = None;
+        let mut hard = 0u32;
+        let mut passes = 0u32;
+        for (i, o) in pattern.iter().enumerate() {
+            let at = (i as i64 + 1) * step;
+            let o = [P, S, F][*o as usize];
+            let before = h.health;
+            if o == P {
+                passes += 1;
+                if passes >= T.recover_after { run_start = None; hard = 0; }
+            } else {
+                passes = 0;
+                run_start.get_or_insert(at);
+                hard += u32::from(o == F);
+            }
+            let change = h.observe(o, now(at), T);
+            if before != Health::Down && h.health == Health::Down {
+                let lasted = at - run_start.unwrap_or(at);
+                prop_assert!(hard >= T.fail_after || lasted >= T.soft_fail_after.as_secs() as i64,
+                    "Down with {hard} hard failures after {lasted} s: {change:?}");
+            }
+            if before == Health::Up && hard >= T.fail_after {
+                prop_assert_eq!(h.health, Health::Down);
             }
         }
     }

@@ -474,6 +474,169 @@ fn flap_guard_pauses_after_too_many_moves() {
     assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
 }
 
+fn drifted() -> Input {
+    Input::Observed {
+        published: None,
+        ttl: Some(5),
+    }
+}
+
+fn alerts(fx: &[Effect], kind: &str) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::Alert { kind: k, .. } if *k == kind))
+        .count()
+}
+
+#[test]
+fn drift_restores_the_published_side_only_when_correcting_and_only_an_up_side() {
+    let correcting = Policy {
+        correct_drift: true,
+        ..policy()
+    };
+    // drift = "report": nothing is written
+    let mut s = on_primary();
+    assert!(publishes(&step(&mut s, drifted(), t(10), &policy())).is_empty());
+    assert_eq!((s.phase, s.published), (Phase::Primary, None));
+
+    // correcting, on the primary: the primary's records go back, as an automated move
+    let mut s = on_primary();
+    let fx = step(&mut s, drifted(), t(10), &correcting);
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
+    assert_eq!(
+        (s.phase, s.in_flight, s.moves.len()),
+        (Phase::FailingBack, Some(Side::Primary), 1)
+    );
+    step(
+        &mut s,
+        Input::ChangeVerified {
+            side: Side::Primary,
+        },
+        t(11),
+        &correcting,
+    );
+    assert_eq!(
+        (s.phase, s.published),
+        (Phase::Primary, Some(Side::Primary))
+    );
+
+    // on the backup: the backup's, keeping the TTL to restore on failback and the hold
+    let mut s = failed_over();
+    step(&mut s, health(Up, Up), t(30), &correcting);
+    let (ttl, up_since) = (s.ttl_before_failover, s.primary_up_since);
+    let fx = step(&mut s, drifted(), t(40), &correcting);
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert_eq!((s.ttl_before_failover, s.primary_up_since), (ttl, up_since));
+    assert_eq!(ttl, Some(3600));
+
+    // both Down: nothing is published, someone is told
+    let mut s = on_primary();
+    step(&mut s, health(Down, Down), t(10), &correcting);
+    assert_eq!(s.phase, Phase::BothDown);
+    let fx = step(&mut s, drifted(), t(20), &correcting);
+    assert!(publishes(&fx).is_empty(), "{fx:?}");
+    assert_eq!(alerts(&fx, "drift"), 1, "{fx:?}");
+
+    // paused or pinned: the operator decides
+    let mut s = on_primary();
+    step(&mut s, cmd(Command::Pause), t(10), &correcting);
+    let fx = step(&mut s, drifted(), t(20), &correcting);
+    assert!(publishes(&fx).is_empty());
+    assert_eq!(alerts(&fx, "drift"), 1);
+}
+
+fn revert(side: Side) -> Input {
+    Input::Revert {
+        side,
+        snapshot: 7,
+        by: "admin".into(),
+        reason: "undo".into(),
+    }
+}
+
+#[test]
+fn a_revert_is_an_operators_move_under_the_same_rules() {
+    // on the backup with the primary Up: the primary's snapshot goes back at once, with its
+    // records (not the side's configured ones), and it is no automated move
+    let mut s = failed_over();
+    step(&mut s, health(Up, Up), t(30), &policy());
+    let fx = step(&mut s, revert(Side::Primary), t(40), &policy());
+    assert!(
+        fx.iter().any(|e| matches!(
+            e,
+            Effect::Publish {
+                side: Side::Primary,
+                from: Some(7),
+                ..
+            }
+        )),
+        "{fx:?}"
+    );
+    assert_eq!(
+        (s.phase, s.in_flight),
+        (Phase::FailingBack, Some(Side::Primary))
+    );
+    assert_eq!(s.moves.len(), 1, "only the automated failover counts");
+
+    // refused, changing nothing: a change in flight, a Down side, a pin elsewhere
+    let mut s = on_primary();
+    step(&mut s, health(Down, Up), t(10), &policy());
+    let before = s.clone();
+    assert!(rejected(&step(
+        &mut s,
+        revert(Side::Primary),
+        t(11),
+        &policy()
+    )));
+    assert_eq!(s, before);
+    let mut s = failed_over();
+    let before = s.clone();
+    let fx = step(&mut s, revert(Side::Primary), t(30), &policy());
+    assert!(
+        rejected(&fx) && publishes(&fx).is_empty(),
+        "the primary is Down: {fx:?}"
+    );
+    assert_eq!(s, before);
+    let mut s = on_primary();
+    step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Primary,
+            until: t(5000),
+        }),
+        t(10),
+        &policy(),
+    );
+    assert!(rejected(&step(
+        &mut s,
+        revert(Side::Backup),
+        t(20),
+        &policy()
+    )));
+}
+
+#[test]
+fn drift_corrections_count_towards_the_flap_guard() {
+    let pol = Policy {
+        correct_drift: true,
+        flap_max: 3,
+        ..policy()
+    };
+    let mut s = on_primary();
+    let mut restored = 0;
+    for i in 0..5 {
+        let fx = step(&mut s, drifted(), t(10 * i + 10), &pol);
+        restored += publishes(&fx).len();
+        if let Some(side) = s.in_flight {
+            step(&mut s, Input::ChangeVerified { side }, t(10 * i + 11), &pol);
+        }
+    }
+    assert_eq!(
+        restored, 3,
+        "someone editing the records by hand is not fought forever"
+    );
+    assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
+}
+
 #[test]
 fn state_round_trips_through_json() {
     let mut s = failed_over();
@@ -573,6 +736,11 @@ enum Gen {
     Tick,
     Cmd(Command),
     Advance(i64),
+    /// The published records edited to match neither side.
+    Drift,
+    /// What the provider serves, read back (the side last published).
+    Observe,
+    Revert(Side),
 }
 
 fn arb_health() -> impl Strategy<Value = Health> {
@@ -590,6 +758,9 @@ fn arb_gen() -> impl Strategy<Value = Gen> {
         1 => Just(Gen::Fail),
         2 => Just(Gen::Tick),
         4 => (1i64..900).prop_map(Gen::Advance),
+        1 => Just(Gen::Drift),
+        1 => Just(Gen::Observe),
+        1 => arb_side().prop_map(Gen::Revert),
         1 => prop_oneof![
             Just(Command::Failover),
             Just(Command::Failback),
@@ -607,16 +778,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>()) {
-        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, ..Policy::default() };
+    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>(), correct_drift in any::<bool>()) {
+        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, correct_drift, ..Policy::default() };
+        let mut last_published = Some(Side::Primary);
         let mut s = DomainState::default();
         let mut now = 0i64;
         step(&mut s, Input::Observed { published: Some(Side::Primary), ttl: Some(300) }, t(now), &pol);
         let mut primary_up_since: Option<i64> = None;
         for g in history {
-            let operator = matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. }));
+            let operator = matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. }) | Gen::Revert(_));
             let completes_flight = matches!(g, Gen::Verify) && s.in_flight.is_some();
-            let g_is_cmd = matches!(g, Gen::Cmd(_));
+            let g_is_cmd = matches!(g, Gen::Cmd(_) | Gen::Revert(_));
             let input = match g {
                 Gen::Health(p, b) => {
                     if p == Up { primary_up_since.get_or_insert(now); } else { primary_up_since = None; }
@@ -627,7 +799,11 @@ proptest! {
                 Gen::Tick => Input::Tick,
                 Gen::Advance(d) => { now += d; Input::Tick }
                 Gen::Cmd(c) => cmd(c),
+                Gen::Drift => Input::Observed { published: None, ttl: Some(5) },
+                Gen::Observe => Input::Observed { published: last_published, ttl: Some(300) },
+                Gen::Revert(side) => revert(side),
             };
+            let drift = matches!(input, Input::Observed { published: None, .. });
             let before = s.clone();
             let fx = step(&mut s, input, t(now), &pol);
             for p in publishes(&fx) {
@@ -638,7 +814,9 @@ proptest! {
                 prop_assert!(before.in_flight.is_none() || completes_flight, "publish while a change was in flight");
                 // 2. automated failback only after the whole hold, unless the backup it leaves
                 //    is not known to work
-                if p == Side::Primary && !operator && s.backup == Up {
+                //    (restoring the primary's records after drift is not a failback)
+                let restores = drift && before.published == Some(p);
+                if p == Side::Primary && !operator && !restores && s.backup == Up {
                     let since = primary_up_since.expect("primary Up");
                     prop_assert!(now - since >= 600, "failback after {}s of health", now - since);
                 }
@@ -657,9 +835,13 @@ proptest! {
             if fx.iter().any(|e| matches!(e, Effect::Rejected { .. })) {
                 prop_assert_eq!(&s, &before);
             }
-            // 5. the machine always knows a side to publish once it has published one
-            if before.published.is_some() {
+            // 5. the machine always knows a side to publish once it has published one, unless
+            //    the records were edited to match neither side
+            if before.published.is_some() && !drift {
                 prop_assert!(s.published.is_some());
+            }
+            if !drift {
+                last_published = s.published.or(last_published);
             }
         }
     }

@@ -18,6 +18,8 @@ struct Scripted {
     refused: Vec<String>,
     /// host → how long its probe takes (seconds of the manual clock), answered as of its start
     slow: BTreeMap<String, f64>,
+    /// Hosts whose outage is a 421 (soft) rather than a 554.
+    soft: Vec<String>,
 }
 
 impl Scripted {
@@ -32,6 +34,7 @@ impl Scripted {
             rcpts: Mutex::new(vec![]),
             refused: vec![],
             slow: BTreeMap::new(),
+            soft: vec![],
         })
     }
 
@@ -120,6 +123,7 @@ impl TargetProber for Scripted {
                     addresses: vec![AddressResult {
                         address,
                         pass: true,
+                        soft: false,
                         reason: "250 ok".into(),
                     }],
                 },
@@ -139,10 +143,11 @@ impl TargetProber for Scripted {
                 addresses: vec![AddressResult {
                     address,
                     pass: !down,
-                    reason: if down {
-                        "554 banner".into()
-                    } else {
-                        "250 ok".into()
+                    soft: down && self.soft.contains(&host),
+                    reason: match (down, self.soft.contains(&host)) {
+                        (false, _) => "250 ok".into(),
+                        (true, false) => "554 banner".into(),
+                        (true, true) => "421 too many connections".into(),
                     },
                 }],
             },
@@ -169,6 +174,7 @@ fn settings() -> MonitorSettings {
         thresholds: Thresholds {
             fail_after: 3,
             recover_after: 6,
+            soft_fail_after: Duration::from_secs(600),
         },
         resolver_quorum: 1,
     }
@@ -191,15 +197,26 @@ async fn detect(
 ) -> (f64, Vec<RoundReport>, Arc<Scripted>) {
     let clock = ManualClock::new();
     let prober = Scripted::new(&clock, &[("mx1.example.test.", outage_start, f64::MAX)]);
-    let mut monitors = monitors_on(&clock, first_round_fraction);
+    let (at, seen) = detect_with(&clock, prober.clone(), settings(), first_round_fraction).await;
+    (at, seen, prober)
+}
+
+/// [`detect`] with a given prober and settings on `clock`.
+async fn detect_with(
+    clock: &ManualClock,
+    prober: Arc<Scripted>,
+    settings: MonitorSettings,
+    first_round_fraction: f64,
+) -> (f64, Vec<RoundReport>) {
+    let mut monitors = monitors_on(clock, first_round_fraction);
     let mut rx = monitors.add(
         Fqdn::parse("example.test").unwrap(),
         vec![
             spec(Side::Primary, "mx1.example.test"),
             spec(Side::Backup, "backup.example.net"),
         ],
-        settings(),
-        prober.clone(),
+        settings,
+        prober,
     );
     let stop = CancellationToken::new();
     let task = monitors.run(stop.clone());
@@ -223,7 +240,7 @@ async fn detect(
         })
         .await;
     stop.cancel();
-    (at, seen, prober)
+    (at, seen)
 }
 
 #[tokio::test]
@@ -241,6 +258,32 @@ async fn fast_confirmation_detects_within_half_an_interval_plus_confirmations() 
     let down = primary.last().unwrap();
     assert_eq!(down.change.as_ref().map(|c| c.to), Some(Health::Down));
     assert_eq!(down.verdicts[0].reason, "192.0.2.1: 554 banner");
+}
+
+#[tokio::test]
+async fn a_primary_answering_421_is_probed_at_the_normal_pace_and_down_after_the_soft_window() {
+    let clock = ManualClock::new();
+    let mut prober = Arc::into_inner(Scripted::new(
+        &clock,
+        &[("mx1.example.test.", 8.0, f64::MAX)],
+    ))
+    .expect("not shared yet");
+    prober.soft.push("mx1.example.test.".into());
+    let prober = Arc::new(prober);
+    let mut settings = settings();
+    settings.thresholds.soft_fail_after = Duration::from_secs(60);
+    let (at, seen) = detect_with(&clock, prober.clone(), settings, 0.5).await;
+    let down = seen.last().expect("the Down round").clone();
+    // rounds at 2.5, 7.5, 12.5 …: the first 421 at 12.5, Down at the first round 60 s later
+    assert!((at - 72.5).abs() < 1e-6, "Down at {at}");
+    let change = down.change.expect("a change");
+    assert_eq!((change.failures, change.hard_failures), (13, 0));
+    // no confirmation re-probes: every probe of the soft host is a scheduled one, 5 s apart
+    let calls = prober.calls_of("mx1.example.test.");
+    assert!(
+        calls.windows(2).all(|w| (w[1] - w[0] - 5.0).abs() < 1e-6),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test]

@@ -140,6 +140,13 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl FailureKind {
+    /// A 4xx: the host answered and asks to be tried again later (senders queue).
+    pub fn is_soft(&self) -> bool {
+        *self == FailureKind::TempReject
+    }
+}
+
 fn kind_label(k: &FailureKind) -> &'static str {
     match k {
         FailureKind::Timeout => "timeout",

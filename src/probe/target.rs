@@ -140,6 +140,7 @@ fn address_results(reports: &[SmtpReport]) -> Vec<AddressResult> {
         .map(|r| AddressResult {
             address: r.address.ip(),
             pass: r.pass,
+            soft: r.failure.as_ref().is_some_and(|f| f.kind.is_soft()),
             reason: r.summary(),
         })
         .collect()

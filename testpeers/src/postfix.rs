@@ -44,6 +44,8 @@ pub struct PostfixConfig {
     pub cert: Option<LeafCert>,
     /// `smtpd_banner` (the text after `220 `); `None`: Postfix's default.
     pub banner: Option<String>,
+    /// More `main.cf` lines, written last (e.g. `smtpd_recipient_restrictions = defer`).
+    pub settings: Vec<String>,
 }
 
 impl PostfixConfig {
@@ -56,6 +58,7 @@ impl PostfixConfig {
             profile: Profile::Mx,
             cert: Some(ca.leaf(&[hostname], CertKind::Valid)?),
             banner: None,
+            settings: Vec::new(),
         })
     }
 
@@ -85,6 +88,13 @@ impl PostfixConfig {
 
     pub fn with_domain(mut self, domain: &str) -> Self {
         self.domain = domain.trim_end_matches('.').to_string();
+        self
+    }
+
+    /// One more `main.cf` line, e.g. `"smtpd_recipient_restrictions = defer"` (every RCPT
+    /// answered with `defer_code`) or `"defer_code = 421"`.
+    pub fn with_setting(mut self, line: &str) -> Self {
+        self.settings.push(line.to_string());
         self
     }
 }
@@ -184,6 +194,48 @@ impl Postfix {
         })
         .await
         .map_err(|e| self.failure(&e.to_string()))
+    }
+
+    /// Runs on with `config` (same address, queue and data): writes its files and has the
+    /// running master reload them (`postfix reload`), so the port never closes; new sessions get
+    /// the new settings once the old idle smtpd processes have gone. E.g. another domain, so
+    /// that it refuses the one it served, or a restriction that defers every recipient.
+    pub async fn reconfigure(&mut self, config: PostfixConfig) -> Result<()> {
+        if config.listen != self.config.listen {
+            return Err(Error::peer(
+                "postfix",
+                format!(
+                    "reconfigure keeps the address {}, not {}",
+                    self.config.listen, config.listen
+                ),
+            ));
+        }
+        let dir = self.workdir.path();
+        if let Some(cert) = &config.cert {
+            write_file(&dir.join("conf/cert.pem"), &cert.cert_pem)?;
+            write_file(&dir.join("conf/key.pem"), &cert.key_pem)?;
+            set_mode(&dir.join("conf/key.pem"), 0o600)?;
+        }
+        write_file(&dir.join("conf/main.cf"), conf::main_cf(&config, dir))?;
+        self.config = config;
+        if !self.running {
+            return self.start_master().await;
+        }
+        let out = tokio::process::Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.conf_dir())
+            .arg("reload")
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {} reload", self.bin.display()), e))?;
+        if !out.status.success() {
+            return Err(self.failure(&format!(
+                "`postfix reload` exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// Starts a stopped instance again (stopping it first if it runs), same port and files.

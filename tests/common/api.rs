@@ -198,7 +198,69 @@ pub async fn first_read(handle: &mxguard::actor::ActorHandle) {
     .await;
 }
 
+/// A provider in front of the in-memory zone whose applies wait while `hold` is set: a change
+/// held at the provider for as long as a test needs (reads answer at once).
+pub struct HeldApplies {
+    pub inner: Arc<MemoryDns>,
+    pub hold: std::sync::atomic::AtomicBool,
+    /// Applies waiting now.
+    pub waiting: std::sync::atomic::AtomicUsize,
+    release: tokio::sync::Notify,
+}
+
+impl HeldApplies {
+    pub fn release(&self) {
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl mxguard_core::DnsProvider for HeldApplies {
+    fn name(&self) -> &str {
+        "held"
+    }
+    fn capabilities(&self) -> mxguard_core::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn read(
+        &self,
+        zone: &Fqdn,
+        keys: &[RrsetKey],
+    ) -> Result<Vec<RecordSet>, mxguard_core::ProviderError> {
+        self.inner.read(zone, keys).await
+    }
+    async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, mxguard_core::ProviderError> {
+        self.inner.list_zone(zone).await
+    }
+    async fn apply(
+        &self,
+        zone: &Fqdn,
+        changes: &mxguard_core::ChangeSet,
+    ) -> Result<(), mxguard_core::ProviderError> {
+        use std::sync::atomic::Ordering;
+        while self.hold.load(Ordering::SeqCst) {
+            let released = self.release.notified();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if self.hold.load(Ordering::SeqCst) {
+                released.await;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.apply(zone, changes).await
+    }
+}
+
 pub async fn start(tokens: bool) -> TestApi {
+    start_with(tokens).await.0
+}
+
+/// [`start`], with the actor's and the API's provider holding applies on demand.
+pub async fn start_with(tokens: bool) -> (TestApi, Arc<HeldApplies>) {
     let config = Config::parse("api-test.toml", &config_text(tokens)).expect("config");
     let config = Arc::new(config);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -208,6 +270,12 @@ pub async fn start(tokens: bool) -> TestApi {
     store.migrate().await.expect("migrate");
     let dns = Arc::new(lab_dns());
     dns.hand_edit_mx(PRIMARY_MX, 300);
+    let held = Arc::new(HeldApplies {
+        inner: dns.clone(),
+        hold: Default::default(),
+        waiting: Default::default(),
+        release: Default::default(),
+    });
     let shutdown = CancellationToken::new();
     let leadership = sole_leader(&*store).await;
     let mut engine = Engine {
@@ -215,13 +283,14 @@ pub async fn start(tokens: bool) -> TestApi {
         ..Engine::default()
     };
     for d in &config.domains {
-        let deps = memory_deps(&store, &dns, &leadership, &engine.events, &d.provider);
+        let mut deps = memory_deps(&store, &dns, &leadership, &engine.events, &d.provider);
+        deps.provider = held.clone();
         let (actor, handle) = Actor::new(d.clone(), deps);
         tokio::spawn(actor.run(shutdown.clone()));
         engine.domains.insert(d.name.clone(), handle);
     }
     let providers = Providers::default();
-    providers.insert("mem", dns.clone()).await;
+    providers.insert("mem", held.clone()).await;
     let app = router(AppState {
         store: store.clone(),
         engine: engine.clone(),
@@ -229,7 +298,7 @@ pub async fn start(tokens: bool) -> TestApi {
         providers,
     });
     first_read(engine.domains.values().next().expect("a domain")).await;
-    TestApi {
+    let api = TestApi {
         app,
         engine,
         store,
@@ -237,7 +306,8 @@ pub async fn start(tokens: bool) -> TestApi {
         config,
         shutdown,
         _dir: dir,
-    }
+    };
+    (api, held)
 }
 
 /// A response, read whole.

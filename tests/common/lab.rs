@@ -125,6 +125,10 @@ pub struct Checks {
     pub fail_after: u32,
     pub recover_after: u32,
     pub confirm_interval: &'static str,
+    /// How long a side answering only 4xx may do so before it is Down.
+    pub soft_fail_after: &'static str,
+    /// How often the published records are read back (drift).
+    pub reconcile_interval: &'static str,
 }
 
 impl Checks {
@@ -135,6 +139,8 @@ impl Checks {
         fail_after: 2,
         recover_after: 2,
         confirm_interval: "200ms",
+        soft_fail_after: "10m",
+        reconcile_interval: "60s",
     };
     /// mxguard's defaults (what a config that says nothing gets).
     pub const DEFAULTS: Checks = Checks {
@@ -143,6 +149,8 @@ impl Checks {
         fail_after: 3,
         recover_after: 6,
         confirm_interval: "500ms",
+        soft_fail_after: "10m",
+        reconcile_interval: "60s",
     };
 }
 
@@ -170,6 +178,8 @@ pub struct Layout {
     /// `d0000.example.test` … in the example.test zone (RFC 2136, mode mx only), each with the
     /// primary published ([`shared_domain`]).
     pub shared_domains: usize,
+    /// The lab domain's `drift` policy: `report` or `correct`.
+    pub drift: &'static str,
 }
 
 /// The name of the lab's `i`th shared domain ([`Layout::shared_domains`]).
@@ -189,6 +199,7 @@ impl Default for Layout {
             mode: LabMode::Mx,
             hosted_zone_id: None,
             shared_domains: 0,
+            drift: "report",
         }
     }
 }
@@ -336,6 +347,8 @@ interval = "{interval}"
 timeout = "{timeout}"
 fail_after = {fail_after}
 recover_after = {recover_after}
+soft_fail_after = "{soft}"
+reconcile_interval = "{reconcile}"
 confirm_interval = "{confirm}"
 resolvers = [{resolvers}]
 resolver_quorum = {quorum}
@@ -343,13 +356,13 @@ smtp_port = {port}
 starttls = "require"
 ca_file = "{ca}"
 ehlo_name = "mxguard.test"
-rcpt_checks = "backup"
 
 [[domains]]
 name = "example.test"
 provider = "lab"
 {targets}failover_ttl = {failover_ttl}
 failback = {{ hold = "{hold}" }}
+drift = "{drift}"
 {authoritative}"#,
             resolvers = resolver_list.join(", "),
             ca = ca.cert_path().display(),
@@ -359,6 +372,9 @@ failback = {{ hold = "{hold}" }}
             fail_after = c.fail_after,
             recover_after = c.recover_after,
             confirm = c.confirm_interval,
+            soft = c.soft_fail_after,
+            reconcile = c.reconcile_interval,
+            drift = layout.drift,
             quorum = layout.resolver_quorum,
         );
         for i in 0..layout.shared_domains {
@@ -492,6 +508,24 @@ failback = {{ hold = "{hold}" }}
             secret,
         );
         mxguard_rfc2136::Rfc2136Provider::new(cfg).expect("provider")
+    }
+
+    /// Until `named` serves exactly one MX starting with `want`; panics with `mx`'s log after
+    /// `deadline`.
+    pub async fn wait_for_mx(&self, mx: &Mxguard, want: &str, deadline: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let got = self.served_mx().await;
+            if got.len() == 1 && got[0].starts_with(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "named still serves {got:?}, waited {deadline:?} for {want}; mxguard's log:\n{}",
+                mx.plain_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The MX set `named` serves now, as "PREF HOST TTL" strings.
@@ -804,6 +838,19 @@ impl Mxguard {
             child,
             lines,
             listen,
+        }
+    }
+
+    /// Until the log shows `needle`; panics with the log after `deadline`.
+    pub async fn wait_for_log(&self, needle: &str, deadline: Duration) {
+        let start = std::time::Instant::now();
+        while !self.saw(needle) {
+            assert!(
+                start.elapsed() < deadline,
+                "never saw {needle:?} in mxguard's log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

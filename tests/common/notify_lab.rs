@@ -330,6 +330,7 @@ impl NotifyLab {
         let verdict = TargetVerdict {
             target: Fqdn::parse(target).expect("target"),
             up,
+            soft: false,
             reason: reason.to_string(),
         };
         let report = RoundReport {
@@ -343,6 +344,9 @@ impl NotifyLab {
                 health,
                 since: Some(now),
                 failures: u32::from(!up),
+                hard_failures: u32::from(!up),
+                failing_since: (!up).then_some(now),
+                soft: false,
                 passes: u32::from(up),
                 rounds: 1,
             },

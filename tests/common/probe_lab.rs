@@ -192,6 +192,7 @@ pub fn one_address_round(report: &SmtpReport) -> TargetRound {
         addresses: vec![AddressResult {
             address,
             pass: report.pass,
+            soft: report.failure.as_ref().is_some_and(|f| f.kind.is_soft()),
             reason: report.summary(),
         }],
     }

@@ -56,6 +56,9 @@ pub(super) fn main_cf(c: &PostfixConfig, dir: &Path) -> String {
         }
         None => text.push_str("smtpd_tls_security_level = none\n"),
     }
+    for line in &c.settings {
+        let _ = writeln!(text, "{line}");
+    }
     text
 }
 
