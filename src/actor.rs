@@ -5,6 +5,7 @@
 //! is applied and verified. On start it reloads its state and resumes an unfinished change.
 
 pub mod change;
+pub mod error;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use self::change::{desired_records, publish, ChangeDeps, ChangeReport, Origin};
+use self::change::{desired_records, publish, ChangeDeps, ChangeError, ChangeReport, Origin};
 use crate::config::{DomainConfig, Drift};
 use crate::health::{Health, TargetVerdict};
 use crate::lease::RoleReport;
@@ -116,7 +117,7 @@ enum Msg {
     },
     Status(oneshot::Sender<Status>),
     Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
-    ChangeDone(Side, Box<Result<ChangeReport, String>>),
+    ChangeDone(Side, Box<Result<ChangeReport, ChangeError>>),
     /// An operator's revert to a snapshot holding `side`'s records (`desired`: its managed
     /// RRsets); answered once the change is verified or has failed.
     Revert {
@@ -308,7 +309,6 @@ pub struct Actor {
 
 /// Domains loading their state at once (process-wide).
 static RECOVERIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Actor {
     pub fn new(cfg: DomainConfig, deps: ChangeDeps) -> (Actor, ActorHandle) {
@@ -760,7 +760,7 @@ impl Actor {
     }
 
     /// Answers the operator whose revert's change ended (the first time it ends) and records it.
-    async fn revert_ended(&mut self, result: &Result<ChangeReport, String>) {
+    async fn revert_ended(&mut self, result: &Result<ChangeReport, ChangeError>) {
         let Some(r) = self.revert.as_mut() else {
             return;
         };
@@ -795,9 +795,14 @@ impl Actor {
                     ),
                 })
             }
-            Err(e) if e.starts_with("fenced:") || !self.leading => Err(ActorError::NotLeader(format!(
+            Err(e)
+                if (matches!(e, ChangeError::Fenced(_)) && !self.deps.fence.is_leader())
+                    || !self.leading =>
+            {
+                Err(ActorError::NotLeader(format!(
                 "this instance lost the lease while reverting to snapshot {id}; nothing was written ({e}). The leader now decides: retry there"
-            ))),
+            )))
+            }
             Err(e) => Err(ActorError::Failed(format!(
                 "revert to snapshot {id} failed: {e}; the controller retries it with backoff (see GET /v1/domains/{}/events)",
                 self.cfg.name.without_dot()
@@ -887,7 +892,7 @@ impl Actor {
         Ok(fx)
     }
 
-    async fn desired(&self, side: Side) -> Result<Vec<RecordSet>, String> {
+    async fn desired(&self, side: Side) -> Result<Vec<RecordSet>, ChangeError> {
         let live_ttl = self.state.machine.published_ttl;
         desired_records(
             &**self.store(),
@@ -941,9 +946,27 @@ impl Actor {
         });
     }
 
-    async fn on_change_done(&mut self, side: Side, result: Result<ChangeReport, String>) {
+    async fn on_change_done(&mut self, side: Side, result: Result<ChangeReport, ChangeError>) {
         self.change_running = false;
         self.revert_ended(&result).await;
+        if let Err(error @ ChangeError::Fenced(_)) = &result {
+            if !self.leading || !self.deps.fence.is_leader() {
+                // The timeline says why a change this instance began was never applied by it.
+                let me = self.deps.fence.vantage().to_string();
+                let ev = NewEvent {
+                    domain: self.cfg.name.clone(),
+                    at: Utc::now(),
+                    kind: "fenced".into(),
+                    actor: me.clone(),
+                    reason: None,
+                    message: format!(
+                        "instance {me} did not apply its change publishing the {side} records: {error}"
+                    ),
+                    evidence: json!({"side": side, "error": error}),
+                };
+                self.record(ev).await;
+            }
+        }
         if result.is_ok() {
             self.revert = None;
         }
@@ -981,29 +1004,51 @@ impl Actor {
                     .await;
                 self.track_propagation(report);
             }
-            Err(error) => {
-                self.attempts += 1;
-                let backoff = Duration::from_secs(5)
-                    .saturating_mul(1 << self.attempts.min(6))
-                    .min(MAX_BACKOFF);
-                self.retry_at = Some(tokio::time::Instant::now() + backoff);
-                tracing::warn!(domain = %self.cfg.name, %side, %error, attempt = self.attempts, ?backoff, "publish failed; will retry");
-                let _ = self
-                    .input(
-                        Input::ChangeFailed {
-                            side,
-                            error: format!(
-                                "{error} (attempt {}, next in {}s)",
-                                self.attempts,
-                                backoff.as_secs()
-                            ),
-                        },
-                        "automation",
-                        None,
-                    )
-                    .await;
-            }
+            Err(error) => self.on_change_failed(side, error).await,
         }
+    }
+
+    /// A failed publish, by kind (`ChangeError::retry_in`): a fenced one is left to the leader
+    /// (no retry, no alert: the lease moved); the others are retried when their kind says, and
+    /// the machine raises the alert, naming the kind and whether someone must act.
+    async fn on_change_failed(&mut self, side: Side, error: ChangeError) {
+        // Refused by the fence while the lease is still ours locally: the store could not
+        // confirm it (unreachable), or it moved an instant ago; either way, ask again later.
+        let error = match error {
+            ChangeError::Fenced(why) if self.deps.fence.is_leader() => ChangeError::Transient(
+                format!("the lease could not be confirmed before writing: {why}"),
+            ),
+            other => other,
+        };
+        let kind = error.kind();
+        metrics::counter!("mxguard_change_failures_total", "kind" => kind).increment(1);
+        self.attempts += 1;
+        let Some(wait) = error.retry_in(self.attempts) else {
+            tracing::warn!(domain = %self.cfg.name, %side, %error, kind, "publish fenced: this instance may not write; the leader finishes the change");
+            self.retry_at = None;
+            return;
+        };
+        self.retry_at = Some(tokio::time::Instant::now() + wait);
+        tracing::warn!(domain = %self.cfg.name, %side, %error, kind, attempt = self.attempts, ?wait, "publish failed; will retry");
+        let action = if error.needs_an_operator() {
+            "someone must fix this; "
+        } else {
+            ""
+        };
+        let _ = self
+            .input(
+                Input::ChangeFailed {
+                    side,
+                    error: format!(
+                        "{kind}: {error} ({action}attempt {}, next in {}s)",
+                        self.attempts,
+                        wait.as_secs()
+                    ),
+                },
+                "automation",
+                None,
+            )
+            .await;
     }
 
     /// Records, per resolver, when the change became visible there (after old TTLs ran out).
@@ -1141,7 +1186,7 @@ impl Actor {
             .or(m.in_flight)
             .or(m.published)
             .unwrap_or(Side::Primary);
-        let desired = self.desired(side).await?;
+        let desired = self.desired(side).await.map_err(|e| e.to_string())?;
         let actual = self
             .deps
             .provider

@@ -139,6 +139,34 @@ pub enum LockError {
         lock: String,
         source: std::io::Error,
     },
+    #[error("another live mxguard instance uses the vantage name {vantage:?} (it holds the leader lease as {holder} and renewed it just now); give each instance its own [cluster] vantage")]
+    Twin { vantage: String, holder: String },
+}
+
+/// Several instances on PostgreSQL: refuses to start beside a live instance with the same
+/// vantage name. A holder of the lease under this name is either this instance's previous
+/// process (crashed or restarted: it renews no more, and the lease is taken over at once) or a
+/// misconfigured twin (it renews every third of the TTL); one and a half renewal periods tell
+/// them apart, by whether the lease's expiry moved — the store's record, not this clock.
+pub async fn refuse_live_twin(store: &dyn Store, cluster: &ClusterConfig) -> Result<(), LockError> {
+    let Ok(first) = store.lease().await else {
+        return Ok(()); // the store is checked, and reported, by whatever uses it next
+    };
+    if first.holder.is_empty() || first.vantage != cluster.vantage {
+        return Ok(());
+    }
+    let wait = (cluster.lease_ttl / 3).max(Duration::from_millis(200)) * 3 / 2;
+    tracing::info!(vantage = %cluster.vantage, holder = %first.holder, ?wait, "the leader lease is held under this instance's vantage name: waiting to see whether that instance is still alive");
+    tokio::time::sleep(wait).await;
+    match store.lease().await {
+        Ok(again) if again.holder == first.holder && again.expires_at > first.expires_at => {
+            Err(LockError::Twin {
+                vantage: cluster.vantage.clone(),
+                holder: again.holder,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The file of a `sqlite://PATH` URL (`None` for in-memory databases and other backends).

@@ -96,6 +96,9 @@ pub async fn run(
             .map_err(store_error(&config.store.url))?,
         config::StoreKind::Sqlite => store.clone(),
     };
+    if store.kind() == config::StoreKind::Postgres {
+        lease::refuse_live_twin(&*lease_store, &config.cluster).await?;
+    }
     let (keeper, leadership) = lease::LeaseKeeper::new(
         lease_store,
         &config.cluster,

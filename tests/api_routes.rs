@@ -278,4 +278,22 @@ async fn unknown_paths_and_methods_are_problems() {
         .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.problem(), "method-not-allowed");
+
+    // Made-up methods are answered and counted under one label: a client inventing methods
+    // cannot grow the metrics (and the memory behind them) without bound.
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("MADEUP{i}").as_bytes()).expect("method");
+        let r = t.call(Call::new(method, "/v1/domains")).await;
+        assert!(r.status.is_client_error(), "{}", r.status);
+    }
+    let metrics = t
+        .call(Call::new(Method::GET, "/metrics").token(READER))
+        .await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(!metrics.text.contains("MADEUP"), "{}", metrics.text);
+    assert!(
+        metrics.text.contains("method=\"OTHER\""),
+        "{}",
+        metrics.text
+    );
 }

@@ -276,6 +276,32 @@ async fn paused_leader_is_fenced(failpoint: &'static str, tag: &str) {
     assert_eq!(c.verified_changes().await.len(), 1);
     assert_eq!(c.lab.serial().await, c.serial + 1);
 
+    // The primary is back and an operator pins it at the new leader: the primary's records
+    // go back (a second write), which the paused leader's stale change must not undo.
+    c.lab.primary.restart().await.expect("restart primary MTA");
+    let http = reqwest::Client::new();
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let pinned = poll("the pin to the primary to be accepted", LONG, || async {
+        let r = http
+            .put(format!("{}/v1/domains/example.test/pin", c.nodes[leader].api))
+            .bearer_auth(ha::TOKEN)
+            .json(&serde_json::json!({"side": "primary", "until": until, "reason": "provider says fixed"}))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == reqwest::StatusCode::OK).then_some(())
+    })
+    .await;
+    let () = pinned;
+    poll("named to serve the primary again", LONG, || async {
+        let served = c.lab.served_mx().await;
+        (served.len() == 1 && served[0].starts_with("10 mx1.example.test.")).then_some(())
+    })
+    .await;
+    assert_eq!(c.verified_changes().await.len(), 2);
+    assert_eq!(c.lab.serial().await, c.serial + 2);
+
     // The old leader resumes, still believing it leads at its epoch: its write is refused.
     ha::signal(pid, "-CONT");
     poll("the resumed leader to be fenced", LONG, || async {
@@ -288,7 +314,7 @@ async fn paused_leader_is_fenced(failpoint: &'static str, tag: &str) {
     ha::wait_role(&c.nodes[0], "follower", LONG).await;
     assert_eq!(
         c.lab.serial().await,
-        c.serial + 1,
+        c.serial + 2,
         "the fenced leader applied nothing:\n{}",
         c.nodes[0].mx.log()
     );
@@ -297,8 +323,21 @@ async fn paused_leader_is_fenced(failpoint: &'static str, tag: &str) {
         .recent_changes(&domain(), 10)
         .await
         .expect("changes");
-    assert_eq!(after.len(), 1, "{after:?}");
-    assert_eq!(after[0].status, ChangeStatus::Verified);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.iter().all(|c| c.status == ChangeStatus::Verified));
+    let mx = c.lab.served_mx().await;
+    assert!(
+        mx[0].starts_with("10 mx1.example.test."),
+        "the pin stands: {mx:?}"
+    );
+    // The timeline says why the old leader's change was not applied by it.
+    let fenced = c.event("the fenced event", |e| e.kind == "fenced").await;
+    assert_eq!(fenced.actor, "a");
+    assert!(
+        fenced.message.contains(&format!("epoch {}", c.epoch)),
+        "{}",
+        fenced.message
+    );
     c.leads(leader, epoch).await;
     c.finish().await;
 }
@@ -396,6 +435,45 @@ async fn a_revert_on_a_leader_that_loses_its_lease_writes_nothing() {
         "no revert recorded as done: {events:#?}"
     );
     c.leads(leader, epoch).await;
+    c.finish().await;
+}
+
+/// Two live instances with one vantage name would vote twice and read each other's reports
+/// as their own: the second is refused at start. The same instance restarted (its process
+/// gone) leads again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_live_instance_with_the_same_vantage_name_is_refused() {
+    let mut c = Cluster::start("ha_twin", vec![Instance::new("a")]).await;
+    let mut twin = ha::serve(&c.lab, &c.store_url(), &Instance::new("a"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = twin.mx.child.try_wait().expect("the twin's status") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "the twin still runs:\n{}",
+            twin.mx.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1), "{}", twin.mx.log());
+    assert!(
+        twin.mx
+            .saw("another live mxguard instance uses the vantage name \"a\""),
+        "{}",
+        twin.mx.log()
+    );
+    c.leads(0, c.epoch).await;
+
+    // The first one dies; started again under its name, it leads again at once.
+    c.nodes[0].mx.kill9();
+    let again = ha::serve(&c.lab, &c.store_url(), &Instance::new("a"));
+    let epoch = ha::wait_role(&again, "leader", LONG)
+        .await
+        .expect("leader epoch");
+    assert!(epoch > c.epoch);
+    c.nodes.push(again);
     c.finish().await;
 }
 

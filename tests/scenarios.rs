@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, LabOptions};
+use common::lab::{Lab, LabOptions, LabProvider, Layout};
 
 async fn wait_for_event(lab: &Lab, kind: &str, deadline: Duration) -> mxguard::store::Event {
     let start = Instant::now();
@@ -127,6 +127,45 @@ async fn provider_down_during_failover_retries_and_applies_once() {
         .filter(|e| e.kind == "change")
         .collect();
     assert_eq!(changes.len(), 1, "{changes:?}");
+}
+
+/// Write errors have a policy by kind: a token refused (403) mid-failover is alerted as
+/// needing an operator and retried slowly (a minute, not the transient 10 s), then applies once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_is_alerted_for_an_operator_and_retried_slowly() {
+    let mut lab = Lab::start_with(
+        LabOptions {
+            hold: "1h",
+            mx_ttl: 300,
+        },
+        Layout {
+            provider: LabProvider::Cloudflare,
+            ..Layout::default()
+        },
+    )
+    .await;
+    let mx = lab.serve(None);
+    lab.settle(&mx, Duration::from_secs(60)).await;
+    let writes = lab.writes().await;
+    lab.cloudflare_refuses_writes(1);
+    lab.primary.stop().await.expect("stop primary");
+    let alert = wait_for_event(&lab, "alert.change_failed", Duration::from_secs(90)).await;
+    for needle in ["auth:", "someone must fix this", "next in 60s"] {
+        assert!(
+            alert.message.contains(needle),
+            "{needle:?} in {}",
+            alert.message
+        );
+    }
+    let change = wait_for_event(&lab, "change", Duration::from_secs(150)).await;
+    let waited = (change.at - alert.at).num_seconds();
+    assert!(waited >= 59, "retried {waited} s after the refusal");
+    assert_eq!(lab.writes().await, writes + 1, "one batch applied");
+    assert!(
+        mx.plain_log().contains("kind=\"auth\"") || mx.plain_log().contains("kind=auth"),
+        "{}",
+        mx.plain_log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@ use chrono::Utc;
 use mxguard_core::{DnsProvider, ProviderError};
 use serde::Serialize;
 
+pub use super::error::ChangeError;
 use crate::model::{RecordSet, Side, Ttl};
 use crate::plan::{Managed, Plan};
 use crate::store::{ChangeIntent, ChangeStatus, NewChange, NewSnapshot, Store};
@@ -94,10 +95,10 @@ pub async fn failpoint(name: &str) {
 }
 
 /// The epoch to write with, or why this instance must not write.
-fn epoch(deps: &ChangeDeps) -> Result<i64, String> {
-    deps.fence
-        .epoch()
-        .ok_or_else(|| "not the leader (no valid lease); not writing".to_string())
+fn epoch(deps: &ChangeDeps) -> Result<i64, ChangeError> {
+    deps.fence.epoch().ok_or_else(|| {
+        ChangeError::Fenced("not the leader (no valid lease); not writing".to_string())
+    })
 }
 
 /// Publishes `side` (records `desired`), resuming `resume` when a crash left it unfinished.
@@ -110,17 +111,11 @@ pub async fn publish(
     desired: Vec<RecordSet>,
     resume: Option<ChangeIntent>,
     origin: &Origin,
-) -> Result<ChangeReport, String> {
+) -> Result<ChangeReport, ChangeError> {
     let zone = &managed.zone;
-    let actual = deps
-        .provider
-        .read(zone, &managed.keys())
-        .await
-        .map_err(|e| format!("reading {zone}: {e}"))?;
+    let actual = deps.provider.read(zone, &managed.keys()).await?;
     let replaced_ttl = managed.ttl_of(&actual);
-    let plan = managed
-        .plan(desired, actual.clone())
-        .map_err(|e| e.to_string())?;
+    let plan = managed.plan(desired, actual.clone())?;
     let store = &deps.store;
     let now = Utc::now;
     let epoch = epoch(deps)?;
@@ -131,8 +126,7 @@ pub async fn publish(
             if old.status == ChangeStatus::Pending {
                 store
                     .set_change_status(old.id, ChangeStatus::Applied, None, epoch, now())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             tracing::info!(
                 change = old.id,
@@ -178,10 +172,7 @@ pub async fn publish(
                     after: plan.changes.clone(),
                     at: now(),
                 };
-                let (snap, intent) = store
-                    .begin_change(&snapshot, &change)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (snap, intent) = store.begin_change(&snapshot, &change).await?;
                 tracing::info!(change = intent.id, snapshot = snap.id, %side, "change intent written");
                 failpoint("after_intent").await;
                 apply(deps, managed, &plan, intent.id, epoch).await?;
@@ -202,13 +193,12 @@ pub async fn publish(
                 .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, now())
                 .await;
         }
-        return Err(why);
+        return Err(ChangeError::NotVisible(why));
     }
     if let Some(id) = intent {
         store
             .set_change_status(id, ChangeStatus::Verified, None, epoch, now())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     Ok(ChangeReport {
         side,
@@ -259,7 +249,7 @@ async fn apply(
     plan: &Plan,
     id: i64,
     epoch: i64,
-) -> Result<(), String> {
+) -> Result<(), ChangeError> {
     // Stands for any wait before the provider call (a queue at admission, a paused process).
     failpoint("before_apply").await;
     let fence = LeaseFence { deps, id, epoch };
@@ -270,20 +260,19 @@ async fn apply(
     {
         Ok(()) => {}
         // Nothing was sent; the intent belongs to whoever leads now.
-        Err(ProviderError::Fenced(why)) => return Err(format!("fenced: {why}")),
+        Err(e @ ProviderError::Fenced(_)) => return Err(e.into()),
         Err(e) => {
             let why = format!("provider {}: {e}", deps.provider_name);
             let _ = deps
                 .store
                 .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, Utc::now())
                 .await;
-            return Err(why);
+            return Err(e.into());
         }
     }
     deps.store
         .set_change_status(id, ChangeStatus::Applied, None, epoch, Utc::now())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     tracing::info!(change = id, "change applied at the provider");
     Ok(())
 }
@@ -314,7 +303,7 @@ pub async fn desired_records(
     state: &super::Persisted,
     side: Side,
     live_ttl: Option<u32>,
-) -> Result<Vec<RecordSet>, String> {
+) -> Result<Vec<RecordSet>, ChangeError> {
     if side == Side::Primary {
         if let Some(id) = state.failover_snapshot {
             if let Ok(Some(snap)) = store.snapshot(id).await {
@@ -335,7 +324,7 @@ pub async fn desired_records(
         state.machine.ttl_before_failover,
         live_ttl,
     );
-    managed.desired(side, ttl).map_err(|e| e.to_string())
+    Ok(managed.desired(side, ttl)?)
 }
 
 /// The TTL to publish `side` with: the failover TTL for the backup; for the primary the TTL

@@ -69,6 +69,10 @@ pub fn install() {
                     "The fencing epoch of the lease as this instance last saw it"
                 );
                 metrics::describe_counter!(
+                    "mxguard_change_failures_total",
+                    "Failed publishes, by kind (fenced, auth, not_found, rate_limited, transient, rejected, plan, not_visible, store)"
+                );
+                metrics::describe_counter!(
                     "mxguard_fenced_writes_total",
                     "Provider writes refused because this instance's lease was no longer valid"
                 );
@@ -82,17 +86,35 @@ pub fn install() {
     });
 }
 
+/// A request's method as a metric label: the standard ones by name, anything else `OTHER`, so
+/// that made-up methods cannot grow the label set (and the process's memory) without bound.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Counts and times every request by its route template (never the raw path).
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::histogram!("mxguard_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+    metrics::histogram!("mxguard_http_request_duration_seconds", "method" => method, "route" => route.clone())
         .record(start.elapsed().as_secs_f64());
     metrics::counter!("mxguard_http_requests_total", "method" => method, "route" => route, "status" => status)
         .increment(1);

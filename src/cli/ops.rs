@@ -196,7 +196,8 @@ pub(super) async fn plan(file: Option<PathBuf>, domain: String, json: bool) -> E
             side,
             live_ttl,
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         managed.plan(desired, actual).map_err(|e| e.to_string())
     }
     .await;

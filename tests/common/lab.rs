@@ -801,6 +801,19 @@ impl Lab {
         }
     }
 
+    /// The Cloudflare fake refuses the next `count` batches with 403 (the token lost its
+    /// permission); panics on another provider.
+    pub fn cloudflare_refuses_writes(&mut self, count: usize) {
+        match &mut self.peer {
+            Peer::Cloudflare(fake) => fake.inject(
+                mxguard_testpeers::cloudflare::Route::Batch,
+                mxguard_testpeers::cloudflare::Fault::Status(403),
+                count,
+            ),
+            _ => panic!("cloudflare_refuses_writes needs the Cloudflare lab"),
+        }
+    }
+
     /// Ends [`Lab::provider_outage`].
     pub async fn provider_recovers(&mut self) {
         match &mut self.peer {
