@@ -267,6 +267,7 @@ async fn detection_trial(
             ..policy(server.addr.port(), StartTls::Off, &ca)
         },
         global: Arc::new(Semaphore::new(16)),
+        max_addresses: 8,
     };
     let settings = MonitorSettings {
         interval: Duration::from_secs(5),
@@ -346,6 +347,7 @@ async fn main() {
         resolvers: vec![DnsClient::resolver(dns, Duration::from_secs(3))],
         smtp: policy(plain.addr.port(), StartTls::Off, pki.ca_file.path()),
         global: Arc::new(Semaphore::new(256)),
+        max_addresses: 8,
     };
     let prober = Arc::new(prober);
     let start = Instant::now();

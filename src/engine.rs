@@ -197,7 +197,8 @@ impl Engine {
                     c.starttls,
                     &c.ehlo_name,
                     c.cert_min_days,
-                    &c.ca_file
+                    &c.ca_file,
+                    c.max_addresses
                 )
             );
             let prober = probers
@@ -219,6 +220,7 @@ impl Engine {
                             rcpt: None,
                         },
                         global: global.clone(),
+                        max_addresses: c.max_addresses as usize,
                     })
                 })
                 .clone();

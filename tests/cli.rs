@@ -255,6 +255,18 @@ fn unreachable_store_fails_without_leaking_the_password() {
         "{stderr}"
     );
     assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+    // the password as a query parameter, as libpq also accepts it
+    let out = mxguard(dir.path(), &["migrate"])
+        .env(
+            "MXGUARD_STORE_URL",
+            format!("postgres://mx@127.0.0.1:{port}/mxguard?password=s3cr3t-pw"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("?password=***"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
 }
 
 #[tokio::test]

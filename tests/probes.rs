@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use mxguard::config::StartTls;
 use mxguard::health::target_verdict;
-use mxguard::model::RecordType;
+use mxguard::model::{RecordType, Side};
 use mxguard::probe::dns::{DnsClient, DnsStatus};
 use mxguard::probe::smtp::{self, FailureKind, Phase, RcptCheck};
+use mxguard::probe::target::{Prober, TargetSpec};
 use mxguard_testpeers::dns::RcodeServer;
 use mxguard_testpeers::hickory_proto::op::ResponseCode;
 use mxguard_testpeers::{Ca, CertKind, Fault, Named, Unbound, UnboundOptions};
@@ -505,6 +506,32 @@ async fn dns_truncated_answer_is_retried_over_tcp() {
     }
     let small = lab.resolver().query(&fqdn(MX_HOST), RecordType::A).await;
     assert!(!small.via_tcp, "{small:?}");
+}
+
+#[tokio::test]
+async fn a_target_with_ninety_addresses_gets_eight_probes() {
+    // big.example.test answers 90 A records (127.1.x.y, all refusing connections at once)
+    let lab = DnsLab::start().await;
+    let ca = Ca::new().expect("ca");
+    let prober = Prober {
+        resolvers: vec![lab.resolver(), lab.authoritative()],
+        smtp: policy(&ca, closed_port(), StartTls::Require, T),
+        global: std::sync::Arc::new(tokio::sync::Semaphore::new(64)),
+        max_addresses: 8,
+    };
+    let spec = TargetSpec::named(Side::Primary, fqdn("big.example.test"), None);
+    let ev = prober.probe_target(&spec, chrono::Utc::now()).await;
+    assert_eq!(ev.smtp.len(), 8, "{:?}", ev.round.addresses);
+    assert_eq!(ev.round.addresses.len(), 8);
+    for r in &ev.round.resolvers {
+        assert_eq!(r.addresses.len(), 8, "{r:?}");
+    }
+    // the same eight at every resolver: the lowest addresses of the answer
+    assert_eq!(
+        ev.round.resolvers[0].addresses,
+        ev.round.resolvers[1].addresses
+    );
+    assert_eq!(ev.smtp[0].address.ip(), ip("127.1.0.2"));
 }
 
 // ---------------------------------------------------------------- verdicts

@@ -103,6 +103,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
             rcpt: None,
         },
         global: Arc::new(Semaphore::new(64)),
+        max_addresses: crate::config::Checks::default().max_addresses as usize,
     };
     let mut problems = Vec::new();
     let mut warnings = Vec::new();

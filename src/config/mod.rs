@@ -605,6 +605,13 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         d.reconcile_interval,
         errs,
     );
+    let max_addresses = sec.int(
+        "max_addresses",
+        "addresses",
+        1..=64,
+        d.max_addresses.into(),
+        errs,
+    ) as u32;
     if timing_set && timeout >= interval {
         errs.push(
             sec.field("timeout"),
@@ -645,10 +652,11 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         ehlo_name,
         rcpt_checks,
         reconcile_interval,
+        max_addresses,
     }
 }
 
-const CHECK_KEYS: [&str; 15] = [
+const CHECK_KEYS: [&str; 16] = [
     "interval",
     "timeout",
     "fail_after",
@@ -664,6 +672,7 @@ const CHECK_KEYS: [&str; 15] = [
     "ehlo_name",
     "rcpt_checks",
     "reconcile_interval",
+    "max_addresses",
 ];
 
 fn parse_domain(

@@ -348,6 +348,34 @@ fn store_url_scheme_is_checked_and_password_redacted() {
 }
 
 #[test]
+fn passwords_are_redacted_whatever_form_they_take() {
+    use crate::config::redact_password;
+    for (url, want) in [
+        ("postgres://u:pw@h/db", "postgres://u:***@h/db"),
+        ("postgres://u:p@ss@h:5432/db", "postgres://u:***@h:5432/db"),
+        (
+            "postgres://h/db?user=u&password=pw&sslmode=require",
+            "postgres://h/db?user=u&password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u@h/db?PASSWORD=pw&sslpassword=key-pw",
+            "postgresql://u@h/db?PASSWORD=***&sslpassword=***",
+        ),
+        (
+            "postgres://u:pw@h/db?password=pw",
+            "postgres://u:***@h/db?password=***",
+        ),
+        (
+            "sqlite:///var/lib/mxguard.db?mode=rwc",
+            "sqlite:///var/lib/mxguard.db?mode=rwc",
+        ),
+    ] {
+        assert_eq!(redact_password(url), want, "{url}");
+        assert!(!redact_password(url).contains("pw"), "{url}");
+    }
+}
+
+#[test]
 fn tokens_are_validated() {
     let errs = errors(
         r#"

@@ -91,8 +91,25 @@ impl StoreUrl {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// The URL with every password replaced by `***`: the user-info one
+/// (`postgres://user:secret@host/db` → `postgres://user:***@host/db`) and any query parameter
+/// naming one (`?password=…`, `&sslpassword=…`), whatever its case.
 pub fn redact_password(url: &str) -> String {
+    let url = redact_userinfo(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
@@ -253,6 +270,8 @@ pub struct Checks {
     /// How often the published records are read back at the provider (drift, and what the
     /// machine believes is published); longer when the provider's request budget needs it.
     pub reconcile_interval: Duration,
+    /// At most this many addresses per resolver answer and per target are probed.
+    pub max_addresses: u32,
 }
 
 impl Default for Checks {
@@ -278,6 +297,7 @@ impl Default for Checks {
             ehlo_name: Fqdn::parse("mxguard.invalid").expect("static name is valid"),
             rcpt_checks: RcptChecks::All,
             reconcile_interval: Duration::from_secs(60),
+            max_addresses: 8,
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct Prober {
     pub smtp: SmtpPolicy,
     /// Caps SMTP probes in flight across every domain.
     pub global: Arc<Semaphore>,
+    /// At most this many addresses are kept from each resolver's answer and probed per target
+    /// (`[checks] max_addresses`): a host's DNS belongs to someone else, and a hostile or broken
+    /// answer with a hundred addresses must not become a hundred SMTP sessions a round.
+    pub max_addresses: usize,
 }
 
 /// What to probe: one MX host of one side.
@@ -79,8 +83,14 @@ impl Prober {
         let mut resolvers = Vec::new();
         let mut answers = Vec::new();
         let mut addresses = BTreeSet::new();
+        let cap = self.max_addresses.max(1);
         for (client, result) in self.resolvers.iter().zip(per_resolver) {
-            let (addrs, ans) = result.unwrap_or_default();
+            let (mut addrs, ans) = result.unwrap_or_default();
+            if addrs.len() > cap {
+                tracing::debug!(host = %spec.host, resolver = %client.server, answered = addrs.len(), kept = cap, "more addresses than max_addresses; the first are kept");
+                addrs.sort();
+                addrs.truncate(cap);
+            }
             addresses.extend(addrs.iter().copied());
             resolvers.push(ResolverResult {
                 resolver: client.server.to_string(),
@@ -96,6 +106,7 @@ impl Prober {
             // name.
             addresses = spec.addresses.iter().copied().collect();
         }
+        let addresses: Vec<IpAddr> = addresses.into_iter().take(cap).collect();
         let mut policy = self.smtp.clone();
         policy.rcpt = spec.rcpt.clone();
         let policy = Arc::new(policy);

@@ -329,6 +329,7 @@ impl VerdictLab {
                 .collect(),
             smtp: self.policy.clone(),
             global: std::sync::Arc::new(tokio::sync::Semaphore::new(8)),
+            max_addresses: 8,
         };
         let spec = TargetSpec {
             side: Side::Primary,
