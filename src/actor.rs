@@ -941,7 +941,16 @@ impl Actor {
         self.changes_started += 1;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
         tokio::spawn(async move {
-            let result = publish(&deps, &managed, side, desired, resume, &origin).await;
+            // A panic inside the publish (a provider client's bug) is reported like any failure:
+            // unreported, the actor would wait for this change forever and never publish again.
+            let work = tokio::spawn(async move {
+                publish(&deps, &managed, side, desired, resume, &origin).await
+            });
+            let result = work.await.unwrap_or_else(|e| {
+                Err(ChangeError::Transient(format!(
+                    "the publish task failed: {e}"
+                )))
+            });
             let _ = tx.send(Msg::ChangeDone(side, Box::new(result))).await;
         });
     }
@@ -1135,7 +1144,13 @@ impl Actor {
             self.changes_started,
         );
         tokio::spawn(async move {
-            let live = provider.read(&zone, &keys).await;
+            // As for a publish: a panicking read is reported, or no read would start again.
+            let read = tokio::spawn(async move { provider.read(&zone, &keys).await });
+            let live = read.await.unwrap_or_else(|e| {
+                Err(mxguard_core::ProviderError::Transient(format!(
+                    "the reconcile read failed: {e}"
+                )))
+            });
             let _ = tx
                 .send(Msg::Observed {
                     changes,

@@ -44,13 +44,16 @@ async fn hand_edit(lab: &Lab) {
         )
         .expect("set")
     };
-    lab.console()
+    let console = lab.console();
+    let key = mxguard_core::RrsetKey::new(zone.clone(), RecordType::Mx);
+    let live = console.read(&zone, &[key]).await.expect("read the MX set");
+    console
         .apply(
             &zone,
             &ChangeSet {
                 changes: vec![Change::Upsert {
                     set: mx(STRANGER_MX),
-                    expected: Some(mx(PRIMARY_MX)),
+                    expected: live.into_iter().next(),
                 }],
             },
         )
@@ -103,8 +106,10 @@ async fn a_hand_edit_while_both_sides_are_down_is_left_alone() {
     let mut mx = lab.serve(None);
     mx.wait_for_log("first verdicts", Duration::from_secs(60))
         .await;
-    lab.primary.stop().await.expect("stop the primary MTA");
+    // The backup first: with it Down the controller stays on the primary, so the primary's
+    // outage leads to BothDown rather than to a failover.
     lab.backup.stop().await.expect("stop the backup MTA");
+    lab.primary.stop().await.expect("stop the primary MTA");
     wait_until(&mx, "BothDown", Duration::from_secs(60), || async {
         lab.events()
             .await

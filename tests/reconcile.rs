@@ -147,3 +147,85 @@ async fn a_slow_reconcile_read_neither_blocks_the_actor_nor_overrules_a_later_ch
         timeline.iter().map(|e| &e.message).collect::<Vec<_>>()
     );
 }
+
+/// Applies through the in-memory zone, but panics on the first `apply` (a provider client's bug).
+struct PanicsOnce {
+    inner: Arc<MemoryDns>,
+    panicked: AtomicBool,
+}
+
+#[async_trait]
+impl DnsProvider for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics-once"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
+        self.inner.read(zone, keys).await
+    }
+    async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError> {
+        self.inner.list_zone(zone).await
+    }
+    async fn apply(&self, zone: &Fqdn, changes: &ChangeSet) -> Result<(), ProviderError> {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("a provider client bug");
+        }
+        self.inner.apply(zone, changes).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_that_panics_is_reported_and_retried() {
+    let config = Config::parse("panic.toml", &common::api::config_text(false)).expect("config");
+    let domain = config.domains[0].clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url =
+        StoreUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).expect("url");
+    let store = mxguard::store::open(&url).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let dns = Arc::new(lab_dns());
+    dns.hand_edit_mx(PRIMARY_MX, 300);
+    let leadership = sole_leader(&*store).await;
+    let events = mxguard::events::EventBus::default();
+    let mut deps = memory_deps(&store, &dns, &leadership, &events, &domain.provider);
+    deps.provider = Arc::new(PanicsOnce {
+        inner: dns.clone(),
+        panicked: AtomicBool::new(false),
+    });
+    let (actor, handle) = Actor::new(domain, deps);
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(actor.run(shutdown));
+    common::api::first_read(&handle).await;
+
+    handle
+        .command(Command::Failover, "ops", "drill")
+        .await
+        .expect("failover accepted");
+    // The first attempt panics inside the provider call: reported as a failure, retried after
+    // the transient backoff (10 s), and the second attempt publishes.
+    common::poll("the backup published", Duration::from_secs(40), || {
+        let handle = handle.clone();
+        async move {
+            let s = handle.status().await.ok()?;
+            (s.state.published == Some(Side::Backup) && s.state.in_flight.is_none()).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(dns.mx(), vec![format!("{BACKUP_MX} 30")]);
+    let timeline = store
+        .events(&Fqdn::parse("example.test").expect("name"), None, 100)
+        .await
+        .expect("events");
+    let failed = timeline
+        .iter()
+        .find(|e| e.kind == "alert.change_failed")
+        .expect("the panic reported as a failed change");
+    assert!(
+        failed.message.contains("the publish task failed"),
+        "{}",
+        failed.message
+    );
+}
