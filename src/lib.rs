@@ -139,21 +139,27 @@ pub async fn run(
     for (name, client) in &engine.providers {
         providers.insert(name, client.clone()).await;
     }
+    let server_cfg = config.server.clone();
     let app = api::router(api::AppState {
         store: store.clone(),
         engine: engine.clone(),
         config: Arc::new(config),
         providers,
     });
-    let graceful = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        graceful.cancelled().await;
+    let limits = api::server::Limits {
+        header_read_timeout: server_cfg.header_read_timeout,
+        max_connections: server_cfg.max_connections as usize,
+    };
+    let server = api::server::serve(listener, app, limits, shutdown.clone());
+    let announce = async {
+        shutdown.cancelled().await;
         tracing::info!("shutdown requested; finishing in-flight requests");
-    });
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
     // A slow client must not hold the process past the grace period.
     let result = tokio::select! {
-        r = server => r.map_err(RunError::from),
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+        () = server => Ok(()),
+        () = announce => {
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; closing");
             Ok(())
         }

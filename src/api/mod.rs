@@ -12,6 +12,7 @@ mod error;
 mod health;
 mod idempotency;
 mod metrics;
+pub mod server;
 mod snapshots;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -93,6 +93,8 @@ impl Config {
                 // file keeps it closed unless it says `open_readyz = true`.
                 open_readyz: true,
                 open_metrics: false,
+                header_read_timeout: Duration::from_secs(10),
+                max_connections: 4096,
             },
             store: StoreConfig {
                 url: StoreUrl::default_sqlite(),
@@ -186,7 +188,30 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
     };
     let open_readyz = server.bool("open_readyz", false, errs);
     let open_metrics = server.bool("open_metrics", defaults.server.open_metrics, errs);
-    server.finish(errs, &["listen", "open_readyz", "open_metrics"]);
+    let header_read_timeout = server.duration(
+        "header_read_timeout",
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+        defaults.server.header_read_timeout,
+        errs,
+    );
+    let max_connections = server.int(
+        "max_connections",
+        "connections",
+        1..=65_536,
+        defaults.server.max_connections.into(),
+        errs,
+    ) as u32;
+    server.finish(
+        errs,
+        &[
+            "listen",
+            "open_readyz",
+            "open_metrics",
+            "header_read_timeout",
+            "max_connections",
+        ],
+    );
 
     let mut store = root.child("store", errs);
     let url = match store.string("url", errs) {
@@ -288,6 +313,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             listen,
             open_readyz,
             open_metrics,
+            header_read_timeout,
+            max_connections,
         },
         store: StoreConfig {
             url,

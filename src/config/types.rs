@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub open_readyz: bool,
     /// `/metrics` answers without a token (default: a `read` token is required).
     pub open_metrics: bool,
+    /// A connection that has not sent a whole request head within this long is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
