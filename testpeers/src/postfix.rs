@@ -99,6 +99,16 @@ impl PostfixConfig {
     }
 }
 
+/// Writes `config`'s certificate and `main.cf` into the instance directory `dir`.
+fn write_config(dir: &Path, config: &PostfixConfig) -> Result<()> {
+    if let Some(cert) = &config.cert {
+        write_file(&dir.join("conf/cert.pem"), &cert.cert_pem)?;
+        write_file(&dir.join("conf/key.pem"), &cert.key_pem)?;
+        set_mode(&dir.join("conf/key.pem"), 0o600)?;
+    }
+    write_file(&dir.join("conf/main.cf"), conf::main_cf(config, dir))
+}
+
 /// A running Postfix instance; stopped (and its master process gone) on drop.
 #[derive(Debug)]
 pub struct Postfix {
@@ -119,12 +129,7 @@ impl Postfix {
             create_dir(&dir.join(sub))?;
         }
         chown_to_postfix(&dir.join("data"))?;
-        if let Some(cert) = &config.cert {
-            write_file(&dir.join("conf/cert.pem"), &cert.cert_pem)?;
-            write_file(&dir.join("conf/key.pem"), &cert.key_pem)?;
-            set_mode(&dir.join("conf/key.pem"), 0o600)?;
-        }
-        write_file(&dir.join("conf/main.cf"), conf::main_cf(&config, dir))?;
+        write_config(dir, &config)?;
         write_file(&dir.join("conf/master.cf"), conf::master_cf(config.listen))?;
         let mut postfix = Postfix {
             config,
@@ -210,13 +215,7 @@ impl Postfix {
                 ),
             ));
         }
-        let dir = self.workdir.path();
-        if let Some(cert) = &config.cert {
-            write_file(&dir.join("conf/cert.pem"), &cert.cert_pem)?;
-            write_file(&dir.join("conf/key.pem"), &cert.key_pem)?;
-            set_mode(&dir.join("conf/key.pem"), 0o600)?;
-        }
-        write_file(&dir.join("conf/main.cf"), conf::main_cf(&config, dir))?;
+        write_config(self.workdir.path(), &config)?;
         self.config = config;
         if !self.running {
             return self.start_master().await;

@@ -131,10 +131,16 @@ async fn a_stopped_named_is_transient_at_once() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_is_transient_after_the_timeout() {
-    // a UDP port and a TCP listener that accept but never reply
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let _tcp = std::net::TcpListener::bind(addr).unwrap();
+    // a UDP port and a TCP listener on the same port that accept but never reply (the UDP
+    // port's number may be taken in TCP by another socket: try another one)
+    let (_udp, _tcp, addr) = (0..100)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let addr = udp.local_addr().ok()?;
+            let tcp = std::net::TcpListener::bind(addr).ok()?;
+            Some((udp, tcp, addr))
+        })
+        .expect("a UDP and TCP port pair on loopback");
     let config = Rfc2136Config::new(
         "silent",
         addr,
