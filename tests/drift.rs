@@ -106,9 +106,15 @@ async fn a_hand_edit_while_both_sides_are_down_is_left_alone() {
     let mut mx = lab.serve(None);
     mx.wait_for_log("first verdicts", Duration::from_secs(60))
         .await;
-    // The backup first: with it Down the controller stays on the primary, so the primary's
+    // The backup first, and seen Down: the controller stays on the primary, so the primary's
     // outage leads to BothDown rather than to a failover.
     lab.backup.stop().await.expect("stop the backup MTA");
+    wait_until(&mx, "the backup Down", Duration::from_secs(60), || async {
+        lab.events().await.iter().any(|e| {
+            e.kind == "health" && e.message.starts_with("backup ") && e.message.contains("→ Down")
+        })
+    })
+    .await;
     lab.primary.stop().await.expect("stop the primary MTA");
     wait_until(&mx, "BothDown", Duration::from_secs(60), || async {
         lab.events()
