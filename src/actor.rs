@@ -124,8 +124,6 @@ enum Msg {
         revert: Revert,
         reply: oneshot::Sender<Result<RevertDone, ActorError>>,
     },
-    /// Read the published records now.
-    Reconcile,
     /// A reconcile read came back; `changes` is the count of changes started when it began.
     Observed {
         changes: u64,
@@ -242,11 +240,6 @@ impl ActorHandle {
             .await
             .map_err(|_| ActorError::Gone)?;
         rx.await.map_err(|_| ActorError::Gone)?
-    }
-
-    /// Asks the actor to read the published records now.
-    pub async fn reconcile(&self) {
-        let _ = self.tx.send(Msg::Reconcile).await;
     }
 
     /// Feeds a probe round in (the monitor's output) with this vantage's report of it.
@@ -519,7 +512,6 @@ impl Actor {
             }
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
             Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
-            Msg::Reconcile => self.start_observe(),
             Msg::Observed { changes, live } => {
                 self.observing = false;
                 match *live {
