@@ -148,7 +148,7 @@ impl Engine {
         let window = config
             .domains
             .iter()
-            .map(|d| freshness(&d.checks))
+            .map(|d| vantage::freshness(&d.checks))
             .max()
             .unwrap_or_default();
         let board = Board::start(
@@ -249,6 +249,7 @@ impl Engine {
                 board: board.clone(),
                 provider_name: d.provider.clone(),
                 events: engine.events.clone(),
+                clock: crate::clock::WallClock::default(),
             };
             let managed = Managed::new(d);
             let settings = MonitorSettings {
@@ -305,11 +306,6 @@ fn record_round(recorder: &Recorder, report: &crate::monitor::RoundReport, own: 
         ),
         Err(e) => tracing::error!(error = %e, "vantage report not serialisable"),
     }
-}
-
-/// How old another vantage's report may be and still vote on a domain with these checks.
-pub fn freshness(checks: &crate::config::Checks) -> Duration {
-    checks.interval * 3 + checks.timeout * 2
 }
 
 /// How often the canaries are tried, and how long one connection may take.

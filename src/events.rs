@@ -1,14 +1,164 @@
-//! The engine's event bus: every event an actor records in the store's timeline is also
-//! published here, with the domain's machine state at that moment, for listeners that act on
-//! events (notifications). Publishing never blocks or fails the actor: a listener that falls
-//! behind loses the oldest notices and is told how many (`RecvError::Lagged`).
+//! The event model and the engine's event bus.
+//!
+//! [`EventKind`] is what a timeline event is about: the machine and the actors emit it, the
+//! store keeps its name, the API and the notification payloads show that name, and
+//! notifications classify by it (never by parsing an event's message).
+//!
+//! Every event an actor records in the store's timeline is also published on the bus, with the
+//! domain's machine state at that moment, for listeners that act on events (notifications).
+//! Publishing never blocks or fails the actor: a listener that falls behind loses the oldest
+//! notices and is told how many (`RecvError::Lagged`).
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::machine::DomainState;
+use crate::machine::{DomainState, Phase};
 use crate::store::Event;
+
+/// What a timeline event is about. Alerts (`alert.*`) are the kinds someone should look at.
+///
+/// Where a kind has fields, they are in the event's evidence under the names below, typed:
+/// a `transition` carries `from` and `to` ([`Phase`]); a `health` event carries `side` and the
+/// leader's `combined` verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The machine moved from one phase to another.
+    #[serde(rename = "transition")]
+    Transition,
+    /// The leader's combined verdict on a side changed.
+    #[serde(rename = "health")]
+    Health,
+    /// A change was published and verified at the authoritative servers.
+    #[serde(rename = "change")]
+    Change,
+    /// When a published change became visible at each resolver.
+    #[serde(rename = "propagation")]
+    Propagation,
+    /// A pin or pause was set, lifted or expired.
+    #[serde(rename = "override")]
+    Override,
+    /// An operator's approval of a failback.
+    #[serde(rename = "operator")]
+    Operator,
+    /// An operator's revert to a snapshot, verified.
+    #[serde(rename = "revert")]
+    Revert,
+    /// A change this instance began was refused at the provider by the fence: the lease moved.
+    #[serde(rename = "fenced")]
+    Fenced,
+    /// The published records match neither side.
+    #[serde(rename = "drift")]
+    Drift,
+    /// A vantage reaches its resolvers again and votes.
+    #[serde(rename = "vantage_reachable")]
+    VantageReachable,
+    /// A notification target gave up on an event.
+    #[serde(rename = "notify_failed")]
+    NotifyFailed,
+    /// Both sides are Down; the published records are kept.
+    #[serde(rename = "alert.both_down")]
+    BothDown,
+    /// Publishing failed; it is retried when its kind says.
+    #[serde(rename = "alert.change_failed")]
+    ChangeFailed,
+    /// Too many automated moves: automation paused itself.
+    #[serde(rename = "alert.flap_guard")]
+    FlapGuard,
+    /// Drift that the controller does not (or may not) correct.
+    #[serde(rename = "alert.drift")]
+    DriftNotCorrected,
+    /// The published records cannot be read, for a reason retries will not fix.
+    #[serde(rename = "alert.provider_read_failed")]
+    ProviderReadFailed,
+    /// A vantage is cut off from its resolvers and stops voting.
+    #[serde(rename = "alert.vantage_partitioned")]
+    VantagePartitioned,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 17] = [
+        EventKind::Transition,
+        EventKind::Health,
+        EventKind::Change,
+        EventKind::Propagation,
+        EventKind::Override,
+        EventKind::Operator,
+        EventKind::Revert,
+        EventKind::Fenced,
+        EventKind::Drift,
+        EventKind::VantageReachable,
+        EventKind::NotifyFailed,
+        EventKind::BothDown,
+        EventKind::ChangeFailed,
+        EventKind::FlapGuard,
+        EventKind::DriftNotCorrected,
+        EventKind::ProviderReadFailed,
+        EventKind::VantagePartitioned,
+    ];
+
+    /// The name the store, the API and payloads carry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Transition => "transition",
+            EventKind::Health => "health",
+            EventKind::Change => "change",
+            EventKind::Propagation => "propagation",
+            EventKind::Override => "override",
+            EventKind::Operator => "operator",
+            EventKind::Revert => "revert",
+            EventKind::Fenced => "fenced",
+            EventKind::Drift => "drift",
+            EventKind::VantageReachable => "vantage_reachable",
+            EventKind::NotifyFailed => "notify_failed",
+            EventKind::BothDown => "alert.both_down",
+            EventKind::ChangeFailed => "alert.change_failed",
+            EventKind::FlapGuard => "alert.flap_guard",
+            EventKind::DriftNotCorrected => "alert.drift",
+            EventKind::ProviderReadFailed => "alert.provider_read_failed",
+            EventKind::VantagePartitioned => "alert.vantage_partitioned",
+        }
+    }
+
+    /// Someone should look: recorded and notified as an alert.
+    pub fn is_alert(self) -> bool {
+        self.as_str().starts_with("alert.")
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so the CLI's column widths apply.
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind {s:?}"))
+    }
+}
+
+/// Tests and filters compare kinds with their names.
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A transition's phases, from its evidence (`None` for other kinds).
+pub fn transition(event: &Event) -> Option<(Phase, Phase)> {
+    if event.kind != EventKind::Transition {
+        return None;
+    }
+    let phase = |key: &str| serde_json::from_value::<Phase>(event.evidence[key].clone()).ok();
+    Some((phase("from")?, phase("to")?))
+}
 
 /// Notices kept for a slow listener before the oldest are dropped.
 pub const BUS_CAPACITY: usize = 4096;
@@ -46,5 +196,23 @@ impl EventBus {
     /// Publishes without waiting; with no listener the notice is simply dropped.
     pub fn publish(&self, event: Event, state: DomainState) {
         let _ = self.tx.send(Arc::new(Notice { event, state }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_name_and_reads_back_from_it() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+            assert_eq!(serde_json::to_value(k).ok(), Some(k.as_str().into()));
+        }
+        let names: std::collections::BTreeSet<_> =
+            EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventKind::ALL.len());
+        assert!("probe".parse::<EventKind>().is_err());
+        assert!(EventKind::BothDown.is_alert() && !EventKind::Transition.is_alert());
     }
 }

@@ -8,6 +8,7 @@ pub mod actor;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod engine;

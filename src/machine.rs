@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventKind;
 use crate::health::Health;
 use crate::model::Side;
 
@@ -32,11 +33,51 @@ pub enum Phase {
     BothDown,
 }
 
+/// Who paused automation. Persisted and shown as a name (`flap-guard` for the guard), so states
+/// and API answers keep their shape; the machine tells the two apart by type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum PausedBy {
+    /// The flap guard, after too many automated moves (an incident stays open while it holds).
+    FlapGuard,
+    /// An operator: the API token's name.
+    Operator(String),
+}
+
+impl PausedBy {
+    const FLAP_GUARD: &'static str = "flap-guard";
+}
+
+impl From<String> for PausedBy {
+    fn from(name: String) -> Self {
+        if name == PausedBy::FLAP_GUARD {
+            PausedBy::FlapGuard
+        } else {
+            PausedBy::Operator(name)
+        }
+    }
+}
+
+impl From<PausedBy> for String {
+    fn from(by: PausedBy) -> String {
+        by.to_string()
+    }
+}
+
+impl std::fmt::Display for PausedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PausedBy::FlapGuard => f.write_str(PausedBy::FLAP_GUARD),
+            PausedBy::Operator(name) => f.write_str(name),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Override {
     Paused {
-        by: String,
+        by: PausedBy,
         reason: String,
         at: Time,
     },
@@ -196,12 +237,25 @@ pub enum Effect {
         why: String,
         from: Option<i64>,
     },
-    /// Record in the timeline.
-    Event { kind: &'static str, message: String },
-    /// Record and notify: someone should look.
-    Alert { kind: &'static str, message: String },
+    /// The machine moved from one phase to another (recorded as a `transition`).
+    Transition { from: Phase, to: Phase, why: String },
+    /// Record in the timeline (and notify: an alert kind means someone should look).
+    Event { kind: EventKind, message: String },
     /// The command was refused; nothing changed.
     Rejected { reason: String },
+}
+
+impl Effect {
+    /// What the timeline records for this effect: its kind and message (`None`: not recorded).
+    pub fn recorded(&self) -> Option<(EventKind, String)> {
+        match self {
+            Effect::Transition { from, to, why } => {
+                Some((EventKind::Transition, format!("{from:?} → {to:?}: {why}")))
+            }
+            Effect::Event { kind, message } => Some((*kind, message.clone())),
+            Effect::Publish { .. } | Effect::Rejected { .. } => None,
+        }
+    }
 }
 
 fn healthy(h: Health) -> bool {
@@ -222,9 +276,10 @@ impl DomainState {
 
     fn enter(&mut self, phase: Phase, now: Time, fx: &mut Vec<Effect>, why: String) {
         if self.phase != phase {
-            fx.push(Effect::Event {
-                kind: "transition",
-                message: format!("{:?} → {:?}: {why}", self.phase, phase),
+            fx.push(Effect::Transition {
+                from: self.phase,
+                to: phase,
+                why,
             });
             self.phase = phase;
             self.since = Some(now);
@@ -305,8 +360,8 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
         }
         Input::ChangeFailed { side, error } => {
             if state.in_flight == Some(side) {
-                fx.push(Effect::Alert {
-                    kind: "change_failed",
+                fx.push(Effect::Event {
+                    kind: EventKind::ChangeFailed,
                     message: format!("publishing the {side} records failed: {error}; retrying"),
                 });
             }
@@ -354,8 +409,13 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
 /// failover or pin, the flap guard) and out (failback verified, BothDown ending on the primary,
 /// a resume) is covered. In between (Unknown, or Primary with the primary not Up) nothing changes.
 fn track_incident(state: &mut DomainState, now: Time) {
-    let flap_paused =
-        matches!(&state.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard");
+    let flap_paused = matches!(
+        &state.overrides,
+        Some(Override::Paused {
+            by: PausedBy::FlapGuard,
+            ..
+        })
+    );
     let out_of_normal = flap_paused
         || matches!(
             state.phase,
@@ -386,7 +446,7 @@ fn expire_pin(state: &mut DomainState, now: Time, fx: &mut Vec<Effect>) {
     if let Some(Override::Pinned { side, until, .. }) = &state.overrides {
         if now >= *until {
             fx.push(Effect::Event {
-                kind: "override",
+                kind: EventKind::Override,
                 message: format!("pin to {side} expired at {until}; automation resumes"),
             });
             state.overrides = None;
@@ -451,8 +511,8 @@ fn automate(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Ef
                         fx,
                         "primary and backup both Down".into(),
                     );
-                    fx.push(Effect::Alert {
-                        kind: "both_down",
+                    fx.push(Effect::Event {
+                        kind: EventKind::BothDown,
                         message: "primary and backup are both Down; keeping the published records"
                             .into(),
                     });
@@ -476,8 +536,8 @@ fn automate(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Ef
                         fx,
                         "primary and backup both Down".into(),
                     );
-                    fx.push(Effect::Alert {
-                        kind: "both_down",
+                    fx.push(Effect::Event {
+                        kind: EventKind::BothDown,
                         message: "primary and backup are both Down; keeping the published records"
                             .into(),
                     });
@@ -566,8 +626,8 @@ fn correct_drift(
         return;
     }
     let left_alone = |fx: &mut Vec<Effect>, why: String| {
-        fx.push(Effect::Alert {
-            kind: "drift",
+        fx.push(Effect::Event {
+            kind: EventKind::DriftNotCorrected,
             message: format!(
                 "the published records match neither side; not restoring the {lost} records: {why}"
             ),
@@ -618,7 +678,7 @@ fn flap_guard(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<
         return false;
     }
     state.overrides = Some(Override::Paused {
-        by: "flap-guard".into(),
+        by: PausedBy::FlapGuard,
         reason: format!(
             "{} automated moves within {}",
             state.moves.len(),
@@ -626,8 +686,8 @@ fn flap_guard(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<
         ),
         at: now,
     });
-    fx.push(Effect::Alert {
-        kind: "flap_guard",
+    fx.push(Effect::Event {
+        kind: EventKind::FlapGuard,
         message: format!(
             "automation paused: {} moves within {}; resume through the API when stable",
             state.moves.len(),
@@ -728,7 +788,7 @@ fn command_step(
                     at: now,
                 });
                 fx.push(Effect::Event {
-                    kind: "override",
+                    kind: EventKind::Override,
                     message: format!("pinned to {side} until {until} by {who}"),
                 });
             }
@@ -744,7 +804,7 @@ fn command_step(
             Some(Override::Pinned { .. }) => {
                 state.overrides = None;
                 fx.push(Effect::Event {
-                    kind: "override",
+                    kind: EventKind::Override,
                     message: format!("unpinned by {who}"),
                 });
             }
@@ -752,12 +812,12 @@ fn command_step(
         },
         Command::Pause => {
             state.overrides = Some(Override::Paused {
-                by: by.to_string(),
+                by: PausedBy::Operator(by.to_string()),
                 reason: reason.to_string(),
                 at: now,
             });
             fx.push(Effect::Event {
-                kind: "override",
+                kind: EventKind::Override,
                 message: format!("automation paused by {who}"),
             });
         }
@@ -766,7 +826,7 @@ fn command_step(
                 state.overrides = None;
                 state.moves.clear();
                 fx.push(Effect::Event {
-                    kind: "override",
+                    kind: EventKind::Override,
                     message: format!("automation resumed by {who}"),
                 });
             }
@@ -778,7 +838,7 @@ fn command_step(
             }
             state.approved = true;
             fx.push(Effect::Event {
-                kind: "operator",
+                kind: EventKind::Operator,
                 message: format!("failback approved by {who}"),
             });
         }

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::WallClock;
 use crate::health::{
     side_outcome, target_verdict, HealthChange, SideHealth, TargetVerdict, Thresholds,
 };
@@ -201,9 +202,8 @@ pub struct Monitors {
     hosts: Vec<Host>,
     index: BTreeMap<HostKey, usize>,
     domains: usize,
-    clock: Arc<dyn Clock>,
+    clock: WallClock,
     jitter: Arc<dyn Jitter>,
-    epoch: (Instant, DateTime<Utc>),
 }
 
 /// Reports a domain can hold unread; a full queue drops the newest (the actor decides on the
@@ -212,14 +212,12 @@ const REPORT_QUEUE: usize = 16;
 
 impl Monitors {
     pub fn new(clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>, utc_now: DateTime<Utc>) -> Self {
-        let epoch = (clock.now(), utc_now);
         Monitors {
             hosts: Vec::new(),
             index: BTreeMap::new(),
             domains: 0,
-            clock,
+            clock: WallClock::new(clock, utc_now),
             jitter,
-            epoch,
         }
     }
 
@@ -290,8 +288,7 @@ impl Monitors {
 
     /// Wall-clock time derived from the injected clock.
     fn utc(&self) -> DateTime<Utc> {
-        let since = self.clock.now().saturating_duration_since(self.epoch.0);
-        self.epoch.1 + chrono::Duration::from_std(since).unwrap_or_default()
+        self.clock.utc()
     }
 
     /// Probes host `h` once and hands the round to each of its domains. Returns whether the

@@ -23,6 +23,11 @@ use crate::monitor::RoundReport;
 use crate::probe::dns::DnsStatus;
 use crate::store::Observation;
 
+/// How old another vantage's report may be and still vote on a domain with these checks.
+pub fn freshness(checks: &crate::config::Checks) -> Duration {
+    checks.interval * 3 + checks.timeout * 2
+}
+
 /// One vantage's latest verdict on one side (stored as JSON in `vantage_reports`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VantageReport {

@@ -664,16 +664,23 @@ impl Bench {
         n.start(&self.bus, self.shutdown.clone(), &TaskTracker::new())
     }
 
-    /// Records an event in the store and publishes it, as an actor does.
+    /// Records an event in the store and publishes it, as an actor does (a transition's
+    /// evidence names the phase the state is in now).
     async fn publish(&self, kind: &str, message: &str, state: &DomainState) -> Event {
+        let kind: mxguard::events::EventKind = kind.parse().expect("a known event kind");
+        let evidence = if kind == mxguard::events::EventKind::Transition {
+            json!({"from": "primary", "to": state.phase})
+        } else {
+            json!({})
+        };
         let ev = mxguard::store::NewEvent {
             domain: Fqdn::parse(DOMAIN).expect("name"),
             at: Utc::now(),
-            kind: kind.into(),
+            kind,
             actor: "automation".into(),
             reason: None,
             message: message.into(),
-            evidence: json!({}),
+            evidence,
         };
         let stored = self.store.append_event(&ev).await.expect("append");
         self.bus.publish(stored.clone(), state.clone());

@@ -83,7 +83,7 @@ async fn actor_start(s: Arc<dyn Store>, i: usize, epoch: i64, slowest: Slowest) 
             let ev = NewEvent {
                 domain: d.clone(),
                 at,
-                kind: kind.into(),
+                kind: kind.parse().expect("a known event kind"),
                 actor: "automation".into(),
                 reason: None,
                 message: format!("{step}: up"),

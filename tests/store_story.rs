@@ -107,7 +107,7 @@ async fn story(url: StoreUrl) {
                 s.append_event(&NewEvent {
                     domain: domain(),
                     at: t(10 + i),
-                    kind: "probe".into(),
+                    kind: mxguard::events::EventKind::Health,
                     actor: "automation".into(),
                     reason: None,
                     message: format!("writer {w} event {i}"),
@@ -131,7 +131,7 @@ async fn story(url: StoreUrl) {
         .append_event(&NewEvent {
             domain: d.clone(),
             at: t(100),
-            kind: "operator".into(),
+            kind: mxguard::events::EventKind::Operator,
             actor: "chatops".into(),
             reason: Some("provider incident #123".into()),
             message: "pinned to backup".into(),

@@ -325,7 +325,7 @@ rcpt_checks = "off"
             .count();
         alerts += events
             .iter()
-            .filter(|e| e.kind.starts_with("alert.") && e.at >= t0)
+            .filter(|e| e.kind.is_alert() && e.at >= t0)
             .count();
     }
     let done: Vec<f64> = verified.values().map(|t| ms_between(t0, *t)).collect();

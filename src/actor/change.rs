@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use mxguard_core::{DnsProvider, ProviderError};
 use serde::Serialize;
 
@@ -34,6 +33,8 @@ pub struct ChangeDeps {
     pub provider_name: String,
     /// Where recorded events are published for notifications.
     pub events: crate::events::EventBus,
+    /// The time every decision and record is stamped with, and what the actor sleeps on.
+    pub clock: crate::clock::WallClock,
 }
 
 /// Who publishes and why, for the snapshot taken before the change.
@@ -117,7 +118,7 @@ pub async fn publish(
     let replaced_ttl = managed.ttl_of(&actual);
     let plan = managed.plan(desired, actual.clone())?;
     let store = &deps.store;
-    let now = Utc::now;
+    let now = || deps.clock.utc();
     let epoch = epoch(deps)?;
 
     let (intent, snapshot_id) = match resume {
@@ -265,13 +266,19 @@ async fn apply(
             let why = format!("provider {}: {e}", deps.provider_name);
             let _ = deps
                 .store
-                .set_change_status(id, ChangeStatus::Failed, Some(&why), epoch, Utc::now())
+                .set_change_status(
+                    id,
+                    ChangeStatus::Failed,
+                    Some(&why),
+                    epoch,
+                    deps.clock.utc(),
+                )
                 .await;
             return Err(e.into());
         }
     }
     deps.store
-        .set_change_status(id, ChangeStatus::Applied, None, epoch, Utc::now())
+        .set_change_status(id, ChangeStatus::Applied, None, epoch, deps.clock.utc())
         .await?;
     tracing::info!(change = id, "change applied at the provider");
     Ok(())

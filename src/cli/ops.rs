@@ -403,6 +403,7 @@ pub(super) async fn revert(
         board: crate::recorder::Board::default(),
         provider_name: d.provider.clone(),
         events: crate::events::EventBus::default(),
+        clock: crate::clock::WallClock::default(),
     };
     let origin = crate::actor::change::Origin {
         by: "cli".into(),
@@ -419,7 +420,7 @@ pub(super) async fn revert(
             let ev = crate::store::NewEvent {
                 domain: d.name.clone(),
                 at: chrono::Utc::now(),
-                kind: "revert".into(),
+                kind: crate::events::EventKind::Revert,
                 actor: "cli".into(),
                 reason: Some(reason.clone()),
                 message: format!("reverted to snapshot {id} ({change})"),

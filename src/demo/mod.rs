@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::lab::Lab;
 use self::timeline::Timeline;
+use crate::machine::Phase;
 use crate::model::Fqdn;
 use crate::probe::dns::DnsClient;
 use crate::RunError;
@@ -130,7 +131,7 @@ async fn incident(
 
     let served = tl
         .wait_for("the first verdicts", deadline, &stopped, |t, s| {
-            t.transitioned("→ Primary") && s.is(&[PRIMARY_MX])
+            t.transitioned(None, Phase::Primary) && s.is(&[PRIMARY_MX])
         })
         .await?;
     tl.say(format_args!(
@@ -156,7 +157,7 @@ async fn incident(
         failover_after.as_secs_f64()
     ));
     tl.wait_for("the failover to be verified", deadline, &stopped, |t, _| {
-        t.transitioned("→ OnBackup")
+        t.transitioned(None, Phase::OnBackup)
     })
     .await?;
 
@@ -182,7 +183,7 @@ async fn incident(
         failback_after.as_secs_f64()
     ));
     tl.wait_for("the failback to be verified", deadline, &stopped, |t, _| {
-        t.transitioned("FailingBack → Primary")
+        t.transitioned(Some(Phase::FailingBack), Phase::Primary)
     })
     .await?;
     tl.say(format_args!(

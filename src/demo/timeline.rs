@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::machine::Phase;
 use crate::model::{Fqdn, RecordType};
 use crate::probe::dns::{DnsClient, DnsStatus};
 use crate::store::{Event, Store};
@@ -109,16 +110,11 @@ impl Timeline {
         }
     }
 
-    /// True when mxguard recorded a transition whose message starts with `prefix`
-    /// (`"Unknown → Primary"`) or, for a prefix starting with `→`, contains it.
-    pub fn transitioned(&self, prefix: &str) -> bool {
+    /// True when mxguard recorded a transition into `to` (from `from`, when given).
+    pub fn transitioned(&self, from: Option<Phase>, to: Phase) -> bool {
         self.events.iter().any(|e| {
-            e.kind == "transition"
-                && if prefix.starts_with('→') {
-                    e.message.contains(prefix)
-                } else {
-                    e.message.starts_with(prefix)
-                }
+            crate::events::transition(e)
+                .is_some_and(|(f, t)| t == to && from.is_none_or(|w| w == f))
         })
     }
 

@@ -147,8 +147,8 @@ fn failover_needs_the_backup_up() {
     assert_eq!(s.phase, Phase::BothDown);
     assert!(fx.iter().any(|e| matches!(
         e,
-        Effect::Alert {
-            kind: "both_down",
+        Effect::Event {
+            kind: EventKind::BothDown,
             ..
         }
     )));
@@ -182,8 +182,8 @@ fn failover_remembers_the_ttl_and_one_change_at_a_time() {
     );
     assert!(fx.iter().any(|e| matches!(
         e,
-        Effect::Alert {
-            kind: "change_failed",
+        Effect::Event {
+            kind: EventKind::ChangeFailed,
             ..
         }
     )));
@@ -458,8 +458,8 @@ fn flap_guard_pauses_after_too_many_moves() {
             alerted |= fx.iter().any(|e| {
                 matches!(
                     e,
-                    Effect::Alert {
-                        kind: "flap_guard",
+                    Effect::Event {
+                        kind: EventKind::FlapGuard,
                         ..
                     }
                 )
@@ -471,7 +471,13 @@ fn flap_guard_pauses_after_too_many_moves() {
     }
     assert_eq!(moves, 4);
     assert!(alerted);
-    assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
+    assert!(matches!(
+        &s.overrides,
+        Some(Override::Paused {
+            by: PausedBy::FlapGuard,
+            ..
+        })
+    ));
 }
 
 fn drifted() -> Input {
@@ -481,9 +487,9 @@ fn drifted() -> Input {
     }
 }
 
-fn alerts(fx: &[Effect], kind: &str) -> usize {
+fn alerts(fx: &[Effect], kind: EventKind) -> usize {
     fx.iter()
-        .filter(|e| matches!(e, Effect::Alert { kind: k, .. } if *k == kind))
+        .filter(|e| matches!(e, Effect::Event { kind: k, .. } if *k == kind && kind.is_alert()))
         .count()
 }
 
@@ -534,14 +540,14 @@ fn drift_restores_the_published_side_only_when_correcting_and_only_an_up_side() 
     assert_eq!(s.phase, Phase::BothDown);
     let fx = step(&mut s, drifted(), t(20), &correcting);
     assert!(publishes(&fx).is_empty(), "{fx:?}");
-    assert_eq!(alerts(&fx, "drift"), 1, "{fx:?}");
+    assert_eq!(alerts(&fx, EventKind::DriftNotCorrected), 1, "{fx:?}");
 
     // paused or pinned: the operator decides
     let mut s = on_primary();
     step(&mut s, cmd(Command::Pause), t(10), &correcting);
     let fx = step(&mut s, drifted(), t(20), &correcting);
     assert!(publishes(&fx).is_empty());
-    assert_eq!(alerts(&fx, "drift"), 1);
+    assert_eq!(alerts(&fx, EventKind::DriftNotCorrected), 1);
 }
 
 fn revert(side: Side) -> Input {
@@ -634,7 +640,13 @@ fn drift_corrections_count_towards_the_flap_guard() {
         restored, 3,
         "someone editing the records by hand is not fought forever"
     );
-    assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
+    assert!(matches!(
+        &s.overrides,
+        Some(Override::Paused {
+            by: PausedBy::FlapGuard,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -708,7 +720,13 @@ fn incident_spans_leaving_and_regaining_normal_operation() {
     let mut s = on_primary();
     s.moves = (0..4).map(t).collect();
     step(&mut s, health(Down, Up), t(10), &pol);
-    assert!(matches!(&s.overrides, Some(Override::Paused { by, .. }) if by == "flap-guard"));
+    assert!(matches!(
+        &s.overrides,
+        Some(Override::Paused {
+            by: PausedBy::FlapGuard,
+            ..
+        })
+    ));
     assert_eq!(s.phase, Phase::Primary);
     assert_eq!(s.incident, open(10));
     step(&mut s, health(Up, Up), t(20), &pol);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Severity;
-use crate::events::Notice;
+use crate::events::{EventKind, Notice};
 use crate::health::Health;
 use crate::machine::{DomainState, Override, Phase};
 use crate::model::{Fqdn, Side};
@@ -23,31 +23,25 @@ use crate::store::Event;
 /// | `alert.flap_guard`, any other `alert.*`, a transition into `FailingOver`, a side's health turning `Down`, `drift` | warning |
 /// | everything else (other transitions, `override`, `operator`, `change`, `propagation`, health recovering) | info |
 pub fn severity_of(event: &Event) -> Severity {
-    match event.kind.as_str() {
-        "alert.both_down" | "alert.change_failed" | "alert.provider_read_failed" => {
+    match event.kind {
+        EventKind::BothDown | EventKind::ChangeFailed | EventKind::ProviderReadFailed => {
             Severity::Critical
         }
-        k if k.starts_with("alert.") => Severity::Warning,
-        "transition" => match transition_target(&event.message) {
-            Some("BothDown") => Severity::Critical,
-            Some("FailingOver") => Severity::Warning,
+        k if k.is_alert() => Severity::Warning,
+        EventKind::Transition => match crate::events::transition(event) {
+            Some((_, Phase::BothDown)) => Severity::Critical,
+            Some((_, Phase::FailingOver)) => Severity::Warning,
             _ => Severity::Info,
         },
-        // The leader's combined verdict is in the evidence: {"side", "combined": {"health"}}.
-        "health" if event.evidence["combined"]["health"] == "down" => Severity::Warning,
-        "drift" => Severity::Warning,
+        EventKind::Health if combined_health(event) == Some(Health::Down) => Severity::Warning,
+        EventKind::Drift => Severity::Warning,
         _ => Severity::Info,
     }
 }
 
-/// `"Primary → FailingOver: why"` → `FailingOver`.
-fn transition_target(message: &str) -> Option<&str> {
-    let (_, after) = message.split_once('→')?;
-    after
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .next()
-        .filter(|s| !s.is_empty())
+/// The leader's combined verdict that a `health` event carries (`{"side", "combined"}`).
+fn combined_health(event: &Event) -> Option<Health> {
+    serde_json::from_value(event.evidence["combined"]["health"].clone()).ok()
 }
 
 /// The incident key: the domain and the persisted start of its incident, so it is the same for

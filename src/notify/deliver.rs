@@ -186,7 +186,7 @@ impl Worker {
         let ev = NewEvent {
             domain: e.domain.clone(),
             at: Utc::now(),
-            kind: "notify_failed".into(),
+            kind: crate::events::EventKind::NotifyFailed,
             actor: "notify".into(),
             reason: None,
             message,
@@ -211,7 +211,7 @@ impl Worker {
                 let body = webhook::payload(item);
                 let mut req = Request::json(Method::POST, url, &body);
                 req.headers = vec![
-                    (webhook::EVENT_HEADER, item.notice.event.kind.clone()),
+                    (webhook::EVENT_HEADER, item.notice.event.kind.to_string()),
                     (webhook::DELIVERY_HEADER, item.notice.event.id.to_string()),
                 ];
                 req.sign_with = Some(secret.clone().into_bytes());

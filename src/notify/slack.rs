@@ -58,7 +58,7 @@ pub fn message(item: &Item) -> Value {
     let mut blocks = vec![
         json!({"type": "section", "text": mrkdwn(format!(
             "{icon} *{}* `{}` _{}_\n{}",
-            esc(domain), esc(&e.kind), item.severity, esc(&headline)
+            esc(domain), esc(e.kind.as_str()), item.severity, esc(&headline)
         ))}),
         json!({"type": "section", "fields": fields
             .iter()

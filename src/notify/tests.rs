@@ -25,7 +25,7 @@ fn event(id: i64, kind: &str, message: &str) -> Event {
         id,
         domain: domain(),
         at: t(id),
-        kind: kind.into(),
+        kind: kind.parse().expect("a known event kind"),
         actor: "automation".into(),
         reason: None,
         message: message.into(),
@@ -40,18 +40,22 @@ fn notice(id: i64, kind: &str, message: &str, state: &DomainState) -> Arc<Notice
     })
 }
 
-/// Every event the machine emits on one step, as (kind as the actor records it, message).
-fn step(s: &mut DomainState, input: Input, at: i64) -> Vec<(String, String)> {
+/// Every event the machine emits on one step, as the actor records it: kind, message and the
+/// typed fields in the evidence.
+fn step(s: &mut DomainState, input: Input, at: i64) -> Vec<(String, String, serde_json::Value)> {
     let pol = Policy {
         hold: Some(Duration::ZERO),
         ..Policy::default()
     };
     machine::step(s, input, t(at), &pol)
         .into_iter()
-        .filter_map(|e| match e {
-            Effect::Event { kind, message } => Some((kind.to_string(), message)),
-            Effect::Alert { kind, message } => Some((format!("alert.{kind}"), message)),
-            _ => None,
+        .filter_map(|e| {
+            let evidence = match &e {
+                Effect::Transition { from, to, .. } => json!({"from": from, "to": to}),
+                _ => json!({}),
+            };
+            let (kind, message) = e.recorded()?;
+            Some((kind.to_string(), message, evidence))
         })
         .collect()
 }
@@ -98,8 +102,10 @@ fn severities_follow_the_machines_own_messages() {
             15,
         ),
     ] {
-        for (kind, message) in step(&mut s, input, at) {
-            let sev = severity_of(&event(at, &kind, &message));
+        for (kind, message, evidence) in step(&mut s, input, at) {
+            let mut e = event(at, &kind, &message);
+            e.evidence = evidence;
+            let sev = severity_of(&e);
             seen.push((
                 kind,
                 message.split(':').next().unwrap_or("").to_string(),
@@ -285,8 +291,13 @@ fn routes_follow_severity_and_the_incident() {
         ),
     ];
     for (input, at) in steps {
-        for (kind, message) in step(&mut s, input, at) {
-            items.push(d.classify(notice(at, &kind, &message, &s)));
+        for (kind, message, evidence) in step(&mut s, input, at) {
+            let mut e = event(at, &kind, &message);
+            e.evidence = evidence;
+            items.push(d.classify(Arc::new(Notice {
+                event: e,
+                state: s.clone(),
+            })));
         }
     }
     items.push(d.classify(notice(
@@ -452,7 +463,7 @@ fn evidence_lines_put_failing_targets_first() {
 #[test]
 fn statuspage_public_status_follows_where_mail_goes() {
     let links = Links::new("http://api");
-    let item = |s: &DomainState, resolves| Item::new(notice(1, "x", "x", s), resolves, &links);
+    let item = |s: &DomainState, resolves| Item::new(notice(1, "health", "x", s), resolves, &links);
     let p = |i: &Item| {
         let p = statuspage::public(i);
         (p.incident, p.component)

@@ -41,7 +41,10 @@ macro_rules! impl_sql_store {
                     id: row.try_get("id")?,
                     domain: $crate::store::sql::fqdn(row.try_get("domain")?)?,
                     at: $crate::store::sql::time(row.try_get("at_ms")?)?,
-                    kind: row.try_get("kind")?,
+                    kind: {
+                        let kind: String = row.try_get("kind")?;
+                        kind.parse().map_err($crate::store::StoreError::Corrupt)?
+                    },
                     actor: row.try_get("actor")?,
                     reason: row.try_get("reason")?,
                     message: row.try_get("message")?,
@@ -308,7 +311,7 @@ macro_rules! impl_sql_store {
                     )
                     .bind(e.domain.as_str())
                     .bind($crate::store::sql::ms(e.at))
-                    .bind(&e.kind)
+                    .bind(e.kind.as_str())
                     .bind(&e.actor)
                     .bind(&e.reason)
                     .bind(&e.message)

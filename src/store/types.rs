@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use mxguard_core::{ChangeSet, Fqdn, RecordSet};
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventKind;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DomainStateRow {
     pub domain: Fqdn,
@@ -35,7 +37,7 @@ pub struct Observation {
 pub struct NewEvent {
     pub domain: Fqdn,
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: EventKind,
     /// `automation` or the API token's name.
     pub actor: String,
     pub reason: Option<String>,
@@ -48,7 +50,7 @@ pub struct Event {
     pub id: i64,
     pub domain: Fqdn,
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: EventKind,
     pub actor: String,
     pub reason: Option<String>,
     pub message: String,

@@ -179,6 +179,7 @@ pub fn memory_deps(
         board: Default::default(),
         provider_name: provider.to_string(),
         events: events.clone(),
+        clock: Default::default(),
     }
 }
 

@@ -1,0 +1,289 @@
+//! How the API, the CLI and the monitor talk to a domain's actor: commands and reverts on a
+//! channel, answered by oneshot replies; probe rounds in an inbox that keeps the newest per side.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::change::{ChangeError, ChangeReport};
+use crate::lease::RoleReport;
+use crate::machine::Command;
+use crate::model::{BySide, Fqdn, RecordSet, Side};
+use crate::monitor::RoundReport;
+use crate::plan::Plan;
+use crate::vantage::VantageReport;
+
+use super::Status;
+
+/// The answer to an operator command.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandReply {
+    pub message: String,
+    pub status: Status,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the domain's controller has stopped")]
+    Gone,
+    #[error("store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    NotLeader(String),
+    /// The change was attempted and failed (the controller retries it).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why a follower refuses a mutation, naming the leader where the lease says who it is.
+pub fn not_leader(r: &RoleReport) -> String {
+    match (&r.leader, &r.leader_url) {
+        (Some(l), Some(url)) => format!(
+            "this instance ({}) is a follower; the leader is {l} at {url} (epoch {}): send the request there",
+            r.vantage,
+            r.epoch.unwrap_or_default()
+        ),
+        (Some(l), None) => format!(
+            "this instance ({}) is a follower; the leader is {l} (epoch {}), which advertises no API URL",
+            r.vantage,
+            r.epoch.unwrap_or_default()
+        ),
+        _ => format!(
+            "this instance ({}) is a follower and no leader holds the lease right now; retry shortly",
+            r.vantage
+        ),
+    }
+}
+
+pub(super) enum Msg {
+    Command {
+        command: Command,
+        by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<CommandReply, ActorError>>,
+    },
+    Status(oneshot::Sender<Status>),
+    Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
+    ChangeDone(Side, Box<Result<ChangeReport, ChangeError>>),
+    /// An operator's revert to a snapshot holding `side`'s records (`desired`: its managed
+    /// RRsets); answered once the change is verified or has failed.
+    Revert {
+        revert: Revert,
+        reply: oneshot::Sender<Result<RevertDone, ActorError>>,
+    },
+    /// A reconcile read came back; `changes` is the count of changes started when it began.
+    Observed {
+        changes: u64,
+        live: Box<Result<Vec<RecordSet>, mxguard_core::ProviderError>>,
+    },
+}
+
+/// An operator's revert, as the API hands it to the domain's actor.
+#[derive(Debug, Clone)]
+pub struct Revert {
+    pub snapshot: i64,
+    pub side: Side,
+    /// The snapshot's managed RRsets (records and TTLs) to publish.
+    pub desired: Vec<RecordSet>,
+    pub by: String,
+    pub reason: String,
+}
+
+/// A revert carried out: the change that made live equal to the snapshot (none when it already
+/// was), verified at the authoritative servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevertDone {
+    pub change_id: Option<i64>,
+    pub message: String,
+}
+
+/// How the API and CLI talk to a domain's actor.
+#[derive(Clone)]
+pub struct ActorHandle {
+    pub domain: Fqdn,
+    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) inbox: Arc<Inbox>,
+}
+
+/// The latest probe round per side, not yet taken by the actor. Rounds are not queued: an
+/// actor that falls behind (a slow store, a busy machine) decides on the newest verdicts
+/// rather than working through old ones — which would look stale when it got to them, and
+/// fill memory with rounds meanwhile.
+#[derive(Default)]
+pub(super) struct Inbox {
+    pub(super) latest: std::sync::Mutex<BySide<Option<(RoundReport, VantageReport)>>>,
+    pub(super) ready: tokio::sync::Notify,
+}
+
+impl Inbox {
+    pub(super) fn take(&self) -> Vec<(RoundReport, VantageReport)> {
+        let mut latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        latest.take().collect()
+    }
+}
+
+impl ActorHandle {
+    pub async fn command(
+        &self,
+        command: Command,
+        by: &str,
+        reason: &str,
+    ) -> Result<CommandReply, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Command {
+            command,
+            by: by.into(),
+            reason: reason.into(),
+            reply,
+        };
+        self.tx.send(msg).await.map_err(|_| ActorError::Gone)?;
+        rx.await.map_err(|_| ActorError::Gone)?
+    }
+
+    pub async fn status(&self) -> Result<Status, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Status(reply))
+            .await
+            .map_err(|_| ActorError::Gone)?;
+        rx.await.map_err(|_| ActorError::Gone)
+    }
+
+    /// What the controller would change now to publish the side it wants (dry run).
+    pub async fn plan(&self) -> Result<Result<Plan, String>, ActorError> {
+        self.plan_side(None).await
+    }
+
+    /// What publishing `side` would change now (dry run of a failover or failback).
+    pub async fn plan_for(&self, side: Side) -> Result<Result<Plan, String>, ActorError> {
+        self.plan_side(Some(side)).await
+    }
+
+    async fn plan_side(&self, side: Option<Side>) -> Result<Result<Plan, String>, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Plan(side, reply))
+            .await
+            .map_err(|_| ActorError::Gone)?;
+        rx.await.map_err(|_| ActorError::Gone)
+    }
+
+    /// Reverts to a snapshot through the machine and the one publish (snapshot, intent, fenced
+    /// apply, verify); answers when the change is verified or has failed.
+    pub async fn revert(&self, revert: Revert) -> Result<RevertDone, ActorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Revert { revert, reply })
+            .await
+            .map_err(|_| ActorError::Gone)?;
+        rx.await.map_err(|_| ActorError::Gone)?
+    }
+
+    /// Feeds a probe round in (the monitor's output) with this vantage's report of it.
+    /// Replaces a round of the same side the actor has not taken yet; `false` once the actor
+    /// has stopped.
+    pub async fn round(&self, report: RoundReport, own: VantageReport) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        let side = report.side;
+        let replaced = self
+            .inbox
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[side]
+            .replace((report, own))
+            .is_some();
+        if replaced {
+            metrics::counter!("mxguard_rounds_superseded_total").increment(1);
+        }
+        self.inbox.ready.notify_one();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::DateTime;
+
+    use super::*;
+    use crate::health::Health;
+
+    fn round(side: Side, health: Health, secs: i64) -> (RoundReport, VantageReport) {
+        let at = DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid time");
+        let report = RoundReport {
+            domain: Fqdn::parse("example.test").expect("name"),
+            side,
+            at,
+            pass: health == Health::Up,
+            verdicts: vec![],
+            health: crate::health::SideHealth {
+                health,
+                ..crate::health::SideHealth::new(side)
+            },
+            change: None,
+            confirmation: false,
+            evidence: vec![],
+        };
+        let own = VantageReport {
+            vantage: "v".into(),
+            side,
+            at,
+            health,
+            pass: health == Health::Up,
+            partitioned: None,
+            verdicts: vec![],
+        };
+        (report, own)
+    }
+
+    #[tokio::test]
+    async fn a_busy_actor_gets_the_latest_round_per_side_not_a_backlog() {
+        let (tx, _rx) = mpsc::channel(1);
+        let handle = ActorHandle {
+            domain: Fqdn::parse("example.test").expect("name"),
+            tx,
+            inbox: Arc::default(),
+        };
+        // 100 rounds per side arrive while the actor is busy elsewhere
+        for i in 0..100 {
+            let health = if i < 99 { Health::Up } else { Health::Down };
+            for side in [Side::Primary, Side::Backup] {
+                let (r, own) = round(side, health, i);
+                assert!(handle.round(r, own).await);
+            }
+        }
+        // one wake-up is pending, and it finds one round per side: the newest
+        tokio::time::timeout(Duration::from_secs(1), handle.inbox.ready.notified())
+            .await
+            .expect("the actor is woken");
+        let got = handle.inbox.take();
+        assert_eq!(got.len(), 2);
+        for (r, own) in &got {
+            assert_eq!(r.at.timestamp(), 1_800_000_099, "{:?}", r.side);
+            assert_eq!(own.health, Health::Down);
+        }
+        assert!(handle.inbox.take().is_empty(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn rounds_are_refused_once_the_actor_has_stopped() {
+        let (tx, rx) = mpsc::channel(1);
+        let handle = ActorHandle {
+            domain: Fqdn::parse("example.test").expect("name"),
+            tx,
+            inbox: Arc::default(),
+        };
+        drop(rx);
+        let (r, own) = round(Side::Primary, Health::Up, 0);
+        assert!(!handle.round(r, own).await);
+    }
+}

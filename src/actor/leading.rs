@@ -1,0 +1,100 @@
+//! Leadership: a domain's automation starts when this instance takes the lease (loading the
+//! persisted state and resuming an unfinished change) and stops when it is lost.
+
+use serde_json::json;
+
+use crate::events::EventKind;
+use crate::model::BySide;
+use crate::store::StoreError;
+
+use super::{Actor, RECOVERIES};
+
+impl Actor {
+    /// Takes up automation when this instance has become the leader (loading the state and
+    /// resuming what the previous leader or a crash left unfinished), and drops it when the
+    /// lease is gone.
+    pub(super) async fn follow_leadership(&mut self) {
+        let leader = self.deps.fence.is_leader();
+        if leader && !self.leading {
+            self.leading = true;
+            // A few domains load their state at a time: at a start with thousands of domains
+            // every actor reading at once timed out the store's read pool (2,111 failed loads
+            // at 5,000 domains, each retried a round later). Waiting here loses nothing: the
+            // inbox keeps the newest rounds meanwhile.
+            let _turn = RECOVERIES.acquire().await;
+            match self.recover().await {
+                Ok(()) => {}
+                Err(e) => {
+                    self.leading = false;
+                    tracing::error!(domain = %self.cfg.name, error = %e, "cannot load the domain's state; automation waits (retried at the next round)")
+                }
+            }
+            if self.leading && self.own.present().next().is_some() {
+                // A takeover decides on the votes known now rather than at the next health
+                // change. Right after a start (no round of its own yet) it waits for its first
+                // round: deciding on no votes would feed Unknown and restart a failback hold.
+                self.decide().await;
+            }
+        } else if !leader && self.leading {
+            self.leading = false;
+            self.retry_at = None;
+            self.combined = BySide::default();
+            tracing::warn!(domain = %self.cfg.name, "not the leader any more; automation stops here (followers probe and store their vantage's verdicts)");
+        }
+    }
+
+    /// Loads the persisted state and resumes what a crash interrupted.
+    pub(super) async fn recover(&mut self) -> Result<(), StoreError> {
+        let epoch = self.deps.fence.epoch().unwrap_or_default();
+        if let Some(row) = self.store().load_state(&self.cfg.name).await? {
+            self.state = serde_json::from_value(row.state)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.version = Some(row.version);
+            tracing::info!(domain = %self.cfg.name, phase = ?self.state.machine.phase, "state restored");
+        }
+        let unfinished: Vec<_> = self
+            .store()
+            .unfinished_changes()
+            .await?
+            .into_iter()
+            .filter(|c| c.domain == self.cfg.name)
+            .collect();
+        match self.state.machine.in_flight {
+            Some(side) => {
+                // What is live decides how the resumed change is planned: read it first.
+                self.observe().await;
+                let resume = unfinished.into_iter().last();
+                if let Some(c) = &resume {
+                    self.event(
+                        EventKind::Change,
+                        format!(
+                            "resuming change {} ({}, epoch {}) left unfinished by a restart or a leader takeover",
+                            c.id, c.status, c.epoch
+                        ),
+                        json!({"change": c.id}),
+                    )
+                    .await;
+                }
+                self.start_change(side, resume).await;
+            }
+            None => {
+                for c in unfinished {
+                    let why = "abandoned: no change was in flight at restart";
+                    let _ = self
+                        .store()
+                        .set_change_status(
+                            c.id,
+                            crate::store::ChangeStatus::Failed,
+                            Some(why),
+                            epoch,
+                            self.deps.clock.utc(),
+                        )
+                        .await;
+                }
+                // Read in the background: the actor takes rounds meanwhile.
+                self.start_observe();
+            }
+        }
+        Ok(())
+    }
+}

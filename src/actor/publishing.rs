@@ -1,0 +1,244 @@
+//! The actor's side of a publish: the change runs in a child task (`change::publish`) and
+//! reports back; failures are retried by kind; propagation to resolvers is tracked afterwards.
+
+use serde_json::json;
+
+use super::change::{desired_records, publish, ChangeError, ChangeReport, Origin};
+use crate::events::EventKind;
+use crate::machine::Input;
+use crate::model::{RecordSet, Side};
+use crate::store::NewEvent;
+
+use super::{Actor, Msg};
+
+impl Actor {
+    pub(super) async fn desired(&self, side: Side) -> Result<Vec<RecordSet>, ChangeError> {
+        let live_ttl = self.state.machine.published_ttl;
+        desired_records(
+            &**self.store(),
+            &self.managed,
+            self.cfg.failover_ttl,
+            &self.state,
+            side,
+            live_ttl,
+        )
+        .await
+    }
+
+    pub(super) async fn start_change(
+        &mut self,
+        side: Side,
+        resume: Option<crate::store::ChangeIntent>,
+    ) {
+        if self.change_running || !self.leading {
+            return;
+        }
+        // A revert publishes its snapshot's records (and so do its retries); any other publish
+        // the side's own.
+        let reverting = self
+            .revert
+            .as_ref()
+            .filter(|r| r.revert.side == side)
+            .map(|r| {
+                let origin = Origin {
+                    by: r.revert.by.clone(),
+                    why: format!("before revert to snapshot {}", r.revert.snapshot),
+                };
+                (r.revert.desired.clone(), origin)
+            });
+        let origin = reverting
+            .as_ref()
+            .map_or_else(|| Origin::automation(side), |(_, o)| o.clone());
+        let desired = match reverting {
+            Some((records, _)) => records,
+            None => match self.desired(side).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // Reported through the mailbox like any other outcome (no recursion into
+                    // `input`).
+                    let _ = self.tx.try_send(Msg::ChangeDone(side, Box::new(Err(e))));
+                    return;
+                }
+            },
+        };
+        self.change_running = true;
+        self.changes_started += 1;
+        let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            // A panic inside the publish (a provider client's bug) is reported like any failure:
+            // unreported, the actor would wait for this change forever and never publish again.
+            let work = tokio::spawn(async move {
+                publish(&deps, &managed, side, desired, resume, &origin).await
+            });
+            let result = work.await.unwrap_or_else(|e| {
+                Err(ChangeError::Transient(format!(
+                    "the publish task failed: {e}"
+                )))
+            });
+            let _ = tx.send(Msg::ChangeDone(side, Box::new(result))).await;
+        });
+    }
+
+    pub(super) async fn on_change_done(
+        &mut self,
+        side: Side,
+        result: Result<ChangeReport, ChangeError>,
+    ) {
+        self.change_running = false;
+        self.revert_ended(&result).await;
+        if let Err(error @ ChangeError::Fenced(_)) = &result {
+            if !self.leading || !self.deps.fence.is_leader() {
+                // The timeline says why a change this instance began was never applied by it.
+                let me = self.deps.fence.vantage().to_string();
+                let ev = NewEvent {
+                    domain: self.cfg.name.clone(),
+                    at: self.deps.clock.utc(),
+                    kind: EventKind::Fenced,
+                    actor: me.clone(),
+                    reason: None,
+                    message: format!(
+                        "instance {me} did not apply its change publishing the {side} records: {error}"
+                    ),
+                    evidence: json!({"side": side, "error": error}),
+                };
+                self.record(ev).await;
+            }
+        }
+        if result.is_ok() {
+            self.revert = None;
+        }
+        if !self.leading {
+            // The lease went while the change ran; its writes were fenced, the new leader finishes.
+            tracing::warn!(domain = %self.cfg.name, %side, outcome = ?result.as_ref().map(|r| r.change_id), "publish ended after this instance stopped leading; the leader takes it from here");
+            return;
+        }
+        match result {
+            Ok(report) => {
+                self.attempts = 0;
+                if side == Side::Backup {
+                    if let Some(id) = report.snapshot_id {
+                        self.state.failover_snapshot = Some(id);
+                    }
+                }
+                let message = match report.change_id {
+                    Some(id) => format!(
+                        "change {id} published the {side} records; verified at {}",
+                        servers(&report)
+                    ),
+                    None => format!(
+                        "the {side} records were already live; verified at {}",
+                        servers(&report)
+                    ),
+                };
+                self.event(
+                    EventKind::Change,
+                    message,
+                    serde_json::to_value(&report).unwrap_or_default(),
+                )
+                .await;
+                let _ = self
+                    .input(Input::ChangeVerified { side }, "automation", None)
+                    .await;
+                self.track_propagation(report);
+            }
+            Err(error) => self.on_change_failed(side, error).await,
+        }
+    }
+
+    /// A failed publish, by kind (`ChangeError::retry_in`): a fenced one is left to the leader
+    /// (no retry, no alert: the lease moved); the others are retried when their kind says, and
+    /// the machine raises the alert, naming the kind and whether someone must act.
+    pub(super) async fn on_change_failed(&mut self, side: Side, error: ChangeError) {
+        // Refused by the fence while the lease is still ours locally: the store could not
+        // confirm it (unreachable), or it moved an instant ago; either way, ask again later.
+        let error = match error {
+            ChangeError::Fenced(why) if self.deps.fence.is_leader() => ChangeError::Transient(
+                format!("the lease could not be confirmed before writing: {why}"),
+            ),
+            other => other,
+        };
+        let kind = error.kind();
+        metrics::counter!("mxguard_change_failures_total", "kind" => kind).increment(1);
+        self.attempts += 1;
+        let Some(wait) = error.retry_in(self.attempts) else {
+            tracing::warn!(domain = %self.cfg.name, %side, %error, kind, "publish fenced: this instance may not write; the leader finishes the change");
+            self.retry_at = None;
+            return;
+        };
+        self.retry_at = Some(self.deps.clock.now() + wait);
+        tracing::warn!(domain = %self.cfg.name, %side, %error, kind, attempt = self.attempts, ?wait, "publish failed; will retry");
+        let action = if error.needs_an_operator() {
+            "someone must fix this; "
+        } else {
+            ""
+        };
+        let _ = self
+            .input(
+                Input::ChangeFailed {
+                    side,
+                    error: format!(
+                        "{kind}: {error} ({action}attempt {}, next in {}s)",
+                        self.attempts,
+                        wait.as_secs()
+                    ),
+                },
+                "automation",
+                None,
+            )
+            .await;
+    }
+
+    /// Records, per resolver, when the change became visible there (after old TTLs ran out).
+    pub(super) fn track_propagation(&self, report: ChangeReport) {
+        if report.change_id.is_none() || self.deps.verifier.resolvers.is_empty() {
+            return;
+        }
+        let clock = self.deps.clock.clone();
+        let (verifier, store, domain, bus, state) = (
+            self.deps.verifier.clone(),
+            self.store().clone(),
+            self.cfg.name.clone(),
+            self.deps.events.clone(),
+            self.state.machine.clone(),
+        );
+        tokio::spawn(async move {
+            let seen = verifier
+                .resolvers(
+                    &report.plan.desired,
+                    crate::verify::cache_bound(report.replaced_ttl),
+                )
+                .await;
+            let summary: Vec<String> = seen
+                .iter()
+                .map(|v| match v.after_ms {
+                    Some(ms) => format!("{} after {:.1}s", v.server, ms as f64 / 1000.0),
+                    None => format!("{} not yet", v.server),
+                })
+                .collect();
+            let ev = NewEvent {
+                domain,
+                at: clock.utc(),
+                kind: EventKind::Propagation,
+                actor: "automation".into(),
+                reason: None,
+                message: format!(
+                    "{} records visible at resolvers: {}",
+                    report.side,
+                    summary.join(", ")
+                ),
+                evidence: json!({"change": report.change_id, "resolvers": seen}),
+            };
+            if let Ok(stored) = store.append_event(&ev).await {
+                bus.publish(stored, state);
+            }
+        });
+    }
+}
+
+fn servers(r: &ChangeReport) -> String {
+    r.authoritative
+        .iter()
+        .map(|v| format!("{} ({} ms)", v.server, v.after_ms.unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,143 @@
+//! Reading what the provider serves: at recovery, periodically in the background, and for dry
+//! runs; what it finds goes to the machine (drift included).
+
+use serde_json::json;
+
+use crate::config::Drift;
+use crate::events::EventKind;
+use crate::machine::Input;
+use crate::model::{RecordSet, Side};
+use crate::plan::Plan;
+
+use super::{Actor, Msg};
+
+impl Actor {
+    /// A read of the published records failed. One that retries will not fix (credentials, a
+    /// zone the credentials cannot see, a zone id naming another zone) is alerted once per
+    /// episode: until it is fixed nothing can be published, and an outage would find it.
+    pub(super) async fn on_read_failed(&mut self, e: &mxguard_core::ProviderError) {
+        tracing::warn!(domain = %self.cfg.name, error = %e, "cannot read the published records");
+        if e.is_retryable() || self.read_alerted {
+            return;
+        }
+        self.read_alerted = true;
+        let message = format!(
+            "cannot read {}'s records at provider {}: {e}; nothing can be published until this is fixed",
+            self.cfg.name, self.cfg.provider
+        );
+        self.event(
+            EventKind::ProviderReadFailed,
+            message,
+            json!({"provider": self.cfg.provider, "kind": e.kind()}),
+        )
+        .await;
+    }
+
+    /// Reads what the provider serves, waiting for it (at recovery), and tells the machine.
+    pub(super) async fn observe(&mut self) {
+        if !self.leading {
+            return;
+        }
+        match self
+            .deps
+            .provider
+            .read(&self.managed.zone, &self.managed.keys())
+            .await
+        {
+            Ok(live) => self.on_observed(live).await,
+            Err(e) => self.on_read_failed(&e).await,
+        }
+    }
+
+    /// The periodic reconcile: reads in a child task at background priority (after any
+    /// change's requests at the provider) and reports back, so the actor keeps handling
+    /// rounds and commands while the read waits for the provider's budget.
+    pub(super) fn start_observe(&mut self) {
+        if !self.leading || self.observing || self.change_running {
+            return;
+        }
+        self.observing = true;
+        // Not knowing what is published, automation cannot act: that read is as urgent as a
+        // change's. Otherwise it is a check, and waits behind the changes of other domains.
+        let provider = if self.state.machine.published.is_none() {
+            self.deps.provider.clone()
+        } else {
+            self.deps.background.clone()
+        };
+        let (provider, zone, keys, tx, changes) = (
+            provider,
+            self.managed.zone.clone(),
+            self.managed.keys(),
+            self.tx.clone(),
+            self.changes_started,
+        );
+        tokio::spawn(async move {
+            // As for a publish: a panicking read is reported, or no read would start again.
+            let read = tokio::spawn(async move { provider.read(&zone, &keys).await });
+            let live = read.await.unwrap_or_else(|e| {
+                Err(mxguard_core::ProviderError::Transient(format!(
+                    "the reconcile read failed: {e}"
+                )))
+            });
+            let _ = tx
+                .send(Msg::Observed {
+                    changes,
+                    live: Box::new(live),
+                })
+                .await;
+        });
+    }
+
+    /// What the provider serves: tells the machine; reports drift once per episode.
+    pub(super) async fn on_observed(&mut self, live: Vec<RecordSet>) {
+        self.read_alerted = false;
+        let published = self.managed.which_side(&live);
+        let ttl = self.managed.ttl_of(&live);
+        let drift = published.is_none() && !self.change_running;
+        if drift && !self.drift {
+            let shown: Vec<String> = live.iter().map(|s| s.to_string()).collect();
+            self.event(
+                EventKind::Drift,
+                format!(
+                    "published records match neither side ({}); {}",
+                    if shown.is_empty() {
+                        "none".into()
+                    } else {
+                        shown.join(" | ")
+                    },
+                    if self.cfg.drift == Drift::Correct {
+                        "the controller decides whether to restore the published side"
+                    } else {
+                        "left alone (drift = \"report\")"
+                    }
+                ),
+                json!({"live": live}),
+            )
+            .await;
+        }
+        self.drift = drift;
+        if published != self.state.machine.published || ttl != self.state.machine.published_ttl {
+            let _ = self
+                .input(Input::Observed { published, ttl }, "automation", None)
+                .await;
+        }
+    }
+
+    pub(super) async fn dry_run(&self, side: Option<Side>) -> Result<Plan, String> {
+        let m = &self.state.machine;
+        let side = side
+            .or(m.in_flight)
+            .or(m.published)
+            .unwrap_or(Side::Primary);
+        let desired = self.desired(side).await.map_err(|e| e.to_string())?;
+        let actual = self
+            .deps
+            .provider
+            .read(&self.managed.zone, &self.managed.keys())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.managed
+            .plan(desired, actual)
+            .map_err(|e| e.to_string())
+    }
+}

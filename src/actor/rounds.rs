@@ -1,0 +1,121 @@
+//! Probe rounds in: this vantage's verdicts recorded, partitions reported, and (on the leader)
+//! every vantage's fresh verdicts combined per side and handed to the machine.
+
+use serde_json::json;
+
+use crate::events::EventKind;
+use crate::health::Health;
+use crate::machine::{Input, Phase};
+use crate::model::Side;
+use crate::monitor::RoundReport;
+use crate::vantage::{self, VantageReport};
+
+use super::{Actor, RoundSummary};
+
+impl Actor {
+    pub(super) async fn on_round(&mut self, r: RoundReport, own: VantageReport) {
+        self.rounds[r.side] = Some(RoundSummary {
+            side: r.side,
+            at: r.at,
+            pass: r.pass,
+            health: r.health.health,
+            verdicts: r.verdicts.clone(),
+        });
+        if let Some(c) = &r.change {
+            tracing::info!(domain = %self.cfg.name, vantage = %own.vantage, side = %r.side, from = ?c.from, to = ?c.to, "this vantage's verdict changed");
+        }
+        self.note_partition(&own).await;
+        self.own[r.side] = Some(own);
+        if self.leading {
+            self.decide().await;
+        }
+    }
+
+    /// Followers serve reads: keep the leader's persisted state at hand (once per batch of
+    /// rounds, not once per side).
+    pub(super) async fn follow_state(&mut self) {
+        if let Ok(Some(row)) = self.store().load_state(&self.cfg.name).await {
+            if let Ok(state) = serde_json::from_value(row.state) {
+                self.state = state;
+                self.version = Some(row.version);
+            }
+        }
+    }
+
+    /// Reports once per episode that this vantage is cut off (it stops voting) or back.
+    pub(super) async fn note_partition(&mut self, own: &VantageReport) {
+        let now = own.partitioned.is_some();
+        if now == self.partitioned {
+            return;
+        }
+        self.partitioned = now;
+        let (kind, message) = match &own.partitioned {
+            Some(why) => (
+                EventKind::VantagePartitioned,
+                format!("vantage {} is cut off and stops voting: {why}", own.vantage),
+            ),
+            None => (
+                EventKind::VantageReachable,
+                format!(
+                    "vantage {} reaches its resolvers again and votes",
+                    own.vantage
+                ),
+            ),
+        };
+        tracing::warn!(domain = %self.cfg.name, vantage = %own.vantage, %message, "vantage");
+        self.event(kind, message, json!({"vantage": own})).await;
+    }
+
+    /// The leader combines every vantage's fresh verdicts per side and tells the machine.
+    pub(super) async fn decide(&mut self) {
+        let me = self.deps.fence.vantage().to_string();
+        let mut reports: Vec<VantageReport> = self.own.present().cloned().collect();
+        reports.extend(
+            self.deps
+                .board
+                .others(&self.cfg.name)
+                .into_iter()
+                .filter(|r| r.vantage != me),
+        );
+        let fresh = vantage::freshness(&self.cfg.checks);
+        let now = self.deps.clock.utc();
+        for side in Side::BOTH {
+            let c = vantage::combine(side, &reports, now, fresh, self.deps.vantage_quorum);
+            let before = self.combined[side]
+                .as_ref()
+                .map_or(Health::Unknown, |c| c.health);
+            if c.health != before {
+                let message = format!("{side} {before:?} → {:?}: {}", c.health, c.summary());
+                tracing::info!(domain = %self.cfg.name, %side, to = ?c.health, evidence = %c.summary(), "health changed");
+                self.event(
+                    EventKind::Health,
+                    message,
+                    json!({"side": side, "combined": c}),
+                )
+                .await;
+            }
+            self.combined[side] = Some(c);
+        }
+        let health = |side: Side| {
+            self.combined[side]
+                .as_ref()
+                .map_or(Health::Unknown, |c| c.health)
+        };
+        let (primary, backup) = (health(Side::Primary), health(Side::Backup));
+        // Unknown settles on the first verdicts and decides at the next round (machine.rs), so
+        // while it is Unknown every round goes in, changed or not: a domain whose primary is
+        // already down when mxguard starts must not wait for a health change to fail over.
+        let unknown = self.state.machine.phase == Phase::Unknown;
+        if unknown
+            || self.settled
+            || (primary, backup) != (self.state.machine.primary, self.state.machine.backup)
+        {
+            self.settled = false;
+            let _ = self
+                .input(Input::Health { primary, backup }, "automation", None)
+                .await;
+            // Settled on the first verdicts just now: the next round decides, even unchanged.
+            self.settled = unknown && self.state.machine.phase != Phase::Unknown;
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! What a domain's actor reports to the API and CLI: its state, the failback guard, the latest
+//! rounds and the combined verdicts.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::health::{Health, TargetVerdict};
+use crate::machine::{DomainState, Phase};
+use crate::model::{Fqdn, Side};
+use crate::vantage::Combined;
+
+use super::Actor;
+
+/// A domain's status for the API and CLI.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub domain: Fqdn,
+    pub state: DomainState,
+    pub active: Option<Side>,
+    pub guard: Option<Guard>,
+    pub rounds: Vec<RoundSummary>,
+    pub drift: bool,
+    /// The leader's combined verdict per side, with each vantage's vote (empty on a follower).
+    pub vantages: Vec<Combined>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Guard {
+    pub hold_secs: u64,
+    pub elapsed_secs: u64,
+    pub approval_required: bool,
+    pub approved: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundSummary {
+    pub side: Side,
+    pub at: DateTime<Utc>,
+    pub pass: bool,
+    pub health: Health,
+    pub verdicts: Vec<TargetVerdict>,
+}
+
+impl Actor {
+    pub(super) fn status(&self) -> Status {
+        let m = &self.state.machine;
+        let guard = (m.phase == Phase::FailbackPending).then(|| Guard {
+            hold_secs: self.policy.hold_for(m).as_secs(),
+            elapsed_secs: m.primary_up_since.map_or(0, |s| {
+                (self.deps.clock.utc() - s).num_seconds().max(0) as u64
+            }),
+            approval_required: self.policy.approval,
+            approved: m.approved,
+        });
+        Status {
+            domain: self.cfg.name.clone(),
+            state: m.clone(),
+            active: m.published,
+            guard,
+            rounds: self.rounds.present().cloned().collect(),
+            drift: self.drift,
+            vantages: self.combined.present().cloned().collect(),
+        }
+    }
+}
