@@ -1,0 +1,148 @@
+//! A domain's actor waits on the injected clock: a failback hold of an hour passes when the
+//! test moves a `ManualClock` by an hour, not before, and with no real hour spent. The actor's
+//! decisions (and the status it reports) are stamped with the same clock.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::api::{lab_dns, memory_deps, sole_leader, MxView, BACKUP_MX, DOMAIN, PRIMARY_MX};
+use mxguard::actor::{Actor, ActorHandle};
+use mxguard::clock::WallClock;
+use mxguard::config::{Config, StoreUrl};
+use mxguard::health::{Health, SideHealth};
+use mxguard::machine::Phase;
+use mxguard::model::{Fqdn, Side};
+use mxguard::monitor::RoundReport;
+use mxguard::vantage::VantageReport;
+use mxguard_core::ManualClock;
+use tokio_util::sync::CancellationToken;
+
+/// One probe round of this vantage, stamped `at`.
+fn round(side: Side, health: Health, at: DateTime<Utc>) -> (RoundReport, VantageReport) {
+    let report = RoundReport {
+        domain: Fqdn::parse(DOMAIN).expect("name"),
+        side,
+        at,
+        pass: health == Health::Up,
+        verdicts: vec![],
+        health: SideHealth {
+            health,
+            ..SideHealth::new(side)
+        },
+        change: None,
+        confirmation: false,
+        evidence: vec![],
+    };
+    let own = VantageReport {
+        vantage: "test".into(),
+        side,
+        at,
+        health,
+        pass: health == Health::Up,
+        partitioned: None,
+        verdicts: vec![],
+    };
+    (report, own)
+}
+
+async fn feed(handle: &ActorHandle, wall: &WallClock, primary: Health, backup: Health) {
+    for (side, health) in [(Side::Primary, primary), (Side::Backup, backup)] {
+        let (r, own) = round(side, health, wall.utc());
+        assert!(handle.round(r, own).await, "the actor takes rounds");
+    }
+}
+
+async fn wait_for(handle: &ActorHandle, what: &str, want: impl Fn(Phase) -> bool) {
+    common::poll(what, Duration::from_secs(20), || {
+        let handle = handle.clone();
+        let want = &want;
+        async move {
+            let s = handle.status().await.ok()?;
+            (want(s.state.phase) && s.state.in_flight.is_none()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failback_hold_passes_on_the_injected_clock() {
+    let config = Config::parse("clock.toml", &common::api::config_text(false)).expect("config");
+    let domain = config.domains[0].clone();
+    assert_eq!(domain.failback.hold, Some(Duration::from_secs(3600)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url =
+        StoreUrl::parse(&format!("sqlite://{}", dir.path().join("c.db").display())).expect("url");
+    let store = mxguard::store::open(&url).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let dns = Arc::new(lab_dns());
+    dns.hand_edit_mx(PRIMARY_MX, 300);
+    let leadership = sole_leader(&*store).await;
+    let events = mxguard::events::EventBus::default();
+    let manual = Arc::new(ManualClock::new());
+    let start = DateTime::from_timestamp(1_900_000_000, 0).expect("valid time");
+    let wall = WallClock::new(manual.clone(), start);
+    let mut deps = memory_deps(&store, &dns, &leadership, &events, &domain.provider);
+    deps.clock = wall.clone();
+    let (actor, handle) = Actor::new(domain, deps);
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(actor.run(shutdown));
+    common::api::first_read(&handle).await;
+
+    // Settled on the primary, then the primary fails: failover, verified.
+    feed(&handle, &wall, Health::Up, Health::Up).await;
+    wait_for(&handle, "settled on the primary", |p| p == Phase::Primary).await;
+    feed(&handle, &wall, Health::Down, Health::Up).await;
+    wait_for(&handle, "failed over", |p| p == Phase::OnBackup).await;
+    assert_eq!(dns.mx(), vec![format!("{BACKUP_MX} 30")]);
+
+    // The primary is back: the hold starts, on the injected clock.
+    manual.advance(Duration::from_secs(60));
+    feed(&handle, &wall, Health::Up, Health::Up).await;
+    wait_for(&handle, "the failback held", |p| {
+        p == Phase::FailbackPending
+    })
+    .await;
+    let s = handle.status().await.expect("status");
+    let guard = s.guard.expect("a failback guard");
+    assert_eq!(
+        (guard.hold_secs, guard.elapsed_secs),
+        (3600, 0),
+        "{guard:?}"
+    );
+    assert_eq!(s.state.since, Some(start + chrono::Duration::seconds(60)));
+
+    // 59 minutes on: still held, and the status counts the time the clock says.
+    manual.advance(Duration::from_secs(59 * 60));
+    let s = handle.status().await.expect("status");
+    assert_eq!(s.state.phase, Phase::FailbackPending);
+    assert_eq!(s.guard.expect("guard").elapsed_secs, 59 * 60);
+    assert_eq!(
+        dns.mx(),
+        vec![format!("{BACKUP_MX} 30")],
+        "failed back early"
+    );
+
+    // The last minute: the actor's deadline fires on the injected clock and it fails back.
+    manual.advance(Duration::from_secs(60));
+    wait_for(&handle, "failed back", |p| p == Phase::Primary).await;
+    assert_eq!(dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
+    let timeline = store
+        .events(&Fqdn::parse(DOMAIN).expect("name"), None, 1000)
+        .await
+        .expect("events");
+    let back = timeline
+        .iter()
+        .find(|e| {
+            mxguard::events::transition(e) == Some((Phase::FailbackPending, Phase::FailingBack))
+        })
+        .expect("the failback transition");
+    assert_eq!(
+        back.at,
+        start + chrono::Duration::seconds(3660),
+        "stamped by the injected clock"
+    );
+}
