@@ -57,6 +57,8 @@ pub struct Actor {
     rounds: BySide<Option<RoundSummary>>,
     drift: bool,
     change_running: bool,
+    /// The change in flight's task, stopped when the lease is lost.
+    publishing: Option<tokio::task::AbortHandle>,
     /// Changes started so far: a reconcile read that began before the latest one is stale.
     changes_started: u64,
     /// A reconcile read is out (one at a time; a slow provider does not pile them up).
@@ -112,6 +114,7 @@ impl Actor {
             drift: false,
             read_alerted: false,
             change_running: false,
+            publishing: None,
             changes_started: 0,
             observing: false,
             retry_at: None,

@@ -42,6 +42,16 @@ pub struct Leadership {
     clock: Arc<dyn Clock>,
 }
 
+/// Takes a [`Leadership::switchable`] leadership's lease away.
+pub struct RoleSwitch(watch::Sender<View>);
+
+impl RoleSwitch {
+    /// From now on the leadership is a follower's, and its holders are told.
+    pub fn lose(&self) {
+        self.0.send_modify(|v| v.epoch = None);
+    }
+}
+
 /// What `/readyz` and refused mutations say about leadership.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RoleReport {
@@ -84,6 +94,22 @@ impl Leadership {
             rx,
             clock: Arc::new(mxguard_core::TokioClock),
         }
+    }
+
+    /// The leader at `epoch` until the returned [`RoleSwitch`] takes the lease away (tests and
+    /// in-process harnesses that play a lease loss without a store).
+    pub fn switchable(vantage: &str, epoch: i64) -> (Leadership, RoleSwitch) {
+        let (tx, rx) = watch::channel(View {
+            epoch: Some(epoch),
+            valid_until: None,
+            lease: None,
+        });
+        let leadership = Leadership {
+            vantage: vantage.into(),
+            rx,
+            clock: Arc::new(mxguard_core::TokioClock),
+        };
+        (leadership, RoleSwitch(tx))
     }
 
     pub fn vantage(&self) -> &str {

@@ -39,6 +39,7 @@ impl Actor {
             self.leading = false;
             self.retry_at = None;
             self.combined = BySide::default();
+            self.stop_publishing();
             tracing::warn!(domain = %self.cfg.name, "not the leader any more; automation stops here (followers probe and store their vantage's verdicts)");
         }
     }

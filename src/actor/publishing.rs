@@ -64,19 +64,38 @@ impl Actor {
         self.change_running = true;
         self.changes_started += 1;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
+        let work =
+            tokio::spawn(
+                async move { publish(&deps, &managed, side, desired, resume, &origin).await },
+            );
+        // Kept so that losing the lease stops the change where it waits (the provider's
+        // queue, its rate limit, a retry's backoff) instead of leaving it to the fence.
+        self.publishing = Some(work.abort_handle());
         tokio::spawn(async move {
             // A panic inside the publish (a provider client's bug) is reported like any failure:
             // unreported, the actor would wait for this change forever and never publish again.
-            let work = tokio::spawn(async move {
-                publish(&deps, &managed, side, desired, resume, &origin).await
-            });
-            let result = work.await.unwrap_or_else(|e| {
-                Err(ChangeError::Transient(format!(
+            let result = match work.await {
+                Ok(result) => result,
+                Err(e) if e.is_cancelled() => Err(ChangeError::Fenced(
+                    "stopped before it ended: this instance lost the lease".into(),
+                )),
+                Err(e) => Err(ChangeError::Transient(format!(
                     "the publish task failed: {e}"
-                )))
-            });
+                ))),
+            };
             let _ = tx.send(Msg::ChangeDone(side, Box::new(result))).await;
         });
+    }
+
+    /// Leadership is gone: the change in flight (if any) stops where it is. The new leader
+    /// resumes it from its intent, reading what is live first.
+    pub(super) fn stop_publishing(&mut self) {
+        if let Some(work) = self.publishing.take() {
+            if !work.is_finished() {
+                tracing::warn!(domain = %self.cfg.name, "lease lost: stopping the change in flight; the new leader resumes it");
+                work.abort();
+            }
+        }
     }
 
     pub(super) async fn on_change_done(
@@ -85,6 +104,7 @@ impl Actor {
         result: Result<ChangeReport, ChangeError>,
     ) {
         self.change_running = false;
+        self.publishing = None;
         self.revert_ended(&result).await;
         if let Err(error @ ChangeError::Fenced(_)) = &result {
             if !self.leading || !self.deps.fence.is_leader() {

@@ -210,6 +210,16 @@ pub struct HeldApplies {
 }
 
 impl HeldApplies {
+    /// In front of `inner`, holding applies from the start when `hold`.
+    pub fn new(inner: Arc<MemoryDns>, hold: bool) -> Self {
+        HeldApplies {
+            inner,
+            hold: hold.into(),
+            waiting: Default::default(),
+            release: Default::default(),
+        }
+    }
+
     pub fn release(&self) {
         self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
         self.release.notify_waiters();
@@ -244,13 +254,20 @@ impl mxguard_core::DnsProvider for HeldApplies {
         changes: &mxguard_core::ChangeSet,
     ) -> Result<(), mxguard_core::ProviderError> {
         use std::sync::atomic::Ordering;
+        /// Counts an apply as waiting until it goes on or is dropped (a cancelled change).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         while self.hold.load(Ordering::SeqCst) {
             let released = self.release.notified();
             self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(&self.waiting);
             if self.hold.load(Ordering::SeqCst) {
                 released.await;
             }
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         self.inner.apply(zone, changes).await
     }
@@ -271,12 +288,7 @@ pub async fn start_with(tokens: bool) -> (TestApi, Arc<HeldApplies>) {
     store.migrate().await.expect("migrate");
     let dns = Arc::new(lab_dns());
     dns.hand_edit_mx(PRIMARY_MX, 300);
-    let held = Arc::new(HeldApplies {
-        inner: dns.clone(),
-        hold: Default::default(),
-        waiting: Default::default(),
-        release: Default::default(),
-    });
+    let held = Arc::new(HeldApplies::new(dns.clone(), false));
     let shutdown = CancellationToken::new();
     let leadership = sole_leader(&*store).await;
     let mut engine = Engine {
