@@ -215,4 +215,23 @@ mod tests {
         assert!("probe".parse::<EventKind>().is_err());
         assert!(EventKind::BothDown.is_alert() && !EventKind::Transition.is_alert());
     }
+
+    #[test]
+    fn the_openapi_document_lists_every_kind_and_no_other() {
+        let doc = include_str!("../openapi.yaml");
+        let line = doc
+            .lines()
+            .find(|l| l.trim_start().starts_with("enum: [transition"))
+            .expect("the Event kind enum in openapi.yaml");
+        let listed: std::collections::BTreeSet<&str> = line
+            .trim()
+            .trim_start_matches("enum: [")
+            .trim_end_matches(']')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let ours: std::collections::BTreeSet<&str> =
+            EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(listed, ours);
+    }
 }

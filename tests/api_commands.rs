@@ -93,6 +93,8 @@ async fn pin_dry_runs_unpin_pause_and_the_timeline() {
     assert_eq!(t.dns.mx(), vec![format!("{BACKUP_MX} 30")]);
 
     let events = get(&t, &format!("{D}/events")).await;
+    assert_eq!(events["lease"]["holder"], "test/1", "{events}");
+    assert_eq!(events["lease"]["held"], true, "{events}");
     let pin = events["events"]
         .as_array()
         .expect("events")

@@ -110,6 +110,11 @@ async fn snapshot_diff_and_revert_with_the_ttl() {
     let o = lab.cli(&["status", "example.test"]);
     assert!(o.status.success(), "{}", out(&o));
     assert!(
+        out(&o).starts_with("lease: "),
+        "the status says who holds the lease: {}",
+        out(&o)
+    );
+    assert!(
         out(&o).contains("revert"),
         "the revert event is on the timeline: {}",
         out(&o)

@@ -64,6 +64,7 @@ impl Actor {
         self.change_running = true;
         self.changes_started += 1;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
+        let epoch = self.deps.fence.epoch().unwrap_or_default();
         let work =
             tokio::spawn(
                 async move { publish(&deps, &managed, side, desired, resume, &origin).await },
@@ -76,9 +77,9 @@ impl Actor {
             // unreported, the actor would wait for this change forever and never publish again.
             let result = match work.await {
                 Ok(result) => result,
-                Err(e) if e.is_cancelled() => Err(ChangeError::Fenced(
-                    "stopped before it ended: this instance lost the lease".into(),
-                )),
+                Err(e) if e.is_cancelled() => Err(ChangeError::Fenced(format!(
+                    "stopped before it ended: this instance lost the lease it held at epoch {epoch}"
+                ))),
                 Err(e) => Err(ChangeError::Transient(format!(
                     "the publish task failed: {e}"
                 ))),

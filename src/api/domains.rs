@@ -226,9 +226,18 @@ pub async fn events(
             })
         })
         .collect();
+    // A quiet timeline still says who decides for the domain.
+    let lease = api
+        .app
+        .store
+        .lease()
+        .await
+        .map_err(ApiError::internal)?
+        .view(chrono::Utc::now());
     Ok(Json(json!({
         "domain": cfg.name.without_dot(),
         "events": events,
         "next_after": next,
+        "lease": lease,
     })))
 }

@@ -112,6 +112,14 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
         },
         None => c.config.domains.iter().collect(),
     };
+    let lease = match c.store.lease().await {
+        Ok(l) => l,
+        Err(e) => return fail(1, e),
+    };
+    let now = chrono::Utc::now();
+    if !json {
+        println!("lease: {}", lease.line(now));
+    }
     let mut out = Vec::new();
     for d in domains {
         let state: Persisted = match c.store.load_state(&d.name).await {
@@ -126,7 +134,7 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
             .unwrap_or_default();
         let recent: Vec<_> = events.iter().rev().take(5).cloned().collect();
         out.push(
-            serde_json::json!({"domain": d.name, "state": state.machine, "recent_events": recent}),
+            serde_json::json!({"domain": d.name, "state": state.machine, "recent_events": recent, "lease": lease.view(now)}),
         );
         if !json {
             let m = &state.machine;

@@ -214,6 +214,48 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Lease {
+    /// Who decides for every domain, as a timeline shows it: a quiet timeline still says which
+    /// instance holds the lease (or that none does).
+    pub fn view(&self, now: DateTime<Utc>) -> serde_json::Value {
+        let live = !self.holder.is_empty() && self.expires_at > now;
+        serde_json::json!({
+            "held": live,
+            "holder": (!self.holder.is_empty()).then_some(&self.holder),
+            "vantage": (!self.vantage.is_empty()).then_some(&self.vantage),
+            "api_url": self.api_url,
+            "epoch": self.epoch,
+            "since": self.acquired_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "expires_at": self.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+    }
+
+    /// The same, as one line.
+    pub fn line(&self, now: DateTime<Utc>) -> String {
+        if self.holder.is_empty() {
+            return "no instance has held the lease yet: nothing is automated".into();
+        }
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if self.expires_at > now {
+            format!(
+                "led by {} (vantage {}, epoch {}) since {}",
+                self.holder,
+                self.vantage,
+                self.epoch,
+                at(self.acquired_at)
+            )
+        } else {
+            format!(
+                "no leader: the lease of {} (vantage {}, epoch {}) expired at {}; nothing is automated until an instance takes it",
+                self.holder,
+                self.vantage,
+                self.epoch,
+                at(self.expires_at)
+            )
+        }
+    }
+}
+
 /// One vantage's latest verdict on one side of one domain (the JSON is `vantage::VantageReport`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VantageRow {
