@@ -39,7 +39,8 @@ async fn serving_elsewhere(c: &Ctx) -> Result<Option<crate::lease::InstanceLock>
         return crate::lease::lock_sqlite(&c.config.store.url).map_err(|e| e.to_string());
     }
     let lease = c.store.lease().await.map_err(|e| e.to_string())?;
-    if !lease.holder.is_empty() && lease.expires_at > chrono::Utc::now() {
+    // Live on the store's clock, which wrote the expiry: this host's clock may be off.
+    if lease.is_live() {
         return Err(format!(
             "mxguard instance {} leads on this store (epoch {}, lease until {})",
             lease.vantage, lease.epoch, lease.expires_at
