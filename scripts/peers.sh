@@ -77,12 +77,13 @@ ensure_postgres() {
 
 # BIND 9 (named, nsupdate, dig), Unbound, Postfix, swaks, openssl: the tests start their own
 # instances on loopback ports (see testpeers/README.md); here they only need to be installed.
+# libfaketime: tests/lease_clock.rs runs an instance with its wall clock a minute off.
 ensure_dns_and_mail_peers() {
   if ! dpkg -s postfix >/dev/null 2>&1; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     echo "postfix postfix/mailname string mxguard.test" | debconf-set-selections
   fi
-  apt_install bind9 bind9-utils bind9-dnsutils unbound postfix swaks openssl
+  apt_install bind9 bind9-utils bind9-dnsutils unbound postfix swaks openssl libfaketime
   export PATH="$PATH:/usr/sbin"
   for b in named unbound postfix; do
     command -v "$b" >/dev/null || die "$b not found after installing its package"

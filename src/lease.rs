@@ -6,6 +6,11 @@
 //! locally it stops trusting its lease at `renewed + ttl × 4/5` (monotonic clock), and the
 //! store checks the epoch in the same transaction as each write.
 //!
+//! The lease's expiry is written and judged on the store's clock ([`LeaseClock::STORE`]), never
+//! on an instance's: instances whose wall clocks disagree still agree on when it runs out. The
+//! local trust above uses only this instance's monotonic clock, started before the request that
+//! took or renewed the lease, so it ends before the store's expiry whatever the wall clocks say.
+//!
 //! SQLite is single-instance: `serve` holds an exclusive lock on `<db>.lock` and takes the lease
 //! at once (no other live process can hold it).
 
@@ -21,7 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, StoreKind, StoreUrl};
-use crate::store::{Lease, LeaseClaim, Store, Takeover};
+use crate::store::{Lease, LeaseClaim, LeaseClock, Store, Takeover};
 
 /// This instance's view of the lease.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,7 +306,11 @@ impl LeaseKeeper {
         let valid_until = (!self.single_instance).then(|| sent + self.claim.ttl * 4 / 5);
         let current = self.tx.borrow().clone();
         match current.epoch {
-            None => match self.store.acquire_lease(&self.claim, Utc::now()).await {
+            None => match self
+                .store
+                .acquire_lease(&self.claim, LeaseClock::STORE)
+                .await
+            {
                 Ok(lease) if lease.holder == self.claim.holder => {
                     tracing::info!(
                         vantage = %self.claim.vantage,
@@ -333,7 +342,7 @@ impl LeaseKeeper {
             Some(epoch) => {
                 let renewed = self
                     .store
-                    .renew_lease(&self.claim.holder, epoch, self.claim.ttl, Utc::now())
+                    .renew_lease(&self.claim.holder, epoch, self.claim.ttl, LeaseClock::STORE)
                     .await;
                 match renewed {
                     Ok(true) => {

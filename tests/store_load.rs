@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use mxguard::config::StoreUrl;
 use mxguard::model::Fqdn;
 use mxguard::store::{
-    self, LeaseClaim, NewEvent, Observation, Store, StoreError, Takeover, VantageRow,
+    self, LeaseClaim, LeaseClock, NewEvent, Observation, Store, StoreError, Takeover, VantageRow,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -194,7 +194,7 @@ async fn startup_at_scale(url: &StoreUrl) {
                 ttl: Duration::from_secs(15),
                 takeover: Takeover::Always,
             },
-            t(0),
+            LeaseClock::STORE,
         )
         .await
         .expect("lease");

@@ -4,13 +4,14 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use mxguard::config::StoreUrl;
 use mxguard::model::{Fqdn, RecordSet, RecordType, Ttl};
 use mxguard::store::{
-    self, ChangeStatus, IdempotencyRecord, LeaseClaim, NewChange, NewEvent, NewSnapshot,
-    Observation, Store, StoreError, Takeover, VantageRow,
+    self, ChangeStatus, IdempotencyRecord, LeaseClaim, LeaseClock, NewChange, NewEvent,
+    NewSnapshot, Observation, Store, StoreError, Takeover, VantageRow,
 };
 use mxguard_core::{Change, ChangeSet};
 use serde_json::json;
@@ -48,7 +49,7 @@ async fn story(url: StoreUrl) {
 
     // Writes are fenced: they carry the epoch of the lease this story takes first.
     let e = s
-        .acquire_lease(&claim("story", Takeover::IfExpired), t(0))
+        .acquire_lease(&claim("story", Takeover::IfExpired), LeaseClock::STORE)
         .await
         .unwrap()
         .epoch;
@@ -361,7 +362,7 @@ fn claim(vantage: &str, takeover: Takeover) -> LeaseClaim {
         holder: format!("{vantage}/1"),
         vantage: vantage.into(),
         api_url: Some(format!("http://{vantage}.example.test:8053")),
-        ttl: std::time::Duration::from_secs(15),
+        ttl: Duration::from_secs(15),
         takeover,
     }
 }
@@ -389,8 +390,15 @@ fn intent(d: &Fqdn, epoch: i64, at: i64) -> (NewSnapshot, NewChange) {
     (snap, change)
 }
 
+/// The store's clock `secs` seconds on: the lease story lets leases age without waiting.
+fn later(secs: u64) -> LeaseClock {
+    LeaseClock::store_ahead_by(Duration::from_secs(secs))
+}
+
 /// Leader lease and fencing: one holder at a time, a new epoch at each change of holder, and
-/// every write of a stale epoch refused — state, change intents and their status moves.
+/// every write of a stale epoch refused — state, change intents and their status moves. Lease
+/// times are the store's clock, put forward by `later(secs)`; each refusal is judged at least
+/// 5 s (of the store's clock) before the expiry it tests, so a slow call cannot cross it.
 async fn lease_story(url: StoreUrl) {
     let s = open(&url).await;
     let d = domain();
@@ -400,26 +408,41 @@ async fn lease_story(url: StoreUrl) {
         (0, ""),
         "nobody leads yet"
     );
+    assert!(!fresh.is_live());
 
     let a = claim("eu", Takeover::IfExpired);
     let b = claim("us", Takeover::IfExpired);
-    let la = s.acquire_lease(&a, t(0)).await.unwrap();
+    let la = s.acquire_lease(&a, later(0)).await.unwrap();
     assert_eq!((la.holder.as_str(), la.epoch), ("eu/1", 1));
-    assert_eq!(la.expires_at, t(15));
+    assert_eq!(
+        la.expires_at - la.acquired_at,
+        chrono::Duration::seconds(15)
+    );
+    assert!(la.read_at >= la.acquired_at, "read back after it was taken");
+    assert!(la.is_live());
     assert_eq!(la.api_url.as_deref(), Some("http://eu.example.test:8053"));
     // A live lease is not taken, and the answer says who holds it.
-    let seen = s.acquire_lease(&b, t(10)).await.unwrap();
+    let seen = s.acquire_lease(&b, later(10)).await.unwrap();
     assert_eq!((seen.holder.as_str(), seen.epoch), ("eu/1", 1));
+    assert_eq!(
+        seen.expires_at, la.expires_at,
+        "a refused claim changes nothing"
+    );
     assert!(s
-        .renew_lease("eu/1", 1, std::time::Duration::from_secs(15), t(10))
+        .renew_lease("eu/1", 1, Duration::from_secs(15), later(10))
         .await
         .unwrap());
     assert!(!s
-        .renew_lease("us/1", 1, std::time::Duration::from_secs(15), t(10))
+        .renew_lease("us/1", 1, Duration::from_secs(15), later(10))
         .await
         .unwrap());
+    let renewed = s.lease().await.unwrap();
+    assert!(
+        renewed.expires_at >= la.acquired_at + chrono::Duration::seconds(25),
+        "renewed to 25 s after it was taken: {renewed:?}"
+    );
     assert_eq!(
-        s.acquire_lease(&b, t(24)).await.unwrap().holder,
+        s.acquire_lease(&b, later(20)).await.unwrap().holder,
         "eu/1",
         "renewed to 25 s"
     );
@@ -432,11 +455,12 @@ async fn lease_story(url: StoreUrl) {
     let (snap, change) = intent(&d, 1, 20);
     let (_, c1) = s.begin_change(&snap, &change).await.unwrap();
 
-    // It pauses past its lease; us takes over with epoch 2.
-    let lb = s.acquire_lease(&b, t(26)).await.unwrap();
+    // It pauses past its lease; us takes over with epoch 2, once the lease has run out.
+    let lb = s.acquire_lease(&b, later(26)).await.unwrap();
     assert_eq!((lb.holder.as_str(), lb.epoch), ("us/1", 2));
+    assert!(lb.acquired_at >= renewed.expires_at);
     assert!(!s
-        .renew_lease("eu/1", 1, std::time::Duration::from_secs(15), t(27))
+        .renew_lease("eu/1", 1, Duration::from_secs(15), later(27))
         .await
         .unwrap());
 
@@ -480,18 +504,19 @@ async fn lease_story(url: StoreUrl) {
                 holder: "us/2".into(),
                 ..claim("us", Takeover::IfExpiredOrSameVantage)
             },
-            t(29),
+            later(29),
         )
         .await
         .unwrap();
     assert_eq!((again.holder.as_str(), again.epoch), ("us/2", 3));
     // ...but another vantage does not, until the lease is released.
     let c = claim("ap", Takeover::IfExpiredOrSameVantage);
-    assert_eq!(s.acquire_lease(&c, t(30)).await.unwrap().holder, "us/2");
+    assert_eq!(s.acquire_lease(&c, later(30)).await.unwrap().holder, "us/2");
     s.release_lease("us/1", 3).await.unwrap(); // not the holder: no effect
-    assert_eq!(s.acquire_lease(&c, t(30)).await.unwrap().holder, "us/2");
+    assert_eq!(s.acquire_lease(&c, later(30)).await.unwrap().holder, "us/2");
     s.release_lease("us/2", 3).await.unwrap();
-    let lc = s.acquire_lease(&c, t(30)).await.unwrap();
+    assert!(!s.lease().await.unwrap().is_live(), "released: run out");
+    let lc = s.acquire_lease(&c, later(30)).await.unwrap();
     assert_eq!((lc.holder.as_str(), lc.epoch), ("ap/1", 4));
 
     // Racing followers after expiry: exactly one wins, with exactly one new epoch.
@@ -501,7 +526,7 @@ async fn lease_story(url: StoreUrl) {
         racers.push(tokio::spawn(async move {
             let mut c = claim(&format!("r{i}"), Takeover::IfExpired);
             c.holder = format!("r{i}/1");
-            let l = s.acquire_lease(&c, t(100)).await.unwrap();
+            let l = s.acquire_lease(&c, later(100)).await.unwrap();
             (l.holder == c.holder, l.epoch)
         }));
     }
@@ -567,6 +592,72 @@ async fn lease_story(url: StoreUrl) {
         .unwrap()
         .is_empty());
     s.close().await;
+}
+
+/// The store's clock as it is (what production runs on), with real time passing: a lease
+/// renewed for a moment runs out by itself, and a follower takes it then, not before.
+async fn lease_runs_out(url: StoreUrl) {
+    let s = open(&url).await;
+    let a = claim("eu", Takeover::IfExpired);
+    let b = claim("us", Takeover::IfExpired);
+    let la = s.acquire_lease(&a, LeaseClock::STORE).await.unwrap();
+    assert_eq!((la.holder.as_str(), la.epoch), ("eu/1", 1));
+    assert_eq!(
+        la.expires_at - la.acquired_at,
+        chrono::Duration::seconds(15)
+    );
+    assert_eq!(
+        s.acquire_lease(&b, LeaseClock::STORE).await.unwrap().holder,
+        "eu/1"
+    );
+
+    assert!(s
+        .renew_lease("eu/1", 1, Duration::from_millis(300), LeaseClock::STORE)
+        .await
+        .unwrap());
+    let short = s.lease().await.unwrap();
+    let lb = common::poll(
+        "the renewed lease to run out",
+        Duration::from_secs(30),
+        || {
+            let (s, b) = (s.clone(), b.clone());
+            async move {
+                let l = s.acquire_lease(&b, LeaseClock::STORE).await.unwrap();
+                (l.holder == "us/1").then_some(l)
+            }
+        },
+    )
+    .await;
+    assert_eq!(lb.epoch, 2);
+    assert!(
+        lb.acquired_at >= short.expires_at,
+        "taken at {} before the lease ran out at {}",
+        lb.acquired_at,
+        short.expires_at
+    );
+    assert!(!s
+        .renew_lease("eu/1", 1, Duration::from_secs(15), LeaseClock::STORE)
+        .await
+        .unwrap());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn lease_runs_out_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::parse(&format!(
+        "sqlite://{}",
+        dir.path().join("lease.db").display()
+    ))
+    .unwrap();
+    lease_runs_out(url).await;
+}
+
+#[tokio::test]
+async fn lease_runs_out_postgres() {
+    let db = common::fresh_pg_database("lease_out").await;
+    lease_runs_out(db.url.clone()).await;
+    db.drop_db().await;
 }
 
 #[tokio::test]

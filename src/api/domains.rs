@@ -233,7 +233,7 @@ pub async fn events(
         .lease()
         .await
         .map_err(ApiError::internal)?
-        .view(chrono::Utc::now());
+        .view();
     Ok(Json(json!({
         "domain": cfg.name.without_dot(),
         "events": events,

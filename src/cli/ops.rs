@@ -39,7 +39,8 @@ async fn serving_elsewhere(c: &Ctx) -> Result<Option<crate::lease::InstanceLock>
         return crate::lease::lock_sqlite(&c.config.store.url).map_err(|e| e.to_string());
     }
     let lease = c.store.lease().await.map_err(|e| e.to_string())?;
-    if !lease.holder.is_empty() && lease.expires_at > chrono::Utc::now() {
+    // Live on the store's clock, which wrote the expiry: this host's clock may be off.
+    if lease.is_live() {
         return Err(format!(
             "mxguard instance {} leads on this store (epoch {}, lease until {})",
             lease.vantage, lease.epoch, lease.expires_at
@@ -116,9 +117,8 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
         Ok(l) => l,
         Err(e) => return fail(1, e),
     };
-    let now = chrono::Utc::now();
     if !json {
-        println!("lease: {}", lease.line(now));
+        println!("lease: {}", lease.line());
     }
     let mut out = Vec::new();
     for d in domains {
@@ -134,7 +134,7 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
             .unwrap_or_default();
         let recent: Vec<_> = events.iter().rev().take(5).cloned().collect();
         out.push(
-            serde_json::json!({"domain": d.name, "state": state.machine, "recent_events": recent, "lease": lease.view(now)}),
+            serde_json::json!({"domain": d.name, "state": state.machine, "recent_events": recent, "lease": lease.view()}),
         );
         if !json {
             let m = &state.machine;

@@ -51,7 +51,8 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// Everything mxguard keeps. Times are passed in by the caller (the injected clock).
+/// Everything mxguard keeps. Times are passed in by the caller (the injected clock), except
+/// the leader lease's, which are the store's own ([`LeaseClock`]).
 #[async_trait]
 pub trait Store: Send + Sync {
     fn kind(&self) -> StoreKind;
@@ -157,20 +158,23 @@ pub trait Store: Send + Sync {
     // --- the leader lease (fencing epoch) ---
 
     /// Takes the lease for `claim.holder` when `claim.takeover` allows (a new epoch), and
-    /// returns the lease as it now stands, whoever holds it.
+    /// returns the lease as it now stands, whoever holds it. Whether the holder's lease has run
+    /// out, and the new one's `acquired_at` and `expires_at` (`+ claim.ttl`), are on `clock`:
+    /// the store's own.
     async fn acquire_lease(
         &self,
         claim: &LeaseClaim,
-        now: DateTime<Utc>,
+        clock: LeaseClock,
     ) -> Result<Lease, StoreError>;
 
-    /// Extends the lease to `now + ttl` if `holder` still holds it at `epoch`; `false` if not.
+    /// Extends the lease to `ttl` from now on `clock` (the store's) if `holder` still holds it
+    /// at `epoch`; `false` if not.
     async fn renew_lease(
         &self,
         holder: &str,
         epoch: i64,
         ttl: std::time::Duration,
-        now: DateTime<Utc>,
+        clock: LeaseClock,
     ) -> Result<bool, StoreError>;
 
     /// Lets the lease run out now (graceful shutdown), if `holder` still holds it at `epoch`.

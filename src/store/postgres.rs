@@ -15,6 +15,9 @@ pub struct PgStore {
 
 impl PgStore {
     const KIND: StoreKind = StoreKind::Postgres;
+    /// The server's clock, in ms: `clock_timestamp()`, the time the statement reads it, rather
+    /// than `now()`, which stays at the start of the transaction.
+    const CLOCK_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
     pub async fn open(url: &StoreUrl) -> Result<Self, StoreError> {
         // A caller waits up to 30 s for one of the 8 connections: at a start with thousands

@@ -1,6 +1,7 @@
 //! The SQL both backends share. SQLite and PostgreSQL accept the same statements here
 //! (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so one macro implements [`Store`] for
-//! each pool type. Each backend supplies `KIND`, `run_migrations`, `close_pools`,
+//! each pool type. Each backend supplies `KIND`, `CLOCK_MS` (its own clock in ms since the
+//! epoch, as an SQL expression: the leader lease's time), `run_migrations`, `close_pools`,
 //! `reader()` (the pool reads run on) and `write(job)`, which runs a job of writes on one
 //! connection, all or nothing, and returns once they are committed (PostgreSQL: a transaction
 //! of its own; SQLite: a savepoint in a group commit, see `sqlite.rs`). A write job owns its
@@ -123,6 +124,7 @@ macro_rules! impl_sql_store {
                     epoch: row.try_get("epoch")?,
                     acquired_at: $crate::store::sql::time(row.try_get("acquired_at_ms")?)?,
                     expires_at: $crate::store::sql::time(row.try_get("expires_at_ms")?)?,
+                    read_at: $crate::store::sql::time(row.try_get("read_at_ms")?)?,
                 })
             }
 
@@ -470,46 +472,58 @@ macro_rules! impl_sql_store {
                 rows.iter().map(Self::change_row).collect()
             }
 
-            async fn acquire_lease(&self, c: &$crate::store::LeaseClaim, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::Lease, $crate::store::StoreError> {
-                let now = $crate::store::sql::ms(now);
+            async fn acquire_lease(&self, c: &$crate::store::LeaseClaim, clock: $crate::store::LeaseClock) -> Result<$crate::store::Lease, $crate::store::StoreError> {
                 let ttl = i64::try_from(c.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                let ahead = clock.ahead_ms();
                 let c = c.clone();
+                // The store's clock is read once per statement (`now_ms`), so the expiry test and
+                // the new times agree with each other.
+                let take = format!(
+                    "UPDATE leader_lease SET holder = $1, vantage = $2, api_url = $3, epoch = epoch + 1, \
+                     acquired_at_ms = clock.now_ms, expires_at_ms = clock.now_ms + $4 \
+                     FROM (SELECT {now} + $5 AS now_ms) AS clock \
+                     WHERE name = 'controller' AND holder <> $1 \
+                     AND (expires_at_ms <= clock.now_ms OR $6 = 2 OR ($6 = 1 AND vantage = $2))",
+                    now = Self::CLOCK_MS,
+                );
+                let read = format!(
+                    "SELECT *, {now} + $1 AS read_at_ms FROM leader_lease WHERE name = 'controller'",
+                    now = Self::CLOCK_MS,
+                );
                 self.write(move |conn| Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE leader_lease SET holder = $1, vantage = $2, api_url = $3, epoch = epoch + 1, \
-                         acquired_at_ms = $4, expires_at_ms = $5 \
-                         WHERE name = 'controller' AND holder <> $1 \
-                         AND (expires_at_ms <= $4 OR $6 = 2 OR ($6 = 1 AND vantage = $2))",
-                    )
-                    .bind(&c.holder)
-                    .bind(&c.vantage)
-                    .bind(&c.api_url)
-                    .bind(now)
-                    .bind(now.saturating_add(ttl))
-                    .bind(c.takeover.code())
-                    .execute(&mut *conn)
-                    .await?;
-                    let row = sqlx::query("SELECT * FROM leader_lease WHERE name = 'controller'")
-                        .fetch_one(&mut *conn)
+                    sqlx::query(&take)
+                        .bind(&c.holder)
+                        .bind(&c.vantage)
+                        .bind(&c.api_url)
+                        .bind(ttl)
+                        .bind(ahead)
+                        .bind(c.takeover.code())
+                        .execute(&mut *conn)
                         .await?;
+                    let row = sqlx::query(&read).bind(ahead).fetch_one(&mut *conn).await?;
                     Self::lease_row(&row)
                 }))
                 .await
             }
 
-            async fn renew_lease(&self, holder: &str, epoch: i64, ttl: std::time::Duration, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+            async fn renew_lease(&self, holder: &str, epoch: i64, ttl: std::time::Duration, clock: $crate::store::LeaseClock) -> Result<bool, $crate::store::StoreError> {
                 let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-                let until = $crate::store::sql::ms(now).saturating_add(ttl);
+                let ahead = clock.ahead_ms();
                 let holder = holder.to_string();
+                let renew = format!(
+                    "UPDATE leader_lease SET expires_at_ms = clock.now_ms + $1 \
+                     FROM (SELECT {now} + $2 AS now_ms) AS clock \
+                     WHERE name = 'controller' AND holder = $3 AND epoch = $4",
+                    now = Self::CLOCK_MS,
+                );
                 self.write(move |c| Box::pin(async move {
-                    let r = sqlx::query(
-                        "UPDATE leader_lease SET expires_at_ms = $1 WHERE name = 'controller' AND holder = $2 AND epoch = $3",
-                    )
-                    .bind(until)
-                    .bind(&holder)
-                    .bind(epoch)
-                    .execute(&mut *c)
-                    .await?;
+                    let r = sqlx::query(&renew)
+                        .bind(ttl)
+                        .bind(ahead)
+                        .bind(&holder)
+                        .bind(epoch)
+                        .execute(&mut *c)
+                        .await?;
                     Ok(r.rows_affected() == 1)
                 }))
                 .await
@@ -529,7 +543,11 @@ macro_rules! impl_sql_store {
             }
 
             async fn lease(&self) -> Result<$crate::store::Lease, $crate::store::StoreError> {
-                let row = sqlx::query("SELECT * FROM leader_lease WHERE name = 'controller'")
+                let read = format!(
+                    "SELECT *, {now} AS read_at_ms FROM leader_lease WHERE name = 'controller'",
+                    now = Self::CLOCK_MS,
+                );
+                let row = sqlx::query(&read)
                     .fetch_one(self.reader())
                     .await?;
                 Self::lease_row(&row)

@@ -70,6 +70,9 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const KIND: StoreKind = StoreKind::Sqlite;
+    /// SQLite's clock (the machine's, read once per statement), in ms. `subsec` needs SQLite
+    /// 3.42; sqlx bundles 3.46.
+    const CLOCK_MS: &str = "CAST(ROUND(unixepoch('now', 'subsec') * 1000) AS INTEGER)";
 
     pub async fn open(url: &StoreUrl) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url.expose())

@@ -202,8 +202,37 @@ pub struct LeaseClaim {
     pub takeover: Takeover,
 }
 
+/// The clock a lease's expiry is written and judged on: always the store's own (PostgreSQL's
+/// `clock_timestamp()`, SQLite's `unixepoch`), because instances whose wall clocks disagree
+/// must still agree on when a lease runs out — one running ahead would take a live lease, a
+/// leader running behind would write an expiry already past for the others. It holds no time
+/// an instance could supply: production passes [`LeaseClock::STORE`]; tests may only move the
+/// store's clock forward by a fixed amount, to let a lease age without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseClock {
+    ahead_ms: i64,
+}
+
+impl LeaseClock {
+    /// The store's clock as it is.
+    pub const STORE: LeaseClock = LeaseClock { ahead_ms: 0 };
+
+    /// The store's clock put forward by `by` (tests: a lease ages without waiting). Later
+    /// calls of a story must not go back in time, as the real clock never does.
+    pub fn store_ahead_by(by: std::time::Duration) -> LeaseClock {
+        LeaseClock {
+            ahead_ms: i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4),
+        }
+    }
+
+    pub(crate) fn ahead_ms(self) -> i64 {
+        self.ahead_ms
+    }
+}
+
 /// The leader lease as stored. `epoch` grows by one at every change of holder; every write a
-/// leader makes carries its epoch and the store refuses it once the epoch has moved on.
+/// leader makes carries its epoch and the store refuses it once the epoch has moved on. All
+/// three times are the store's clock ([`LeaseClock`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Lease {
     pub holder: String,
@@ -212,15 +241,22 @@ pub struct Lease {
     pub epoch: i64,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The store's clock when the row was read: `expires_at` is judged against it, never
+    /// against the reader's own clock.
+    pub read_at: DateTime<Utc>,
 }
 
 impl Lease {
+    /// Held by someone and not run out on the store's clock.
+    pub fn is_live(&self) -> bool {
+        !self.holder.is_empty() && self.expires_at > self.read_at
+    }
+
     /// Who decides for every domain, as a timeline shows it: a quiet timeline still says which
     /// instance holds the lease (or that none does).
-    pub fn view(&self, now: DateTime<Utc>) -> serde_json::Value {
-        let live = !self.holder.is_empty() && self.expires_at > now;
+    pub fn view(&self) -> serde_json::Value {
         serde_json::json!({
-            "held": live,
+            "held": self.is_live(),
             "holder": (!self.holder.is_empty()).then_some(&self.holder),
             "vantage": (!self.vantage.is_empty()).then_some(&self.vantage),
             "api_url": self.api_url,
@@ -231,12 +267,12 @@ impl Lease {
     }
 
     /// The same, as one line.
-    pub fn line(&self, now: DateTime<Utc>) -> String {
+    pub fn line(&self) -> String {
         if self.holder.is_empty() {
             return "no instance has held the lease yet: nothing is automated".into();
         }
         let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        if self.expires_at > now {
+        if self.is_live() {
             format!(
                 "led by {} (vantage {}, epoch {}) since {}",
                 self.holder,

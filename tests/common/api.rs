@@ -146,7 +146,7 @@ pub async fn sole_leader(store: &dyn mxguard::store::Store) -> mxguard::lease::L
         takeover: mxguard::store::Takeover::Always,
     };
     let epoch = store
-        .acquire_lease(&claim, chrono::Utc::now())
+        .acquire_lease(&claim, mxguard::store::LeaseClock::STORE)
         .await
         .expect("lease")
         .epoch;
