@@ -34,6 +34,7 @@ use crate::vantage::{Combined, VantageReport};
 use self::commands::RevertInFlight;
 pub use self::handle::{not_leader, ActorError, ActorHandle, CommandReply, Revert, RevertDone};
 use self::handle::{Inbox, Msg};
+pub use self::reconcile::DRY_RUN_TIMEOUT;
 pub use self::status::{Guard, RoundSummary, Status};
 
 /// What is persisted per domain: the machine's state plus the snapshot to restore on failback.
@@ -80,6 +81,7 @@ pub struct Actor {
     read_alerted: bool,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
+    shown: tokio::sync::watch::Sender<Arc<Status>>,
 }
 
 /// Domains loading their state at once (process-wide).
@@ -96,10 +98,13 @@ impl Actor {
             ..Policy::default()
         };
         let inbox = Arc::new(Inbox::default());
+        let (shown, shown_rx) =
+            tokio::sync::watch::channel(Arc::new(Status::new(cfg.name.clone())));
         let handle = ActorHandle {
             domain: cfg.name.clone(),
             tx: tx.clone(),
             inbox: inbox.clone(),
+            shown: shown_rx,
         };
         let actor = Actor {
             cfg,
@@ -127,6 +132,7 @@ impl Actor {
             settled: false,
             tx,
             rx,
+            shown,
         };
         (actor, handle)
     }
@@ -188,6 +194,7 @@ impl Actor {
                     self.start_observe();
                 }
             }
+            self.show();
         }
         tracing::info!(domain = %self.cfg.name, "domain controller stopped");
     }
@@ -201,14 +208,15 @@ impl Actor {
                 reply,
             } => {
                 let result = self.on_command(command, &by, &reason).await;
+                // Published first: whoever hears the answer then reads lists at least as new.
+                self.show();
                 let _ = reply.send(result);
             }
             Msg::Status(reply) => {
+                self.show();
                 let _ = reply.send(self.status());
             }
-            Msg::Plan(side, reply) => {
-                let _ = reply.send(self.dry_run(side).await);
-            }
+            Msg::Plan(side, reply) => self.start_dry_run(side, reply),
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
             Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
             Msg::Observed { changes, live } => {

@@ -51,6 +51,8 @@ pub struct Engine {
     /// The provider clients the actors use, by config name: the API writes through these
     /// too, so they share one account budget (token bucket, admission) and zone locks.
     pub providers: BTreeMap<String, Arc<dyn DnsProvider>>,
+    /// The same clients at background priority: dry runs and diffs wait behind changes.
+    pub background: BTreeMap<String, Arc<dyn DnsProvider>>,
 }
 
 /// How often a domain reads its published records back, at most.
@@ -138,6 +140,7 @@ impl Engine {
             leadership: leadership.clone(),
             events,
             providers: providers.clients(),
+            background: providers.backgrounds(),
             ..Engine::default()
         };
         let canaries = watch_canaries(&config.cluster.canaries, shutdown.clone(), tasks);

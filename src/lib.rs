@@ -140,6 +140,9 @@ pub async fn run(
     for (name, client) in &engine.providers {
         providers.insert(name, client.clone()).await;
     }
+    for (name, client) in &engine.background {
+        providers.insert_background(name, client.clone()).await;
+    }
     let server_cfg = config.server.clone();
     let app = api::router(api::AppState {
         store: store.clone(),

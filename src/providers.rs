@@ -76,6 +76,14 @@ impl ProviderRegistry {
             .map(|(name, p)| (name.clone(), p.client.clone()))
             .collect()
     }
+
+    /// The same clients at background priority (reads that may wait behind changes), by name.
+    pub fn backgrounds(&self) -> BTreeMap<String, Arc<dyn DnsProvider>> {
+        self.built
+            .iter()
+            .map(|(name, p)| (name.clone(), p.background.clone()))
+            .collect()
+    }
 }
 
 /// The provider client for `[providers.NAME]`, as the engine builds it (for CLI operations).

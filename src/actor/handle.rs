@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::change::{ChangeError, ChangeReport};
 use crate::lease::RoleReport;
@@ -106,6 +106,8 @@ pub struct ActorHandle {
     pub domain: Fqdn,
     pub(super) tx: mpsc::Sender<Msg>,
     pub(super) inbox: Arc<Inbox>,
+    /// The status the actor last published (after each message, round or deadline).
+    pub(super) shown: watch::Receiver<Arc<Status>>,
 }
 
 /// The latest probe round per side, not yet taken by the actor. Rounds are not queued: an
@@ -146,6 +148,13 @@ impl ActorHandle {
         rx.await.map_err(|_| ActorError::Gone)?
     }
 
+    /// The status as of the actor's last step, without waiting for it: lists and `/metrics`
+    /// answer from these, so a busy or slow actor never holds them up.
+    pub fn latest(&self) -> Arc<Status> {
+        self.shown.borrow().clone()
+    }
+
+    /// The status now, asked of the actor (it answers between steps).
     pub async fn status(&self) -> Result<Status, ActorError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -252,6 +261,10 @@ mod tests {
             domain: Fqdn::parse("example.test").expect("name"),
             tx,
             inbox: Arc::default(),
+            shown: watch::channel(Arc::new(Status::new(
+                Fqdn::parse("example.test").expect("name"),
+            )))
+            .1,
         };
         // 100 rounds per side arrive while the actor is busy elsewhere
         for i in 0..100 {
@@ -281,6 +294,10 @@ mod tests {
             domain: Fqdn::parse("example.test").expect("name"),
             tx,
             inbox: Arc::default(),
+            shown: watch::channel(Arc::new(Status::new(
+                Fqdn::parse("example.test").expect("name"),
+            )))
+            .1,
         };
         drop(rx);
         let (r, own) = round(Side::Primary, Health::Up, 0);

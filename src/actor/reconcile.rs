@@ -2,6 +2,7 @@
 //! runs; what it finds goes to the machine (drift included).
 
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use crate::config::Drift;
 use crate::events::EventKind;
@@ -9,7 +10,11 @@ use crate::machine::Input;
 use crate::model::{RecordSet, Side};
 use crate::plan::Plan;
 
+use super::change::desired_records;
 use super::{Actor, Msg};
+
+/// How long a dry run may wait for the provider.
+pub const DRY_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Actor {
     /// A read of the published records failed. One that retries will not fix (credentials, a
@@ -123,21 +128,47 @@ impl Actor {
         }
     }
 
-    pub(super) async fn dry_run(&self, side: Option<Side>) -> Result<Plan, String> {
+    /// A dry run, answered from a task of its own: its provider read waits behind changes at
+    /// background priority and may take long, and the actor keeps handling rounds and commands
+    /// meanwhile (a read token asking for plans must not stall a failover).
+    pub(super) fn start_dry_run(
+        &self,
+        side: Option<Side>,
+        reply: oneshot::Sender<Result<Plan, String>>,
+    ) {
         let m = &self.state.machine;
         let side = side
             .or(m.in_flight)
             .or(m.published)
             .unwrap_or(Side::Primary);
-        let desired = self.desired(side).await.map_err(|e| e.to_string())?;
-        let actual = self
-            .deps
-            .provider
-            .read(&self.managed.zone, &self.managed.keys())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.managed
-            .plan(desired, actual)
-            .map_err(|e| e.to_string())
+        let (store, managed, state) = (
+            self.deps.store.clone(),
+            self.managed.clone(),
+            self.state.clone(),
+        );
+        let (provider, failover_ttl) = (self.deps.background.clone(), self.cfg.failover_ttl);
+        tokio::spawn(async move {
+            let work = async {
+                let live_ttl = state.machine.published_ttl;
+                let desired =
+                    desired_records(&*store, &managed, failover_ttl, &state, side, live_ttl)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let actual = provider
+                    .read(&managed.zone, &managed.keys())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                managed.plan(desired, actual).map_err(|e| e.to_string())
+            };
+            let answer = tokio::time::timeout(DRY_RUN_TIMEOUT, work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "the provider did not answer within {}s; nothing was changed",
+                        DRY_RUN_TIMEOUT.as_secs()
+                    ))
+                });
+            let _ = reply.send(answer);
+        });
     }
 }

@@ -1,6 +1,8 @@
 //! What a domain's actor reports to the API and CLI: its state, the failback guard, the latest
 //! rounds and the combined verdicts.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -41,7 +43,27 @@ pub struct RoundSummary {
     pub verdicts: Vec<TargetVerdict>,
 }
 
+impl Status {
+    /// Before the actor's first step: nothing known yet.
+    pub fn new(domain: Fqdn) -> Status {
+        Status {
+            domain,
+            state: DomainState::default(),
+            active: None,
+            guard: None,
+            rounds: Vec::new(),
+            drift: false,
+            vantages: Vec::new(),
+        }
+    }
+}
+
 impl Actor {
+    /// Publishes the status for readers that must not wait on the actor.
+    pub(super) fn show(&self) {
+        self.shown.send_replace(Arc::new(self.status()));
+    }
+
     pub(super) fn status(&self) -> Status {
         let m = &self.state.machine;
         let guard = (m.phase == Phase::FailbackPending).then(|| Guard {

@@ -64,6 +64,12 @@ pub enum ApiError {
     /// 503: this instance is a follower; mutations go to the leader (named in the detail).
     #[error("{0}")]
     NotLeader(String),
+    /// 503: the request was not answered within `[server] request_timeout`.
+    #[error("{0}")]
+    Timeout(String),
+    /// 429: the token has `[server] expensive_per_token` requests reading the provider already.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 500: logged, never shown.
     #[error("internal: {0}")]
     Internal(String),
@@ -87,7 +93,8 @@ impl ApiError {
             Validation(_) | IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IdempotencyInProgress(_) | Refused(_) => StatusCode::CONFLICT,
             Provider(_) => StatusCode::BAD_GATEWAY,
-            Unavailable(_) | NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | NotLeader(_) | Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,6 +122,8 @@ impl ApiError {
             Provider(_) => "provider-error",
             Unavailable(_) => "unavailable",
             NotLeader(_) => "not-leader",
+            Timeout(_) => "request-timeout",
+            TooManyRequests(_) => "too-many-requests",
             Internal(_) => "internal",
         }
     }
@@ -138,6 +147,8 @@ impl ApiError {
             Provider(_) => "The DNS provider failed",
             Unavailable(_) => "Unavailable",
             NotLeader(_) => "This instance is a follower; send mutations to the leader",
+            Timeout(_) => "The request took too long",
+            TooManyRequests(_) => "Too many expensive requests from this token at once",
             Internal(_) => "Internal error",
         }
     }
@@ -162,6 +173,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::TooManyRequests(_) = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let ApiError::Unauthorized { invalid, .. } = &self {
             let challenge = if *invalid {
                 r#"Bearer realm="mxguard", error="invalid_token""#

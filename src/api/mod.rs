@@ -51,18 +51,42 @@ pub struct AppState {
     pub providers: Providers,
 }
 
-/// Provider clients by `[providers.NAME]`, built once and shared.
+/// Provider clients by `[providers.NAME]`, built once and shared; each with the same client at
+/// background priority for reads that may wait behind changes (dry runs, diffs).
 #[derive(Clone, Default)]
-pub struct Providers(Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>);
+pub struct Providers {
+    clients: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>,
+    background: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>,
+}
 
 impl Providers {
     /// Uses `provider` for `[providers.NAME]` instead of building one from the config.
     pub async fn insert(&self, name: &str, provider: Arc<dyn DnsProvider>) {
-        self.0.lock().await.insert(name.to_string(), provider);
+        self.clients.lock().await.insert(name.to_string(), provider);
+    }
+
+    /// Uses `provider` for `[providers.NAME]`'s background reads.
+    pub async fn insert_background(&self, name: &str, provider: Arc<dyn DnsProvider>) {
+        self.background
+            .lock()
+            .await
+            .insert(name.to_string(), provider);
+    }
+
+    /// The background client, else the client itself.
+    async fn get_background(
+        &self,
+        config: &Config,
+        name: &str,
+    ) -> Result<Arc<dyn DnsProvider>, EngineError> {
+        if let Some(p) = self.background.lock().await.get(name) {
+            return Ok(p.clone());
+        }
+        self.get(config, name).await
     }
 
     async fn get(&self, config: &Config, name: &str) -> Result<Arc<dyn DnsProvider>, EngineError> {
-        let mut map = self.0.lock().await;
+        let mut map = self.clients.lock().await;
         if let Some(p) = map.get(name) {
             return Ok(p.clone());
         }
@@ -79,9 +103,12 @@ pub struct Api(Arc<Inner>);
 pub struct Inner {
     pub app: AppState,
     tokens: auth::Tokens,
-    access: HashMap<(Method, &'static str), Access>,
+    /// Per route: who may call it, and whether it is expensive.
+    access: HashMap<(Method, &'static str), (Access, bool)>,
     /// (token name, Idempotency-Key) pairs being answered now.
     in_flight: Mutex<HashSet<(String, String)>>,
+    /// Per token name: its places for expensive requests.
+    expensive: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Deref for Api {
@@ -137,6 +164,15 @@ impl Api {
             .await
             .map_err(|e| ApiError::Provider(e.to_string()))
     }
+
+    /// The domain's provider at background priority, for reads that change nothing.
+    async fn background(&self, cfg: &DomainConfig) -> Result<Arc<dyn DnsProvider>, ApiError> {
+        self.app
+            .providers
+            .get_background(&self.app.config, &cfg.provider)
+            .await
+            .map_err(|e| ApiError::Provider(e.to_string()))
+    }
 }
 
 /// One row of the route table.
@@ -144,7 +180,17 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    /// Reads the DNS provider (dry runs, diffs, snapshots, reverts): a token may have only
+    /// `[server] expensive_per_token` of these at once.
+    pub expensive: bool,
     service: MethodRouter<Api>,
+}
+
+impl Route {
+    fn expensive(mut self) -> Route {
+        self.expensive = true;
+        self
+    }
 }
 
 fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
@@ -158,6 +204,7 @@ where
         method,
         path,
         access,
+        expensive: false,
         service: on(filter, handler),
     }
 }
@@ -188,20 +235,22 @@ pub fn routes(config: &Config) -> Vec<Route> {
         route(M::GET, "/openapi.yaml", open, health::openapi),
         route(M::GET, "/v1/domains", read, domains::list),
         route(M::GET, "/v1/domains/{domain}", read, domains::status),
-        route(M::GET, "/v1/domains/{domain}/plan", read, domains::plan),
+        route(M::GET, "/v1/domains/{domain}/plan", read, domains::plan).expensive(),
         route(M::GET, "/v1/domains/{domain}/events", read, domains::events),
         route(
             M::POST,
             "/v1/domains/{domain}/failover",
             operate,
             commands::failover,
-        ),
+        )
+        .expensive(),
         route(
             M::POST,
             "/v1/domains/{domain}/failback",
             operate,
             commands::failback,
-        ),
+        )
+        .expensive(),
         route(M::PUT, "/v1/domains/{domain}/pin", operate, commands::pin),
         route(
             M::DELETE,
@@ -228,15 +277,16 @@ pub fn routes(config: &Config) -> Vec<Route> {
             commands::approve,
         ),
         route(M::GET, "/v1/snapshots", read, snapshots::list),
-        route(M::POST, "/v1/snapshots", operate, snapshots::take),
+        route(M::POST, "/v1/snapshots", operate, snapshots::take).expensive(),
         route(M::GET, "/v1/snapshots/{id}", read, snapshots::get),
-        route(M::GET, "/v1/snapshots/{id}/diff", read, snapshots::diff),
+        route(M::GET, "/v1/snapshots/{id}/diff", read, snapshots::diff).expensive(),
         route(
             M::POST,
             "/v1/snapshots/{id}/revert",
             admin,
             snapshots::revert,
-        ),
+        )
+        .expensive(),
     ]
 }
 
@@ -245,13 +295,14 @@ pub fn router(app: AppState) -> Router {
     let table = routes(&app.config);
     let access = table
         .iter()
-        .map(|r| ((r.method.clone(), r.path), r.access))
+        .map(|r| ((r.method.clone(), r.path), (r.access, r.expensive)))
         .collect();
     let api = Api(Arc::new(Inner {
         tokens: auth::Tokens::from_config(&app.config.tokens),
         app,
         access,
         in_flight: Mutex::new(HashSet::new()),
+        expensive: Mutex::new(HashMap::new()),
     }));
     let mut router = Router::new();
     for r in table {
@@ -261,6 +312,7 @@ pub fn router(app: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .layer(middleware::from_fn_with_state(api.clone(), time_limit))
         .layer(DefaultBodyLimit::max(body::BODY_LIMIT))
         .layer(middleware::from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
@@ -280,16 +332,58 @@ async fn authorize(State(api): State<Api>, mut req: Request, next: Next) -> Resp
         .and_then(|p| api.access.get(&(method, p.as_str())))
         .copied();
     // Not a route (404) or not a method of it (405): the fallbacks answer.
-    let Some(access) = access else {
+    let Some((access, expensive)) = access else {
         return next.run(req).await;
     };
     match api.tokens.check(access, req.headers()) {
         Ok(Some(caller)) => {
+            // Held until the answer is made: one token cannot fill the provider's queue.
+            let _place = if expensive {
+                match api.expensive_place(&caller.name) {
+                    Ok(place) => Some(place),
+                    Err(e) => return e.into_response(),
+                }
+            } else {
+                None
+            };
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Ok(None) => next.run(req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Answers 503 when a request is not answered within `[server] request_timeout`. Whatever the
+/// request started (a change, a revert) goes on: the actor owns it, not the connection.
+async fn time_limit(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let limit = api.app.config.server.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(format!(
+            "not answered within {} ([server] request_timeout); anything it started goes on: see the domain's events",
+            humantime::format_duration(limit)
+        ))
+        .into_response(),
+    }
+}
+
+impl Api {
+    /// A place for one expensive request of token `name`, or 429.
+    fn expensive_place(&self, name: &str) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let limit = self.app.config.server.expensive_per_token;
+        let places = self
+            .expensive
+            .lock()
+            .map_err(|_| ApiError::internal("expensive-request lock poisoned"))?
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit as usize)))
+            .clone();
+        places.try_acquire_owned().map_err(|_| {
+            ApiError::TooManyRequests(format!(
+                "token {name:?} already has {limit} requests that read the DNS provider in progress ([server] expensive_per_token); retry when one is answered"
+            ))
+        })
     }
 }
 

@@ -123,9 +123,10 @@ pub async fn diff(
     KnownSnapshot(s): KnownSnapshot,
 ) -> Result<Json<Value>, ApiError> {
     let cfg = api.snapshot_domain(&s)?;
-    let provider = api.provider(cfg).await?;
-    let d = ops::snapshot_diff(cfg, &provider, &api.app.store, s.id)
-        .await
+    // A diff changes nothing: it reads at background priority, behind changes, within a bound.
+    let provider = api.background(cfg).await?;
+    let d = bounded(ops::snapshot_diff(cfg, &provider, &api.app.store, s.id))
+        .await?
         .map_err(ops_error)?;
     Ok(Json(json!({
         "snapshot": view(&d.snapshot),
@@ -219,10 +220,21 @@ pub async fn revert(
         if !b.dry_run {
             api.leader_epoch()?;
         }
-        let provider = api.provider(cfg).await?;
-        let plan = ops::plan_revert(cfg, &provider, &api.app.store, s.id, b.force)
-            .await
-            .map_err(ops_error)?;
+        // A dry run changes nothing: it reads at background priority, within a bound.
+        let provider = if b.dry_run {
+            api.background(cfg).await?
+        } else {
+            api.provider(cfg).await?
+        };
+        let plan = bounded(ops::plan_revert(
+            cfg,
+            &provider,
+            &api.app.store,
+            s.id,
+            b.force,
+        ))
+        .await?
+        .map_err(ops_error)?;
         let (message, change_id) = if b.dry_run || plan.changes.is_empty() {
             let m = plan.summary(cfg);
             (
@@ -264,4 +276,16 @@ pub async fn revert(
         })))
     };
     api.once(&caller, &m, work).await
+}
+
+/// A read for a diff or a plan, given up (502, nothing changed) when the provider takes longer
+/// than a dry run may.
+async fn bounded<T>(work: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+    let limit = crate::actor::DRY_RUN_TIMEOUT;
+    tokio::time::timeout(limit, work).await.map_err(|_| {
+        ApiError::Provider(format!(
+            "the provider did not answer within {}s; nothing was changed",
+            limit.as_secs()
+        ))
+    })
 }

@@ -95,6 +95,8 @@ impl Config {
                 open_metrics: false,
                 header_read_timeout: Duration::from_secs(10),
                 max_connections: 4096,
+                request_timeout: Duration::from_secs(120),
+                expensive_per_token: 4,
             },
             store: StoreConfig {
                 url: StoreUrl::default_sqlite(),
@@ -202,6 +204,20 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         defaults.server.max_connections.into(),
         errs,
     ) as u32;
+    let request_timeout = server.duration(
+        "request_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        defaults.server.request_timeout,
+        errs,
+    );
+    let expensive_per_token = server.int(
+        "expensive_per_token",
+        "requests",
+        1..=1024,
+        defaults.server.expensive_per_token.into(),
+        errs,
+    ) as u32;
     server.finish(
         errs,
         &[
@@ -210,6 +226,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             "open_metrics",
             "header_read_timeout",
             "max_connections",
+            "request_timeout",
+            "expensive_per_token",
         ],
     );
 
@@ -315,6 +333,8 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             open_metrics,
             header_read_timeout,
             max_connections,
+            request_timeout,
+            expensive_per_token,
         },
         store: StoreConfig {
             url,

@@ -486,3 +486,21 @@ fn many_domains_on_one_primary_host_get_the_mode_a_advice() {
     }
     assert!(parse(&text).expect("valid").advice().is_empty());
 }
+
+#[test]
+fn request_limits_default_and_are_bounded() {
+    let cfg = parse(PROVIDER).expect("config");
+    assert_eq!(cfg.server.request_timeout, Duration::from_secs(120));
+    assert_eq!(cfg.server.expensive_per_token, 4);
+    let errs = errors(&format!(
+        "[server]\nrequest_timeout = \"0s\"\nexpensive_per_token = 0\n{PROVIDER}"
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("server.request_timeout")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("server.expensive_per_token")),
+        "{errs:?}"
+    );
+}

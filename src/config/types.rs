@@ -35,6 +35,11 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// A request not answered within this long gets a 503 (what it started goes on).
+    pub request_timeout: Duration,
+    /// Requests per token at once on the routes that read the provider (dry runs, diffs,
+    /// snapshots, reverts); more get a 429.
+    pub expensive_per_token: u32,
 }
 
 #[derive(Debug, Clone)]

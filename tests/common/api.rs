@@ -199,14 +199,35 @@ pub async fn first_read(handle: &mxguard::actor::ActorHandle) {
     .await;
 }
 
-/// A provider in front of the in-memory zone whose applies wait while `hold` is set: a change
-/// held at the provider for as long as a test needs (reads answer at once).
+/// A provider in front of the in-memory zone whose applies wait while `hold` is set (a change
+/// held at the provider for as long as a test needs), and whose reads wait while `hold_reads`
+/// is (a provider that is slow to answer).
 pub struct HeldApplies {
     pub inner: Arc<MemoryDns>,
     pub hold: std::sync::atomic::AtomicBool,
     /// Applies waiting now.
     pub waiting: std::sync::atomic::AtomicUsize,
     release: tokio::sync::Notify,
+    pub hold_reads: std::sync::atomic::AtomicBool,
+    /// Reads waiting now.
+    pub reads_waiting: std::sync::atomic::AtomicUsize,
+    release_reads: tokio::sync::Notify,
+}
+
+/// Counts a call as waiting until it goes on or is dropped (a cancelled change).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl HeldApplies {
@@ -217,7 +238,20 @@ impl HeldApplies {
             hold: hold.into(),
             waiting: Default::default(),
             release: Default::default(),
+            hold_reads: Default::default(),
+            reads_waiting: Default::default(),
+            release_reads: Default::default(),
         }
+    }
+
+    pub fn release_reads(&self) {
+        self.hold_reads
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.release_reads.notify_waiters();
+    }
+
+    pub fn reads_waiting(&self) -> usize {
+        self.reads_waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn release(&self) {
@@ -243,6 +277,14 @@ impl mxguard_core::DnsProvider for HeldApplies {
         zone: &Fqdn,
         keys: &[RrsetKey],
     ) -> Result<Vec<RecordSet>, mxguard_core::ProviderError> {
+        use std::sync::atomic::Ordering;
+        while self.hold_reads.load(Ordering::SeqCst) {
+            let released = self.release_reads.notified();
+            let _waiting = Waiting::new(&self.reads_waiting);
+            if self.hold_reads.load(Ordering::SeqCst) {
+                released.await;
+            }
+        }
         self.inner.read(zone, keys).await
     }
     async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, mxguard_core::ProviderError> {
@@ -254,17 +296,9 @@ impl mxguard_core::DnsProvider for HeldApplies {
         changes: &mxguard_core::ChangeSet,
     ) -> Result<(), mxguard_core::ProviderError> {
         use std::sync::atomic::Ordering;
-        /// Counts an apply as waiting until it goes on or is dropped (a cancelled change).
-        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
         while self.hold.load(Ordering::SeqCst) {
             let released = self.release.notified();
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let _waiting = Waiting(&self.waiting);
+            let _waiting = Waiting::new(&self.waiting);
             if self.hold.load(Ordering::SeqCst) {
                 released.await;
             }
@@ -279,7 +313,12 @@ pub async fn start(tokens: bool) -> TestApi {
 
 /// [`start`], with the actor's and the API's provider holding applies on demand.
 pub async fn start_with(tokens: bool) -> (TestApi, Arc<HeldApplies>) {
-    let config = Config::parse("api-test.toml", &config_text(tokens)).expect("config");
+    start_with_text(&config_text(tokens)).await
+}
+
+/// [`start_with`] on a configuration of the test's own (e.g. [`config_text`] plus settings).
+pub async fn start_with_text(text: &str) -> (TestApi, Arc<HeldApplies>) {
+    let config = Config::parse("api-test.toml", text).expect("config");
     let config = Arc::new(config);
     let dir = tempfile::tempdir().expect("tempdir");
     let url =
@@ -298,6 +337,7 @@ pub async fn start_with(tokens: bool) -> (TestApi, Arc<HeldApplies>) {
     for d in &config.domains {
         let mut deps = memory_deps(&store, &dns, &leadership, &engine.events, &d.provider);
         deps.provider = held.clone();
+        deps.background = held.clone();
         let (actor, handle) = Actor::new(d.clone(), deps);
         tokio::spawn(actor.run(shutdown.clone()));
         engine.domains.insert(d.name.clone(), handle);
