@@ -203,6 +203,7 @@ fn policy(port: u16, starttls: StartTls, ca: &std::path::Path) -> SmtpPolicy {
     SmtpPolicy {
         port,
         timeout: Duration::from_secs(3),
+        deadline: None,
         starttls,
         ehlo_name: Fqdn::parse("bench.invalid").expect("name"),
         cert_min_days: 7,

@@ -216,6 +216,7 @@ impl Engine {
                         smtp: SmtpPolicy {
                             port: c.smtp_port,
                             timeout: c.timeout,
+                            deadline: Some(vantage::probe_deadline(c)),
                             starttls: c.starttls,
                             ehlo_name: c.ehlo_name.clone(),
                             cert_min_days: c.cert_min_days,

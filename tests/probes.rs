@@ -649,3 +649,36 @@ async fn verdict_resolvers_disagreeing_evidence_shows_both_answers() {
     let v = target_verdict(&ev.round, 2);
     assert!(v.up && v.reason.starts_with("127.0.0.1 passed"), "{v:?}");
 }
+
+#[tokio::test]
+async fn a_server_slow_in_every_reply_fails_at_the_session_deadline() {
+    // Each reply 400 ms late: within the 1 s phase timeout every time.
+    let ca = Ca::new().expect("CA");
+    let l = fault(Fault::SlowReplies(Duration::from_millis(400)));
+    let mut p = plain_policy(&ca, StartTls::Off, Duration::from_secs(1));
+    p.rcpt = rcpt(false);
+    let r = probe_at(l.addr(), &p).await;
+    assert!(r.pass, "healthy without a session deadline: {r:?}");
+    assert!(
+        r.latency_ms >= 1600,
+        "banner, EHLO, MAIL, RCPT… took {} ms",
+        r.latency_ms
+    );
+
+    // The whole session may take 1.2 s: it is cut in the phase under way, a hard timeout.
+    p.deadline = Some(Duration::from_millis(1200));
+    let start = Instant::now();
+    let r = probe_at(l.addr(), &p).await;
+    let took = start.elapsed();
+    let f = assert_failure(
+        &r,
+        Phase::MailFrom,
+        FailureKind::Timeout,
+        "session not done within 1.2s",
+    );
+    assert!(!f.kind.is_soft());
+    assert!(
+        took >= Duration::from_millis(1200) && took < Duration::from_millis(2000),
+        "took {took:?}"
+    );
+}

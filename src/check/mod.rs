@@ -96,6 +96,11 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         smtp: SmtpPolicy {
             port: req.port,
             timeout: req.timeout,
+            // As `serve` would judge it with these timeouts at the default interval.
+            deadline: Some(crate::vantage::probe_deadline(&crate::config::Checks {
+                timeout: req.timeout,
+                ..crate::config::Checks::default()
+            })),
             starttls: req.starttls,
             ehlo_name: req.ehlo_name.clone(),
             cert_min_days: req.cert_min_days,

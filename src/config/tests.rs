@@ -500,7 +500,8 @@ fn request_limits_default_and_are_bounded() {
         "{errs:?}"
     );
     assert!(
-        errs.iter().any(|e| e.contains("server.expensive_per_token")),
+        errs.iter()
+            .any(|e| e.contains("server.expensive_per_token")),
         "{errs:?}"
     );
 }

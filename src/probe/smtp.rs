@@ -28,6 +28,9 @@ pub struct SmtpPolicy {
     pub port: u16,
     /// Per phase.
     pub timeout: Duration,
+    /// For the whole session (`None`: only the phase timeouts bound it). A round's verdict must
+    /// be in before the previous one stops being fresh (`vantage::probe_deadline`).
+    pub deadline: Option<Duration>,
     pub starttls: StartTls,
     pub ehlo_name: Fqdn,
     pub cert_min_days: u32,
@@ -285,6 +288,8 @@ impl Reply {
 struct Session<'a> {
     policy: &'a SmtpPolicy,
     report: SmtpReport,
+    /// The phase under way (named when the session deadline cuts it short).
+    current: Phase,
 }
 
 /// Probes `address` as MX host `host`. Never fails: every failure is in the report.
@@ -309,8 +314,23 @@ pub async fn probe(
             latency_ms: 0,
             recipients: Vec::new(),
         },
+        current: Phase::Connect,
     };
-    let outcome = s.dialogue(now, false).await;
+    let outcome = match policy.deadline {
+        None => s.dialogue(now, false).await,
+        Some(limit) => match tokio::time::timeout(limit, s.dialogue(now, false)).await {
+            Ok(outcome) => outcome,
+            // A server slow in every reply, each within the phase timeout, still fails here:
+            // a session that outlives the vote's freshness would leave its side Unknown.
+            Err(_) => Err(fail(
+                s.current,
+                FailureKind::Timeout,
+                format!(
+                    "session not done within {limit:?} (every reply slow, each within the phase timeout)"
+                ),
+            )),
+        },
+    };
     s.report.latency_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => s.report.pass = true,
@@ -509,6 +529,7 @@ impl Session<'_> {
         phase: Phase,
         text: &str,
     ) -> Result<(), Failure> {
+        self.current = phase;
         let io = async {
             conn.get_mut().write_all(text.as_bytes()).await?;
             conn.get_mut().flush().await
@@ -547,6 +568,7 @@ impl Session<'_> {
                     format!("invalid SNI name: {e}"),
                 )
             })?;
+        self.current = Phase::Tls;
         let t = Instant::now();
         let connector = TlsConnector::from(self.policy.tls.clone());
         let tls = match tokio::time::timeout(
@@ -624,6 +646,7 @@ impl Session<'_> {
         phase: Phase,
         cmd: Option<&str>,
     ) -> Result<Reply, Failure> {
+        self.current = phase;
         let t = Instant::now();
         let io = async {
             if let Some(cmd) = cmd {

@@ -36,6 +36,9 @@ pub enum Fault {
     StartTls(LeafCert),
     /// Sends its 220 banner one byte per interval (e.g. one second), then behaves.
     Trickle(Duration),
+    /// Sends every reply (the banner included) this long after it is due: each reply within
+    /// a phase timeout, the whole session long.
+    SlowReplies(Duration),
     /// Answers EHLO and HELO with this code (e.g. 550).
     EhloRejected(u16),
     /// Answers every RCPT with this code (e.g. 450 or 550).
@@ -144,6 +147,8 @@ async fn serve(
 #[derive(Clone, Copy, Default)]
 struct Rules {
     offer_starttls: bool,
+    /// Every reply waits this long.
+    delay: Option<Duration>,
     ehlo_code: Option<u16>,
     rcpt_code: Option<u16>,
     /// After a 5xx banner: 503 to everything but QUIT.
@@ -196,6 +201,11 @@ async fn session(
             }
         }
         Fault::NoStartTls => stream.write_all(greeting.as_bytes()).await?,
+        Fault::SlowReplies(delay) => {
+            rules.delay = Some(*delay);
+            tokio::time::sleep(*delay).await;
+            stream.write_all(greeting.as_bytes()).await?;
+        }
         Fault::StartTls(_) => {
             rules.offer_starttls = true;
             stream.write_all(greeting.as_bytes()).await?;
@@ -277,6 +287,9 @@ where
             "STARTTLS" => "502 5.5.1 Error: command not implemented".to_string(),
             _ => "502 5.5.2 Error: command not recognized".to_string(),
         };
+        if let Some(delay) = rules.delay {
+            tokio::time::sleep(delay).await;
+        }
         io.write_all(format!("{reply}\r\n").as_bytes()).await?;
         io.flush().await?;
     }

@@ -47,6 +47,7 @@ pub fn policy(ca: &Ca, port: u16, starttls: StartTls, timeout: Duration) -> Smtp
     SmtpPolicy {
         port,
         timeout,
+        deadline: None,
         starttls,
         ehlo_name: fqdn("probe.mxguard.test"),
         cert_min_days: 7,
