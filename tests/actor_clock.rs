@@ -8,17 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::api::{lab_dns, memory_deps, sole_leader, MxView, BACKUP_MX, DOMAIN, PRIMARY_MX};
-use mxguard::actor::{Actor, ActorHandle};
+use common::api::{MemoryDomain, MxView, BACKUP_MX, DOMAIN, PRIMARY_MX};
+use mxguard::actor::ActorHandle;
 use mxguard::clock::WallClock;
-use mxguard::config::{Config, StoreUrl};
 use mxguard::health::{Health, SideHealth};
 use mxguard::machine::Phase;
 use mxguard::model::{Fqdn, Side};
 use mxguard::monitor::RoundReport;
 use mxguard::vantage::VantageReport;
 use mxguard_core::ManualClock;
-use tokio_util::sync::CancellationToken;
 
 /// One probe round of this vantage, stamped `at`.
 fn round(side: Side, health: Health, at: DateTime<Utc>) -> (RoundReport, VantageReport) {
@@ -69,28 +67,15 @@ async fn wait_for(handle: &ActorHandle, what: &str, want: impl Fn(Phase) -> bool
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failback_hold_passes_on_the_injected_clock() {
-    let config = Config::parse("clock.toml", &common::api::config_text(false)).expect("config");
-    let domain = config.domains[0].clone();
-    assert_eq!(domain.failback.hold, Some(Duration::from_secs(3600)));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url =
-        StoreUrl::parse(&format!("sqlite://{}", dir.path().join("c.db").display())).expect("url");
-    let store = mxguard::store::open(&url).await.expect("store");
-    store.migrate().await.expect("migrate");
-    let dns = Arc::new(lab_dns());
-    dns.hand_edit_mx(PRIMARY_MX, 300);
-    let leadership = sole_leader(&*store).await;
-    let events = mxguard::events::EventBus::default();
+    let m = MemoryDomain::new().await;
+    assert_eq!(m.domain.failback.hold, Some(Duration::from_secs(3600)));
     let manual = Arc::new(ManualClock::new());
     let start = DateTime::from_timestamp(1_900_000_000, 0).expect("valid time");
     let wall = WallClock::new(manual.clone(), start);
-    let mut deps = memory_deps(&store, &dns, &leadership, &events, &domain.provider);
+    let mut deps = m.deps();
     deps.clock = wall.clone();
-    let (actor, handle) = Actor::new(domain, deps);
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(actor.run(shutdown));
-    common::api::first_read(&handle).await;
+    let (handle, _stop) = m.run(deps).await;
+    let dns = &m.dns;
 
     // Settled on the primary, then the primary fails: failover, verified.
     feed(&handle, &wall, Health::Up, Health::Up).await;
@@ -130,10 +115,7 @@ async fn a_failback_hold_passes_on_the_injected_clock() {
     manual.advance(Duration::from_secs(60));
     wait_for(&handle, "failed back", |p| p == Phase::Primary).await;
     assert_eq!(dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
-    let timeline = store
-        .events(&Fqdn::parse(DOMAIN).expect("name"), None, 1000)
-        .await
-        .expect("events");
+    let timeline = m.events().await;
     let back = timeline
         .iter()
         .find(|e| {

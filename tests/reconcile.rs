@@ -9,17 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::api::{lab_dns, memory_deps, sole_leader, MemoryDns, MxView, BACKUP_MX, PRIMARY_MX};
-use mxguard::actor::Actor;
-use mxguard::config::Config;
-use mxguard::config::StoreUrl;
+use common::api::{MemoryDns, MemoryDomain, MxView, BACKUP_MX};
 use mxguard::machine::Command;
 use mxguard::model::Side;
 use mxguard_core::{
     Capabilities, ChangeSet, DnsProvider, Fqdn, ProviderError, RecordSet, RrsetKey,
 };
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Reads the zone at once but, while `hold` is set, answers only when released: the answer a
 /// slow provider gives is what was live when the request was made.
@@ -58,33 +54,19 @@ impl DnsProvider for SlowReads {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reconcile_read_neither_blocks_the_actor_nor_overrules_a_later_change() {
-    let config = Config::parse("reconcile.toml", &common::api::config_text(false)).expect("config");
-    let domain = config.domains[0].clone();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url =
-        StoreUrl::parse(&format!("sqlite://{}", dir.path().join("r.db").display())).expect("url");
-    let store = mxguard::store::open(&url).await.expect("store");
-    store.migrate().await.expect("migrate");
-    let dns = Arc::new(lab_dns());
-    dns.hand_edit_mx(PRIMARY_MX, 300);
+    let m = MemoryDomain::new().await;
+    let (store, dns) = (m.store.clone(), m.dns.clone());
     let slow = Arc::new(SlowReads {
         inner: dns.clone(),
         hold: AtomicBool::new(false),
         waiting: AtomicUsize::new(0),
         release: Notify::new(),
     });
-    let leadership = sole_leader(&*store).await;
-    let events = mxguard::events::EventBus::default();
-    let mut deps = memory_deps(&store, &dns, &leadership, &events, &domain.provider);
+    let mut deps = m.deps();
     // changes go to the zone directly; the periodic read goes through the slow path, often
     deps.background = slow.clone();
     deps.reconcile = Duration::from_secs(1);
-    let (actor, handle) = Actor::new(domain, deps);
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(actor.run(shutdown));
-
-    common::api::first_read(&handle).await;
+    let (handle, _stop) = m.run(deps).await;
 
     // A reconcile read goes out and hangs, holding "the primary is published".
     slow.hold.store(true, Ordering::SeqCst);
@@ -178,27 +160,14 @@ impl DnsProvider for PanicsOnce {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_that_panics_is_reported_and_retried() {
-    let config = Config::parse("panic.toml", &common::api::config_text(false)).expect("config");
-    let domain = config.domains[0].clone();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url =
-        StoreUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).expect("url");
-    let store = mxguard::store::open(&url).await.expect("store");
-    store.migrate().await.expect("migrate");
-    let dns = Arc::new(lab_dns());
-    dns.hand_edit_mx(PRIMARY_MX, 300);
-    let leadership = sole_leader(&*store).await;
-    let events = mxguard::events::EventBus::default();
-    let mut deps = memory_deps(&store, &dns, &leadership, &events, &domain.provider);
+    let m = MemoryDomain::new().await;
+    let (store, dns) = (m.store.clone(), m.dns.clone());
+    let mut deps = m.deps();
     deps.provider = Arc::new(PanicsOnce {
         inner: dns.clone(),
         panicked: AtomicBool::new(false),
     });
-    let (actor, handle) = Actor::new(domain, deps);
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(actor.run(shutdown));
-    common::api::first_read(&handle).await;
+    let (handle, _stop) = m.run(deps).await;
 
     handle
         .command(Command::Failover, "ops", "drill")

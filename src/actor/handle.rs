@@ -254,18 +254,21 @@ mod tests {
         (report, own)
     }
 
+    /// A handle whose actor never runs.
+    fn handle(tx: mpsc::Sender<Msg>) -> ActorHandle {
+        let domain = Fqdn::parse("example.test").expect("name");
+        ActorHandle {
+            shown: watch::channel(Arc::new(Status::new(domain.clone()))).1,
+            domain,
+            tx,
+            inbox: Arc::default(),
+        }
+    }
+
     #[tokio::test]
     async fn a_busy_actor_gets_the_latest_round_per_side_not_a_backlog() {
         let (tx, _rx) = mpsc::channel(1);
-        let handle = ActorHandle {
-            domain: Fqdn::parse("example.test").expect("name"),
-            tx,
-            inbox: Arc::default(),
-            shown: watch::channel(Arc::new(Status::new(
-                Fqdn::parse("example.test").expect("name"),
-            )))
-            .1,
-        };
+        let handle = handle(tx);
         // 100 rounds per side arrive while the actor is busy elsewhere
         for i in 0..100 {
             let health = if i < 99 { Health::Up } else { Health::Down };
@@ -290,15 +293,7 @@ mod tests {
     #[tokio::test]
     async fn rounds_are_refused_once_the_actor_has_stopped() {
         let (tx, rx) = mpsc::channel(1);
-        let handle = ActorHandle {
-            domain: Fqdn::parse("example.test").expect("name"),
-            tx,
-            inbox: Arc::default(),
-            shown: watch::channel(Arc::new(Status::new(
-                Fqdn::parse("example.test").expect("name"),
-            )))
-            .1,
-        };
+        let handle = handle(tx);
         drop(rx);
         let (r, own) = round(Side::Primary, Health::Up, 0);
         assert!(!handle.round(r, own).await);

@@ -183,6 +183,73 @@ pub fn memory_deps(
     }
 }
 
+/// The domain of [`config_text`] on a SQLite store in a temporary directory, with the in-memory
+/// zone publishing the primary (TTL 300) and this process holding the lease: what a test needs
+/// to run one domain's actor without servers.
+pub struct MemoryDomain {
+    pub domain: mxguard::config::DomainConfig,
+    pub store: Arc<dyn Store>,
+    pub dns: Arc<MemoryDns>,
+    pub leadership: mxguard::lease::Leadership,
+    pub events: mxguard::events::EventBus,
+    _dir: tempfile::TempDir,
+}
+
+impl MemoryDomain {
+    pub async fn new() -> Self {
+        let config = Config::parse("memory.toml", &config_text(false)).expect("config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = StoreUrl::parse(&format!("sqlite://{}", dir.path().join("m.db").display()))
+            .expect("url");
+        let store = mxguard::store::open(&url).await.expect("store");
+        store.migrate().await.expect("migrate");
+        let dns = Arc::new(lab_dns());
+        dns.hand_edit_mx(PRIMARY_MX, 300);
+        let leadership = sole_leader(&*store).await;
+        MemoryDomain {
+            domain: config.domains[0].clone(),
+            store,
+            dns,
+            leadership,
+            events: mxguard::events::EventBus::default(),
+            _dir: dir,
+        }
+    }
+
+    /// The actor's dependencies ([`memory_deps`]), for the test to adjust.
+    pub fn deps(&self) -> ChangeDeps {
+        memory_deps(
+            &self.store,
+            &self.dns,
+            &self.leadership,
+            &self.events,
+            &self.domain.provider,
+        )
+    }
+
+    /// Runs the domain's actor on `deps` until the guard is dropped; answers once it has read
+    /// the zone.
+    pub async fn run(
+        &self,
+        deps: ChangeDeps,
+    ) -> (mxguard::actor::ActorHandle, tokio_util::sync::DropGuard) {
+        let (actor, handle) = Actor::new(self.domain.clone(), deps);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone().drop_guard();
+        tokio::spawn(actor.run(shutdown));
+        first_read(&handle).await;
+        (handle, stop)
+    }
+
+    /// The domain's timeline.
+    pub async fn events(&self) -> Vec<mxguard::store::Event> {
+        self.store
+            .events(&self.domain.name, None, 10_000)
+            .await
+            .expect("events")
+    }
+}
+
 /// The actor reads the zone when it starts: waits until it knows the primary is published.
 pub async fn first_read(handle: &mxguard::actor::ActorHandle) {
     super::poll(
