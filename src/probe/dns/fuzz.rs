@@ -347,7 +347,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     /// Answers built with hickory-proto: accepted exactly when the id, the QR bit, the opcode
     /// and the question match the query (the same name in other case is the same question);
