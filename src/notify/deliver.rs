@@ -104,14 +104,8 @@ impl Request {
 
 impl Worker {
     pub fn new(name: String, target: NotifyTarget, cx: Context, stats: Arc<Stats>) -> Worker {
-        let d = &cx.delivery;
         let retrier = Retrier::new(
-            RetryPolicy {
-                max_attempts: d.max_attempts,
-                initial_backoff: d.initial_backoff,
-                max_backoff: d.max_backoff,
-                deadline: d.give_up_after,
-            },
+            retry_policy(&cx.delivery),
             cx.clock.clone(),
             cx.jitter.clone(),
         );
@@ -445,6 +439,16 @@ impl Worker {
     }
 }
 
+/// The retries of one target's deliveries, as configured.
+fn retry_policy(d: &Delivery) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: d.max_attempts,
+        initial_backoff: d.initial_backoff,
+        max_backoff: d.max_backoff,
+        deadline: d.give_up_after,
+    }
+}
+
 /// How a failed attempt is treated: connection errors, timeouts, 408 and 5xx are retried,
 /// 429 after its `Retry-After` (or the backoff, whichever is longer), the rest are final.
 enum Retry {
@@ -492,3 +496,6 @@ pub fn retry_after(v: &HeaderValue) -> Option<Duration> {
     let at = DateTime::parse_from_rfc2822(s).ok()?;
     (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
 }
+
+#[cfg(test)]
+mod fuzz;

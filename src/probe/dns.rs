@@ -195,10 +195,8 @@ impl DnsClient {
                     let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
                     // Ignore stray datagrams that do not answer our query (spoofing, late
                     // replies, a query reflected back).
-                    if let Ok(msg) = Message::from_vec(&buf[..n]) {
-                        if answers(request, &msg) {
-                            return Ok::<Message, String>(msg);
-                        }
+                    if let Ok(msg) = parse_answer(request, &buf[..n]) {
+                        return Ok::<Message, String>(msg);
                     }
                 }
             });
@@ -226,21 +224,30 @@ impl DnsClient {
             .read_exact(&mut buf)
             .await
             .map_err(|e| e.to_string())?;
-        let msg = Message::from_vec(&buf).map_err(|e| e.to_string())?;
-        if !answers(request, &msg) {
-            return Err(
-                "TCP answer that does not answer the query (id, QR bit or question)".into(),
-            );
-        }
-        Ok(msg)
+        parse_answer(request, &buf)
     }
 }
 
+/// The answer to `request` in `bytes`, as either transport received them; an error for bytes
+/// that are no DNS message or a message that does not answer the query.
+fn parse_answer(request: &Message, bytes: &[u8]) -> Result<Message, String> {
+    let msg = Message::from_vec(bytes).map_err(|e| e.to_string())?;
+    if !answers(request, &msg) {
+        return Err(
+            "an answer that does not answer the query (id, QR bit, opcode or question)".into(),
+        );
+    }
+    Ok(msg)
+}
+
 /// Whether `reply` answers `request`: the same id, the QR bit set, and the same question
-/// (RFC 5452 §9.1: a resolver accepts an answer only when all of them match).
+/// (RFC 5452 §9.1: a resolver accepts an answer only when all of them match), and the opcode
+/// the query carried (RFC 1035 §4.1.1: a response copies it; a NOTIFY or UPDATE reply with a
+/// matching id and question is not an answer to a query).
 fn answers(request: &Message, reply: &Message) -> bool {
     reply.metadata.id == request.metadata.id
         && reply.metadata.message_type == MessageType::Response
+        && reply.metadata.op_code == request.metadata.op_code
         && reply.queries == request.queries
 }
 
@@ -375,6 +382,9 @@ async fn ns_names(resolver: &DnsClient, zone: &Fqdn) -> Result<Vec<Fqdn>, String
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -400,6 +410,10 @@ mod tests {
         let mut other_id = reply.clone();
         other_id.metadata.id = request.metadata.id.wrapping_add(1);
         assert!(!answers(&request, &other_id));
+
+        let mut other_opcode = reply.clone();
+        other_opcode.metadata.op_code = hickory_proto::op::OpCode::Notify;
+        assert!(!answers(&request, &other_opcode), "another opcode");
 
         let mut other_question = query("evil.test.");
         other_question.metadata.id = request.metadata.id;

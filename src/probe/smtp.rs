@@ -270,19 +270,23 @@ struct Reply {
 pub const MAX_REPLY_TEXT: usize = 512;
 
 impl Reply {
-    /// The reply's lines joined, cut to [`MAX_REPLY_TEXT`] bytes (at a character boundary).
+    /// The reply's lines joined, cut to [`MAX_REPLY_TEXT`] bytes.
     fn text(&self) -> String {
-        let mut text = self.lines.join(" / ");
-        if text.len() > MAX_REPLY_TEXT {
-            let mut cut = MAX_REPLY_TEXT - "…".len();
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push('…');
-        }
-        text
+        cut_reply_text(self.lines.join(" / "))
     }
+}
+
+/// `text` cut to [`MAX_REPLY_TEXT`] bytes at a character boundary, `…` marking the cut.
+fn cut_reply_text(mut text: String) -> String {
+    if text.len() > MAX_REPLY_TEXT {
+        let mut cut = MAX_REPLY_TEXT - "…".len();
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 struct Session<'a> {
@@ -729,6 +733,12 @@ fn foreign_recipient(domains: &[Fqdn]) -> String {
     format!("mxguard-relay-probe@{foreign}")
 }
 
+/// A line quoted for a failure's detail, which is stored like a reply's text and is cut the
+/// same way: a line may be [`MAX_LINE`] bytes, and escaping can make it six times longer.
+fn quote(line: &str) -> String {
+    cut_reply_text(format!("{line:?}"))
+}
+
 /// Reads one (possibly multi-line) reply: `250-first`, …, `250 last`.
 async fn read_reply(conn: &mut BufReader<Box<dyn Io>>) -> Result<Reply, (FailureKind, String)> {
     let mut lines = Vec::new();
@@ -766,13 +776,13 @@ async fn read_reply(conn: &mut BufReader<Box<dyn Io>>) -> Result<Reply, (Failure
             .ok_or_else(|| {
                 (
                     FailureKind::Protocol,
-                    format!("not an SMTP reply: {line:?}"),
+                    format!("not an SMTP reply: {}", quote(&line)),
                 )
             })?;
         if *code.get_or_insert(this) != this {
             return Err((
                 FailureKind::Protocol,
-                format!("reply code changed mid-reply: {line:?}"),
+                format!("reply code changed mid-reply: {}", quote(&line)),
             ));
         }
         let (sep, text) = match rest.chars().next() {
@@ -791,3 +801,6 @@ async fn read_reply(conn: &mut BufReader<Box<dyn Io>>) -> Result<Reply, (Failure
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz;

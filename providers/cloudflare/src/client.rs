@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mxguard_core::{ProviderError, TokenBucket};
-use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +27,17 @@ pub(crate) struct CallError {
     pub error: ProviderError,
     pub status: Option<u16>,
     pub errors: Vec<ApiMessage>,
+}
+
+impl CallError {
+    /// A failure without an HTTP answer to look at again.
+    fn plain(error: ProviderError) -> Self {
+        CallError {
+            error,
+            status: None,
+            errors: Vec::new(),
+        }
+    }
 }
 
 impl From<CallError> for ProviderError {
@@ -79,11 +90,7 @@ impl Client {
         body: Option<&B>,
         what: &str,
     ) -> Result<(T, Option<ResultInfo>), CallError> {
-        let plain = |error: ProviderError| CallError {
-            error,
-            status: None,
-            errors: Vec::new(),
-        };
+        let plain = CallError::plain;
         let url = self.url(path, query).map_err(plain)?;
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
@@ -106,69 +113,12 @@ impl Client {
             .await
             .map_err(|e| plain(transport(what, &e)))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let should_retry = response
-            .headers()
-            .get("x-should-retry")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_should_retry);
+        let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| plain(transport(what, &e)))?;
-        let envelope: Result<Envelope<T>, _> = serde_json::from_slice(&bytes);
-        match envelope {
-            Ok(env) if status.is_success() && env.success => match env.result {
-                Some(result) => Ok((result, env.result_info)),
-                None => Err(plain(ProviderError::Transient(format!(
-                    "{what}: Cloudflare answered success without a result"
-                )))),
-            },
-            Ok(env) => Err(self.failed(
-                status,
-                env.errors,
-                retry_after.as_deref(),
-                should_retry,
-                what,
-            )),
-            Err(e) if status.is_success() => Err(plain(ProviderError::Transient(format!(
-                "{what}: Cloudflare's answer could not be read: {e}"
-            )))),
-            Err(_) => {
-                // a failure without the JSON envelope (a proxy's error page, a 429 from the edge)
-                let errors = serde_json::from_slice::<Envelope<serde_json::Value>>(&bytes)
-                    .map(|e| e.errors)
-                    .unwrap_or_default();
-                Err(self.failed(status, errors, retry_after.as_deref(), should_retry, what))
-            }
-        }
-    }
-
-    fn failed(
-        &self,
-        status: StatusCode,
-        errors: Vec<ApiMessage>,
-        retry_after: Option<&str>,
-        should_retry: Option<bool>,
-        what: &str,
-    ) -> CallError {
-        let error = classify(&Failure {
-            status: status.as_u16(),
-            errors: &errors,
-            retry_after,
-            should_retry,
-            what,
-        });
-        tracing::debug!(status = status.as_u16(), error = %error, "cloudflare call failed");
-        CallError {
-            error,
-            status: Some(status.as_u16()),
-            errors,
-        }
+        read_answer(status, &headers, &bytes, what)
     }
 
     /// Every page of a list endpoint: asks for `page` 1, 2, … until a page comes back empty
@@ -203,3 +153,63 @@ impl Client {
         }
     }
 }
+
+/// What one answer means: its result, or the failure classified. Apart from the request, so
+/// that any status, headers and body a server can send are checked without a server.
+pub(crate) fn read_answer<T: DeserializeOwned>(
+    status: StatusCode,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    what: &str,
+) -> Result<(T, Option<ResultInfo>), CallError> {
+    let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+    let should_retry = headers
+        .get("x-should-retry")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_should_retry);
+    let envelope: Result<Envelope<T>, _> = serde_json::from_slice(bytes);
+    match envelope {
+        Ok(env) if status.is_success() && env.success => match env.result {
+            Some(result) => Ok((result, env.result_info)),
+            None => Err(CallError::plain(ProviderError::Transient(format!(
+                "{what}: Cloudflare answered success without a result"
+            )))),
+        },
+        Ok(env) => Err(failed(status, env.errors, retry_after, should_retry, what)),
+        Err(e) if status.is_success() => Err(CallError::plain(ProviderError::Transient(format!(
+            "{what}: Cloudflare's answer could not be read: {e}"
+        )))),
+        Err(_) => {
+            // a failure without the JSON envelope (a proxy's error page, a 429 from the edge)
+            let errors = serde_json::from_slice::<Envelope<serde_json::Value>>(bytes)
+                .map(|e| e.errors)
+                .unwrap_or_default();
+            Err(failed(status, errors, retry_after, should_retry, what))
+        }
+    }
+}
+
+fn failed(
+    status: StatusCode,
+    errors: Vec<ApiMessage>,
+    retry_after: Option<&str>,
+    should_retry: Option<bool>,
+    what: &str,
+) -> CallError {
+    let error = classify(&Failure {
+        status: status.as_u16(),
+        errors: &errors,
+        retry_after,
+        should_retry,
+        what,
+    });
+    tracing::debug!(status = status.as_u16(), error = %error, "cloudflare call failed");
+    CallError {
+        error,
+        status: Some(status.as_u16()),
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod fuzz;

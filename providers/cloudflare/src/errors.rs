@@ -10,9 +10,9 @@ use crate::wire::ApiMessage;
 /// Codes that mean "the token is not accepted" whatever the status: malformed or missing
 /// authorization (6003, 6111, 9106, 9107), bad or unpermitted token (10000, 10001), a token
 /// used from a location its IP filter excludes (9109).
-const AUTH_CODES: &[i64] = &[6003, 6111, 9106, 9107, 9109, 10000, 10001];
+pub(crate) const AUTH_CODES: &[i64] = &[6003, 6111, 9106, 9107, 9109, 10000, 10001];
 /// Rate-limit codes seen in bodies (10100 "More than 1200 requests per 300 seconds", 971).
-const RATE_CODES: &[i64] = &[971, 10100];
+pub(crate) const RATE_CODES: &[i64] = &[971, 10100];
 /// "Could not route to …, perhaps your object identifier is invalid?": an unknown zone id.
 pub(crate) const NO_ROUTE_FOR_ID: i64 = 7003;
 /// "No route for that URI": the endpoint itself does not exist (e.g. no batch endpoint).

@@ -265,3 +265,6 @@ impl Exchange {
 fn rejected(reason: String) -> ProviderError {
     ProviderError::Rejected { reason }
 }
+
+#[cfg(test)]
+mod fuzz;
