@@ -128,9 +128,9 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    tasks.spawn(prune_observations(
+    tasks.spawn(prune(
         store.clone(),
-        config.store.observation_retention,
+        config.store.retention(),
         shutdown.clone(),
     ));
 
@@ -193,26 +193,42 @@ async fn start_engine(
     .await
 }
 
-/// Deletes probe observations older than the retention, hourly.
-async fn prune_observations(
-    store: Arc<dyn Store>,
-    retention: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+/// How long after start the first prune runs: after the actors' first state loads and writes,
+/// which a start with thousands of domains queues at once.
+const FIRST_PRUNE: Duration = Duration::from_secs(60);
+
+/// Deletes what the `[store]` retention no longer keeps (observations, events, finished
+/// changes, snapshots beyond the newest per domain, idempotency keys): shortly after start,
+/// then hourly.
+async fn prune(store: Arc<dyn Store>, retention: store::Retention, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + FIRST_PRUNE,
+        Duration::from_secs(3600),
+    );
+    // A long first prune is followed by the next one an hour later, not by a catch-up burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Ok(retention) = chrono::Duration::from_std(retention) else {
-            return;
+        let pruned = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pruned = store.prune(&retention, chrono::Utc::now()) => pruned,
         };
-        let before = chrono::Utc::now() - retention;
-        match store.prune_observations(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, %before, "pruned old probe observations"),
-            Err(e) => tracing::warn!(error = %e, "pruning probe observations failed"),
+        match pruned {
+            Ok(p) if p.total() == 0 => {}
+            Ok(p) => tracing::info!(
+                observations = p.observations,
+                events = p.events,
+                changes = p.changes,
+                snapshots = p.snapshots,
+                idempotency_keys = p.idempotency_keys,
+                "pruned what the store's retention no longer keeps"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the store failed; next attempt in an hour")
+            }
         }
     }
 }

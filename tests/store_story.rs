@@ -10,8 +10,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use mxguard::config::StoreUrl;
 use mxguard::model::{Fqdn, RecordSet, RecordType, Ttl};
 use mxguard::store::{
-    self, ChangeStatus, IdempotencyRecord, LeaseClaim, LeaseClock, NewChange, NewEvent,
-    NewSnapshot, Observation, Store, StoreError, Takeover, VantageRow,
+    self, ChangeStatus, ClaimOutcome, IdempotencyClaim, IdempotentAnswer, LeaseClaim, LeaseClock,
+    NewChange, NewEvent, NewSnapshot, Observation, Retention, Store, StoreError, Takeover,
+    VantageRow,
 };
 use mxguard_core::{Change, ChangeSet};
 use serde_json::json;
@@ -284,37 +285,104 @@ async fn story(url: StoreUrl) {
     assert!(s.snapshots(Some(&other), 100).await.unwrap().is_empty());
     assert_eq!(s.snapshots(None, 3).await.unwrap().len(), 3);
 
-    // --- idempotency keys: of concurrent first uses, exactly one wins ---
+    // --- idempotency keys: claimed before the work; of concurrent claims, exactly one wins ---
+    let claim = |hash: &str, at: i64| IdempotencyClaim {
+        scope: "chatops".into(),
+        key: "k-1".into(),
+        request_hash: hash.into(),
+        at: t(at),
+        stale_before: t(at - 300),
+    };
     let mut racers = Vec::new();
-    for i in 0..6u16 {
+    for i in 0..6 {
         let s = s.clone();
+        let c = claim("h", 4000 + i);
         racers.push(tokio::spawn(async move {
-            s.idempotency_put(&IdempotencyRecord {
-                scope: "chatops".into(),
-                key: "k-1".into(),
-                request_hash: "h".into(),
-                status: 200 + i,
-                body: json!({"message": format!("attempt {i}")}),
-                created_at: t(4000),
-            })
-            .await
-            .unwrap()
+            (s.idempotency_claim(&c).await.unwrap(), c)
         }));
     }
-    let mut wins = 0;
+    let mut winners = Vec::new();
     for r in racers {
-        if r.await.unwrap() {
-            wins += 1;
+        match r.await.unwrap() {
+            (ClaimOutcome::Claimed, c) => winners.push(c),
+            (ClaimOutcome::Held(rec), _) => {
+                assert_eq!(rec.answer, None, "in flight: no answer yet");
+                assert_eq!(rec.request_hash, "h");
+            }
         }
     }
-    assert_eq!(wins, 1);
-    let stored = s.idempotency_get("chatops", "k-1").await.unwrap().unwrap();
-    assert!((200..206).contains(&stored.status));
-    assert_eq!(
-        stored.body["message"],
-        format!("attempt {}", stored.status - 200)
+    assert_eq!(winners.len(), 1, "one claim wins");
+    let won = winners.remove(0);
+    let in_flight = s.idempotency_get("chatops", "k-1").await.unwrap().unwrap();
+    assert_eq!((in_flight.answer, in_flight.created_at), (None, won.at));
+    // a claim in flight for less than the expiry is not taken over, whoever asks
+    assert!(matches!(
+        s.idempotency_claim(&claim("h", 4200)).await.unwrap(),
+        ClaimOutcome::Held(_)
+    ));
+    let answer = IdempotentAnswer {
+        status: 201,
+        body: json!({"message": "done"}),
+    };
+    assert!(s.idempotency_answer(&won, &answer).await.unwrap());
+    assert!(
+        !s.idempotency_answer(&claim("h", 4001), &answer)
+            .await
+            .unwrap(),
+        "only the claim that holds the key answers it"
     );
+    let stored = s.idempotency_get("chatops", "k-1").await.unwrap().unwrap();
+    assert_eq!(stored.answer, Some(answer.clone()));
+    // an answered key is never taken over, however old
+    match s.idempotency_claim(&claim("h", 99_000)).await.unwrap() {
+        ClaimOutcome::Held(rec) => assert_eq!(rec.answer, Some(answer)),
+        other => panic!("an answered key was claimed again: {other:?}"),
+    }
+    // releasing an answered key does nothing
+    s.idempotency_release(&won).await.unwrap();
+    assert!(s.idempotency_get("chatops", "k-1").await.unwrap().is_some());
     assert!(s.idempotency_get("other", "k-1").await.unwrap().is_none());
+    // a claim abandoned by a crash is taken over once stale (by the same request only)
+    let crashed = IdempotencyClaim {
+        key: "k-2".into(),
+        ..claim("h2", 5000)
+    };
+    assert_eq!(
+        s.idempotency_claim(&crashed).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+    let retry = |hash: &str, at: i64| IdempotencyClaim {
+        key: "k-2".into(),
+        ..claim(hash, at)
+    };
+    assert!(matches!(
+        s.idempotency_claim(&retry("h2", 5299)).await.unwrap(),
+        ClaimOutcome::Held(_)
+    ));
+    assert!(matches!(
+        s.idempotency_claim(&retry("other", 5301)).await.unwrap(),
+        ClaimOutcome::Held(_)
+    ));
+    let retry = retry("h2", 5301);
+    assert_eq!(
+        s.idempotency_claim(&retry).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+    assert!(
+        !s.idempotency_answer(
+            &crashed,
+            &IdempotentAnswer {
+                status: 200,
+                body: json!({})
+            }
+        )
+        .await
+        .unwrap(),
+        "the abandoned claim no longer answers"
+    );
+    // a refusal releases the claim: the key is free again
+    s.idempotency_release(&retry).await.unwrap();
+    assert!(s.idempotency_get("chatops", "k-2").await.unwrap().is_none());
 
     // a failed change is not unfinished
     let (_, c2) = s
@@ -354,6 +422,271 @@ async fn story(url: StoreUrl) {
         "newest first"
     );
     assert!(s.recent_changes(&other, 10).await.unwrap().is_empty());
+    s.close().await;
+}
+
+/// What the store keeps and what it prunes: by age (observations in several batches, events,
+/// changes that ended, idempotency keys) and, per domain, the snapshots beyond the newest
+/// `snapshot_keep` that no remaining change and no domain's state refers to.
+async fn prune_story(url: StoreUrl) {
+    let s = open(&url).await;
+    let e = s
+        .acquire_lease(&claim("story", Takeover::IfExpired), LeaseClock::STORE)
+        .await
+        .unwrap()
+        .epoch;
+    let d = domain();
+    let other = Fqdn::parse("other.test").unwrap();
+    const DAY: i64 = 86_400;
+    let now = t(100 * DAY);
+    let ago = |days: i64| 100 * DAY - days * DAY;
+    let retention = Retention {
+        observations: Duration::from_secs(7 * 86_400),
+        events: Duration::from_secs(30 * 86_400),
+        changes: Duration::from_secs(30 * 86_400),
+        idempotency_keys: Duration::from_secs(86_400),
+        snapshot_keep: 3,
+    };
+
+    // observations: 2,500 past retention (three batches), 10 within
+    let obs = |n: i64, at: i64| -> Vec<Observation> {
+        (0..n)
+            .map(|i| Observation {
+                domain: d.clone(),
+                vantage: "local".into(),
+                side: "primary".into(),
+                target: "mx1.example.test.".into(),
+                resolver: "127.0.0.1:53".into(),
+                address: None,
+                outcome: "pass".into(),
+                phase: None,
+                latency_ms: Some(i),
+                detail: "250 OK".into(),
+                observed_at: t(at),
+            })
+            .collect()
+    };
+    s.record_observations(&obs(2500, ago(8))).await.unwrap();
+    s.record_observations(&obs(10, ago(1))).await.unwrap();
+
+    // events: two past retention, one within
+    for (days, message) in [(40, "old 1"), (31, "old 2"), (10, "recent")] {
+        s.append_event(&NewEvent {
+            domain: d.clone(),
+            at: t(ago(days)),
+            kind: mxguard::events::EventKind::Operator,
+            actor: "chatops".into(),
+            reason: None,
+            message: message.into(),
+            evidence: json!({}),
+        })
+        .await
+        .unwrap();
+    }
+
+    // changes, each with its snapshot: verified and failed long ago (pruned, and their
+    // snapshots with them), pending and applied long ago (kept: a restart resumes them),
+    // verified recently (kept)
+    let change = |at: i64| intent(&d, e, at);
+    let (s_verified, c_verified) = s
+        .begin_change(&change(ago(60)).0, &change(ago(60)).1)
+        .await
+        .unwrap();
+    s.set_change_status(c_verified.id, ChangeStatus::Applied, None, e, t(ago(60)))
+        .await
+        .unwrap();
+    s.set_change_status(c_verified.id, ChangeStatus::Verified, None, e, t(ago(60)))
+        .await
+        .unwrap();
+    let (s_failed, c_failed) = s
+        .begin_change(&change(ago(50)).0, &change(ago(50)).1)
+        .await
+        .unwrap();
+    s.set_change_status(
+        c_failed.id,
+        ChangeStatus::Failed,
+        Some("REFUSED"),
+        e,
+        t(ago(50)),
+    )
+    .await
+    .unwrap();
+    let (s_pending, c_pending) = s
+        .begin_change(&change(ago(45)).0, &change(ago(45)).1)
+        .await
+        .unwrap();
+    let (s_applied, c_applied) = s
+        .begin_change(&change(ago(44)).0, &change(ago(44)).1)
+        .await
+        .unwrap();
+    s.set_change_status(c_applied.id, ChangeStatus::Applied, None, e, t(ago(44)))
+        .await
+        .unwrap();
+    let (s_recent, c_recent) = s
+        .begin_change(&change(ago(40)).0, &change(ago(40)).1)
+        .await
+        .unwrap();
+    s.set_change_status(c_recent.id, ChangeStatus::Applied, None, e, t(ago(2)))
+        .await
+        .unwrap();
+    s.set_change_status(c_recent.id, ChangeStatus::Verified, None, e, t(ago(2)))
+        .await
+        .unwrap();
+
+    // plain snapshots: the failover's that the domain's state refers to (failback restores
+    // it), two nobody refers to, then the newest three; another domain's two
+    let plain = |dom: &Fqdn, at: i64, label: &str| NewSnapshot {
+        domain: dom.clone(),
+        provider: "ns1".into(),
+        zone: dom.clone(),
+        label: Some(label.into()),
+        reason: "test".into(),
+        taken_at: t(at),
+        taken_by: "chatops".into(),
+        records: vec![mx(300, &["10 mx1.example.test."])],
+    };
+    let s_state = s
+        .save_snapshot(&plain(&d, ago(39), "failover"))
+        .await
+        .unwrap();
+    let persisted = mxguard::actor::Persisted {
+        failover_snapshot: Some(s_state.id),
+        ..Default::default()
+    };
+    s.save_state(
+        &d,
+        &serde_json::to_value(&persisted).unwrap(),
+        None,
+        e,
+        t(ago(39)),
+    )
+    .await
+    .unwrap();
+    let s_old1 = s.save_snapshot(&plain(&d, ago(38), "old 1")).await.unwrap();
+    let s_old2 = s.save_snapshot(&plain(&d, ago(37), "old 2")).await.unwrap();
+    let mut newest = Vec::new();
+    for i in 0..3 {
+        newest.push(
+            s.save_snapshot(&plain(&d, ago(3 - i), "new"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let o1 = s
+        .save_snapshot(&plain(&other, ago(90), "o1"))
+        .await
+        .unwrap();
+    let o2 = s
+        .save_snapshot(&plain(&other, ago(80), "o2"))
+        .await
+        .unwrap();
+    let other_state = mxguard::actor::Persisted::default();
+    s.save_state(
+        &other,
+        &serde_json::to_value(&other_state).unwrap(),
+        None,
+        e,
+        t(ago(1)),
+    )
+    .await
+    .unwrap();
+
+    // idempotency keys: one answered two days ago, one claimed an hour ago (in flight)
+    let key = |k: &str, at: i64| IdempotencyClaim {
+        scope: "chatops".into(),
+        key: k.into(),
+        request_hash: "h".into(),
+        at: t(at),
+        stale_before: t(at - 300),
+    };
+    let old_key = key("old", ago(2));
+    assert_eq!(
+        s.idempotency_claim(&old_key).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+    let answer = IdempotentAnswer {
+        status: 200,
+        body: json!({"message": "paused"}),
+    };
+    assert!(s.idempotency_answer(&old_key, &answer).await.unwrap());
+    let new_key = key("new", 100 * DAY - 3600);
+    assert_eq!(
+        s.idempotency_claim(&new_key).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+
+    let pruned = s.prune(&retention, now).await.unwrap();
+    assert_eq!(
+        pruned,
+        store::Pruned {
+            observations: 2500,
+            events: 2,
+            changes: 2,
+            snapshots: 4,
+            idempotency_keys: 1,
+        }
+    );
+
+    assert_eq!(s.recent_observations(&d, 5000).await.unwrap().len(), 10);
+    let events = s.events(&d, None, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+        vec!["recent"]
+    );
+    let mut changes: Vec<i64> = s
+        .recent_changes(&d, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    changes.sort_unstable();
+    assert_eq!(changes, vec![c_pending.id, c_applied.id, c_recent.id]);
+    assert_eq!(
+        s.unfinished_changes().await.unwrap().len(),
+        2,
+        "a restart still resumes them"
+    );
+    let mut kept: Vec<i64> = s
+        .snapshots(Some(&d), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    kept.sort_unstable();
+    let mut want = vec![s_pending.id, s_applied.id, s_recent.id, s_state.id];
+    want.extend(&newest);
+    want.sort_unstable();
+    assert_eq!(
+        kept, want,
+        "the newest 3, the remaining changes' and the state's failover snapshot stay"
+    );
+    for gone in [s_verified.id, s_failed.id, s_old1.id, s_old2.id] {
+        assert!(
+            s.snapshot(gone).await.unwrap().is_none(),
+            "snapshot {gone} pruned"
+        );
+    }
+    assert_eq!(
+        s.snapshots(Some(&other), 100).await.unwrap().len(),
+        2,
+        "a domain with no more than snapshot_keep keeps them all ({}, {})",
+        o1.id,
+        o2.id
+    );
+    assert!(s.idempotency_get("chatops", "old").await.unwrap().is_none());
+    assert!(s.idempotency_get("chatops", "new").await.unwrap().is_some());
+
+    // a second prune finds nothing more
+    assert_eq!(
+        s.prune(&retention, now).await.unwrap(),
+        store::Pruned::default()
+    );
     s.close().await;
 }
 
@@ -715,4 +1048,22 @@ async fn sqlite_store_uses_wal() {
         .await
         .unwrap();
     assert_eq!(mode.0.to_lowercase(), "wal");
+}
+
+#[tokio::test]
+async fn prune_story_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::parse(&format!(
+        "sqlite://{}",
+        dir.path().join("prune.db").display()
+    ))
+    .unwrap();
+    prune_story(url).await;
+}
+
+#[tokio::test]
+async fn prune_story_postgres() {
+    let db = common::fresh_pg_database("prune").await;
+    prune_story(db.url.clone()).await;
+    db.drop_db().await;
 }

@@ -5,6 +5,7 @@
 mod cluster;
 mod notify;
 mod reader;
+mod store;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,10 +99,7 @@ impl Config {
                 request_timeout: Duration::from_secs(120),
                 expensive_per_token: 4,
             },
-            store: StoreConfig {
-                url: StoreUrl::default_sqlite(),
-                observation_retention: DEFAULT_RETENTION,
-            },
+            store: StoreConfig::on(StoreUrl::default_sqlite()),
             tokens: Vec::new(),
             providers: BTreeMap::new(),
             checks: Checks::default(),
@@ -170,7 +168,6 @@ impl Config {
     }
 }
 
-const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn from_table(table: Table, errs: &mut Errors) -> Config {
@@ -231,22 +228,7 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         ],
     );
 
-    let mut store = root.child("store", errs);
-    let url = match store.string("url", errs) {
-        None => defaults.store.url,
-        Some(s) => StoreUrl::parse(&s).unwrap_or_else(|why| {
-            errs.push(store.field("url"), why);
-            StoreUrl::default_sqlite()
-        }),
-    };
-    let observation_retention = store.duration(
-        "observation_retention",
-        Duration::from_secs(60),
-        365 * DAY,
-        DEFAULT_RETENTION,
-        errs,
-    );
-    store.finish(errs, &["url", "observation_retention"]);
+    let store = store::parse_store(root.child("store", errs), errs);
 
     let tokens = root
         .tables("tokens", errs)
@@ -336,10 +318,7 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
             request_timeout,
             expensive_per_token,
         },
-        store: StoreConfig {
-            url,
-            observation_retention,
-        },
+        store,
         tokens,
         providers,
         checks,

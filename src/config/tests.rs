@@ -419,6 +419,75 @@ fn durations_accept_units_and_reject_out_of_range() {
 }
 
 #[test]
+fn store_retention_has_defaults_takes_values_and_names_each_mistake_with_the_file() {
+    let day = |n: u64| Duration::from_secs(n * 86_400);
+    let store = parse("").unwrap().store;
+    assert_eq!(store.observation_retention, day(7));
+    assert_eq!(store.event_retention, day(90));
+    assert_eq!(store.change_retention, day(90));
+    assert_eq!(store.idempotency_retention, day(1));
+    assert_eq!(store.snapshot_keep, 50);
+    assert_eq!(
+        Config::embedded().store,
+        store,
+        "zero-config mode prunes the same"
+    );
+
+    let store = parse(
+        "[store]\nobservation_retention = \"2d\"\nevent_retention = \"365d\"\nchange_retention = \"30d\"\nidempotency_retention = \"48h\"\nsnapshot_keep = 10\n",
+    )
+    .unwrap()
+    .store;
+    assert_eq!(
+        store.retention(),
+        crate::store::Retention {
+            observations: day(2),
+            events: day(365),
+            changes: day(30),
+            idempotency_keys: day(2),
+            snapshot_keep: 10,
+        }
+    );
+
+    let err = parse(
+        "[store]\nevent_retention = \"soon\"\nchange_retention = \"10m\"\nidempotency_retention = \"90d\"\nsnapshot_keep = 0\nsnapshot_retention = \"1d\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    let fields: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(": ").nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "store.event_retention",
+            "store.change_retention",
+            "store.idempotency_retention",
+            "store.snapshot_keep",
+            "store.snapshot_retention"
+        ],
+        "{err}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("mxguard.toml: ")),
+        "{err}"
+    );
+    assert!(
+        lines[0].starts_with(
+            "mxguard.toml: store.event_retention: expected a duration between 1h and 10years"
+        ) && lines[0].ends_with(r#"got "soon""#),
+        "{err}"
+    );
+    assert!(lines[2].contains("between 1h and 30days"), "{err}");
+    assert!(
+        lines[3].ends_with("expected a number of snapshots 1..=1000000, got 0"),
+        "{err}"
+    );
+}
+
+#[test]
 fn cluster_defaults_and_every_mistake_named() {
     let cfg = parse("").unwrap();
     assert_eq!(cfg.cluster, ClusterConfig::default());

@@ -42,11 +42,35 @@ pub struct ServerConfig {
     pub expensive_per_token: u32,
 }
 
-#[derive(Debug, Clone)]
+/// `[store]`: where mxguard keeps its state, and how long it keeps what grows (parsed in
+/// `store.rs`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub url: StoreUrl,
     /// Probe observations older than this are pruned.
     pub observation_retention: Duration,
+    /// Timeline events older than this are pruned.
+    pub event_retention: Duration,
+    /// Changes that ended (verified or failed) this long ago are pruned; unfinished ones never.
+    pub change_retention: Duration,
+    /// Idempotency keys older than this are pruned: a retry after that runs afresh.
+    pub idempotency_retention: Duration,
+    /// Snapshots kept per domain, newest first, besides those a change or the domain's state
+    /// refers to.
+    pub snapshot_keep: u32,
+}
+
+impl StoreConfig {
+    /// What the pruning task keeps.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            observations: self.observation_retention,
+            events: self.event_retention,
+            changes: self.change_retention,
+            idempotency_keys: self.idempotency_retention,
+            snapshot_keep: self.snapshot_keep,
+        }
+    }
 }
 
 /// Which store backend a URL selects.

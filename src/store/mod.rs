@@ -205,9 +205,32 @@ pub trait Store: Send + Sync {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// Stores the first response for (scope, key). Returns `false` when one was already there
-    /// (the stored one wins).
-    async fn idempotency_put(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
+    /// Claims (scope, key) before the work by writing an in-flight row (no answer yet), unless
+    /// a row is there: then returns it, in flight or answered. An in-flight row of the same
+    /// request claimed before `claim.stale_before` was abandoned by a crash and is taken over,
+    /// so a key is never stuck. Of concurrent claims, on one instance or several, one wins.
+    async fn idempotency_claim(&self, claim: &IdempotencyClaim)
+        -> Result<ClaimOutcome, StoreError>;
+
+    /// Stores the answer in `claim`'s in-flight row. `false` when the row is no longer that
+    /// claim's (taken over after it went stale, or pruned): the answer is not stored.
+    async fn idempotency_answer(
+        &self,
+        claim: &IdempotencyClaim,
+        answer: &IdempotentAnswer,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes `claim`'s row while it is still in flight: a refusal changed nothing, and a
+    /// retry is answered afresh.
+    async fn idempotency_release(&self, claim: &IdempotencyClaim) -> Result<(), StoreError>;
+
+    // --- retention ---
+
+    /// Deletes what `retention` no longer keeps, judged at `now`: observations, events,
+    /// finished changes and idempotency keys by age, and per domain the snapshots beyond the
+    /// newest `snapshot_keep` that no remaining change and no domain's state refers to.
+    /// Deletes in batches, each a write of its own, so other writes go on in between.
+    async fn prune(&self, retention: &Retention, now: DateTime<Utc>) -> Result<Pruned, StoreError>;
 }
 
 /// Opens the backend the URL names. Does not migrate.

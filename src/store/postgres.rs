@@ -18,6 +18,8 @@ impl PgStore {
     /// The server's clock, in ms: `clock_timestamp()`, the time the statement reads it, rather
     /// than `now()`, which stays at the start of the transaction.
     const CLOCK_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+    /// The snapshot a domain's state refers to (`actor::Persisted::failover_snapshot`).
+    const STATE_SNAPSHOT: &str = "(state ->> 'failover_snapshot')::BIGINT";
 
     pub async fn open(url: &StoreUrl) -> Result<Self, StoreError> {
         // A caller waits up to 30 s for one of the 8 connections: at a start with thousands

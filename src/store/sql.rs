@@ -1,7 +1,8 @@
 //! The SQL both backends share. SQLite and PostgreSQL accept the same statements here
 //! (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so one macro implements [`Store`] for
 //! each pool type. Each backend supplies `KIND`, `CLOCK_MS` (its own clock in ms since the
-//! epoch, as an SQL expression: the leader lease's time), `run_migrations`, `close_pools`,
+//! epoch, as an SQL expression: the leader lease's time), `STATE_SNAPSHOT` (the snapshot id a
+//! `domain_state` row's JSON refers to, as an SQL expression), `run_migrations`, `close_pools`,
 //! `reader()` (the pool reads run on) and `write(job)`, which runs a job of writes on one
 //! connection, all or nothing, and returns once they are committed (PostgreSQL: a transaction
 //! of its own; SQLite: a savepoint in a group commit, see `sqlite.rs`). A write job owns its
@@ -32,6 +33,33 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(
 
 /// Observations are inserted in chunks small enough for SQLite's parameter limit.
 pub(super) const OBSERVATION_CHUNK: usize = 500;
+
+/// Rows deleted per write when pruning. SQLite has one writer: a first prune of a big table in
+/// one `DELETE` (a million observations, a year of events) would hold it for seconds, with
+/// every actor's state write and audit event queued behind it. A write per batch lets the
+/// writer commit the others' jobs in between; on PostgreSQL it keeps each transaction, its
+/// locks and its WAL small.
+pub(super) const PRUNE_BATCH: i64 = 1000;
+
+/// The time `keep` before `now`, in ms; records older are pruned. A `keep` too long to
+/// subtract prunes nothing.
+pub(super) fn cutoff(now: DateTime<Utc>, keep: std::time::Duration) -> i64 {
+    chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|k| now.checked_sub_signed(k))
+        .map_or(i64::MIN, ms)
+}
+
+/// Batched deletes by age: `$1` is the cutoff in ms, `$2` the batch size.
+pub(super) const PRUNE_OBSERVATIONS: &str =
+    "DELETE FROM observations WHERE id IN (SELECT id FROM observations WHERE observed_at_ms < $1 LIMIT $2)";
+pub(super) const PRUNE_EVENTS: &str =
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at_ms < $1 LIMIT $2)";
+/// Only changes that ended: a pending or applied one is what a restart resumes.
+pub(super) const PRUNE_CHANGES: &str = "DELETE FROM changes WHERE id IN (SELECT id FROM changes \
+     WHERE status IN ('verified', 'failed') AND updated_at_ms < $1 LIMIT $2)";
+pub(super) const PRUNE_IDEMPOTENCY: &str = "DELETE FROM idempotency_keys WHERE (scope, key) IN \
+     (SELECT scope, key FROM idempotency_keys WHERE created_at_ms < $1 LIMIT $2)";
 
 macro_rules! impl_sql_store {
     ($store:ty, $db:ty) => {
@@ -148,6 +176,95 @@ macro_rules! impl_sql_store {
                 .fetch_one(exec)
                 .await?;
                 Self::snapshot_row(&row)
+            }
+
+            fn idempotency_row(r: &<$db as sqlx::Database>::Row) -> Result<$crate::store::IdempotencyRecord, $crate::store::StoreError> {
+                use sqlx::Row;
+                let status: Option<i64> = r.try_get("status")?;
+                let body: Option<sqlx::types::Json<serde_json::Value>> = r.try_get("body")?;
+                let answer = match (status, body) {
+                    (Some(status), Some(body)) => Some($crate::store::IdempotentAnswer {
+                        status: u16::try_from(status).map_err(|_| $crate::store::StoreError::Corrupt(format!("HTTP status {status}")))?,
+                        body: body.0,
+                    }),
+                    (None, None) => None,
+                    _ => return Err($crate::store::StoreError::Corrupt("an idempotency key with half an answer".into())),
+                };
+                Ok($crate::store::IdempotencyRecord {
+                    scope: r.try_get("scope")?,
+                    key: r.try_get("key")?,
+                    request_hash: r.try_get("request_hash")?,
+                    answer,
+                    created_at: $crate::store::sql::time(r.try_get("created_at_ms")?)?,
+                })
+            }
+
+            /// Runs `sql` (`$1`: the cutoff, `$2`: the batch size), one write per batch, until a
+            /// batch deletes fewer than a full one; returns how many rows went.
+            async fn delete_batched(&self, sql: &'static str, cutoff: i64) -> Result<u64, $crate::store::StoreError> {
+                let mut total = 0;
+                loop {
+                    let n = self.write(move |c| Box::pin(async move {
+                        let r = sqlx::query(sql)
+                            .bind(cutoff)
+                            .bind($crate::store::sql::PRUNE_BATCH)
+                            .execute(&mut *c)
+                            .await?;
+                        Ok(r.rows_affected())
+                    }))
+                    .await?;
+                    total += n;
+                    if n < $crate::store::sql::PRUNE_BATCH as u64 {
+                        return Ok(total);
+                    }
+                }
+            }
+
+            /// Per domain with more than `keep` snapshots, deletes the older ones that no change
+            /// and no domain's state refers to, a batch per write.
+            async fn prune_snapshots(&self, keep: u32) -> Result<u64, $crate::store::StoreError> {
+                use sqlx::Row;
+                let keep = i64::from(keep);
+                let domains: Vec<String> = sqlx::query("SELECT domain FROM snapshots GROUP BY domain HAVING COUNT(*) > $1")
+                    .bind(keep)
+                    .fetch_all(self.reader())
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get("domain"))
+                    .collect::<Result<_, _>>()?;
+                // The newest `keep` of the domain stay; of the older ones, a change's snapshot
+                // (revert and restart read it) and a state's `failover_snapshot` (failback
+                // restores it) stay too.
+                let sql = format!(
+                    "DELETE FROM snapshots WHERE id IN (SELECT s.id FROM snapshots s \
+                     WHERE s.domain = $1 \
+                     AND s.id < (SELECT MIN(n.id) FROM (SELECT id FROM snapshots WHERE domain = $1 ORDER BY id DESC LIMIT $2) AS n) \
+                     AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.snapshot_id = s.id) \
+                     AND s.id NOT IN (SELECT {state} FROM domain_state WHERE {state} IS NOT NULL) \
+                     ORDER BY s.id LIMIT $3)",
+                    state = Self::STATE_SNAPSHOT,
+                );
+                let mut total = 0;
+                for domain in domains {
+                    loop {
+                        let (sql, domain) = (sql.clone(), domain.clone());
+                        let n = self.write(move |c| Box::pin(async move {
+                            let r = sqlx::query(&sql)
+                                .bind(&domain)
+                                .bind(keep)
+                                .bind($crate::store::sql::PRUNE_BATCH)
+                                .execute(&mut *c)
+                                .await?;
+                            Ok(r.rows_affected())
+                        }))
+                        .await?;
+                        total += n;
+                        if n < $crate::store::sql::PRUNE_BATCH as u64 {
+                            break;
+                        }
+                    }
+                }
+                Ok(total)
             }
         }
 
@@ -293,15 +410,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn prune_observations(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::StoreError> {
-                let before = $crate::store::sql::ms(before);
-                self.write(move |c| Box::pin(async move {
-                    let r = sqlx::query("DELETE FROM observations WHERE observed_at_ms < $1")
-                        .bind(before)
-                        .execute(&mut *c)
-                        .await?;
-                    Ok(r.rows_affected())
-                }))
-                .await
+                self.delete_batched($crate::store::sql::PRUNE_OBSERVATIONS, $crate::store::sql::ms(before)).await
             }
 
             async fn append_event(&self, e: &$crate::store::NewEvent) -> Result<$crate::store::Event, $crate::store::StoreError> {
@@ -592,44 +701,99 @@ macro_rules! impl_sql_store {
             }
 
             async fn idempotency_get(&self, scope: &str, key: &str) -> Result<Option<$crate::store::IdempotencyRecord>, $crate::store::StoreError> {
-                use sqlx::Row;
                 let row = sqlx::query("SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2")
                     .bind(scope)
                     .bind(key)
                     .fetch_optional(self.reader())
                     .await?;
-                row.map(|r| {
-                    let status: i64 = r.try_get("status")?;
-                    Ok($crate::store::IdempotencyRecord {
-                        scope: r.try_get("scope")?,
-                        key: r.try_get("key")?,
-                        request_hash: r.try_get("request_hash")?,
-                        status: u16::try_from(status).map_err(|_| $crate::store::StoreError::Corrupt(format!("HTTP status {status}")))?,
-                        body: r.try_get::<sqlx::types::Json<serde_json::Value>, _>("body")?.0,
-                        created_at: $crate::store::sql::time(r.try_get("created_at_ms")?)?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(Self::idempotency_row).transpose()
             }
 
-            async fn idempotency_put(&self, rec: &$crate::store::IdempotencyRecord) -> Result<bool, $crate::store::StoreError> {
-                let rec = rec.clone();
-                self.write(move |c| Box::pin(async move {
+            async fn idempotency_claim(&self, claim: &$crate::store::IdempotencyClaim) -> Result<$crate::store::ClaimOutcome, $crate::store::StoreError> {
+                let c = claim.clone();
+                self.write(move |conn| Box::pin(async move {
+                    // One statement, so two claimants (two instances on one PostgreSQL) cannot
+                    // both win: the insert, or the takeover of an abandoned claim of the same
+                    // request, happens for one of them.
                     let r = sqlx::query(
                         "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, created_at_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
+                         VALUES ($1, $2, $3, NULL, NULL, $4) \
+                         ON CONFLICT (scope, key) DO UPDATE SET created_at_ms = excluded.created_at_ms \
+                         WHERE idempotency_keys.status IS NULL \
+                         AND idempotency_keys.request_hash = excluded.request_hash \
+                         AND idempotency_keys.created_at_ms < $5",
                     )
-                    .bind(&rec.scope)
-                    .bind(&rec.key)
-                    .bind(&rec.request_hash)
-                    .bind(i64::from(rec.status))
-                    .bind(sqlx::types::Json(&rec.body))
-                    .bind($crate::store::sql::ms(rec.created_at))
-                    .execute(&mut *c)
+                    .bind(&c.scope)
+                    .bind(&c.key)
+                    .bind(&c.request_hash)
+                    .bind($crate::store::sql::ms(c.at))
+                    .bind($crate::store::sql::ms(c.stale_before))
+                    .execute(&mut *conn)
+                    .await?;
+                    if r.rows_affected() == 1 {
+                        return Ok($crate::store::ClaimOutcome::Claimed);
+                    }
+                    let row = sqlx::query("SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                        .bind(&c.scope)
+                        .bind(&c.key)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    Ok($crate::store::ClaimOutcome::Held(Self::idempotency_row(&row)?))
+                }))
+                .await
+            }
+
+            async fn idempotency_answer(&self, claim: &$crate::store::IdempotencyClaim, answer: &$crate::store::IdempotentAnswer) -> Result<bool, $crate::store::StoreError> {
+                let (c, a) = (claim.clone(), answer.clone());
+                self.write(move |conn| Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE idempotency_keys SET status = $1, body = $2 \
+                         WHERE scope = $3 AND key = $4 AND created_at_ms = $5 AND status IS NULL",
+                    )
+                    .bind(i64::from(a.status))
+                    .bind(sqlx::types::Json(&a.body))
+                    .bind(&c.scope)
+                    .bind(&c.key)
+                    .bind($crate::store::sql::ms(c.at))
+                    .execute(&mut *conn)
                     .await?;
                     Ok(r.rows_affected() == 1)
                 }))
                 .await
+            }
+
+            async fn idempotency_release(&self, claim: &$crate::store::IdempotencyClaim) -> Result<(), $crate::store::StoreError> {
+                let c = claim.clone();
+                self.write(move |conn| Box::pin(async move {
+                    sqlx::query(
+                        "DELETE FROM idempotency_keys \
+                         WHERE scope = $1 AND key = $2 AND created_at_ms = $3 AND status IS NULL",
+                    )
+                    .bind(&c.scope)
+                    .bind(&c.key)
+                    .bind($crate::store::sql::ms(c.at))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }))
+                .await
+            }
+
+            async fn prune(&self, r: &$crate::store::Retention, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::Pruned, $crate::store::StoreError> {
+                use $crate::store::sql::{cutoff, PRUNE_CHANGES, PRUNE_EVENTS, PRUNE_IDEMPOTENCY, PRUNE_OBSERVATIONS};
+                let observations = self.delete_batched(PRUNE_OBSERVATIONS, cutoff(now, r.observations)).await?;
+                let events = self.delete_batched(PRUNE_EVENTS, cutoff(now, r.events)).await?;
+                // Changes first: a snapshot only an old change referred to may go with it.
+                let changes = self.delete_batched(PRUNE_CHANGES, cutoff(now, r.changes)).await?;
+                let snapshots = self.prune_snapshots(r.snapshot_keep).await?;
+                let idempotency_keys = self.delete_batched(PRUNE_IDEMPOTENCY, cutoff(now, r.idempotency_keys)).await?;
+                Ok($crate::store::Pruned {
+                    observations,
+                    events,
+                    changes,
+                    snapshots,
+                    idempotency_keys,
+                })
             }
         }
     };

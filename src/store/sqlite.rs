@@ -73,6 +73,8 @@ impl SqliteStore {
     /// SQLite's clock (the machine's, read once per statement), in ms. `subsec` needs SQLite
     /// 3.42; sqlx bundles 3.46.
     const CLOCK_MS: &str = "CAST(ROUND(unixepoch('now', 'subsec') * 1000) AS INTEGER)";
+    /// The snapshot a domain's state refers to (`actor::Persisted::failover_snapshot`).
+    const STATE_SNAPSHOT: &str = "json_extract(state, '$.failover_snapshot')";
 
     pub async fn open(url: &StoreUrl) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url.expose())

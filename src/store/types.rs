@@ -159,15 +159,82 @@ pub struct ChangeIntent {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An `Idempotency-Key` as stored: claimed before the work (in flight, no answer yet), then
+/// answered. Keys are per scope (the API token's name).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencyRecord {
     pub scope: String,
     pub key: String,
     /// Hash of the request, so a reused key with a different body can be refused.
     pub request_hash: String,
+    /// `None` while the first request is still being answered.
+    pub answer: Option<IdempotentAnswer>,
+    /// When the first request claimed the key: it identifies the claim, and an unanswered
+    /// claim this old may be taken over.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The first successful answer to a keyed request, replayed to its retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotentAnswer {
     pub status: u16,
     pub body: serde_json::Value,
-    pub created_at: DateTime<Utc>,
+}
+
+/// A request's claim on its `Idempotency-Key`, written before the work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyClaim {
+    pub scope: String,
+    pub key: String,
+    pub request_hash: String,
+    /// The claim's time; also what identifies it when it is answered or released.
+    pub at: DateTime<Utc>,
+    /// An unanswered claim of the same request made before this has been abandoned (its
+    /// instance crashed): this claim takes it over.
+    pub stale_before: DateTime<Utc>,
+}
+
+/// What [`Store::idempotency_claim`](super::Store::idempotency_claim) found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The key is this caller's now: do the work, then answer or release the claim.
+    Claimed,
+    /// Someone claimed the key first: in flight or answered, maybe for another request.
+    Held(IdempotencyRecord),
+}
+
+/// How long each kind of record is kept (`[store]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Probe observations older than this are deleted.
+    pub observations: std::time::Duration,
+    /// Timeline events older than this are deleted.
+    pub events: std::time::Duration,
+    /// Changes that ended (verified or failed) longer ago than this are deleted; a pending or
+    /// applied change never is (a restart resumes it).
+    pub changes: std::time::Duration,
+    /// Idempotency keys claimed longer ago than this are deleted (a retry after that runs
+    /// afresh).
+    pub idempotency_keys: std::time::Duration,
+    /// Snapshots kept per domain, newest first, besides those a change or a domain's state
+    /// refers to (failback restores the failover's snapshot), which are always kept.
+    pub snapshot_keep: u32,
+}
+
+/// How many rows one [`Store::prune`](super::Store::prune) deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub observations: u64,
+    pub events: u64,
+    pub changes: u64,
+    pub snapshots: u64,
+    pub idempotency_keys: u64,
+}
+
+impl Pruned {
+    pub fn total(&self) -> u64 {
+        self.observations + self.events + self.changes + self.snapshots + self.idempotency_keys
+    }
 }
 
 /// When an instance may take the leader lease from its current holder.
