@@ -23,18 +23,19 @@ use crate::monitor::RoundReport;
 use crate::probe::dns::DnsStatus;
 use crate::store::Observation;
 
-/// How old another vantage's report may be and still vote on a domain with these checks.
-/// Longer than a probe may take plus the interval to the next ([`probe_deadline`]), so a
-/// side whose every reply is slow — each within the phase timeout — always has a fresh vote.
+/// How old another vantage's report may be and still vote on a domain with these checks:
+/// longer than the interval to the next round plus a whole probe ([`probe_deadline`]) plus
+/// the jitter, so a side whose every reply is slow — each within the phase timeout — always
+/// has a fresh vote.
 pub fn freshness(checks: &crate::config::Checks) -> Duration {
-    checks.interval * 3 + checks.timeout * 3
+    checks.interval * 3 + checks.timeout * 4
 }
 
-/// How long one SMTP session may take in all: `freshness − interval − timeout`, so a
-/// verdict is in before the previous one goes stale. A session past it is a hard failure
-/// (`timeout`), not a vote that never arrives.
+/// How long one probe of a target may take in all, its DNS lookups and SMTP sessions
+/// together: a verdict is in before the previous one goes stale. A session still running at
+/// the deadline is a hard failure (`timeout`), not a vote that never arrives.
 pub fn probe_deadline(checks: &crate::config::Checks) -> Duration {
-    checks.interval * 2 + checks.timeout * 2
+    checks.interval * 2 + checks.timeout * 3
 }
 
 /// One vantage's latest verdict on one side (stored as JSON in `vantage_reports`).

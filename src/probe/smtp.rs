@@ -28,8 +28,11 @@ pub struct SmtpPolicy {
     pub port: u16,
     /// Per phase.
     pub timeout: Duration,
-    /// For the whole session (`None`: only the phase timeouts bound it). A round's verdict must
-    /// be in before the previous one stops being fresh (`vantage::probe_deadline`).
+    /// For the whole session (`None`: only the phase timeouts bound it). A [`Prober`] treats
+    /// it as the budget of a whole target probe, DNS included (`vantage::probe_deadline`):
+    /// a round's verdict must be in before the previous one stops being fresh.
+    ///
+    /// [`Prober`]: crate::probe::target::Prober
     pub deadline: Option<Duration>,
     pub starttls: StartTls,
     pub ehlo_name: Fqdn,

@@ -67,6 +67,7 @@ pub struct TargetEvidence {
 
 impl Prober {
     pub async fn probe_target(&self, spec: &TargetSpec, now: DateTime<Utc>) -> TargetEvidence {
+        let started = std::time::Instant::now();
         let mut lookups = JoinSet::new();
         for (i, client) in self.resolvers.iter().enumerate() {
             let client = *client;
@@ -109,6 +110,10 @@ impl Prober {
         let addresses: Vec<IpAddr> = addresses.into_iter().take(cap).collect();
         let mut policy = self.smtp.clone();
         policy.rcpt = spec.rcpt.clone();
+        // The deadline is the whole probe's: what the lookups took is spent.
+        policy.deadline = policy
+            .deadline
+            .map(|d| d.saturating_sub(started.elapsed()));
         let policy = Arc::new(policy);
         let local = Arc::new(Semaphore::new(PER_TARGET_CONCURRENCY));
         let mut probes = JoinSet::new();
