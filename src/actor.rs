@@ -3,6 +3,13 @@
 //! each step of the machine is persisted (state, then events) **before** any provider call;
 //! publishes run in a child task that reports back, so the actor keeps answering while a change
 //! is applied and verified. On start it reloads its state and resumes an unfinished change.
+//! It waits and stamps on the injected clock (`ChangeDeps::clock`).
+//!
+//! This file holds the actor, its loop and its dispatch; each concern has a room of its own:
+//! `handle` (what the API, CLI and monitor hold), `leading` (taking up and dropping
+//! automation), `rounds` (verdicts in, combined, decided), `commands` (operator commands and
+//! reverts), `step` (one machine step, persisted and recorded), `publishing` (the change task
+//! and its failures), `reconcile` (reads of what is live, drift, dry runs), `status`.
 
 pub mod change;
 mod commands;
