@@ -1,4 +1,4 @@
-//! The CLI's API commands (failover … events, revert --api): every API action has one, and they
+//! The CLI's API commands (failover … events, snapshot and revert with --api): every API action has one, and they
 //! work through the real binaries, `mxguard serve` in the lab and `mxguard pause` etc. beside it.
 
 mod common;
@@ -52,13 +52,11 @@ fn every_api_action_has_a_cli_command_and_back() {
             .find_subcommand(a.command)
             .unwrap_or_else(|| panic!("no `mxguard {}` subcommand", a.command));
         let has = |id: &str| sub.get_arguments().any(|arg| arg.get_id() == id);
-        if a.remote {
-            assert!(
-                has("api") && has("token_file"),
-                "`mxguard {}` sends through the API but has no --api / --token-file",
-                a.command
-            );
-        }
+        assert!(
+            has("api") && has("token_file"),
+            "`mxguard {}` has no --api / --token-file",
+            a.command
+        );
         assert_eq!(
             ACTIONS.iter().filter(|b| b.command == a.command).count(),
             1,
@@ -250,6 +248,20 @@ async fn operator_commands_go_through_the_running_service() {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}{err}");
     assert!(err.contains("Unknown snapshot"), "{err}");
+    let o = op(&[
+        "snapshot",
+        "example.test",
+        "--label",
+        "via-api",
+        "--reason",
+        "check",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "snapshot 2 of example.test (1 RRset(s)) taken by operator: check"
+    );
     let o = lab.cli(&["revert", "1", "--reason", "offline"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");

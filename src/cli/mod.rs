@@ -73,6 +73,7 @@ pub enum Command {
         json: bool,
     },
     /// Snapshot DOMAIN's managed records (or, with --zone, every MX/A/AAAA/TXT RRset of its zone).
+    /// With --api (or MXGUARD_API) the running service takes it; without, it is taken here.
     Snapshot {
         domain: String,
         #[arg(long)]
@@ -81,6 +82,8 @@ pub enum Command {
         label: Option<String>,
         #[arg(long, default_value = "manual snapshot")]
         reason: String,
+        #[command(flatten)]
+        api: remote::ApiArgs,
     },
     /// List snapshots, newest first.
     Snapshots {
@@ -232,6 +235,20 @@ pub fn main() -> ExitCode {
             zone,
             label,
             reason,
+            api,
+        } if api.api.is_some() => with_runtime(remote::snapshot(
+            &api,
+            &domain,
+            zone,
+            label.as_deref(),
+            &reason,
+        )),
+        Command::Snapshot {
+            domain,
+            zone,
+            label,
+            reason,
+            api: _,
         } => with_runtime(ops::snapshot(cli.config, domain, zone, label, reason)),
         Command::Snapshots {
             domain,

@@ -1,5 +1,5 @@
 //! Commands sent to a running service's HTTP API: failover, failback, pin, unpin, pause, resume,
-//! approve, events, and revert when `--api` is given. The service's actor does the work and
+//! approve, events, and snapshot and revert when `--api` is given. The service's actor does the work and
 //! writes the events, exactly as for a chatops bot: the CLI only carries the request.
 //!
 //! The token comes from `MXGUARD_TOKEN` or `--token-file`, never from a flag value (argv shows in
@@ -27,9 +27,6 @@ pub struct Action {
     pub path: &'static str,
     /// The `mxguard` subcommand.
     pub command: &'static str,
-    /// Sent through the API by this module. `false`: the command works on the store and the
-    /// provider directly (`snapshot`), which the service allows beside it.
-    pub remote: bool,
 }
 
 const fn action(method: &'static str, path: &'static str, command: &'static str) -> Action {
@@ -37,7 +34,6 @@ const fn action(method: &'static str, path: &'static str, command: &'static str)
         method,
         path,
         command,
-        remote: true,
     }
 }
 
@@ -52,20 +48,15 @@ pub const ACTIONS: &[Action] = &[
     action("POST", "/v1/domains/{domain}/resume", "resume"),
     action("POST", "/v1/domains/{domain}/approve", "approve"),
     action("GET", "/v1/domains/{domain}/events", "events"),
+    action("POST", "/v1/snapshots", "snapshot"),
     action("POST", "/v1/snapshots/{id}/revert", "revert"),
-    Action {
-        method: "POST",
-        path: "/v1/snapshots",
-        command: "snapshot",
-        remote: false,
-    },
 ];
 
 fn route(command: &str) -> &'static Action {
     ACTIONS
         .iter()
-        .find(|a| a.command == command && a.remote)
-        .unwrap_or_else(|| panic!("ACTIONS has no remote row for {command}"))
+        .find(|a| a.command == command)
+        .unwrap_or_else(|| panic!("ACTIONS has no row for {command}"))
 }
 
 /// Where the service is and how to prove who we are.
@@ -409,6 +400,29 @@ pub async fn revert(
     let key = api.idempotency_key.as_deref();
     match client
         .send(route("revert"), &snapshot.to_string(), &[], Some(body), key)
+        .await
+    {
+        Ok(reply) => answer(&client, reply, false),
+        Err(code) => code,
+    }
+}
+
+/// `snapshot DOMAIN` through the API.
+pub async fn snapshot(
+    api: &ApiArgs,
+    domain: &str,
+    zone: bool,
+    label: Option<&str>,
+    reason: &str,
+) -> ExitCode {
+    let client = match Client::new(api) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let body = json!({"domain": domain, "zone": zone, "label": label, "reason": reason});
+    let key = api.idempotency_key.as_deref();
+    match client
+        .send(route("snapshot"), "", &[], Some(body), key)
         .await
     {
         Ok(reply) => answer(&client, reply, false),
