@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 mod check;
 mod ops;
+pub mod remote;
 
+use self::remote::Request;
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, LogFormat};
 
@@ -71,6 +73,7 @@ pub enum Command {
         json: bool,
     },
     /// Snapshot DOMAIN's managed records (or, with --zone, every MX/A/AAAA/TXT RRset of its zone).
+    /// With --api (or MXGUARD_API) the running service takes it; without, it is taken here.
     Snapshot {
         domain: String,
         #[arg(long)]
@@ -79,6 +82,8 @@ pub enum Command {
         label: Option<String>,
         #[arg(long, default_value = "manual snapshot")]
         reason: String,
+        #[command(flatten)]
+        api: remote::ApiArgs,
     },
     /// List snapshots, newest first.
     Snapshots {
@@ -96,6 +101,9 @@ pub enum Command {
     },
     /// Make the live records equal to a snapshot (records and TTLs). Refuses when the live
     /// records were changed outside mxguard since its last change, unless --force.
+    /// With --api (or MXGUARD_API) the running service does it, with an admin token; without,
+    /// it is done here on the store and the provider, and refused while a service serves from
+    /// the same store.
     Revert {
         snapshot: i64,
         #[arg(long)]
@@ -104,7 +112,27 @@ pub enum Command {
         force: bool,
         #[arg(long, default_value = "manual revert")]
         reason: String,
+        #[command(flatten)]
+        api: remote::ApiArgs,
     },
+    /// Move DOMAIN's mail to the backup MX now, through the running service's API. The
+    /// service refuses when the backup is unhealthy or a pin says otherwise.
+    Failover(remote::MoveArgs),
+    /// Move DOMAIN's mail back to the primary MX now, through the running service's API.
+    Failback(remote::MoveArgs),
+    /// Keep DOMAIN on one side until a time, whatever the health checks say (through the API).
+    Pin(remote::PinArgs),
+    /// End DOMAIN's pin (through the API).
+    Unpin(remote::ReasonArgs),
+    /// Stop automatic failover and failback for DOMAIN, e.g. during maintenance (through the
+    /// API). Health checks go on; manual commands still work.
+    Pause(remote::ReasonArgs),
+    /// Restart automation for DOMAIN after a pause (through the API).
+    Resume(remote::ReasonArgs),
+    /// Allow a failback that waits for an operator's approval (through the API).
+    Approve(remote::ReasonArgs),
+    /// DOMAIN's recent events from the running service's API: time, kind, who, what.
+    Events(remote::EventsArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -207,6 +235,20 @@ pub fn main() -> ExitCode {
             zone,
             label,
             reason,
+            api,
+        } if api.api.is_some() => with_runtime(remote::snapshot(
+            &api,
+            &domain,
+            zone,
+            label.as_deref(),
+            &reason,
+        )),
+        Command::Snapshot {
+            domain,
+            zone,
+            label,
+            reason,
+            api: _,
         } => with_runtime(ops::snapshot(cli.config, domain, zone, label, reason)),
         Command::Snapshots {
             domain,
@@ -214,12 +256,31 @@ pub fn main() -> ExitCode {
             json,
         } => with_runtime(ops::snapshots(cli.config, domain, limit, json)),
         Command::Diff { snapshot, json } => with_runtime(ops::diff(cli.config, snapshot, json)),
+        // Given an API, the service does it: a revert from here would race its controller.
         Command::Revert {
             snapshot,
             dry_run,
             force,
             reason,
+            api,
+        } if api.api.is_some() => {
+            with_runtime(remote::revert(&api, snapshot, dry_run, force, &reason))
+        }
+        Command::Revert {
+            snapshot,
+            dry_run,
+            force,
+            reason,
+            api: _,
         } => with_runtime(ops::revert(cli.config, snapshot, dry_run, force, reason)),
+        Command::Failover(ref m) => with_runtime(remote::command(Request::Move("failover", m))),
+        Command::Failback(ref m) => with_runtime(remote::command(Request::Move("failback", m))),
+        Command::Pin(ref p) => with_runtime(remote::command(Request::Pin(p))),
+        Command::Unpin(ref r) => with_runtime(remote::command(Request::Simple("unpin", r))),
+        Command::Pause(ref r) => with_runtime(remote::command(Request::Simple("pause", r))),
+        Command::Resume(ref r) => with_runtime(remote::command(Request::Simple("resume", r))),
+        Command::Approve(ref r) => with_runtime(remote::command(Request::Simple("approve", r))),
+        Command::Events(ref e) => with_runtime(remote::events(e)),
         Command::Demo(args) => with_runtime(crate::demo::run(args)),
     }
 }

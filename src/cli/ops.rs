@@ -371,7 +371,7 @@ pub(super) async fn revert(
                 return fail(
                     1,
                     format!(
-                        "{why}; revert through its API instead: POST /v1/snapshots/{id}/revert"
+                        "{why}; revert through its API instead: mxguard revert {id} --api URL (POST /v1/snapshots/{id}/revert, admin token in MXGUARD_TOKEN)"
                     ),
                 )
             }
