@@ -111,9 +111,7 @@ impl Prober {
         let mut policy = self.smtp.clone();
         policy.rcpt = spec.rcpt.clone();
         // The deadline is the whole probe's: what the lookups took is spent.
-        policy.deadline = policy
-            .deadline
-            .map(|d| d.saturating_sub(started.elapsed()));
+        policy.deadline = policy.deadline.map(|d| d.saturating_sub(started.elapsed()));
         let policy = Arc::new(policy);
         let local = Arc::new(Semaphore::new(PER_TARGET_CONCURRENCY));
         let mut probes = JoinSet::new();
