@@ -1089,7 +1089,11 @@ async fn batch_story(url: StoreUrl) {
         "the batched read returns what the single one does"
     );
     assert!(s.load_states(&[]).await.unwrap().is_empty());
-    assert!(s.load_states(std::slice::from_ref(&missing)).await.unwrap().is_empty());
+    assert!(s
+        .load_states(std::slice::from_ref(&missing))
+        .await
+        .unwrap()
+        .is_empty());
 
     // Unfinished changes: pending and applied ones of the asked domains, in id order.
     let mut ids = Vec::new();
