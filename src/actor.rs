@@ -2,20 +2,23 @@
 //! inbox that keeps the latest per side;
 //! each step of the machine is persisted (state, then events) **before** any provider call;
 //! publishes run in a child task that reports back, so the actor keeps answering while a change
-//! is applied and verified. On start it reloads its state and resumes an unfinished change.
-//! It waits and stamps on the injected clock (`ChangeDeps::clock`).
+//! is applied and verified. On start it reloads its state (read in batches with the other
+//! domains', `loader`) and resumes an unfinished change. It waits and stamps on the injected
+//! clock (`ChangeDeps::clock`).
 //!
 //! This file holds the actor, its loop and its dispatch; each concern has a room of its own:
 //! `handle` (what the API, CLI and monitor hold), `leading` (taking up and dropping
-//! automation), `rounds` (verdicts in, combined, decided), `commands` (operator commands and
-//! reverts), `step` (one machine step, persisted and recorded), `publishing` (the change task
-//! and its failures), `reconcile` (reads of what is live, drift, dry runs), `status`.
+//! automation), `loader` (state reads batched across domains), `rounds` (verdicts in,
+//! combined, decided), `commands` (operator commands and reverts), `step` (one machine step,
+//! persisted and recorded), `publishing` (the change task and its failures), `reconcile`
+//! (reads of what is live, drift, dry runs), `status`.
 
 pub mod change;
 mod commands;
 pub mod error;
 mod handle;
 mod leading;
+mod loader;
 mod publishing;
 mod reconcile;
 mod rounds;
@@ -41,6 +44,7 @@ use crate::vantage::{Combined, VantageReport};
 use self::commands::RevertInFlight;
 pub use self::handle::{not_leader, ActorError, ActorHandle, CommandReply, Revert, RevertDone};
 use self::handle::{Inbox, Msg};
+pub use self::loader::{Loaded, Loader};
 pub use self::reconcile::DRY_RUN_TIMEOUT;
 pub use self::status::{Guard, RoundSummary, Status};
 
@@ -57,6 +61,8 @@ pub struct Actor {
     managed: Managed,
     policy: Policy,
     deps: ChangeDeps,
+    /// Reads the persisted state in batches with the other actors on the same store.
+    loader: Arc<Loader>,
     state: Persisted,
     inbox: Arc<Inbox>,
     /// An operator's revert being published.
@@ -91,11 +97,20 @@ pub struct Actor {
     shown: tokio::sync::watch::Sender<Arc<Status>>,
 }
 
-/// Domains loading their state at once (process-wide).
-static RECOVERIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
-
 impl Actor {
+    /// An actor with a loader of its own: its reads are not batched with other domains'.
     pub fn new(cfg: DomainConfig, deps: ChangeDeps) -> (Actor, ActorHandle) {
+        let loader = Loader::new(deps.store.clone());
+        Actor::with_loader(cfg, deps, loader)
+    }
+
+    /// An actor that loads its state through `loader`, shared with the other domains' actors
+    /// on the same store, so their loads are read in batches.
+    pub fn with_loader(
+        cfg: DomainConfig,
+        deps: ChangeDeps,
+        loader: Arc<Loader>,
+    ) -> (Actor, ActorHandle) {
         let (tx, rx) = mpsc::channel(64);
         let managed = Managed::new(&cfg);
         let policy = Policy {
@@ -118,6 +133,7 @@ impl Actor {
             managed,
             policy,
             deps,
+            loader,
             state: Persisted::default(),
             inbox,
             revert: None,

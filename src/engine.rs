@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actor::change::ChangeDeps;
-use crate::actor::{Actor, ActorHandle};
+use crate::actor::{Actor, ActorHandle, Loader};
 use crate::config::{Config, DomainConfig, RcptChecks};
 use crate::health::Thresholds;
 use crate::lease::Leadership;
@@ -174,6 +174,8 @@ impl Engine {
             Arc::new(SeededJitter::from_entropy()),
             chrono::Utc::now(),
         );
+        // One loader for every domain: their state is read in batches, not one query each.
+        let loader = Loader::new(store.clone());
         for d in &config.domains {
             let derr = |why: String| EngineError::Domain {
                 domain: d.name.to_string(),
@@ -268,7 +270,7 @@ impl Engine {
                 resolver_quorum: c.resolver_quorum,
             };
             let mut rx = monitors.add(d.name.clone(), targets(d, &managed), settings, prober);
-            let (actor, handle) = Actor::new(d.clone(), deps);
+            let (actor, handle) = Actor::with_loader(d.clone(), deps, loader.clone());
             tasks.spawn(actor.run(shutdown.clone()));
             let forward = handle.clone();
             let (recorder, me, canaries) = (

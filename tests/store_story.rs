@@ -1029,6 +1029,128 @@ async fn store_story_postgres() {
     db.drop_db().await;
 }
 
+/// Loading in batches: 2,500 domains (more than one chunk of names) in one call, a name with
+/// no state left out, every state as it was written; unfinished changes of the asked domains
+/// only, oldest first, across chunks.
+async fn batch_story(url: StoreUrl) {
+    use futures::StreamExt;
+    const N: usize = 2_500;
+    let s = open(&url).await;
+    let e = s
+        .acquire_lease(&claim("batch", Takeover::IfExpired), LeaseClock::STORE)
+        .await
+        .unwrap()
+        .epoch;
+    let name = |i: usize| Fqdn::parse(&format!("d{i}.Batch.test")).unwrap();
+    // Written concurrently, so SQLite's writer commits them in groups.
+    let written: Vec<i64> = futures::stream::iter(0..N)
+        .map(|i| {
+            let s = s.clone();
+            async move {
+                s.save_state(&name(i), &json!({"n": i}), None, e, t(0))
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(written.iter().all(|v| *v == 1));
+    let v = s
+        .save_state(&name(5), &json!({"n": 5, "again": true}), Some(1), e, t(1))
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+
+    let missing = Fqdn::parse("missing.batch.test").unwrap();
+    let mut asked: Vec<Fqdn> = (0..N).map(name).collect();
+    asked.insert(1_000, missing.clone());
+    let states = s.load_states(&asked).await.unwrap();
+    assert_eq!(
+        states.len(),
+        N,
+        "every stored state, and no row for the missing name"
+    );
+    assert!(!states.contains_key(&missing));
+    for i in 0..N {
+        let row = &states[&name(i)];
+        assert_eq!(row.domain, name(i));
+        assert_eq!(row.state["n"], json!(i));
+        if i == 5 {
+            assert_eq!((row.version, row.state["again"].clone()), (2, json!(true)));
+            assert_eq!(row.updated_at, t(1));
+        } else {
+            assert_eq!((row.version, row.updated_at), (1, t(0)));
+        }
+    }
+    assert_eq!(
+        s.load_states(&[name(42)]).await.unwrap()[&name(42)],
+        s.load_state(&name(42)).await.unwrap().unwrap(),
+        "the batched read returns what the single one does"
+    );
+    assert!(s.load_states(&[]).await.unwrap().is_empty());
+    assert!(s
+        .load_states(std::slice::from_ref(&missing))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Unfinished changes: pending and applied ones of the asked domains, in id order.
+    let mut ids = Vec::new();
+    for i in [2_400, 3, 1_500, 2_200, 9] {
+        let (snap, change) = intent(&name(i), e, 10);
+        ids.push((i, s.begin_change(&snap, &change).await.unwrap().1.id));
+    }
+    let id = |want: usize| ids.iter().find(|(i, _)| *i == want).unwrap().1;
+    s.set_change_status(id(1_500), ChangeStatus::Applied, None, e, t(11))
+        .await
+        .unwrap();
+    s.set_change_status(id(9), ChangeStatus::Failed, Some("gave up"), e, t(11))
+        .await
+        .unwrap();
+    let of = |changes: Vec<store::ChangeIntent>| {
+        changes
+            .into_iter()
+            .map(|c| (c.domain, c.id))
+            .collect::<Vec<_>>()
+    };
+    let asked_few = [name(3), name(9), name(1_500), name(2_400), missing.clone()];
+    assert_eq!(
+        of(s.unfinished_changes_for(&asked_few).await.unwrap()),
+        vec![
+            (name(2_400), id(2_400)),
+            (name(3), id(3)),
+            (name(1_500), id(1_500)),
+        ],
+        "d2200 was not asked for, d9's change ended"
+    );
+    assert_eq!(
+        of(s.unfinished_changes_for(&asked).await.unwrap()),
+        of(s.unfinished_changes().await.unwrap()),
+        "all of them, across chunks, as the unbatched read"
+    );
+    assert!(s.unfinished_changes_for(&[]).await.unwrap().is_empty());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn batch_story_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::parse(&format!(
+        "sqlite://{}",
+        dir.path().join("batch.db").display()
+    ))
+    .unwrap();
+    batch_story(url).await;
+}
+
+#[tokio::test]
+async fn batch_story_postgres() {
+    let db = common::fresh_pg_database("batch").await;
+    batch_story(db.url.clone()).await;
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn sqlite_store_uses_wal() {
     let dir = tempfile::tempdir().unwrap();

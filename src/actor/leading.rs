@@ -7,7 +7,7 @@ use crate::events::EventKind;
 use crate::model::BySide;
 use crate::store::StoreError;
 
-use super::{Actor, RECOVERIES};
+use super::Actor;
 
 impl Actor {
     /// Takes up automation when this instance has become the leader (loading the state and
@@ -17,11 +17,10 @@ impl Actor {
         let leader = self.deps.fence.is_leader();
         if leader && !self.leading {
             self.leading = true;
-            // A few domains load their state at a time: at a start with thousands of domains
-            // every actor reading at once timed out the store's read pool (2,111 failed loads
-            // at 5,000 domains, each retried a round later). Waiting here loses nothing: the
-            // inbox keeps the newest rounds meanwhile.
-            let _turn = RECOVERIES.acquire().await;
+            // Every actor may ask at once: the loader reads their states in a few batched
+            // queries (every actor reading on its own timed out the store's read pool: 2,111
+            // failed loads at 5,000 domains). Waiting for the batch loses nothing: the inbox
+            // keeps the newest rounds meanwhile.
             match self.recover().await {
                 Ok(()) => {}
                 Err(e) => {
@@ -47,19 +46,14 @@ impl Actor {
     /// Loads the persisted state and resumes what a crash interrupted.
     pub(super) async fn recover(&mut self) -> Result<(), StoreError> {
         let epoch = self.deps.fence.epoch().unwrap_or_default();
-        if let Some(row) = self.store().load_state(&self.cfg.name).await? {
+        let loaded = self.loader.recovery(&self.cfg.name).await?;
+        if let Some(row) = loaded.state {
             self.state = serde_json::from_value(row.state)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             self.version = Some(row.version);
             tracing::info!(domain = %self.cfg.name, phase = ?self.state.machine.phase, "state restored");
         }
-        let unfinished: Vec<_> = self
-            .store()
-            .unfinished_changes()
-            .await?
-            .into_iter()
-            .filter(|c| c.domain == self.cfg.name)
-            .collect();
+        let unfinished = loaded.unfinished;
         match self.state.machine.in_flight {
             Some(side) => {
                 // What is live decides how the resumed change is planned: read it first.

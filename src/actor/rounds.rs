@@ -32,9 +32,9 @@ impl Actor {
     }
 
     /// Followers serve reads: keep the leader's persisted state at hand (once per batch of
-    /// rounds, not once per side).
+    /// rounds, not once per side; read in a batch with other domains' through the loader).
     pub(super) async fn follow_state(&mut self) {
-        if let Ok(Some(row)) = self.store().load_state(&self.cfg.name).await {
+        if let Ok(Some(row)) = self.loader.state(&self.cfg.name).await {
             if let Ok(state) = serde_json::from_value(row.state) {
                 self.state = state;
                 self.version = Some(row.version);

@@ -7,6 +7,7 @@ mod sql;
 mod sqlite;
 mod types;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,7 +17,8 @@ use mxguard_core::Fqdn;
 use crate::config::{StoreKind, StoreUrl};
 pub use types::*;
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: a batched read's one error is every waiter's answer.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -69,6 +71,13 @@ pub trait Store: Send + Sync {
     // --- per-domain runtime state (compare-and-swap on `version`) ---
 
     async fn load_state(&self, domain: &Fqdn) -> Result<Option<DomainStateRow>, StoreError>;
+
+    /// The states of those of `domains` that have one, by name: one query per few thousand
+    /// names, so a start with thousands of domains does not cost a query per domain.
+    async fn load_states(
+        &self,
+        domains: &[Fqdn],
+    ) -> Result<HashMap<Fqdn, DomainStateRow>, StoreError>;
 
     /// Writes `state` when the stored version equals `expected_version` (`None`: no row yet)
     /// and `epoch` is the lease's. Returns the new version, `Conflict` when another writer got
@@ -154,6 +163,12 @@ pub trait Store: Send + Sync {
 
     /// Changes still `pending` or `applied`, oldest first: what a restart must finish.
     async fn unfinished_changes(&self) -> Result<Vec<ChangeIntent>, StoreError>;
+
+    /// The unfinished changes of `domains` only, oldest first (a query per few thousand names).
+    async fn unfinished_changes_for(
+        &self,
+        domains: &[Fqdn],
+    ) -> Result<Vec<ChangeIntent>, StoreError>;
 
     // --- the leader lease (fencing epoch) ---
 

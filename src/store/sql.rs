@@ -2,7 +2,8 @@
 //! (`$n` placeholders, `RETURNING`, `ON CONFLICT`), so one macro implements [`Store`] for
 //! each pool type. Each backend supplies `KIND`, `CLOCK_MS` (its own clock in ms since the
 //! epoch, as an SQL expression: the leader lease's time), `STATE_SNAPSHOT` (the snapshot id a
-//! `domain_state` row's JSON refers to, as an SQL expression), `run_migrations`, `close_pools`,
+//! `domain_state` row's JSON refers to, as an SQL expression), `NAMES` (the names of a JSON
+//! array bound as `$1`, as a subquery), `run_migrations`, `close_pools`,
 //! `reader()` (the pool reads run on) and `write(job)`, which runs a job of writes on one
 //! connection, all or nothing, and returns once they are committed (PostgreSQL: a transaction
 //! of its own; SQLite: a savepoint in a group commit, see `sqlite.rs`). A write job owns its
@@ -30,6 +31,11 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     Ok(serde_json::from_value(v.0)?)
 }
+
+/// Names per query when loading in batches: one bind (a JSON array) whatever the count, so
+/// SQLite's variable limit does not apply; the chunk bounds one answer's size and how long one
+/// query holds a read connection.
+pub(super) const LOAD_CHUNK: usize = 2_000;
 
 /// Observations are inserted in chunks small enough for SQLite's parameter limit.
 pub(super) const OBSERVATION_CHUNK: usize = 500;
@@ -302,6 +308,32 @@ macro_rules! impl_sql_store {
                     })
                 })
                 .transpose()
+            }
+
+            async fn load_states(&self, domains: &[mxguard_core::Fqdn]) -> Result<std::collections::HashMap<mxguard_core::Fqdn, $crate::store::DomainStateRow>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let sql = format!(
+                    "SELECT domain, state, version, updated_at_ms FROM domain_state WHERE domain IN {}",
+                    Self::NAMES,
+                );
+                let mut out = std::collections::HashMap::with_capacity(domains.len());
+                for chunk in domains.chunks($crate::store::sql::LOAD_CHUNK) {
+                    let names: Vec<&str> = chunk.iter().map(|d| d.as_str()).collect();
+                    let rows = sqlx::query(&sql)
+                        .bind(sqlx::types::Json(names))
+                        .fetch_all(self.reader())
+                        .await?;
+                    for r in rows {
+                        let row = $crate::store::DomainStateRow {
+                            domain: $crate::store::sql::fqdn(r.try_get("domain")?)?,
+                            state: r.try_get::<sqlx::types::Json<serde_json::Value>, _>("state")?.0,
+                            version: r.try_get("version")?,
+                            updated_at: $crate::store::sql::time(r.try_get("updated_at_ms")?)?,
+                        };
+                        out.insert(row.domain.clone(), row);
+                    }
+                }
+                Ok(out)
             }
 
             async fn save_state(
@@ -579,6 +611,27 @@ macro_rules! impl_sql_store {
                     .fetch_all(self.reader())
                     .await?;
                 rows.iter().map(Self::change_row).collect()
+            }
+
+            async fn unfinished_changes_for(&self, domains: &[mxguard_core::Fqdn]) -> Result<Vec<$crate::store::ChangeIntent>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT * FROM changes WHERE status IN ('pending', 'applied') AND domain IN {} ORDER BY id",
+                    Self::NAMES,
+                );
+                let mut out = Vec::new();
+                for chunk in domains.chunks($crate::store::sql::LOAD_CHUNK) {
+                    let names: Vec<&str> = chunk.iter().map(|d| d.as_str()).collect();
+                    let rows = sqlx::query(&sql)
+                        .bind(sqlx::types::Json(names))
+                        .fetch_all(self.reader())
+                        .await?;
+                    for r in &rows {
+                        out.push(Self::change_row(r)?);
+                    }
+                }
+                // Oldest first across chunks too: a domain's last one is what a restart resumes.
+                out.sort_by_key(|c| c.id);
+                Ok(out)
             }
 
             async fn acquire_lease(&self, c: &$crate::store::LeaseClaim, clock: $crate::store::LeaseClock) -> Result<$crate::store::Lease, $crate::store::StoreError> {
