@@ -236,8 +236,10 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Msg::Status(reply) => {
-                self.show();
-                let _ = reply.send(self.status());
+                // One build serves the answer and the published copy.
+                let status = self.status();
+                self.shown.send_replace(Arc::new(status.clone()));
+                let _ = reply.send(status);
             }
             Msg::Plan(side, reply) => self.start_dry_run(side, reply),
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
