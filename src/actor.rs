@@ -71,6 +71,9 @@ pub struct Actor {
     rounds: BySide<Option<RoundSummary>>,
     drift: bool,
     change_running: bool,
+    /// The provider lockout (its end, in Unix seconds) the timeline already said the change
+    /// in flight waits for.
+    waiting_noted: Option<i64>,
     /// The change in flight's task, stopped when the lease is lost.
     publishing: Option<tokio::task::AbortHandle>,
     /// Changes started so far: a reconcile read that began before the latest one is stale.
@@ -142,6 +145,7 @@ impl Actor {
             drift: false,
             read_alerted: false,
             change_running: false,
+            waiting_noted: None,
             publishing: None,
             changes_started: 0,
             observing: false,
@@ -243,6 +247,7 @@ impl Actor {
             }
             Msg::Plan(side, reply) => self.start_dry_run(side, reply),
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
+            Msg::ChangeWaiting(side, until) => self.on_change_waiting(side, until).await,
             Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
             Msg::Observed { changes, live } => {
                 self.observing = false;

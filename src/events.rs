@@ -57,6 +57,9 @@ pub enum EventKind {
     /// A notification target gave up on an event.
     #[serde(rename = "notify_failed")]
     NotifyFailed,
+    /// A change waits, before anything is sent, for a lockout its provider announced.
+    #[serde(rename = "change_waiting")]
+    ChangeWaiting,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -78,7 +81,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -90,6 +93,7 @@ impl EventKind {
         EventKind::Drift,
         EventKind::VantageReachable,
         EventKind::NotifyFailed,
+        EventKind::ChangeWaiting,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
@@ -112,6 +116,7 @@ impl EventKind {
             EventKind::Drift => "drift",
             EventKind::VantageReachable => "vantage_reachable",
             EventKind::NotifyFailed => "notify_failed",
+            EventKind::ChangeWaiting => "change_waiting",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",

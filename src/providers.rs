@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxguard_core::{
-    DnsProvider, Gate, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter, TokenBucket,
-    TokioClock,
+    Budget, Clock, DnsProvider, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter,
+    TokenBucket, TokioClock,
 };
 use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
 use secrecy::ExposeSecret;
@@ -41,9 +41,11 @@ impl ProviderRegistry {
     /// credentials are resolved, no client is made).
     pub async fn from_config(config: &Config) -> Result<ProviderRegistry, EngineError> {
         let mut built = BTreeMap::new();
+        let mut budgets = Budgets::default();
         for (name, p) in &config.providers {
             if config.domains.iter().any(|d| &d.provider == name) {
-                built.insert(name.clone(), build_provider(name, p, config).await?);
+                let b = build_provider(name, p, config, &mut budgets).await?;
+                built.insert(name.clone(), b);
             }
         }
         Ok(ProviderRegistry { built })
@@ -58,7 +60,7 @@ impl ProviderRegistry {
                 name: name.to_string(),
                 why: "not configured".into(),
             })?;
-        build_provider(name, cfg, config).await
+        build_provider(name, cfg, config, &mut Budgets::default()).await
     }
 
     pub fn get(&self, name: &str) -> Option<&BuiltProvider> {
@@ -94,15 +96,42 @@ pub async fn provider_client(
     Ok(ProviderRegistry::one(config, name).await?.client)
 }
 
+/// The budgets built so far, by name: provider entries naming the same `budget` get the same
+/// one (the first entry's limits make it).
+#[derive(Default)]
+struct Budgets(BTreeMap<String, Budget>);
+
+impl Budgets {
+    fn get_or(
+        &mut self,
+        name: &str,
+        make: impl FnOnce() -> Result<Budget, String>,
+    ) -> Result<Budget, String> {
+        if let Some(b) = self.0.get(name) {
+            return Ok(b.clone());
+        }
+        let b = make()?;
+        self.0.insert(name.to_string(), b.clone());
+        Ok(b)
+    }
+}
+
 async fn build_provider(
     name: &str,
     cfg: &ProviderConfig,
     config: &Config,
+    budgets: &mut Budgets,
 ) -> Result<BuiltProvider, EngineError> {
     let err = |why: String| EngineError::Provider {
         name: name.to_string(),
         why,
     };
+    let budget_name = config
+        .budgets
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| name.to_string());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock);
     match cfg {
         ProviderConfig::Rfc2136 {
             server,
@@ -124,7 +153,13 @@ async fn build_provider(
             // A DNS server answers in milliseconds when idle but not under load (5,000 fresh
             // domains reading at once through 8 places got ~10 reads/s): 32 places, the
             // 50 requests/s bucket paces.
-            let (client, background) = guarded(provider, 50.0, 32, PROVIDER_DEADLINE);
+            let budget = budgets
+                .get_or(&budget_name, || {
+                    let limit = RateLimit::new(50.0, 50).map_err(|e| e.to_string())?;
+                    Ok(Budget::new(&budget_name, limit, 32, clock.clone()))
+                })
+                .map_err(err)?;
+            let (client, background) = guarded(provider, budget.bucket().clone(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -148,13 +183,20 @@ async fn build_provider(
                     .with_base_url(url)
                     .map_err(|e| err(format!("api_url: {e}")))?;
             }
+            // The client paces its own requests (1,200 per 5 minutes per user) on the budget
+            // every entry of the same user shares; the wrapper only retries. Four operations
+            // at a time (a change is two requests) keep each one's wait for the pacing well
+            // inside the 30 s deadline in a mass outage.
+            let budget = budgets
+                .get_or(&budget_name, || {
+                    mxguard_cloudflare::CloudflareProvider::budget_for(&config, 4, clock.clone())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(err)?;
             let provider =
-                mxguard_cloudflare::CloudflareProvider::new(config, Arc::new(TokioClock))
+                mxguard_cloudflare::CloudflareProvider::with_budget(config, budget.clone())
                     .map_err(|e| err(e.to_string()))?;
-            // The client paces its own requests (1,200 per 5 minutes); the shared bucket only
-            // retries. Four operations at a time (a change is 3–4 requests) keep each one's
-            // wait for the client's pacing well inside the 30 s deadline in a mass outage.
-            let (client, background) = guarded(provider, 1000.0, 4, PROVIDER_DEADLINE);
+            let (client, background) = guarded(provider, unpaced(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -188,12 +230,23 @@ async fn build_provider(
             // processed concurrently, `PriorRequestNotComplete`, which is retried), and the
             // change is verified at the authoritative servers or by reading back.
             let config = config.with_background_follow();
-            let provider = mxguard_route53::Route53Provider::new(config, Arc::new(TokioClock))
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            // The client paces itself to Route 53's 5 requests per second per account; a change
-            // is a read and a batch, so a few places keep each inside its deadline.
-            let (client, background) = guarded(provider, 1000.0, 8, PROVIDER_DEADLINE);
+            // The client paces itself to Route 53's 5 requests per second per account (on
+            // the budget the account's entries share); a change is a read and a batch, so a
+            // few places keep each inside its deadline.
+            let limit = config.rate_limit;
+            let budget = budgets
+                .get_or(&budget_name, || {
+                    Ok(Budget::new(&budget_name, limit, 8, clock.clone()))
+                })
+                .map_err(err)?;
+            let provider = mxguard_route53::Route53Provider::with_bucket(
+                config,
+                clock,
+                budget.bucket().clone(),
+            )
+            .await
+            .map_err(|e| err(e.to_string()))?;
+            let (client, background) = guarded(provider, unpaced(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -206,31 +259,30 @@ async fn build_provider(
 /// How long one provider operation may take, retries included (not the wait for admission).
 const PROVIDER_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Wraps a provider in the shared machinery: admission (`places` operations at a time, changes
-/// first), token bucket, retries with backoff, deadline. Returns the client for changes and
-/// the same client at background priority.
+/// A bucket that never makes anyone wait, for a wrapper around a client that paces itself.
+fn unpaced() -> Arc<TokenBucket> {
+    let limit = RateLimit::new(1_000_000.0, 1_000_000).expect("a valid rate");
+    Arc::new(TokenBucket::new(limit, Arc::new(TokioClock)))
+}
+
+/// Wraps a provider in the shared machinery: its budget's admission (a few operations at a
+/// time, changes first, closed while the provider locks the account out), `bucket`'s pacing,
+/// retries with backoff, the deadline. Returns the client for changes and the same client at
+/// background priority.
 fn guarded<P: DnsProvider + 'static>(
     provider: P,
-    per_second: f64,
-    places: usize,
-    deadline: Duration,
+    bucket: Arc<TokenBucket>,
+    budget: &Budget,
 ) -> (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>) {
     let clock = Arc::new(TokioClock);
-    let bucket = match RateLimit::new(per_second, per_second.ceil() as u32) {
-        Ok(limit) => Arc::new(TokenBucket::new(limit, clock.clone())),
-        Err(_) => Arc::new(TokenBucket::new(
-            RateLimit::new(1.0, 1).expect("1/s is a valid rate"),
-            clock.clone(),
-        )),
-    };
     let policy = RetryPolicy {
         max_attempts: 4,
         initial_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(5),
-        deadline,
+        deadline: PROVIDER_DEADLINE,
     };
     let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
-    let client = Guarded::with_gate(provider, bucket, retrier, Gate::new(places));
+    let client = Guarded::with_gate(provider, bucket, retrier, budget.gate().clone());
     let background = client.background();
     (Arc::new(client), Arc::new(background))
 }

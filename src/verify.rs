@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::model::RecordSet;
-use crate::probe::dns::DnsClient;
+use crate::probe::dns::{DnsClient, DnsStatus};
+
+/// Polls in a row without any answer after which a server counts as not answering (so the
+/// change is verified another way instead of waiting out the whole bound).
+const SILENT_AFTER: u32 = 3;
 
 /// When a server first served the new records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,9 +35,19 @@ pub struct Verifier {
 impl Verifier {
     /// Polls each authoritative server until it serves `desired` exactly (records and TTLs).
     pub async fn authoritative(&self, desired: &[RecordSet]) -> Vec<Visible> {
+        self.authoritative_answering(desired)
+            .await
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect()
+    }
+
+    /// As [`Verifier::authoritative`], saying for each server whether it answered at all: one
+    /// that never answered its first few queries is given up early.
+    pub async fn authoritative_answering(&self, desired: &[RecordSet]) -> Vec<(Visible, bool)> {
         let checks = self.authoritative.iter().map(|s| {
             let client = DnsClient::authoritative(*s, self.query_timeout);
-            poll_until_served(client, desired, self.bound, self.poll, true)
+            poll_authoritative(client, desired, self.bound, self.poll)
         });
         futures::future::join_all(checks).await
     }
@@ -58,18 +72,63 @@ impl Verifier {
 
 /// True when `client` serves every RRset of `desired` (TTL compared when `exact_ttl`).
 pub async fn serves(client: &DnsClient, desired: &[RecordSet], exact_ttl: bool) -> bool {
+    served(client, desired, exact_ttl).await == Some(true)
+}
+
+/// Whether `client` serves every RRset of `desired`; `None` when it did not answer at all.
+async fn served(client: &DnsClient, desired: &[RecordSet], exact_ttl: bool) -> Option<bool> {
     for set in desired {
         let answer = client.query(set.name(), set.rtype()).await;
+        if matches!(
+            answer.status,
+            DnsStatus::Timeout | DnsStatus::Network(_) | DnsStatus::Refused
+        ) {
+            return None;
+        }
         let mut got = answer.records.clone();
         got.sort();
         if got.as_slice() != set.records() {
-            return false;
+            return Some(false);
         }
         if exact_ttl && answer.ttl != Some(set.ttl().secs()) {
-            return false;
+            return Some(false);
         }
     }
-    true
+    Some(true)
+}
+
+/// Polls an authoritative server until it serves `desired` exactly, within `bound`; gives up
+/// early (`false`: never answered) when its first [`SILENT_AFTER`] polls got no answer.
+async fn poll_authoritative(
+    client: DnsClient,
+    desired: &[RecordSet],
+    bound: Duration,
+    poll: Duration,
+) -> (Visible, bool) {
+    let start = Instant::now();
+    let mut answered = false;
+    let mut silent = 0;
+    loop {
+        match served(&client, desired, true).await {
+            Some(true) => {
+                let seen = Visible {
+                    server: client.server.to_string(),
+                    after_ms: Some(start.elapsed().as_millis() as u64),
+                };
+                return (seen, true);
+            }
+            Some(false) => answered = true,
+            None => silent += 1,
+        }
+        if start.elapsed() >= bound || (!answered && silent >= SILENT_AFTER) {
+            let not_seen = Visible {
+                server: client.server.to_string(),
+                after_ms: None,
+            };
+            return (not_seen, answered);
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 async fn poll_until_served(

@@ -168,6 +168,65 @@ async fn a_refused_token_is_alerted_for_an_operator_and_retried_slowly() {
     );
 }
 
+/// Cloudflare's 429 mid-failover: the change waits for the lockout at admission (its deadline
+/// does not run), says so in the timeline, then applies once; verified at the zone's
+/// nameserver by DNS, so the failover costs the API one read and the batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_failover_waits_for_the_lockout_then_applies_once() {
+    let mut lab = Lab::start_with(
+        LabOptions {
+            hold: "1h",
+            mx_ttl: 300,
+        },
+        Layout {
+            provider: LabProvider::Cloudflare,
+            cloudflare_nameserver: true,
+            ..Layout::default()
+        },
+    )
+    .await;
+    let mx = lab.serve(None);
+    lab.settle(&mx, Duration::from_secs(60)).await;
+    let writes = lab.writes().await;
+    let before = lab.cloudflare_requests().len();
+    lab.cloudflare_rate_limits(mxguard_testpeers::cloudflare::Route::Batch, 3, 1);
+    lab.primary.stop().await.expect("stop primary");
+    let waiting = wait_for_event(&lab, "change_waiting", Duration::from_secs(90)).await;
+    assert!(
+        waiting.message.contains("rate limit until") && waiting.message.contains("UTC"),
+        "{}",
+        waiting.message
+    );
+    let change = wait_for_event(&lab, "change", Duration::from_secs(90)).await;
+    assert!(change.at >= waiting.at);
+    let events = lab.events().await;
+    assert!(
+        !events.iter().any(|e| e.kind == "alert.change_failed"),
+        "a known lockout is waited out, not reported as a failure: {:#?}",
+        events
+            .iter()
+            .map(|e| format!("{} {}", e.kind, e.message))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(lab.writes().await, writes + 1, "one batch applied");
+    let ns = lab
+        .cf_nameserver
+        .as_ref()
+        .expect("nameserver")
+        .addr()
+        .to_string();
+    assert_eq!(
+        change.evidence["authoritative"][0]["server"], ns,
+        "verified at the nameserver: {}",
+        change.evidence
+    );
+    // the batch refused with 429 and the batch applied; nothing read the change back (the
+    // evidence above names the nameserver, not the provider)
+    let during: Vec<String> = lab.cloudflare_requests().into_iter().skip(before).collect();
+    let batches = during.iter().filter(|r| r.ends_with("/batch")).count();
+    assert_eq!(batches, 2, "{during:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flapping_primary_trips_the_flap_guard() {
     let mut lab = Lab::start(LabOptions {

@@ -38,6 +38,9 @@ struct Args {
     secs: u64,
     domains: usize,
     window: u64,
+    verify: mass::Verify,
+    entries: usize,
+    inject_429: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -56,6 +59,9 @@ fn parse() -> Result<Args, String> {
         secs: 30,
         domains: 1_000,
         window: 30,
+        verify: mass::Verify::Dns,
+        entries: 1,
+        inject_429: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,6 +83,15 @@ fn parse() -> Result<Args, String> {
             "--secs" => a.secs = num(value("--secs")?)?,
             "--domains" => a.domains = num(value("--domains")?)? as usize,
             "--window" => a.window = num(value("--window")?)?.clamp(1, 300),
+            "--verify" => {
+                a.verify = match value("--verify")?.as_str() {
+                    "dns" => mass::Verify::Dns,
+                    "api" => mass::Verify::Api,
+                    other => return Err(format!("--verify: expected dns or api, got {other:?}")),
+                }
+            }
+            "--entries" => a.entries = (num(value("--entries")?)? as usize).max(1),
+            "--inject-429" => a.inject_429 = Some(num(value("--inject-429")?)?),
             "stages" | "scale" | "mass" => a.parts.push(arg),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -128,6 +143,9 @@ async fn main() {
                 mass::run(&mass::Opts {
                     domains: args.domains,
                     window: args.window,
+                    verify: args.verify,
+                    entries: args.entries,
+                    inject_429: args.inject_429,
                 })
                 .await
             }

@@ -43,6 +43,8 @@ pub struct Origin {
     pub by: String,
     /// The snapshot's reason, e.g. "before publishing the backup records".
     pub why: String,
+    /// Told when the apply waits for a lockout its provider announced, and until when.
+    pub waiting: Option<Waiting>,
 }
 
 impl Origin {
@@ -51,7 +53,19 @@ impl Origin {
         Origin {
             by: "automation".into(),
             why: format!("before publishing the {side} records"),
+            waiting: None,
         }
+    }
+}
+
+/// Whom to tell that a change waits for its provider's lockout (the actor records it in the
+/// timeline; the CLI prints it).
+#[derive(Clone)]
+pub struct Waiting(pub Arc<dyn Fn(std::time::SystemTime) + Send + Sync>);
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waiting")
     }
 }
 
@@ -141,7 +155,7 @@ pub async fn publish(
                 change = old.id,
                 "resuming change after restart: applying the recorded plan"
             );
-            apply(deps, managed, &plan, old.id, epoch).await?;
+            apply(deps, managed, &plan, old.id, epoch, origin).await?;
             (Some(old.id), old.snapshot_id)
         }
         other => {
@@ -176,7 +190,7 @@ pub async fn publish(
                 let (snap, intent) = store.begin_change(&snapshot, &change).await?;
                 tracing::info!(change = intent.id, snapshot = snap.id, %side, "change intent written");
                 failpoint("after_intent").await;
-                apply(deps, managed, &plan, intent.id, epoch).await?;
+                apply(deps, managed, &plan, intent.id, epoch, origin).await?;
                 (Some(intent.id), Some(snap.id))
             }
         }
@@ -219,6 +233,7 @@ struct LeaseFence<'a> {
     deps: &'a ChangeDeps,
     id: i64,
     epoch: i64,
+    waiting: Option<&'a Waiting>,
 }
 
 #[async_trait::async_trait]
@@ -242,6 +257,13 @@ impl mxguard_core::Fence for LeaseFence<'_> {
             Err(e) => Err(format!("cannot confirm the lease before applying: {e}")),
         }
     }
+
+    async fn waiting(&self, until: std::time::SystemTime) {
+        tracing::info!(change = self.id, until = %chrono::DateTime::<chrono::Utc>::from(until).format("%H:%M:%S"), "the change waits for the provider's rate limit");
+        if let Some(w) = self.waiting {
+            (w.0)(until);
+        }
+    }
 }
 
 async fn apply(
@@ -250,10 +272,16 @@ async fn apply(
     plan: &Plan,
     id: i64,
     epoch: i64,
+    origin: &Origin,
 ) -> Result<(), ChangeError> {
     // Stands for any wait before the provider call (a queue at admission, a paused process).
     failpoint("before_apply").await;
-    let fence = LeaseFence { deps, id, epoch };
+    let fence = LeaseFence {
+        deps,
+        id,
+        epoch,
+        waiting: origin.waiting.as_ref(),
+    };
     match deps
         .provider
         .apply_fenced(&managed.zone, &plan.changes, &fence)
@@ -284,10 +312,20 @@ async fn apply(
     Ok(())
 }
 
-/// At the authoritative servers when configured; otherwise a read-back through the provider.
+/// At the authoritative servers when configured and answering (by DNS: no request to the
+/// provider's API); a server that never answers is left out, and when none answers, a read-back
+/// through the provider verifies instead.
 async fn verify(deps: &ChangeDeps, managed: &Managed, desired: &[RecordSet]) -> Vec<Visible> {
     if !deps.verifier.authoritative.is_empty() {
-        return deps.verifier.authoritative(desired).await;
+        let checked = deps.verifier.authoritative_answering(desired).await;
+        let (answering, silent): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, a)| *a);
+        for (v, _) in &silent {
+            tracing::warn!(domain = %managed.domain, server = %v.server, "the authoritative server does not answer: left out of the verification");
+        }
+        if !answering.is_empty() {
+            return answering.into_iter().map(|(v, _)| v).collect();
+        }
+        tracing::warn!(domain = %managed.domain, "no authoritative server answers: verifying by reading the records back from the provider");
     }
     let start = std::time::Instant::now();
     let ok = match deps.provider.read(&managed.zone, &managed.keys()).await {

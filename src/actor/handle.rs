@@ -68,6 +68,8 @@ pub(super) enum Msg {
     Status(oneshot::Sender<Status>),
     Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
     ChangeDone(Side, Box<Result<ChangeReport, ChangeError>>),
+    /// The change in flight waits for its provider's lockout until then.
+    ChangeWaiting(Side, std::time::SystemTime),
     /// An operator's revert to a snapshot holding `side`'s records (`desired`: its managed
     /// RRsets); answered once the change is verified or has failed.
     Revert {

@@ -43,12 +43,18 @@ impl Actor {
                 let origin = Origin {
                     by: r.revert.by.clone(),
                     why: format!("before revert to snapshot {}", r.revert.snapshot),
+                    waiting: None,
                 };
                 (r.revert.desired.clone(), origin)
             });
-        let origin = reverting
+        let mut origin = reverting
             .as_ref()
             .map_or_else(|| Origin::automation(side), |(_, o)| o.clone());
+        // The timeline says when a change waits for its provider's lockout, and until when.
+        let notes = self.tx.clone();
+        origin.waiting = Some(super::change::Waiting(std::sync::Arc::new(move |until| {
+            let _ = notes.try_send(Msg::ChangeWaiting(side, until));
+        })));
         let desired = match reverting {
             Some((records, _)) => records,
             None => match self.desired(side).await {
@@ -97,6 +103,28 @@ impl Actor {
                 work.abort();
             }
         }
+    }
+
+    /// The change in flight waits for its provider's lockout until `until`: said once per
+    /// lockout in the timeline, instead of the change failing at its deadline and retrying.
+    pub(super) async fn on_change_waiting(&mut self, side: Side, until: std::time::SystemTime) {
+        let until = chrono::DateTime::<chrono::Utc>::from(until);
+        let second = until.timestamp();
+        if !self.change_running || self.waiting_noted == Some(second) {
+            return;
+        }
+        self.waiting_noted = Some(second);
+        let message = format!(
+            "the change publishing the {side} records waits for {}'s rate limit until {} UTC; nothing is sent before, and its deadline does not run meanwhile",
+            self.deps.provider_name,
+            until.format("%H:%M:%S")
+        );
+        self.event(
+            EventKind::ChangeWaiting,
+            message,
+            json!({"side": side, "provider": self.deps.provider_name, "until": until}),
+        )
+        .await;
     }
 
     pub(super) async fn on_change_done(

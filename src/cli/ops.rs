@@ -416,6 +416,15 @@ pub(super) async fn revert(
     let origin = crate::actor::change::Origin {
         by: "cli".into(),
         why: format!("before revert to snapshot {id}"),
+        waiting: Some(crate::actor::change::Waiting(std::sync::Arc::new(
+            |until| {
+                let until = chrono::DateTime::<chrono::Utc>::from(until);
+                eprintln!(
+                "mxguard: waiting for the provider's rate limit until {} UTC (nothing is sent before)",
+                until.format("%H:%M:%S")
+            );
+            },
+        ))),
     };
     let managed = Managed::new(&d);
     match crate::actor::change::publish(&deps, &managed, plan.side, plan.desired, None, &origin)

@@ -102,6 +102,7 @@ impl Config {
             store: StoreConfig::on(StoreUrl::default_sqlite()),
             tokens: Vec::new(),
             providers: BTreeMap::new(),
+            budgets: BTreeMap::new(),
             checks: Checks::default(),
             domains: Vec::new(),
             cluster: ClusterConfig::default(),
@@ -245,11 +246,18 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         }
     }
 
+    let mut budgets: BTreeMap<String, String> = BTreeMap::new();
     let providers: BTreeMap<String, ProviderConfig> = root
         .named_tables("providers", errs)
         .into_iter()
-        .filter_map(|(name, sec)| parse_provider(sec, errs).map(|p| (name, p)))
+        .filter_map(|(name, mut sec)| {
+            let budget = parse_budget(&mut sec, errs);
+            let p = parse_provider(sec, errs)?;
+            budgets.insert(name.clone(), budget.unwrap_or_else(|| name.clone()));
+            Some((name, p))
+        })
         .collect();
+    check_budgets(&providers, &budgets, errs);
 
     let cluster = cluster::parse_cluster(root.child("cluster", errs), errs);
 
@@ -321,6 +329,7 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         store,
         tokens,
         providers,
+        budgets,
         checks,
         domains,
         cluster,
@@ -424,6 +433,56 @@ fn secret_source(sec: &mut Section, key: &str, errs: &mut Errors) -> Option<Secr
     }
 }
 
+/// `budget = "NAME"`: the provider entries that spend the same user's or account's request
+/// quota name the same budget (Cloudflare counts every token of a user together).
+fn parse_budget(sec: &mut Section, errs: &mut Errors) -> Option<String> {
+    let budget = sec.string("budget", errs)?;
+    let ok = !budget.is_empty()
+        && budget
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        errs.push(
+            sec.field("budget"),
+            format!("expected a name of letters, digits, '-' or '_', got {budget:?}"),
+        );
+        return None;
+    }
+    Some(budget)
+}
+
+/// A budget is one provider's account: entries of different kinds cannot share one.
+fn check_budgets(
+    providers: &BTreeMap<String, ProviderConfig>,
+    budgets: &BTreeMap<String, String>,
+    errs: &mut Errors,
+) {
+    let kind = |p: &ProviderConfig| match p {
+        ProviderConfig::Cloudflare { .. } => "cloudflare",
+        ProviderConfig::Route53 { .. } => "route53",
+        ProviderConfig::Rfc2136 { .. } => "rfc2136",
+    };
+    let mut first: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (name, budget) in budgets {
+        let Some(p) = providers.get(name) else {
+            continue;
+        };
+        match first.get(budget.as_str()) {
+            Some((other, other_kind)) if *other_kind != kind(p) => errs.push(
+                format!("providers.{name}.budget"),
+                format!(
+                    "budget {budget:?} is already spent by providers.{other} ({other_kind}); a {} entry cannot share it",
+                    kind(p)
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                first.insert(budget, (name, kind(p)));
+            }
+        }
+    }
+}
+
 fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig> {
     let kind = sec.required_string("kind", errs)?;
     let cfg = match kind.as_str() {
@@ -435,6 +494,7 @@ fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig>
                 errs,
                 &[
                     "kind",
+                    "budget",
                     "api_token_env",
                     "api_token_file",
                     "api_url",
@@ -454,7 +514,10 @@ fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig>
             if profile.as_deref().is_some_and(|p| p.trim().is_empty()) {
                 errs.push(sec.field("profile"), "empty; name a profile of the shared AWS config files, or leave it out for the default credential chain");
             }
-            sec.finish(errs, &["kind", "region", "endpoint_url", "profile"]);
+            sec.finish(
+                errs,
+                &["kind", "budget", "region", "endpoint_url", "profile"],
+            );
             ProviderConfig::Route53 {
                 region,
                 endpoint_url,
@@ -492,6 +555,7 @@ fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig>
                 errs,
                 &[
                     "kind",
+                    "budget",
                     "server",
                     "tsig_name",
                     "tsig_algorithm",

@@ -574,3 +574,47 @@ fn request_limits_default_and_are_bounded() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn provider_entries_name_a_shared_budget_of_their_own_kind() {
+    let two_cf = r#"
+[providers.cf-a]
+kind = "cloudflare"
+api_token_env = "A"
+budget = "ops-user"
+
+[providers.cf-b]
+kind = "cloudflare"
+api_token_env = "B"
+budget = "ops-user"
+
+[providers.cf-c]
+kind = "cloudflare"
+api_token_env = "C"
+"#;
+    let cfg = parse(two_cf).expect("valid");
+    assert_eq!(cfg.budgets["cf-a"], "ops-user");
+    assert_eq!(cfg.budgets["cf-b"], "ops-user");
+    assert_eq!(cfg.budgets["cf-c"], "cf-c", "its own budget by default");
+
+    let mixed = format!("{PROVIDER}budget = \"ops-user\"\n{two_cf}");
+    let errs = errors(&mixed);
+    assert!(
+        errs.iter().any(|e| e.contains("providers.ns1.budget")
+            || (e.contains(".budget") && e.contains("rfc2136"))),
+        "{errs:#?}"
+    );
+    let bad = errors(
+        r#"
+[providers.cf]
+kind = "cloudflare"
+api_token_env = "A"
+budget = "ops user!"
+"#,
+    );
+    assert!(
+        bad.iter()
+            .any(|e| e.contains("providers.cf.budget") && e.contains("\"ops user!\"")),
+        "{bad:#?}"
+    );
+}

@@ -17,6 +17,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub tokens: Vec<TokenConfig>,
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Each provider entry's request budget (`budget = "NAME"`, else its own name): entries
+    /// naming the same budget share one pacing, admission and lockout.
+    pub budgets: BTreeMap<String, String>,
     pub checks: Checks,
     pub domains: Vec<DomainConfig>,
     pub cluster: super::ClusterConfig,

@@ -110,6 +110,8 @@ pub struct Lab {
     pub servfail: RcodeServer,
     /// The layout it was started with.
     pub layout: Layout,
+    /// The Cloudflare fake's nameserver ([`Layout::cloudflare_nameserver`]).
+    pub cf_nameserver: Option<mxguard_testpeers::cloudflare::FakeNameserver>,
 }
 
 pub struct LabOptions {
@@ -180,6 +182,9 @@ pub struct Layout {
     pub shared_domains: usize,
     /// The lab domain's `drift` policy: `report` or `correct`.
     pub drift: &'static str,
+    /// Cloudflare: the fake's nameserver serves the zone and is the domain's `authoritative`
+    /// (changes verified by DNS, not by reading back through the API).
+    pub cloudflare_nameserver: bool,
 }
 
 /// The name of the lab's `i`th shared domain ([`Layout::shared_domains`]).
@@ -200,6 +205,7 @@ impl Default for Layout {
             hosted_zone_id: None,
             shared_domains: 0,
             drift: "report",
+            cloudflare_nameserver: false,
         }
     }
 }
@@ -303,6 +309,12 @@ impl Lab {
             .map(|r| format!("\"{}\"", r.addr()))
             .collect();
         let (peer, failover_ttl) = start_peer(&layout, &mx_host, opts.mx_ttl).await;
+        let cf_nameserver = match &peer {
+            Peer::Cloudflare(fake) if layout.cloudflare_nameserver => {
+                Some(fake.serve_dns().expect("the fake's nameserver"))
+            }
+            _ => None,
+        };
         let c = layout.checks;
         let provider_section = match &peer {
             Peer::Rfc2136 => format!(
@@ -336,7 +348,10 @@ impl Lab {
                 "hosted_zone_id = \"{}\"\n",
                 layout.hosted_zone_id.unwrap_or(zone_id)
             ),
-            Peer::Cloudflare(_) => String::new(),
+            Peer::Cloudflare(_) => match &cf_nameserver {
+                Some(ns) => format!("authoritative = [\"{}\"]\n", ns.addr()),
+                None => String::new(),
+            },
         };
         let mut text = format!(
             r#"
@@ -411,6 +426,7 @@ drift = "{drift}"
             mx_zone: layout.mx_zone.map(|z| z.trim_end_matches('.').to_string()),
             servfail,
             layout,
+            cf_nameserver,
         }
     }
 
@@ -811,6 +827,32 @@ impl Lab {
                 count,
             ),
             _ => panic!("cloudflare_refuses_writes needs the Cloudflare lab"),
+        }
+    }
+
+    /// The Cloudflare fake answers the next `count` requests to `route` with 429 and
+    /// `retry-after: secs`.
+    pub fn cloudflare_rate_limits(
+        &mut self,
+        route: mxguard_testpeers::cloudflare::Route,
+        secs: u64,
+        count: usize,
+    ) {
+        match &mut self.peer {
+            Peer::Cloudflare(fake) => fake.inject(
+                route,
+                mxguard_testpeers::cloudflare::Fault::RateLimit { retry_after: secs },
+                count,
+            ),
+            _ => panic!("cloudflare_rate_limits needs the Cloudflare lab"),
+        }
+    }
+
+    /// The Cloudflare fake's requests so far (`METHOD /path?query`).
+    pub fn cloudflare_requests(&self) -> Vec<String> {
+        match &self.peer {
+            Peer::Cloudflare(fake) => fake.requests(),
+            _ => panic!("cloudflare_requests needs the Cloudflare lab"),
         }
     }
 

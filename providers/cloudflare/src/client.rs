@@ -1,9 +1,11 @@
-//! A small typed client for the calls mxguard makes: every request goes through the token
-//! bucket, carries the bearer token, and comes back as a result or a classified error.
+//! A small typed client for the calls mxguard makes: every request goes through the account's
+//! budget (its pacing, and nothing sent while Cloudflare locks the account out), carries the
+//! bearer token, and comes back as a result or a classified error. What each answer's
+//! `Ratelimit` header says is left of the quota feeds the budget back (reference §9).
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use mxguard_core::{ProviderError, TokenBucket};
+use mxguard_core::{Budget, ProviderError};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -18,7 +20,7 @@ pub(crate) struct Client {
     http: reqwest::Client,
     base: Url,
     token: ApiToken,
-    bucket: Arc<TokenBucket>,
+    budget: Budget,
 }
 
 /// A failed call, with what classification needs to look at again (the fallback from the
@@ -49,10 +51,14 @@ impl From<CallError> for ProviderError {
 impl Client {
     /// The sustained requests per second this client paces itself to.
     pub fn rate(&self) -> f64 {
-        self.bucket.limit().per_second()
+        self.budget.bucket().limit().per_second()
     }
 
-    pub fn new(config: &CloudflareConfig, bucket: Arc<TokenBucket>) -> Result<Self, ConfigError> {
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub fn new(config: &CloudflareConfig, budget: Budget) -> Result<Self, ConfigError> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -63,7 +69,7 @@ impl Client {
             http,
             base: config.base_url.clone(),
             token: config.api_token.clone(),
-            bucket,
+            budget,
         })
     }
 
@@ -106,7 +112,14 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        self.bucket.acquire().await;
+        // A lockout Cloudflare announced (429, or the quota spent) refuses anything sent before
+        // it ends, and a request in it is one more 429: none is sent.
+        if let Some(left) = self.budget.locked_for() {
+            return Err(plain(ProviderError::RateLimited {
+                retry_after: Some(left),
+            }));
+        }
+        self.budget.bucket().acquire().await;
         tracing::debug!(%method, path = %path.join("/"), "cloudflare request");
         let response = request
             .send()
@@ -114,6 +127,23 @@ impl Client {
             .map_err(|e| plain(transport(what, &e)))?;
         let status = response.status();
         let headers = response.headers().clone();
+        if let Some((remaining, reset)) = headers
+            .get("ratelimit")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_ratelimit)
+        {
+            self.budget.observe(remaining, reset);
+        }
+        if let Err(CallError {
+            error:
+                ProviderError::RateLimited {
+                    retry_after: Some(after),
+                },
+            ..
+        }) = &answer_probe(status, &headers)
+        {
+            self.budget.lock_out(*after);
+        }
         let bytes = response
             .bytes()
             .await
@@ -152,6 +182,37 @@ impl Client {
             })?;
         }
     }
+}
+
+/// A 429's lockout, read before the body (so the budget closes even when the body is lost).
+fn answer_probe(status: StatusCode, headers: &HeaderMap) -> Result<(), CallError> {
+    if status != StatusCode::TOO_MANY_REQUESTS {
+        return Ok(());
+    }
+    let retry_after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+    Err(failed(
+        status,
+        Vec::new(),
+        retry_after,
+        None,
+        "a rate-limited call",
+    ))
+}
+
+/// The `Ratelimit` header, `"default";r=<remaining>;t=<seconds to reset>` (reference §9): what
+/// is left of the account's quota and when it resets. Anything else reads as nothing.
+pub(crate) fn parse_ratelimit(value: &str) -> Option<(u32, Duration)> {
+    let mut remaining = None;
+    let mut reset = None;
+    for param in value.split(';').skip(1) {
+        let (key, v) = param.trim().split_once('=')?;
+        match key.trim() {
+            "r" => remaining = v.trim().parse::<u32>().ok(),
+            "t" => reset = v.trim().parse::<u64>().ok(),
+            _ => {}
+        }
+    }
+    Some((remaining?, Duration::from_secs(reset?.min(86_400))))
 }
 
 /// What one answer means: its result, or the failure classified. Apart from the request, so
@@ -213,3 +274,27 @@ fn failed(
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ratelimit_header_reads_as_remaining_and_reset() {
+        assert_eq!(
+            parse_ratelimit(r#""default";r=50;t=30"#),
+            Some((50, Duration::from_secs(30)))
+        );
+        assert_eq!(
+            parse_ratelimit(r#""default"; t=0; r=0"#),
+            Some((0, Duration::ZERO))
+        );
+        assert_eq!(parse_ratelimit(r#""default";r=50"#), None);
+        assert_eq!(parse_ratelimit(r#""default";r=-1;t=3"#), None);
+        assert_eq!(parse_ratelimit("garbage"), None);
+        assert_eq!(
+            parse_ratelimit(r#""default";r=1;t=99999999999"#),
+            Some((1, Duration::from_secs(86_400)))
+        );
+    }
+}

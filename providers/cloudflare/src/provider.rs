@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mxguard_core::{
-    Capabilities, Change, ChangeSet, Clock, DnsProvider, Fqdn, ProviderError, RData, RecordSet,
-    RrsetKey, TokenBucket,
+    Budget, Capabilities, Change, ChangeSet, Clock, DnsProvider, Fqdn, ProviderError, RData,
+    RecordSet, RrsetKey,
 };
 use reqwest::Method;
 
@@ -16,6 +16,10 @@ use crate::config::{CloudflareConfig, ConfigError, MAX_TTL};
 use crate::errors::{has_code, NO_ROUTE, NO_ROUTE_FOR_ID};
 use crate::plan::{self, Live};
 use crate::wire::{self, BatchRequest, DnsRecord, Zone};
+
+/// Operations admitted at once when the provider is used alone (not wrapped by the service,
+/// whose budgets admit a few at a time).
+const STANDALONE_PLACES: usize = 64;
 
 /// Reads touching at most this many names query each name (`name.exact`); more list the zone.
 const READ_BY_NAME_MAX: usize = 3;
@@ -31,7 +35,25 @@ pub struct CloudflareProvider {
     batch_available: AtomicBool,
     /// Applies made one record at a time since the batch endpoint said "no route".
     per_record_applies: std::sync::atomic::AtomicU32,
+    /// The records the last read of each zone returned, with their ids: the next apply to
+    /// those keys plans on them instead of reading again.
+    last_read: Mutex<HashMap<Fqdn, LastRead>>,
 }
+
+/// A read kept for the apply that follows it.
+struct LastRead {
+    at: std::time::Instant,
+    keys: BTreeSet<RrsetKey>,
+    records: Vec<DnsRecord>,
+}
+
+/// How long a read stands in for the read `apply` would make. The service reads, writes the
+/// change intent (whose `before` is that read) and applies; in a mass outage the apply waits
+/// its turn at the account's admission behind the other domains' reads (1,000 domains at
+/// Cloudflare's pace: minutes). The batch names the read's record ids, so a record deleted or
+/// replaced since makes Cloudflare refuse the whole batch (81044), and a record added since
+/// shows in the verification; a read older than this is made again all the same.
+pub const READ_REUSED_FOR: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// The batch endpoint is tried again after this many per-record applies: its absence may have
 /// been a passing fault of Cloudflare's routing, and per-record calls give up atomicity.
@@ -54,19 +76,29 @@ impl CloudflareProvider {
     pub fn new(config: CloudflareConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
         let window = std::env::var(crate::RATE_WINDOW_ENV).ok();
         let config = config.with_window_override(window.as_deref())?;
-        let bucket = Arc::new(TokenBucket::new(config.rate_limit, clock));
-        CloudflareProvider::with_bucket(config, bucket)
+        let budget = Budget::new(&config.name, config.rate_limit, STANDALONE_PLACES, clock);
+        CloudflareProvider::with_budget(config, budget)
     }
 
-    /// A provider spending `bucket`: share one bucket between every provider using the same
-    /// token, since Cloudflare counts per token.
-    pub fn with_bucket(
-        config: CloudflareConfig,
-        bucket: Arc<TokenBucket>,
-    ) -> Result<Self, ConfigError> {
+    /// [`CloudflareProvider::new`]'s budget for `config` (its pacing, with the benchmark
+    /// window applied), admitting `places` operations at once: share it between every provider
+    /// entry that spends the same user's or account's quota — Cloudflare counts per user (or
+    /// per account for account-owned tokens), not per token (reference §9, §12).
+    pub fn budget_for(
+        config: &CloudflareConfig,
+        places: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Budget, ConfigError> {
+        let window = std::env::var(crate::RATE_WINDOW_ENV).ok();
+        let config = config.clone().with_window_override(window.as_deref())?;
+        Ok(Budget::new(&config.name, config.rate_limit, places, clock))
+    }
+
+    /// A provider spending `budget` (see [`CloudflareProvider::budget_for`]).
+    pub fn with_budget(config: CloudflareConfig, budget: Budget) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(CloudflareProvider {
-            client: Client::new(&config, bucket)?,
+            client: Client::new(&config, budget)?,
             name: config.name,
             zones: Mutex::new(HashMap::new()),
             batch_size: config.batch_size,
@@ -74,6 +106,7 @@ impl CloudflareProvider {
             per_page: config.per_page,
             batch_available: AtomicBool::new(true),
             per_record_applies: std::sync::atomic::AtomicU32::new(0),
+            last_read: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,6 +140,33 @@ impl CloudflareProvider {
 
     fn lock_zones(&self) -> std::sync::MutexGuard<'_, HashMap<Fqdn, String>> {
         self.zones.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.client.budget().gate().clock().now()
+    }
+
+    fn keep_read(&self, zone: &Fqdn, keys: &[RrsetKey], records: &[DnsRecord]) {
+        let kept = LastRead {
+            at: self.now(),
+            keys: keys.iter().cloned().collect(),
+            records: records.to_vec(),
+        };
+        self.last_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(zone.clone(), kept);
+    }
+
+    /// The last read of `zone`, once, when it covered `keys` and is recent enough.
+    fn take_read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Option<Vec<DnsRecord>> {
+        let kept = self
+            .last_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(zone)?;
+        let fresh = self.now().saturating_duration_since(kept.at) <= READ_REUSED_FOR;
+        (fresh && keys.iter().all(|k| kept.keys.contains(k))).then_some(kept.records)
     }
 
     /// The records at `keys`' names: by name (`name.exact`, and `type` when the name has one
@@ -326,6 +386,7 @@ impl DnsProvider for CloudflareProvider {
             return Ok(Vec::new());
         }
         let records = self.records_at(zone, &zone_id, keys).await?;
+        self.keep_read(zone, keys, &records);
         let wanted: BTreeSet<&RrsetKey> = keys.iter().collect();
         let (sets, problems) = wire::group(&records, |k| wanted.contains(k));
         if let Some((key, why)) = problems.into_iter().next() {
@@ -365,7 +426,12 @@ impl DnsProvider for CloudflareProvider {
         }
         let zone_id = self.zone_id(zone).await?;
         let keys: Vec<RrsetKey> = changes.changes.iter().map(Change::key).collect();
-        let records = self.records_at(zone, &zone_id, &keys).await?;
+        let reused = self.take_read(zone, &keys);
+        let fresh_read = reused.is_none();
+        let records = match reused {
+            Some(records) => records,
+            None => self.records_at(zone, &zone_id, &keys).await?,
+        };
         let mut live: Live = BTreeMap::new();
         for r in records {
             let (Some(rtype), Ok(name)) = (wire::parse_type(&r.rtype), Fqdn::parse(&r.name)) else {
@@ -376,7 +442,14 @@ impl DnsProvider for CloudflareProvider {
                 live.entry(key).or_default().push(r);
             }
         }
-        plan::check_expected(changes, &live)?;
+        if let Err(e) = plan::check_expected(changes, &live) {
+            if fresh_read {
+                return Err(e);
+            }
+            // The kept read is not what the change expects: ask Cloudflare what is live.
+            tracing::debug!(provider = %self.name, %zone, "the last read does not match the change's expectation: reading again");
+            return self.apply(zone, changes).await;
+        }
         let batch = plan::batch(changes, &live, self.min_ttl)?;
         if batch.len() == 0 {
             tracing::debug!(provider = %self.name, %zone, "nothing to change");

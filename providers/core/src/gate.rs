@@ -4,11 +4,19 @@
 //! their deadlines pass with their outcome unknown. Operations for a change ([`Priority::Change`])
 //! are admitted before background reads ([`Priority::Background`]); within a priority, first
 //! come, first served. The wait at the gate sends nothing, so it is not part of any deadline.
+//!
+//! A gate can be closed until a moment ([`Gate::close_until`]): a provider that locked the
+//! account out (Cloudflare: every call refused for five minutes after a 429) would refuse
+//! anything sent before then. Waiters stay in their queues while it is closed, so when it opens
+//! the changes that queued meanwhile go first and background reads follow them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::clock::{Clock, TokioClock};
 
 /// Who is asking: a change in progress (its plan read, apply, read-back) or a periodic check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,10 +27,19 @@ pub enum Priority {
 
 /// At most `limit` operations inside at once; `Change` waiters go first. A place that frees
 /// wakes only the waiter next in line (each waiter has its own `Notify`), not every waiter.
-#[derive(Debug)]
 pub struct Gate {
     limit: usize,
     state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("limit", &self.limit)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A waiter: its ticket and how to wake it.
@@ -34,6 +51,8 @@ struct State {
     next: u64,
     change: VecDeque<Waiter>,
     background: VecDeque<Waiter>,
+    /// Nobody is admitted before this moment (the provider's lockout).
+    closed_until: Option<Instant>,
 }
 
 impl State {
@@ -98,12 +117,44 @@ impl Drop for Ticket<'_> {
 }
 
 impl Gate {
-    /// `limit` operations at once (at least 1).
+    /// `limit` operations at once (at least 1), on the real clock.
     pub fn new(limit: usize) -> Arc<Gate> {
+        Gate::with_clock(limit, Arc::new(TokioClock))
+    }
+
+    /// As [`Gate::new`], timing a closed gate on `clock`.
+    pub fn with_clock(limit: usize, clock: Arc<dyn Clock>) -> Arc<Gate> {
         Arc::new(Gate {
             limit: limit.max(1),
             state: Mutex::new(State::default()),
+            clock,
         })
+    }
+
+    /// Admits nobody before `until`. A later moment extends the closure; an earlier one never
+    /// shortens it (two 429s answered out of order must not open the gate early).
+    pub fn close_until(&self, until: Instant) {
+        let mut s = self.lock();
+        if s.closed_until.is_none_or(|t| t < until) {
+            s.closed_until = Some(until);
+        }
+    }
+
+    /// Closes the gate for `duration` from now (see [`Gate::close_until`]).
+    pub fn close_for(&self, duration: Duration) {
+        self.close_until(self.clock.now() + duration);
+    }
+
+    /// How long the gate stays closed, if it is.
+    pub fn closed_for(&self) -> Option<Duration> {
+        let until = self.lock().closed_until?;
+        let left = until.saturating_duration_since(self.clock.now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// The clock the gate times its closures on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     pub fn limit(&self) -> usize {
@@ -140,18 +191,38 @@ impl Gate {
             }
         };
         loop {
-            {
+            let closed = {
                 let mut s = self.lock();
+                let closed = s
+                    .closed_until
+                    .map(|t| t.saturating_duration_since(self.clock.now()))
+                    .filter(|left| !left.is_zero());
                 if s.inside < self.limit && s.is_next(ticket.id) {
-                    s.queue(priority).pop_front();
-                    s.inside += 1;
-                    ticket.admitted = true;
-                    // Several places may be free at once: the next in line may fit too.
-                    s.wake_next(self.limit);
-                    return Pass { gate: self.clone() };
+                    match closed {
+                        // Only the head of the line watches the clock; the rest wait their turn.
+                        Some(left) => Some(left),
+                        None => {
+                            s.queue(priority).pop_front();
+                            s.inside += 1;
+                            ticket.admitted = true;
+                            // Several places may be free at once: the next in line may fit too.
+                            s.wake_next(self.limit);
+                            return Pass { gate: self.clone() };
+                        }
+                    }
+                } else {
+                    None
                 }
+            };
+            match closed {
+                Some(left) => {
+                    tokio::select! {
+                        () = self.clock.sleep(left) => {}
+                        () = wake.notified() => {}
+                    }
+                }
+                None => wake.notified().await,
             }
-            wake.notified().await;
         }
     }
 }
@@ -244,6 +315,59 @@ mod tests {
             .expect("the background read is admitted once nothing is ahead of it")
             .expect("task");
         assert_eq!(gate.occupancy(), (1, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_admits_nobody_until_it_opens_and_then_the_changes_go_first() {
+        let clock = crate::clock::ManualClock::new();
+        let gate = Gate::with_clock(1, Arc::new(clock.clone()));
+        gate.close_for(Duration::from_secs(300));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // The background read queued first, the changes during the lockout.
+        for (name, p) in [
+            ("read", Priority::Background),
+            ("change-1", Priority::Change),
+            ("change-2", Priority::Change),
+        ] {
+            let (g, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _pass = g.enter(p).await;
+                order.lock().unwrap().push(name);
+                settle().await;
+            }));
+            settle().await;
+        }
+        assert_eq!(gate.occupancy(), (0, 2, 1));
+        clock.advance(Duration::from_secs(299));
+        settle().await;
+        assert!(order.lock().unwrap().is_empty(), "admitted while closed");
+        assert_eq!(gate.closed_for(), Some(Duration::from_secs(1)));
+        clock.advance(Duration::from_secs(1));
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .expect("every waiter gets in once the gate opens")
+                .expect("task");
+        }
+        assert_eq!(*order.lock().unwrap(), vec!["change-1", "change-2", "read"]);
+        assert_eq!(gate.closed_for(), None);
+    }
+
+    #[tokio::test]
+    async fn a_closure_is_extended_never_shortened() {
+        let clock = crate::clock::ManualClock::new();
+        let gate = Gate::with_clock(4, Arc::new(clock.clone()));
+        gate.close_for(Duration::from_secs(300));
+        gate.close_for(Duration::from_secs(10));
+        assert_eq!(gate.closed_for(), Some(Duration::from_secs(300)));
+        gate.close_for(Duration::from_secs(400));
+        assert_eq!(gate.closed_for(), Some(Duration::from_secs(400)));
+        clock.advance(Duration::from_secs(400));
+        assert_eq!(gate.closed_for(), None);
+        let _pass = tokio::time::timeout(Duration::from_secs(5), gate.enter(Priority::Background))
+            .await
+            .expect("open again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,23 +107,13 @@ impl<P: DnsProvider> DnsProvider for Guarded<P> {
 
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
         let s = &self.shared;
-        let _pass = s.gate.enter(self.priority).await;
-        s.retrier
-            .run("read", || async {
-                s.bucket.acquire().await;
-                s.inner.read(zone, keys).await
-            })
+        self.admitted("read", None, || s.inner.read(zone, keys))
             .await
     }
 
     async fn list_zone(&self, zone: &Fqdn) -> Result<Vec<RecordSet>, ProviderError> {
         let s = &self.shared;
-        let _pass = s.gate.enter(self.priority).await;
-        s.retrier
-            .run("list_zone", || async {
-                s.bucket.acquire().await;
-                s.inner.list_zone(zone).await
-            })
+        self.admitted("list_zone", None, || s.inner.list_zone(zone))
             .await
     }
 
@@ -149,6 +139,19 @@ impl<P: DnsProvider> DnsProvider for Guarded<P> {
     }
 }
 
+/// Lockouts one operation waits out before it gives up (each one the provider's own word).
+const MAX_LOCKOUTS: u32 = 3;
+
+/// A refusal that says how long to wait: waited out at admission, never inside a deadline.
+fn is_lockout(e: &ProviderError) -> bool {
+    matches!(
+        e,
+        ProviderError::RateLimited {
+            retry_after: Some(_)
+        }
+    )
+}
+
 impl<P: DnsProvider> Guarded<P> {
     async fn guarded_apply(
         &self,
@@ -158,17 +161,76 @@ impl<P: DnsProvider> Guarded<P> {
     ) -> Result<(), ProviderError> {
         let s = &self.shared;
         let _in_flight = s.zones.lock(zone).await;
-        let _pass = s.gate.enter(self.priority).await;
         tracing::debug!(provider = s.inner.name(), %zone, changes = changes.changes.len(), "applying");
-        s.retrier
-            .run("apply", || async {
-                s.bucket.acquire().await;
-                if let Some(f) = fence {
-                    f.check().await.map_err(ProviderError::Fenced)?;
+        self.admitted("apply", fence, || async move {
+            if let Some(f) = fence {
+                f.check().await.map_err(ProviderError::Fenced)?;
+            }
+            s.inner.apply(zone, changes).await
+        })
+        .await
+    }
+
+    /// Runs `op` once admitted, with retries inside the deadline. A lockout the provider
+    /// announced (a rate limit with `retry_after`) closes the account's gate: nothing of the
+    /// account is sent before it ends, and an operation it caught goes back to the gate to wait
+    /// it out there, outside its deadline (nothing was sent), instead of failing at the
+    /// deadline and being retried from scratch.
+    async fn admitted<T, F, Fut>(
+        &self,
+        what: &str,
+        fence: Option<&dyn Fence>,
+        mut op: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let s = &self.shared;
+        let mut lockouts = 0;
+        loop {
+            if let (Some(f), Some(left)) = (fence, s.gate.closed_for()) {
+                f.waiting(std::time::SystemTime::now() + left).await;
+            }
+            let pass = s.gate.enter(self.priority).await;
+            let result = s
+                .retrier
+                .run_handing_back(
+                    what,
+                    || {
+                        let attempt = op();
+                        async move {
+                            if let Some(left) = s.gate.closed_for() {
+                                return Err(ProviderError::RateLimited {
+                                    retry_after: Some(left),
+                                });
+                            }
+                            s.bucket.acquire().await;
+                            let result = attempt.await;
+                            if let Err(ProviderError::RateLimited {
+                                retry_after: Some(after),
+                            }) = &result
+                            {
+                                s.gate
+                                    .close_for((*after).min(crate::retry::MAX_RETRY_AFTER));
+                            }
+                            result
+                        }
+                    },
+                    is_lockout,
+                )
+                .await;
+            drop(pass);
+            match result {
+                Err(ProviderError::RateLimited { .. })
+                    if lockouts < MAX_LOCKOUTS && s.gate.closed_for().is_some() =>
+                {
+                    lockouts += 1;
+                    tracing::info!(provider = s.inner.name(), what, wait = ?s.gate.closed_for(), "the provider's lockout: waiting for it at admission");
                 }
-                s.inner.apply(zone, changes).await
-            })
-            .await
+                other => return other,
+            }
+        }
     }
 }
 
@@ -192,6 +254,8 @@ mod tests {
         calls: AtomicUsize,
         fail_first: usize,
         log: Mutex<Vec<&'static str>>,
+        /// The first apply is refused with this lockout.
+        locked_out_once: Mutex<Option<Duration>>,
     }
 
     impl Probe {
@@ -202,6 +266,7 @@ mod tests {
                 calls: AtomicUsize::new(0),
                 fail_first,
                 log: Mutex::new(Vec::new()),
+                locked_out_once: Mutex::new(None),
             }
         }
     }
@@ -229,6 +294,11 @@ mod tests {
         }
         async fn apply(&self, _: &Fqdn, _: &ChangeSet) -> Result<(), ProviderError> {
             self.log.lock().unwrap().push("apply");
+            if let Some(after) = self.locked_out_once.lock().unwrap().take() {
+                return Err(ProviderError::RateLimited {
+                    retry_after: Some(after),
+                });
+            }
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             // stay in flight across a few scheduler turns so overlap would show
@@ -429,6 +499,75 @@ mod tests {
             .expect("task");
         assert_eq!(out, Ok(()));
         assert_eq!(g.inner().calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Notes when the writer is told it waits for a lockout.
+    #[derive(Default)]
+    struct NotingFence {
+        waits: Mutex<Vec<std::time::SystemTime>>,
+    }
+
+    #[async_trait]
+    impl Fence for NotingFence {
+        async fn check(&self) -> Result<(), String> {
+            Ok(())
+        }
+        async fn waiting(&self, until: std::time::SystemTime) {
+            self.waits.lock().unwrap().push(until);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lockout_is_waited_out_at_the_gate_not_against_the_deadline() {
+        let clock = ManualClock::new();
+        let probe = Probe::new(0);
+        *probe.locked_out_once.lock().unwrap() = Some(Duration::from_secs(300));
+        let gate = Gate::with_clock(4, Arc::new(clock.clone()));
+        let limit = RateLimit::new(1e6, 1000).unwrap();
+        // a deadline of 10 s: the 300 s lockout is thirty of them
+        let g = build(probe, Arc::new(clock.clone()), limit, gate);
+        let fence = Arc::new(NotingFence::default());
+        let change = {
+            let (g, fence) = (Arc::clone(&g), Arc::clone(&fence));
+            tokio::spawn(async move {
+                g.apply_fenced(&zone("example.com"), &ChangeSet::default(), &*fence)
+                    .await
+            })
+        };
+        let settle = || async {
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        assert_eq!(g.inner().log.lock().unwrap().as_slice(), ["apply"]);
+        assert_eq!(g.gate().closed_for(), Some(Duration::from_secs(300)));
+        assert_eq!(fence.waits.lock().unwrap().len(), 1, "the writer is told");
+        // every call of the account waits, and sends nothing meanwhile
+        let read = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.read(&zone("example.com"), &[]).await })
+        };
+        clock.advance(Duration::from_secs(299));
+        settle().await;
+        assert!(!change.is_finished() && !read.is_finished());
+        assert_eq!(g.inner().log.lock().unwrap().as_slice(), ["apply"]);
+        clock.advance(Duration::from_secs(1));
+        let out = tokio::time::timeout(Duration::from_secs(10), change)
+            .await
+            .expect("the change goes once the lockout ends")
+            .expect("task");
+        assert_eq!(out, Ok(()), "not given up at the deadline");
+        let read = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the read goes too")
+            .expect("task");
+        assert!(read.is_ok());
+        // the change went first: it queued at the gate before the read
+        assert_eq!(
+            g.inner().log.lock().unwrap().as_slice(),
+            ["apply", "apply", "read"]
+        );
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ pub use guarded::Guarded;
 pub use jitter::{FixedJitter, Jitter, SeededJitter};
 pub use name::{DomainName, Fqdn};
 pub use provider::{Capabilities, Change, ChangeSet, DnsProvider, Fence, ProviderError, RrsetKey};
-pub use ratelimit::{RateLimit, RateLimitError, TokenBucket};
+pub use ratelimit::{Budget, RateLimit, RateLimitError, TokenBucket};
 pub use record::{MxRecord, Preference, RData, RecordSet, RecordType, Ttl};
 pub use retry::{Retrier, RetryPolicy};
 pub use zonelock::{ZoneGuard, ZoneLocks};

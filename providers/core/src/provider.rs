@@ -260,6 +260,10 @@ pub trait DnsProvider: Send + Sync {
 pub trait Fence: Send + Sync {
     /// `Err(why)` when the writer must not write.
     async fn check(&self) -> Result<(), String>;
+
+    /// Told when the write waits, before anything is sent, for a lockout the provider announced
+    /// (its rate limit) until `until`: the writer can say so instead of looking stuck.
+    async fn waiting(&self, _until: std::time::SystemTime) {}
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::gate::Gate;
 
 /// `per_second` requests on average, with bursts of up to `burst`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,6 +104,13 @@ impl TokenBucket {
         Err(Duration::from_micros(micros as u64))
     }
 
+    /// Never more than `remaining` tokens: what the provider says is left of the account's
+    /// quota (other clients of the same account spend it too).
+    pub fn cap(&self, remaining: u32) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.tokens = s.tokens.min(f64::from(remaining));
+    }
+
     /// Waits (on the injected clock) until a token is available and takes it.
     pub async fn acquire(&self) {
         loop {
@@ -114,6 +122,63 @@ impl TokenBucket {
                 }
             }
         }
+    }
+}
+
+/// One account's request budget, shared by every provider entry that spends it (Cloudflare
+/// counts per user or per account, not per token): the client's pacing and the admission gate,
+/// which closes while the provider locks the account out.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    name: String,
+    bucket: Arc<TokenBucket>,
+    gate: Arc<Gate>,
+}
+
+impl Budget {
+    /// `limit` pacing, `places` operations admitted at once, on `clock`.
+    pub fn new(name: &str, limit: RateLimit, places: usize, clock: Arc<dyn Clock>) -> Budget {
+        Budget {
+            name: name.to_string(),
+            bucket: Arc::new(TokenBucket::new(limit, clock.clone())),
+            gate: Gate::with_clock(places, clock),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn bucket(&self) -> &Arc<TokenBucket> {
+        &self.bucket
+    }
+
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// What the provider says is left (`remaining` requests until `reset`). Spending never
+    /// outruns it; with no more left than could be in flight at once, nothing more is sent
+    /// until `reset` (a request over the quota would lock the whole account out).
+    pub fn observe(&self, remaining: u32, reset: Duration) {
+        self.bucket.cap(remaining);
+        let in_flight = u32::try_from(self.gate.limit()).unwrap_or(u32::MAX);
+        if remaining <= in_flight && !reset.is_zero() {
+            tracing::info!(budget = %self.name, remaining, ?reset, "the provider's quota is almost spent: waiting for it to reset");
+            self.gate.close_for(reset);
+        }
+    }
+
+    /// The provider refused a call for `retry_after`: nothing of this budget is sent before.
+    pub fn lock_out(&self, retry_after: Duration) {
+        tracing::warn!(budget = %self.name, ?retry_after, "rate limited by the provider: every call of this budget waits");
+        self.gate
+            .close_for(retry_after.min(crate::retry::MAX_RETRY_AFTER));
+    }
+
+    /// How long nothing may be sent, if the budget is locked out.
+    pub fn locked_for(&self) -> Option<Duration> {
+        self.gate.closed_for()
     }
 }
 
@@ -162,6 +227,26 @@ mod tests {
         assert_eq!(b.try_acquire(), Ok(()));
         assert_eq!(b.try_acquire(), Ok(()));
         assert!(b.try_acquire().is_err());
+    }
+
+    #[test]
+    fn a_budget_never_spends_more_than_the_provider_says_is_left() {
+        let clock = ManualClock::new();
+        let limit = RateLimit::new(4.0, 60).unwrap();
+        let budget = Budget::new("cf", limit, 4, Arc::new(clock.clone()));
+        budget.observe(10, Duration::from_secs(200));
+        for _ in 0..10 {
+            assert_eq!(budget.bucket().try_acquire(), Ok(()));
+        }
+        assert!(budget.bucket().try_acquire().is_err(), "11th token");
+        assert_eq!(budget.locked_for(), None);
+        // no more left than could be in flight: closed until the quota resets
+        budget.observe(4, Duration::from_secs(120));
+        assert_eq!(budget.locked_for(), Some(Duration::from_secs(120)));
+        clock.advance(Duration::from_secs(120));
+        assert_eq!(budget.locked_for(), None);
+        budget.lock_out(Duration::from_secs(300));
+        assert_eq!(budget.locked_for(), Some(Duration::from_secs(300)));
     }
 
     #[tokio::test]

@@ -102,7 +102,22 @@ impl Retrier {
     /// `RateLimited { retry_after }`). An attempt still running at the deadline is dropped and
     /// reported as `Transient`: its outcome is unknown, which the reconcile loop handles by
     /// reading again.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, ProviderError>
+    pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.run_handing_back(what, op, |_| false).await
+    }
+
+    /// As [`Retrier::run`], returning at once the errors `hand_back` picks, for the caller to
+    /// deal with outside the deadline (a provider's lockout, waited out at admission).
+    pub async fn run_handing_back<T, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+        hand_back: impl Fn(&ProviderError) -> bool,
+    ) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
@@ -125,7 +140,7 @@ impl Retrier {
                 Err(e) => e,
             };
             failures += 1;
-            if !error.is_retryable() {
+            if !error.is_retryable() || hand_back(&error) {
                 return Err(error);
             }
             if failures >= self.policy.max_attempts.max(1) {

@@ -8,6 +8,7 @@
 //! Cloudflare provider's tests and the failover benchmark (mass outage).
 
 mod batch;
+mod dns;
 mod handlers;
 mod query;
 pub mod records;
@@ -22,6 +23,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+pub use dns::FakeNameserver;
 pub use records::{ApiError, Record};
 
 /// What a token may do.
@@ -290,6 +292,12 @@ impl FakeCloudflare {
             state,
             served,
         })
+    }
+
+    /// Starts an authoritative nameserver for the fake's zones on a loopback UDP port: what
+    /// Cloudflare's nameservers would serve, from the same records the API changes.
+    pub fn serve_dns(&self) -> crate::Result<FakeNameserver> {
+        FakeNameserver::start(Arc::clone(&self.state))
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
