@@ -102,3 +102,13 @@ ensure_moto() {
   fi
   command -v moto_server >/dev/null || die "moto_server not on PATH after installing moto[server]"
 }
+
+# The packaging checks (tests/packaging.rs): `systemd-analyze verify` and `security --offline`
+# on contrib/systemd/mxguard.service (Debian's systemd package; no running systemd needed), and
+# `man`, which verify runs for the unit's Documentation=man:mxguard(1).
+ensure_packaging_tools() {
+  apt_install systemd man-db
+  for b in systemd-analyze man; do
+    command -v "$b" >/dev/null || die "$b not found after installing its package"
+  done
+}

@@ -26,6 +26,7 @@ pub mod probe;
 pub mod providers;
 pub mod recorder;
 pub mod store;
+pub mod systemd;
 pub mod vantage;
 pub mod verify;
 
@@ -77,6 +78,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    api::install_metrics();
     // SQLite is single-instance: a second `serve` on the same file stops here, before touching it.
     let _instance = lease::lock_sqlite(&config.store.url)?;
     let store = open_store(&config).await?;
@@ -155,6 +157,14 @@ pub async fn run(
         max_connections: server_cfg.max_connections as usize,
     };
     let server = api::server::serve(listener, app, limits, shutdown.clone());
+    // The listener is bound and the store answers: connections from now on are served.
+    systemd::notify("READY=1");
+    // A task of its own: the server may see the shutdown and end before `announce` does.
+    let stopping = shutdown.clone();
+    tasks.spawn(async move {
+        stopping.cancelled().await;
+        systemd::notify("STOPPING=1");
+    });
     let announce = async {
         shutdown.cancelled().await;
         tracing::info!("shutdown requested; finishing in-flight requests");

@@ -305,6 +305,10 @@ impl Monitors {
             ..host.spec.clone()
         };
         let mut evidence = host.prober.probe(&spec, self.utc()).await;
+        // Once per host round, before it fans out (a host shared by a thousand domains is one
+        // probe, its latency and failures counted once) and before the RCPT answers of earlier
+        // rounds are added (they were counted then).
+        crate::probe::metrics::record(&evidence, self.utc());
         lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
         // The round is as of when its evidence is complete: a session carrying thousands of
         // RCPTs takes a while, and its age decides whether the verdict is fresh enough to vote.

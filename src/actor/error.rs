@@ -54,6 +54,20 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 const SLOW_START: Duration = Duration::from_secs(60);
 
 impl ChangeError {
+    /// Every [`kind`](Self::kind): `/metrics` exports each at 0 from the start, so a rate over
+    /// `mxguard_change_failures_total` (and the alert on it) sees the first failure.
+    pub const KINDS: [&'static str; 9] = [
+        "fenced",
+        "auth",
+        "not_found",
+        "rate_limited",
+        "transient",
+        "rejected",
+        "plan",
+        "not_visible",
+        "store",
+    ];
+
     /// A stable label for metrics and events.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -162,6 +176,23 @@ mod tests {
         assert_eq!(limited(None).retry_in(2), Some(s(20)));
         // huge attempt counts do not overflow
         assert_eq!(t.retry_in(u32::MAX), Some(MAX_BACKOFF));
+    }
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let every = [
+            ChangeError::Fenced(String::new()),
+            ChangeError::Auth(String::new()),
+            ChangeError::NotFound(String::new()),
+            ChangeError::RateLimited { retry_after: None },
+            ChangeError::Transient(String::new()),
+            ChangeError::Rejected(String::new()),
+            ChangeError::Plan(String::new()),
+            ChangeError::NotVisible(String::new()),
+            ChangeError::Store(String::new()),
+        ];
+        let kinds: Vec<&str> = every.iter().map(ChangeError::kind).collect();
+        assert_eq!(kinds, ChangeError::KINDS);
     }
 
     #[test]

@@ -21,6 +21,12 @@ impl Actor {
             health: r.health.health,
             verdicts: r.verdicts.clone(),
         });
+        if r.pass {
+            // One series per configured domain (bounded by the configuration): the alert on
+            // "no successful round for N minutes" needs it per domain.
+            metrics::gauge!(crate::probe::metrics::LAST_SUCCESSFUL_ROUND, "domain" => self.cfg.name.without_dot().to_string())
+                .set(r.at.timestamp_millis() as f64 / 1000.0);
+        }
         if let Some(c) = &r.change {
             tracing::info!(domain = %self.cfg.name, vantage = %own.vantage, side = %r.side, from = ?c.from, to = ?c.to, "this vantage's verdict changed");
         }

@@ -1,7 +1,12 @@
 //! `/metrics` in the Prometheus text format. Per-domain state (phase, side health, override,
 //! drift, change in flight) is read from the actors at scrape time, so it is never stale;
-//! counters (HTTP requests, transitions, change intents by status) go through the `metrics`
-//! facade to a process-wide Prometheus recorder, installed once.
+//! counters (HTTP requests, transitions, change intents by status), the probes' measurements
+//! (`probe::metrics`: latency by phase and outcome, failure kinds, certificate days left) and
+//! each domain's last successful round go through the `metrics` facade to a process-wide
+//! Prometheus recorder, installed once. `mxguard_build_info` is written here at every scrape.
+//!
+//! The names `contrib/grafana/mxguard.json` and `contrib/prometheus/alerts.yaml` use are
+//! checked against a real scrape by `tests/packaging.rs`.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -20,6 +25,12 @@ use crate::machine::{Override, Phase};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Probe phases take from a millisecond (loopback) to the whole probe's deadline (19 s with the
+/// default checks).
+const PROBE_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 const PHASES: [Phase; 7] = [
     Phase::Unknown,
     Phase::Primary,
@@ -36,11 +47,19 @@ pub fn install() {
         let buckets = [
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
+        // Histograms, not the exporter's default summaries: buckets aggregate across
+        // instances and over time (`histogram_quantile` in the dashboard).
         let built = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("mxguard_http_request_duration_seconds".into()),
                 &buckets,
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(crate::probe::metrics::PROBE_DURATION.into()),
+                    &PROBE_BUCKETS,
+                )
+            })
             .and_then(PrometheusBuilder::install_recorder);
         match built {
             Ok(handle) => {
@@ -76,6 +95,16 @@ pub fn install() {
                     "mxguard_fenced_writes_total",
                     "Provider writes refused because this instance's lease was no longer valid"
                 );
+                describe_probes();
+                // At 0 from the start, so that increase() and rate() see the first one.
+                for kind in crate::actor::error::ChangeError::KINDS {
+                    metrics::counter!("mxguard_change_failures_total", "kind" => kind).absolute(0);
+                }
+                for status in ["pending", "applied", "verified", "failed"] {
+                    metrics::counter!("mxguard_change_intents_total", "status" => status)
+                        .absolute(0);
+                }
+                metrics::counter!("mxguard_fenced_writes_total").absolute(0);
                 Some(handle)
             }
             Err(e) => {
@@ -84,6 +113,47 @@ pub fn install() {
             }
         }
     });
+}
+
+fn describe_probes() {
+    use crate::probe::metrics::{
+        CERT_DAYS_LEFT, LAST_SUCCESSFUL_ROUND, PROBE_DURATION, PROBE_FAILURES,
+    };
+    metrics::describe_histogram!(
+        PROBE_DURATION,
+        metrics::Unit::Seconds,
+        "Probe latency by phase (dns, connect, banner, ehlo, starttls, tls, ehlo_tls, mail_from, rcpt_postmaster, rcpt_relay, rset, quit; session: a whole SMTP session) and outcome (pass, soft: 4xx, fail)"
+    );
+    metrics::describe_counter!(
+        PROBE_FAILURES,
+        "Failed probes by phase and kind (SMTP: timeout, network, temp_reject, perm_reject, protocol, no_starttls, tls, certificate, open_relay; dns: nodata, nxdomain, servfail, refused, timeout, rcode, network)"
+    );
+    metrics::describe_gauge!(
+        CERT_DAYS_LEFT,
+        "Days until the soonest-expiring certificate of each MX target (host name) expires, as of its last TLS handshake"
+    );
+    metrics::describe_gauge!(
+        LAST_SUCCESSFUL_ROUND,
+        "When a probe round of each domain last passed on either side (Unix time): mail had somewhere to go"
+    );
+}
+
+/// `mxguard_build_info`: which build answers, as labels on a constant 1.
+pub fn render_build_info() -> String {
+    let mut out = String::new();
+    gauge(
+        &mut out,
+        "mxguard_build_info",
+        "1, labelled with the version of mxguard and the platform it was built for",
+    );
+    let _ = writeln!(
+        out,
+        "mxguard_build_info{{version=\"{}\",target=\"{}-{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION")),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    out
 }
 
 /// A request's method as a metric label: the standard ones by name, anything else `OTHER`, so
@@ -240,7 +310,8 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         .values()
         .map(|h| h.latest())
         .collect();
-    let mut out = render_state(&statuses);
+    let mut out = render_build_info();
+    out.push_str(&render_state(&statuses));
     if let Some(h) = HANDLE.get().and_then(Option::as_ref) {
         h.run_upkeep();
         out.push_str(&h.render());

@@ -290,6 +290,13 @@ pub fn routes(config: &Config) -> Vec<Route> {
     ]
 }
 
+/// Installs the process-wide metrics recorder (once). `serve` does it before anything else
+/// runs: what the lease keeper and the first rounds record before the router exists would go
+/// nowhere.
+pub fn install_metrics() {
+    metrics::install();
+}
+
 pub fn router(app: AppState) -> Router {
     metrics::install();
     let table = routes(&app.config);

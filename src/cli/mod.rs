@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod check;
+mod generate;
 mod ops;
 pub mod remote;
 
@@ -139,6 +140,21 @@ pub enum Command {
     /// Check provider credentials and zone access (read-only).
     #[command(subcommand)]
     Providers(ProvidersCommand),
+    /// Exit 0 when the running service is ready (its /readyz answers 200), else 1 with the
+    /// reason on stderr: for container health checks (Docker's HEALTHCHECK) and supervisors.
+    Health(remote::HealthArgs),
+    /// Print a shell completion script, e.g. `mxguard completions bash > /etc/bash_completion.d/mxguard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `mxguard man | gzip > /usr/share/man/man1/mxguard.1.gz`;
+    /// with --out-dir, write it and one page per subcommand (mxguard-serve.1 …) there.
+    Man {
+        /// Write mxguard.1 and a page per subcommand into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// Run a mail outage drill on loopback with nothing installed: an in-process DNS server
     /// (RFC 2136 + TSIG) and two SMTP hosts; the real controller fails over and back.
     Demo(crate::demo::DemoArgs),
@@ -211,8 +227,12 @@ pub enum ConfigCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own timeline on stdout; info lines would bury it (RUST_LOG wins).
+    // Health checks run every few seconds: only their one line, not the log's.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_)
+        | Command::Health(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => "warn",
         _ => "info",
     };
     logging::init_with_default(cli.log_format, default_filter);
@@ -281,7 +301,28 @@ pub fn main() -> ExitCode {
         Command::Resume(ref r) => with_runtime(remote::command(Request::Simple("resume", r))),
         Command::Approve(ref r) => with_runtime(remote::command(Request::Simple("approve", r))),
         Command::Events(ref e) => with_runtime(remote::events(e)),
+        Command::Health(ref h) => match health_url(h, cli.config) {
+            Ok(url) => with_runtime(remote::health(h, url)),
+            Err(code) => code,
+        },
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
         Command::Demo(args) => with_runtime(crate::demo::run(args)),
+    }
+}
+
+/// Where `mxguard health` asks: `--api` / `MXGUARD_API`, else the configuration's listen address.
+fn health_url(args: &remote::HealthArgs, file: Option<PathBuf>) -> Result<String, ExitCode> {
+    if let Some(url) = &args.api {
+        return Ok(url.clone());
+    }
+    match load_config(file) {
+        Ok(cfg) => Ok(remote::local_url(cfg.server.listen)),
+        Err(e) => {
+            eprintln!("{e}");
+            // A health check knows only healthy (0) and not (1).
+            Err(ExitCode::FAILURE)
+        }
     }
 }
 

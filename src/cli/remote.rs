@@ -1,5 +1,6 @@
 //! Commands sent to a running service's HTTP API: failover, failback, pin, unpin, pause, resume,
-//! approve, events, and snapshot and revert when `--api` is given. The service's actor does the work and
+//! approve, events, health (its readiness, for container health checks), and snapshot and
+//! revert when `--api` is given. The service's actor does the work and
 //! writes the events, exactly as for a chatops bot: the CLI only carries the request.
 //!
 //! The token comes from `MXGUARD_TOKEN` or `--token-file`, never from a flag value (argv shows in
@@ -50,6 +51,7 @@ pub const ACTIONS: &[Action] = &[
     action("GET", "/v1/domains/{domain}/events", "events"),
     action("POST", "/v1/snapshots", "snapshot"),
     action("POST", "/v1/snapshots/{id}/revert", "revert"),
+    action("GET", "/readyz", "health"),
 ];
 
 fn route(command: &str) -> &'static Action {
@@ -142,6 +144,23 @@ pub struct EventsArgs {
     pub api: ApiArgs,
 }
 
+/// `mxguard health`: the service's readiness, for container and supervisor health checks.
+#[derive(clap::Args, Debug)]
+pub struct HealthArgs {
+    /// URL of the service's HTTP API [env: MXGUARD_API]. Default: the `[server] listen` of the
+    /// configuration (`--config`, `MXGUARD_LISTEN`), on loopback when it listens on every
+    /// address.
+    #[arg(long = "api", env = "MXGUARD_API", value_name = "URL", hide_env = true)]
+    pub api: Option<String>,
+    /// File whose first line is a read token, for a service whose /readyz is not open [env:
+    /// MXGUARD_TOKEN_FILE]. Without it the token is read from MXGUARD_TOKEN, if set.
+    #[arg(long, env = "MXGUARD_TOKEN_FILE", value_name = "PATH", hide_env = true)]
+    pub token_file: Option<PathBuf>,
+    /// Give up after this long, e.g. "5s" (a store that does not answer makes /readyz wait 2 s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
 /// The subcommands of this module, as `cli::Command` carries them.
 pub enum Request<'a> {
     Move(&'a str, &'a MoveArgs),
@@ -163,6 +182,12 @@ struct Client {
 
 impl Client {
     fn new(args: &ApiArgs) -> Result<Client, ExitCode> {
+        // The service answers within its [server] request_timeout (503 after); this only gives
+        // up on a peer that never answers at all.
+        Client::with_timeout(args, Duration::from_secs(30 * 60))
+    }
+
+    fn with_timeout(args: &ApiArgs, timeout: Duration) -> Result<Client, ExitCode> {
         let text = args.api.as_deref().unwrap_or(DEFAULT_API);
         let base = Url::parse(text)
             .ok()
@@ -170,10 +195,8 @@ impl Client {
             .ok_or_else(|| fail(2, format!("--api {text:?} is not an http(s) URL")))?;
         let token = token(args)?;
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // The service answers within its [server] request_timeout (503 after); this only
-            // gives up on a peer that never answers at all.
-            .timeout(Duration::from_secs(30 * 60))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
             .build()
             .map_err(|e| fail(1, format!("cannot build the HTTP client: {e}")))?;
         Ok(Client { base, token, http })
@@ -430,6 +453,55 @@ pub async fn snapshot(
     }
 }
 
+/// `health`: exit 0 when `/readyz` answers 200, else 1 — whatever the reason (not ready, no
+/// answer, a refused token), since health checkers (Docker's HEALTHCHECK, supervisors) read
+/// every other code as failure or reserve it. The reason goes to stderr.
+pub async fn health(args: &HealthArgs, api: String) -> ExitCode {
+    let api_args = ApiArgs {
+        api: Some(api),
+        token_file: args.token_file.clone(),
+        idempotency_key: None,
+    };
+    let client = match Client::with_timeout(&api_args, args.timeout) {
+        Ok(c) => c,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    let (status, body) = match client.send(route("health"), "", &[], None, None).await {
+        Ok(r) => r,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE && body["status"] == "unavailable" {
+        let why = body["reason"].as_str().unwrap_or("no reason given");
+        return fail(1, format!("not ready: {why}"));
+    }
+    if status != StatusCode::OK {
+        let _ = client.problem(status, &body);
+        return ExitCode::FAILURE;
+    }
+    let s = |k: &str| body[k].as_str().unwrap_or("?").to_string();
+    println!(
+        "ready: {} (vantage {}, store {})",
+        s("role"),
+        s("vantage"),
+        s("store")
+    );
+    ExitCode::SUCCESS
+}
+
+/// The API's URL from a listen address: a wildcard address is reached on loopback.
+pub fn local_url(listen: std::net::SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+}
+
 /// `events DOMAIN`: one line per event, then who holds the lease.
 pub async fn events(args: &EventsArgs) -> ExitCode {
     let client = match Client::new(&args.api) {
@@ -530,6 +602,14 @@ mod tests {
             let s = StatusCode::from_u16(status).expect("status");
             assert_eq!(exit_code(s), code, "{status}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
+        let url = |a: &str| local_url(a.parse().expect("address"));
+        assert_eq!(url("0.0.0.0:8053"), "http://127.0.0.1:8053");
+        assert_eq!(url("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(url("192.0.2.7:8053"), "http://192.0.2.7:8053");
     }
 
     #[test]

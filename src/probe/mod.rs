@@ -1,8 +1,9 @@
 //! Probes: what each resolver says (`dns`) and whether each MX address behaves like a mail
 //! server a sender can hand mail to (`smtp`). `target` combines them into the health model's
-//! [`TargetRound`](crate::health::TargetRound).
+//! [`TargetRound`](crate::health::TargetRound); `metrics` exports what the rounds measured.
 
 pub mod dns;
+pub mod metrics;
 pub mod smtp;
 pub mod target;
 pub mod tls;
