@@ -17,7 +17,10 @@ use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, ProviderConfig, TsigAlgorithm};
+
+mod metered;
 use crate::engine::EngineError;
+pub use metered::Metered;
 
 /// One configured provider, as the registry built it.
 #[derive(Clone)]
@@ -159,7 +162,7 @@ async fn build_provider(
                     Ok(Budget::new(&budget_name, limit, 32, clock.clone()))
                 })
                 .map_err(err)?;
-            let (client, background) = guarded(provider, budget.bucket().clone(), &budget);
+            let (client, background) = guarded(name, provider, budget.bucket().clone(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -196,7 +199,7 @@ async fn build_provider(
             let provider =
                 mxguard_cloudflare::CloudflareProvider::with_budget(config, budget.clone())
                     .map_err(|e| err(e.to_string()))?;
-            let (client, background) = guarded(provider, unpaced(), &budget);
+            let (client, background) = guarded(name, provider, unpaced(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -246,7 +249,7 @@ async fn build_provider(
             )
             .await
             .map_err(|e| err(e.to_string()))?;
-            let (client, background) = guarded(provider, unpaced(), &budget);
+            let (client, background) = guarded(name, provider, unpaced(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
@@ -267,9 +270,10 @@ fn unpaced() -> Arc<TokenBucket> {
 
 /// Wraps a provider in the shared machinery: its budget's admission (a few operations at a
 /// time, changes first, closed while the provider locks the account out), `bucket`'s pacing,
-/// retries with backoff, the deadline. Returns the client for changes and the same client at
-/// background priority.
+/// retries with backoff, the deadline; every operation counted by outcome ([`Metered`]).
+/// Returns the client for changes and the same client at background priority.
 fn guarded<P: DnsProvider + 'static>(
+    name: &str,
     provider: P,
     bucket: Arc<TokenBucket>,
     budget: &Budget,
@@ -284,5 +288,8 @@ fn guarded<P: DnsProvider + 'static>(
     let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
     let client = Guarded::with_gate(provider, bucket, retrier, budget.gate().clone());
     let background = client.background();
-    (Arc::new(client), Arc::new(background))
+    (
+        Arc::new(Metered::new(client, name)),
+        Arc::new(Metered::new(background, name)),
+    )
 }

@@ -259,6 +259,7 @@ impl mxguard_core::Fence for LeaseFence<'_> {
     }
 
     async fn waiting(&self, until: std::time::SystemTime) {
+        metrics::counter!("mxguard_provider_lockout_waits_total", "provider" => self.deps.provider_name.clone()).increment(1);
         tracing::info!(change = self.id, until = %chrono::DateTime::<chrono::Utc>::from(until).format("%H:%M:%S"), "the change waits for the provider's rate limit");
         if let Some(w) = self.waiting {
             (w.0)(until);
