@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod health;
+pub mod incidents;
 pub mod lease;
 pub mod logging;
 pub mod machine;

@@ -21,6 +21,8 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("GET", "/v1/domains/{domain}", "read"),
     ("GET", "/v1/domains/{domain}/plan", "read"),
     ("GET", "/v1/domains/{domain}/events", "read"),
+    ("GET", "/v1/domains/{domain}/incidents", "read"),
+    ("GET", "/v1/domains/{domain}/incidents/{incident}", "read"),
     ("POST", "/v1/domains/{domain}/failover", "operate"),
     ("POST", "/v1/domains/{domain}/failback", "operate"),
     ("PUT", "/v1/domains/{domain}/pin", "operate"),
@@ -121,6 +123,7 @@ fn router_and_openapi_document_agree() {
             let by_ref = match name {
                 "domain" => "#/components/parameters/Domain",
                 "id" => "#/components/parameters/SnapshotId",
+                "incident" => "#/components/parameters/IncidentId",
                 other => panic!("undocumented path parameter {other}"),
             };
             assert!(
@@ -143,7 +146,9 @@ fn router_and_openapi_document_agree() {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{domain}", api::DOMAIN).replace("{id}", "1")
+    path.replace("{domain}", api::DOMAIN)
+        .replace("{id}", "1")
+        .replace("{incident}", "1")
 }
 
 #[tokio::test]
@@ -193,6 +198,9 @@ async fn auth_matrix() {
                 StatusCode::UNAUTHORIZED
             } else if level < needed {
                 StatusCode::FORBIDDEN
+            } else if method == Method::GET && path.contains("{incident}") {
+                // The fixture has no incident: past auth, the route answers that.
+                StatusCode::NOT_FOUND
             } else if method == Method::GET {
                 StatusCode::OK
             } else {
@@ -218,6 +226,7 @@ async fn auth_matrix() {
                 }
                 StatusCode::FORBIDDEN => assert_eq!(got.problem(), "forbidden"),
                 StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(got.problem(), "validation"),
+                StatusCode::NOT_FOUND => assert_eq!(got.problem(), "unknown-incident"),
                 _ => {}
             }
         }

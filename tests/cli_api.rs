@@ -25,10 +25,13 @@ fn every_api_action_has_a_cli_command_and_back() {
             .filter(|a| a.method == method && a.path == path)
             .count()
     };
-    // Route → command: every mutation, and the events timeline.
+    // Route → command: every mutation, the events timeline and the incidents.
     for r in &routes {
         let mutation = !matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS");
-        if mutation || r.path == "/v1/domains/{domain}/events" {
+        if mutation
+            || r.path == "/v1/domains/{domain}/events"
+            || r.path.starts_with("/v1/domains/{domain}/incidents")
+        {
             assert_eq!(
                 in_table(r.method.as_str(), r.path),
                 1,
@@ -57,11 +60,16 @@ fn every_api_action_has_a_cli_command_and_back() {
             "`mxguard {}` has no --api / --token-file",
             a.command
         );
+        // A command may send several routes (`incidents`: the list and one), each once.
         assert_eq!(
-            ACTIONS.iter().filter(|b| b.command == a.command).count(),
+            ACTIONS
+                .iter()
+                .filter(|b| b.command == a.command && b.path == a.path)
+                .count(),
             1,
-            "`mxguard {}` is listed twice",
-            a.command
+            "`mxguard {}` is listed twice for {}",
+            a.command,
+            a.path
         );
     }
 }

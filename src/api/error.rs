@@ -28,6 +28,9 @@ pub enum ApiError {
     /// 404 for a snapshot id that does not exist.
     #[error("{0}")]
     UnknownSnapshot(String),
+    /// 404 for an incident id that is not one of the domain's.
+    #[error("{0}")]
+    UnknownIncident(String),
     /// 404 for a path that is not a route.
     #[error("no route {0}")]
     NoRoute(String),
@@ -85,7 +88,9 @@ impl ApiError {
         match self {
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            UnknownDomain(_) | UnknownSnapshot(_) | NoRoute(_) => StatusCode::NOT_FOUND,
+            UnknownDomain(_) | UnknownSnapshot(_) | UnknownIncident(_) | NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,6 +115,7 @@ impl ApiError {
             Forbidden(_) => "forbidden",
             UnknownDomain(_) => "unknown-domain",
             UnknownSnapshot(_) => "unknown-snapshot",
+            UnknownIncident(_) => "unknown-incident",
             NoRoute(_) => "not-found",
             MethodNotAllowed(_) => "method-not-allowed",
             BadRequest(_) => "bad-request",
@@ -135,6 +141,7 @@ impl ApiError {
             Forbidden(_) => "The token lacks the scope this route needs",
             UnknownDomain(_) => "Unknown domain",
             UnknownSnapshot(_) => "Unknown snapshot",
+            UnknownIncident(_) => "Unknown incident",
             NoRoute(_) => "Not found",
             MethodNotAllowed(_) => "Method not allowed",
             BadRequest(_) => "Malformed request",

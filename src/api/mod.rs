@@ -11,6 +11,7 @@ mod domains;
 mod error;
 mod health;
 mod idempotency;
+mod incidents;
 mod metrics;
 pub mod server;
 mod snapshots;
@@ -237,6 +238,18 @@ pub fn routes(config: &Config) -> Vec<Route> {
         route(M::GET, "/v1/domains/{domain}", read, domains::status),
         route(M::GET, "/v1/domains/{domain}/plan", read, domains::plan).expensive(),
         route(M::GET, "/v1/domains/{domain}/events", read, domains::events),
+        route(
+            M::GET,
+            "/v1/domains/{domain}/incidents",
+            read,
+            incidents::list,
+        ),
+        route(
+            M::GET,
+            "/v1/domains/{domain}/incidents/{incident}",
+            read,
+            incidents::get,
+        ),
         route(
             M::POST,
             "/v1/domains/{domain}/failover",

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 mod check;
 mod generate;
+mod incidents;
 mod ops;
 pub mod remote;
 
@@ -134,6 +135,9 @@ pub enum Command {
     Approve(remote::ReasonArgs),
     /// DOMAIN's recent events from the running service's API: time, kind, who, what.
     Events(remote::EventsArgs),
+    /// DOMAIN's incidents from the running service's API: when each began and ended, how long
+    /// each step took, who did what; `--markdown` prints a postmortem draft.
+    Incidents(incidents::IncidentsArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -301,6 +305,7 @@ pub fn main() -> ExitCode {
         Command::Resume(ref r) => with_runtime(remote::command(Request::Simple("resume", r))),
         Command::Approve(ref r) => with_runtime(remote::command(Request::Simple("approve", r))),
         Command::Events(ref e) => with_runtime(remote::events(e)),
+        Command::Incidents(ref i) => with_runtime(incidents::incidents(i)),
         Command::Health(ref h) => match health_url(h, cli.config) {
             Ok(url) => with_runtime(remote::health(h, url)),
             Err(code) => code,

@@ -1,6 +1,6 @@
 //! Commands sent to a running service's HTTP API: failover, failback, pin, unpin, pause, resume,
-//! approve, events, health (its readiness, for container health checks), and snapshot and
-//! revert when `--api` is given. The service's actor does the work and
+//! approve, events, incidents (`cli::incidents`), health (its readiness, for container health
+//! checks), and snapshot and revert when `--api` is given. The service's actor does the work and
 //! writes the events, exactly as for a chatops bot: the CLI only carries the request.
 //!
 //! The token comes from `MXGUARD_TOKEN` or `--token-file`, never from a flag value (argv shows in
@@ -49,16 +49,31 @@ pub const ACTIONS: &[Action] = &[
     action("POST", "/v1/domains/{domain}/resume", "resume"),
     action("POST", "/v1/domains/{domain}/approve", "approve"),
     action("GET", "/v1/domains/{domain}/events", "events"),
+    action("GET", "/v1/domains/{domain}/incidents", "incidents"),
+    action(
+        "GET",
+        "/v1/domains/{domain}/incidents/{incident}",
+        "incidents",
+    ),
     action("POST", "/v1/snapshots", "snapshot"),
     action("POST", "/v1/snapshots/{id}/revert", "revert"),
     action("GET", "/readyz", "health"),
 ];
 
-fn route(command: &str) -> &'static Action {
+/// The (first) action of `command`.
+pub(super) fn route(command: &str) -> &'static Action {
     ACTIONS
         .iter()
         .find(|a| a.command == command)
         .unwrap_or_else(|| panic!("ACTIONS has no row for {command}"))
+}
+
+/// The action at `path`, for a command that sends more than one route.
+pub(super) fn route_at(path: &str) -> &'static Action {
+    ACTIONS
+        .iter()
+        .find(|a| a.path == path)
+        .unwrap_or_else(|| panic!("ACTIONS has no row for {path}"))
 }
 
 /// Where the service is and how to prove who we are.
@@ -168,20 +183,20 @@ pub enum Request<'a> {
     Simple(&'a str, &'a ReasonArgs),
 }
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+pub(super) fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("mxguard: {msg}");
     ExitCode::from(code)
 }
 
 /// A client for one service; errors are already printed.
-struct Client {
+pub(super) struct Client {
     base: Url,
     token: Option<HeaderValue>,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(args: &ApiArgs) -> Result<Client, ExitCode> {
+    pub(super) fn new(args: &ApiArgs) -> Result<Client, ExitCode> {
         // The service answers within its [server] request_timeout (503 after); this only gives
         // up on a peer that never answers at all.
         Client::with_timeout(args, Duration::from_secs(30 * 60))
@@ -202,29 +217,37 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
-    /// The URL of `action` with its `{…}` segment filled; each segment percent-encoded, so a
-    /// domain argument cannot reach another path.
-    fn url(&self, action: &Action, arg: &str) -> Url {
+    /// The URL of `action` with its `{…}` segments filled from `args` in order (the last one
+    /// repeated if they run out); each segment percent-encoded, so an argument cannot reach
+    /// another path.
+    fn url(&self, action: &Action, args: &[&str]) -> Url {
         let mut url = self.base.clone();
+        let mut args = args.iter();
+        let mut last = "";
         if let Ok(mut segs) = url.path_segments_mut() {
             segs.pop_if_empty();
             for seg in action.path.split('/').filter(|s| !s.is_empty()) {
-                segs.push(if seg.starts_with('{') { arg } else { seg });
+                if seg.starts_with('{') {
+                    last = args.next().copied().unwrap_or(last);
+                    segs.push(last);
+                } else {
+                    segs.push(seg);
+                }
             }
         }
         url
     }
 
     /// Sends the request; the answer's status and JSON body (`Null` when it has none).
-    async fn send(
+    pub(super) async fn send(
         &self,
         action: &Action,
-        arg: &str,
+        args: &[&str],
         query: &[(&str, String)],
         body: Option<Value>,
         key: Option<&str>,
     ) -> Result<(StatusCode, Value), ExitCode> {
-        let url = self.url(action, arg);
+        let url = self.url(action, args);
         let method = Method::from_bytes(action.method.as_bytes())
             .map_err(|e| fail(1, format!("bad method in the action table: {e}")))?;
         let mut req = self.http.request(method, url.clone()).query(query);
@@ -263,7 +286,7 @@ impl Client {
     }
 
     /// Prints a problem answer and returns its exit code.
-    fn problem(&self, status: StatusCode, body: &Value) -> ExitCode {
+    pub(super) fn problem(&self, status: StatusCode, body: &Value) -> ExitCode {
         let code = exit_code(status);
         let title = body["title"].as_str();
         let detail = body["detail"].as_str();
@@ -347,7 +370,7 @@ fn token(args: &ApiArgs) -> Result<Option<HeaderValue>, ExitCode> {
     Ok(Some(value))
 }
 
-fn print_json(v: &Value) -> ExitCode {
+pub(super) fn print_json(v: &Value) -> ExitCode {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
             println!("{s}");
@@ -399,7 +422,7 @@ pub async fn command(req: Request<'_>) -> ExitCode {
     };
     let key = common.api.idempotency_key.as_deref();
     match client
-        .send(route(name), &common.domain, &[], Some(body), key)
+        .send(route(name), &[&common.domain], &[], Some(body), key)
         .await
     {
         Ok(reply) => answer(&client, reply, common.json),
@@ -422,7 +445,13 @@ pub async fn revert(
     let body = json!({"reason": reason, "dry_run": dry_run, "force": force});
     let key = api.idempotency_key.as_deref();
     match client
-        .send(route("revert"), &snapshot.to_string(), &[], Some(body), key)
+        .send(
+            route("revert"),
+            &[&snapshot.to_string()],
+            &[],
+            Some(body),
+            key,
+        )
         .await
     {
         Ok(reply) => answer(&client, reply, false),
@@ -445,7 +474,7 @@ pub async fn snapshot(
     let body = json!({"domain": domain, "zone": zone, "label": label, "reason": reason});
     let key = api.idempotency_key.as_deref();
     match client
-        .send(route("snapshot"), "", &[], Some(body), key)
+        .send(route("snapshot"), &[], &[], Some(body), key)
         .await
     {
         Ok(reply) => answer(&client, reply, false),
@@ -466,7 +495,7 @@ pub async fn health(args: &HealthArgs, api: String) -> ExitCode {
         Ok(c) => c,
         Err(_) => return ExitCode::FAILURE,
     };
-    let (status, body) = match client.send(route("health"), "", &[], None, None).await {
+    let (status, body) = match client.send(route("health"), &[], &[], None, None).await {
         Ok(r) => r,
         Err(_) => return ExitCode::FAILURE,
     };
@@ -516,7 +545,7 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
         query.push(("limit", l.to_string()));
     }
     let (status, body) = match client
-        .send(route("events"), &args.domain, &query, None, None)
+        .send(route("events"), &[&args.domain], &query, None, None)
         .await
     {
         Ok(r) => r,
@@ -619,7 +648,7 @@ mod tests {
             token: None,
             http: reqwest::Client::new(),
         };
-        let url = client.url(route("pause"), "../../v1/snapshots");
+        let url = client.url(route("pause"), &["../../v1/snapshots"]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8053/base/v1/domains/..%2F..%2Fv1%2Fsnapshots/pause"
