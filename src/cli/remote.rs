@@ -217,19 +217,16 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
-    /// The URL of `action` with its `{…}` segments filled from `args` in order (the last one
-    /// repeated if they run out); each segment percent-encoded, so an argument cannot reach
-    /// another path.
+    /// The URL of `action` with its `{…}` segments filled from `args` in order; each segment
+    /// percent-encoded, so an argument cannot reach another path.
     fn url(&self, action: &Action, args: &[&str]) -> Url {
         let mut url = self.base.clone();
         let mut args = args.iter();
-        let mut last = "";
         if let Ok(mut segs) = url.path_segments_mut() {
             segs.pop_if_empty();
             for seg in action.path.split('/').filter(|s| !s.is_empty()) {
                 if seg.starts_with('{') {
-                    last = args.next().copied().unwrap_or(last);
-                    segs.push(last);
+                    segs.push(args.next().copied().unwrap_or_default());
                 } else {
                     segs.push(seg);
                 }
@@ -652,6 +649,14 @@ mod tests {
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8053/base/v1/domains/..%2F..%2Fv1%2Fsnapshots/pause"
+        );
+        let url = client.url(
+            route_at("/v1/domains/{domain}/incidents/{incident}"),
+            &["example.test", "7/../9"],
+        );
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8053/base/v1/domains/example.test/incidents/7%2F..%2F9"
         );
     }
 }

@@ -6,13 +6,15 @@ use std::fmt::Write;
 
 use super::{Entry, Incident, Milestone, Status, Step};
 
-/// `12.3 s`, `4 min 5 s`, `1 h 2 min`: durations people read, to the tenth of a second below a
-/// minute.
+/// `19 ms`, `12.3 s`, `4 min 5 s`, `1 h 2 min`: durations people read; milliseconds below a
+/// second, where a provider's acceptance and the authoritative servers usually are.
 pub fn human(ms: i64) -> String {
     let sign = if ms < 0 { "-" } else { "" };
     let ms = ms.unsigned_abs();
     let s = ms / 1000;
-    let text = if s < 60 {
+    let text = if ms < 1000 {
+        format!("{ms} ms")
+    } else if s < 60 {
         format!("{:.1} s", ms as f64 / 1000.0)
     } else if s < 3600 {
         format!("{} min {} s", s / 60, s % 60)

@@ -251,6 +251,8 @@ fn the_draft_has_the_timeline_and_placeholders() {
     assert!(md.contains("## Open questions"), "{md}");
     assert!(md.contains("_TODO_"), "{md}");
     assert_eq!(markdown::human(61_000), "1 min 1 s");
+    assert_eq!(markdown::human(19), "19 ms");
+    assert_eq!(markdown::human(1_600), "1.6 s");
     assert_eq!(markdown::human(3_720_000), "1 h 2 min");
 }
 
