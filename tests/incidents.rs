@@ -175,6 +175,32 @@ async fn a_failover_and_failback_is_one_closed_incident_with_its_durations() {
         .await
         .expect("the API answers");
     assert_eq!(status, 404);
+    // Pages: one incident fits a page of one; a bad limit is a 400 naming it.
+    let (status, page) = lab
+        .api_get(&mx, &format!("{LIST}?limit=1"))
+        .await
+        .expect("the API answers");
+    assert_eq!((status, page["next_before"].clone()), (200, Value::Null));
+    assert_eq!(page["incidents"][0]["id"], id);
+    let (status, page) = lab
+        .api_get(&mx, &format!("{LIST}?before={id}"))
+        .await
+        .expect("the API answers");
+    assert_eq!(
+        (status, page["incidents"].clone()),
+        (200, serde_json::json!([]))
+    );
+    let (status, problem) = lab
+        .api_get(&mx, &format!("{LIST}?limit=0"))
+        .await
+        .expect("the API answers");
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("limit")),
+        "{problem}"
+    );
 
     // The postmortem draft through the CLI.
     let api = format!("http://{}", mx.listen);
