@@ -7,8 +7,9 @@ use crate::provider::CloudflareProvider;
 use crate::wire::{BatchRequest, DnsRecord, TokenStatus};
 
 impl CloudflareProvider {
-    /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`), it can
-    /// see `zone` (Zone:Read), and it can list the zone's DNS records (DNS:Read). Whether it may
+    /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`, or
+    /// `GET /accounts/{account_id}/tokens/verify` for an account-owned token), it can see
+    /// `zone` (Zone:Read), and it can list the zone's DNS records (DNS:Read). Whether it may
     /// write (DNS:Edit) cannot be seen without writing: see [`Self::verify_write_access`].
     pub async fn verify_access(&self, zone: &Fqdn) -> AccessReport {
         self.verify(zone, false).await
@@ -31,12 +32,22 @@ impl CloudflareProvider {
             });
         };
 
-        let what = "verifying the API token";
+        // An account-owned token verifies at its account; the user endpoint refuses it with
+        // 401 (reference §12), which is also what it says to a wrong token.
+        let (path, needs) = match &self.account_id {
+            Some(id) => (
+                vec!["accounts", id.as_str(), "tokens", "verify"],
+                format!("an active API token owned by account {id}"),
+            ),
+            None => (
+                vec!["user", "tokens", "verify"],
+                "an active user-owned API token".to_string(),
+            ),
+        };
         let token = self
             .client
-            .call::<TokenStatus, ()>(Method::GET, &["user", "tokens", "verify"], &[], None, what)
+            .call::<TokenStatus, ()>(Method::GET, &path, &[], None, "verifying the API token")
             .await;
-        let needs = "an active API token".to_string();
         match token {
             Ok((t, _)) if t.status == "active" => push(
                 "credentials",
@@ -58,11 +69,16 @@ impl CloudflareProvider {
             }
             Err(e) => {
                 blocked = Some("credentials");
-                push(
-                    "credentials",
-                    needs,
-                    Outcome::failed(&e.error, Missing::Credentials),
-                );
+                let mut outcome = Outcome::failed(&e.error, Missing::Credentials);
+                if let (Outcome::Failed { detail, .. }, Some(401), None) =
+                    (&mut outcome, e.status, &self.account_id)
+                {
+                    detail.push_str(&format!(
+                        " (an account-owned token? set providers.{}.account_id)",
+                        self.name
+                    ));
+                }
+                push("credentials", needs, outcome);
             }
         }
 

@@ -31,6 +31,8 @@ pub struct CloudflareProvider {
     batch_available: AtomicBool,
     /// Applies made one record at a time since the batch endpoint said "no route".
     per_record_applies: std::sync::atomic::AtomicU32,
+    /// The account owning the token, for an account-owned token (verified there).
+    pub(crate) account_id: Option<String>,
 }
 
 /// The batch endpoint is tried again after this many per-record applies: its absence may have
@@ -74,6 +76,7 @@ impl CloudflareProvider {
             per_page: config.per_page,
             batch_available: AtomicBool::new(true),
             per_record_applies: std::sync::atomic::AtomicU32::new(0),
+            account_id: config.account_id,
         })
     }
 
