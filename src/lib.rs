@@ -4,6 +4,7 @@
 //! [`run`] is the service: open the store, migrate, serve the API until the shutdown token fires.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod actor;
 pub mod api;
 pub mod check;

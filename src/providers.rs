@@ -16,6 +16,7 @@ use mxguard_core::{
 use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
 use secrecy::ExposeSecret;
 
+use crate::access::ProviderAccess;
 use crate::config::{Config, ProviderConfig, TsigAlgorithm};
 use crate::engine::EngineError;
 
@@ -28,6 +29,8 @@ pub struct BuiltProvider {
     pub background: Arc<dyn DnsProvider>,
     /// The server that answers authoritatively for the zone, when the provider knows it.
     pub primary: Option<SocketAddr>,
+    /// The same client's access checks (`providers check`, `serve`'s start check).
+    pub access: Arc<dyn ProviderAccess>,
 }
 
 /// The built providers, by config name.
@@ -126,15 +129,17 @@ async fn build_provider(
             // 50 requests/s bucket paces.
             let (client, background) = guarded(provider, 50.0, 32, PROVIDER_DEADLINE);
             Ok(BuiltProvider {
-                client,
+                client: client.clone(),
                 background,
                 primary: Some(*server),
+                access: client,
             })
         }
         ProviderConfig::Cloudflare {
             api_token,
             api_url,
             min_ttl,
+            account_id,
         } => {
             let token = api_token
                 .resolve()
@@ -148,6 +153,11 @@ async fn build_provider(
                     .with_base_url(url)
                     .map_err(|e| err(format!("api_url: {e}")))?;
             }
+            if let Some(id) = account_id {
+                config = config
+                    .with_account_id(id)
+                    .map_err(|e| err(format!("account_id: {e}")))?;
+            }
             let provider =
                 mxguard_cloudflare::CloudflareProvider::new(config, Arc::new(TokioClock))
                     .map_err(|e| err(e.to_string()))?;
@@ -156,9 +166,10 @@ async fn build_provider(
             // wait for the client's pacing well inside the 30 s deadline in a mass outage.
             let (client, background) = guarded(provider, 1000.0, 4, PROVIDER_DEADLINE);
             Ok(BuiltProvider {
-                client,
+                client: client.clone(),
                 background,
                 primary: None,
+                access: client,
             })
         }
         ProviderConfig::Route53 {
@@ -195,9 +206,10 @@ async fn build_provider(
             // is a read and a batch, so a few places keep each inside its deadline.
             let (client, background) = guarded(provider, 1000.0, 8, PROVIDER_DEADLINE);
             Ok(BuiltProvider {
-                client,
+                client: client.clone(),
                 background,
                 primary: None,
+                access: client,
             })
         }
     }
@@ -207,14 +219,14 @@ async fn build_provider(
 const PROVIDER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Wraps a provider in the shared machinery: admission (`places` operations at a time, changes
-/// first), token bucket, retries with backoff, deadline. Returns the client for changes and
-/// the same client at background priority.
+/// first), token bucket, retries with backoff, deadline. Returns the client for changes (typed,
+/// for its access checks too) and the same client at background priority.
 fn guarded<P: DnsProvider + 'static>(
     provider: P,
     per_second: f64,
     places: usize,
     deadline: Duration,
-) -> (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>) {
+) -> (Arc<Guarded<P>>, Arc<dyn DnsProvider>) {
     let clock = Arc::new(TokioClock);
     let bucket = match RateLimit::new(per_second, per_second.ceil() as u32) {
         Ok(limit) => Arc::new(TokenBucket::new(limit, clock.clone())),

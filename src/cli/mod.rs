@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 mod check;
 mod ops;
+mod providers;
 pub mod remote;
 
 use self::remote::Request;
@@ -136,7 +137,8 @@ pub enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Check provider credentials and zone access (read-only).
+    /// Check provider credentials and zone access (read-only, or with --write a write that
+    /// changes nothing).
     #[command(subcommand)]
     Providers(ProvidersCommand),
     /// Run a mail outage drill on loopback with nothing installed: an in-process DNS server
@@ -190,10 +192,18 @@ pub enum StartTlsArg {
 
 #[derive(Subcommand, Debug)]
 pub enum ProvidersCommand {
-    /// For every configured domain, read its managed records through its provider and say
-    /// exactly what is missing: credentials or permission, the zone, or the network. Changes
-    /// nothing. Exit 0 when every domain is readable, 1 otherwise.
-    Check,
+    /// For every configured domain, read its managed records through its provider and run
+    /// the provider's access checks, saying exactly what is missing: credentials or
+    /// permission, the zone, or the network. Changes nothing. Exit 0 when every check passed,
+    /// 1 when one failed, 2 on a configuration error.
+    Check {
+        /// Also prove the credentials can write, without changing any record: Cloudflare an
+        /// empty batch, Route 53 a DELETE of a record that cannot exist (refused as invalid
+        /// only when authorised), RFC 2136 an UPDATE deleting a record that does not exist
+        /// (a no-op the server still authorises by key, name and type).
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,8 +235,8 @@ pub fn main() -> ExitCode {
         Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
         Command::Migrate => with_runtime(migrate(cli.config)),
         Command::Check(args) => with_runtime(check::check(args)),
-        Command::Providers(ProvidersCommand::Check) => {
-            with_runtime(ops::providers_check(cli.config))
+        Command::Providers(ProvidersCommand::Check { write }) => {
+            with_runtime(providers::providers_check(cli.config, write))
         }
         Command::Status { domain, json } => with_runtime(ops::status(cli.config, domain, json)),
         Command::Plan { domain, json } => with_runtime(ops::plan(cli.config, domain, json)),
