@@ -57,6 +57,9 @@ pub enum EventKind {
     /// A notification target gave up on an event.
     #[serde(rename = "notify_failed")]
     NotifyFailed,
+    /// The domain's provider passes its access check again.
+    #[serde(rename = "provider_access_restored")]
+    ProviderAccessRestored,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -75,10 +78,14 @@ pub enum EventKind {
     /// A vantage is cut off from its resolvers and stops voting.
     #[serde(rename = "alert.vantage_partitioned")]
     VantagePartitioned,
+    /// The domain's provider fails its access check: the credentials cannot do what mxguard
+    /// needs for the zone (found at start, not at the first failover).
+    #[serde(rename = "alert.provider_access")]
+    ProviderAccess,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -90,12 +97,14 @@ impl EventKind {
         EventKind::Drift,
         EventKind::VantageReachable,
         EventKind::NotifyFailed,
+        EventKind::ProviderAccessRestored,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
         EventKind::DriftNotCorrected,
         EventKind::ProviderReadFailed,
         EventKind::VantagePartitioned,
+        EventKind::ProviderAccess,
     ];
 
     /// The name the store, the API and payloads carry.
@@ -112,12 +121,14 @@ impl EventKind {
             EventKind::Drift => "drift",
             EventKind::VantageReachable => "vantage_reachable",
             EventKind::NotifyFailed => "notify_failed",
+            EventKind::ProviderAccessRestored => "provider_access_restored",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",
             EventKind::DriftNotCorrected => "alert.drift",
             EventKind::ProviderReadFailed => "alert.provider_read_failed",
             EventKind::VantagePartitioned => "alert.vantage_partitioned",
+            EventKind::ProviderAccess => "alert.provider_access",
         }
     }
 

@@ -1,13 +1,17 @@
-//! `mxguard providers check [--write]`, through the binary: against the strict Cloudflare fake
-//! (full, DNS-read-only and account-owned tokens) and against BIND `named` (a TSIG key allowed to update, and one that
+//! `mxguard providers check [--write]` and `serve`'s start check of provider access, through
+//! the binary: against the strict Cloudflare fake (full, DNS-read-only, account-owned and
+//! Zone:Read-less tokens) and against BIND `named` (a TSIG key allowed to update, and one that
 //! `update-policy` refuses for MX).
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::lab::mxguard_bin;
+use common::lab::{mxguard_bin, Mxguard};
+use common::poll;
 use mxguard_testpeers::cloudflare::{FakeCloudflare, FakeConfig, Perms};
 use mxguard_testpeers::hickory_proto::rr::{RData, RecordType};
 use mxguard_testpeers::{LimitedKey, Named, TsigKey, Zone};
@@ -17,6 +21,7 @@ const READ_ONLY: &str = "cf-read-only-token-41f0aa";
 const NO_ZONE_READ: &str = "cf-no-zone-read-token-9e2c";
 const ACCOUNT_TOKEN: &str = "cf-account-token-c4b8e1";
 const ACCOUNT: &str = "0a0b0c0d0e0f00112233445566778899";
+const READ_API_TOKEN: &str = "providers-check-read-token";
 
 const DOMAIN: &str = r#"
 [checks]
@@ -243,4 +248,112 @@ async fn providers_check_write_proves_a_tsig_key_may_update_without_changing_the
     assert!(out.contains("REFUSED"), "{out}");
     assert!(!out.contains(TXT_ONLY_SECRET), "the secret leaked: {out}");
     assert_eq!(serial(&named).await, before);
+}
+
+fn serve(dir: &Path, config: &Path, token: &str) -> Mxguard {
+    let port = mxguard_testpeers::free_port().expect("port");
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(mxguard_bin());
+    cmd.arg("--config")
+        .arg(config)
+        .args(["serve", "--listen", &listen.to_string()])
+        .current_dir(dir)
+        .env(
+            "MXGUARD_STORE_URL",
+            format!("sqlite://{}", dir.join("mxguard.db").display()),
+        )
+        .env("MXGUARD_TEST_CF_TOKEN", token)
+        .env_remove("MXGUARD_FAILPOINT");
+    Mxguard::spawn(cmd, listen)
+}
+
+async fn get(mx: &Mxguard, path: &str) -> Option<(u16, String, String)> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}{path}", mx.listen))
+        .bearer_auth(READ_API_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    let kind = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Some((status, kind, resp.text().await.ok()?))
+}
+
+fn api_section() -> String {
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(READ_API_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "[server]\nopen_readyz = true\n\n[[tokens]]\nname = \"test\"\nsha256 = \"{digest}\"\nscopes = [\"read\"]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_reports_a_provider_failing_its_access_check_on_readyz_and_in_the_timeline() {
+    let fake = fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = cloudflare_config(dir.path(), &fake, "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{}\n{text}", api_section())).expect("config");
+    let deadline = Duration::from_secs(60);
+
+    // a token without Zone:Read: /readyz turns 503, naming the provider, zone and permission
+    let mx = serve(dir.path(), &config, NO_ZONE_READ);
+    let (kind, body) = poll("/readyz to report the provider", deadline, || async {
+        match get(&mx, "/readyz").await {
+            Some((503, kind, body)) => Some((kind, body)),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(kind, "application/problem+json", "{body}");
+    let problem: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        problem["type"], "https://mxguard.dev/problems/provider-access",
+        "{body}"
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("provider cf (cloudflare), zone example.test.: zone (Zone:Read on example.test.): Permission"),
+        "{detail}"
+    );
+    assert_eq!(problem["providers"][0]["failed"][0]["check"], "zone");
+    assert!(!body.contains(NO_ZONE_READ), "the token leaked: {body}");
+
+    // … and the domain's timeline has one alert saying the same
+    let events = poll("the alert in the timeline", deadline, || async {
+        let (status, _, body) = get(&mx, "/v1/domains/example.test/events").await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let alerts: Vec<serde_json::Value> = v["events"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["kind"] == "alert.provider_access")
+            .cloned()
+            .collect();
+        (status == 200 && !alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let message = events[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Zone:Read on example.test."), "{message}");
+    assert!(
+        !mx.log().contains(NO_ZONE_READ),
+        "the token leaked into the log"
+    );
+    drop(mx);
+
+    // a good token: ready, once the check has run
+    let mx = serve(dir.path(), &config, FULL);
+    mx.wait_for_log("provider access checks passed", deadline)
+        .await;
+    let (status, _, body) = poll("/readyz", deadline, || get(&mx, "/readyz")).await;
+    assert_eq!(status, 200, "{body}");
 }

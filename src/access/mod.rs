@@ -10,6 +10,8 @@ use mxguard_core::{AccessReport, Fqdn, Guarded, Priority, RrsetKey};
 use mxguard_rfc2136::Rfc2136Provider;
 use mxguard_route53::Route53Provider;
 
+pub mod watch;
+
 #[async_trait]
 pub trait ProviderAccess: Send + Sync {
     /// What the credentials can do for `zone`, without changing anything.
