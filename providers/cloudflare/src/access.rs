@@ -1,10 +1,14 @@
 //! `verify_access`: what the token can and cannot do for one zone, without changing anything.
 
+use std::sync::atomic::Ordering;
+
 use mxguard_core::{AccessCheck, AccessReport, Fqdn, Missing, Outcome};
 use reqwest::Method;
 
+use crate::client::CallError;
+
 use crate::provider::CloudflareProvider;
-use crate::wire::{BatchRequest, DnsRecord, TokenStatus};
+use crate::wire::{BatchRequest, DnsRecord, ResultInfo, TokenStatus};
 
 impl CloudflareProvider {
     /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`, or
@@ -44,42 +48,24 @@ impl CloudflareProvider {
                 "an active user-owned API token".to_string(),
             ),
         };
-        let token = self
-            .client
-            .call::<TokenStatus, ()>(Method::GET, &path, &[], None, "verifying the API token")
-            .await;
-        match token {
-            Ok((t, _)) if t.status == "active" => push(
+        // A token verified active once is taken as active while this client's checks pass:
+        // checking each of many zones (serve's start check) must not spend a request per zone
+        // on it. A token revoked since then fails the zone or record check, and the next check
+        // verifies it again.
+        if self.token_active.load(Ordering::Relaxed) {
+            push(
                 "credentials",
                 needs,
                 Outcome::Passed {
-                    detail: "the token is active".into(),
+                    detail: "the token is active (verified earlier by this client)".into(),
                 },
-            ),
-            Ok((t, _)) => {
-                blocked = Some("credentials");
-                push(
-                    "credentials",
-                    needs,
-                    Outcome::Failed {
-                        missing: Missing::Credentials,
-                        detail: format!("the token's status is {:?}", t.status),
-                    },
-                );
-            }
-            Err(e) => {
-                blocked = Some("credentials");
-                let mut outcome = Outcome::failed(&e.error, Missing::Credentials);
-                if let (Outcome::Failed { detail, .. }, Some(401), None) =
-                    (&mut outcome, e.status, &self.account_id)
-                {
-                    detail.push_str(&format!(
-                        " (an account-owned token? set providers.{}.account_id)",
-                        self.name
-                    ));
-                }
-                push("credentials", needs, outcome);
-            }
+            );
+        } else {
+            let token = self
+                .client
+                .call::<TokenStatus, ()>(Method::GET, &path, &[], None, "verifying the API token")
+                .await;
+            self.note_token(token, needs, &mut blocked, &mut push);
         }
 
         let needs = format!("Zone:Read on {zone}");
@@ -193,11 +179,61 @@ impl CloudflareProvider {
             ),
         }
 
+        if blocked.is_some() {
+            // The next check asks again: what failed may have been the token.
+            self.token_active.store(false, Ordering::Relaxed);
+        }
         AccessReport {
             provider: self.name.clone(),
             kind: "cloudflare",
             zone: zone.clone(),
             checks,
+        }
+    }
+
+    /// The credentials check from the verify endpoint's answer.
+    fn note_token(
+        &self,
+        token: Result<(TokenStatus, Option<ResultInfo>), CallError>,
+        needs: String,
+        blocked: &mut Option<&'static str>,
+        push: &mut impl FnMut(&'static str, String, Outcome),
+    ) {
+        match token {
+            Ok((t, _)) if t.status == "active" => {
+                self.token_active.store(true, Ordering::Relaxed);
+                push(
+                    "credentials",
+                    needs,
+                    Outcome::Passed {
+                        detail: "the token is active".into(),
+                    },
+                )
+            }
+            Ok((t, _)) => {
+                *blocked = Some("credentials");
+                push(
+                    "credentials",
+                    needs,
+                    Outcome::Failed {
+                        missing: Missing::Credentials,
+                        detail: format!("the token's status is {:?}", t.status),
+                    },
+                );
+            }
+            Err(e) => {
+                *blocked = Some("credentials");
+                let mut outcome = Outcome::failed(&e.error, Missing::Credentials);
+                if let (Outcome::Failed { detail, .. }, Some(401), None) =
+                    (&mut outcome, e.status, &self.account_id)
+                {
+                    detail.push_str(&format!(
+                        " (an account-owned token? set providers.{}.account_id)",
+                        self.name
+                    ));
+                }
+                push("credentials", needs, outcome);
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct CloudflareProvider {
     per_record_applies: std::sync::atomic::AtomicU32,
     /// The account owning the token, for an account-owned token (verified there).
     pub(crate) account_id: Option<String>,
+    /// The token verified active once: access checks of further zones skip that request.
+    pub(crate) token_active: AtomicBool,
 }
 
 /// The batch endpoint is tried again after this many per-record applies: its absence may have
@@ -77,6 +79,7 @@ impl CloudflareProvider {
             batch_available: AtomicBool::new(true),
             per_record_applies: std::sync::atomic::AtomicU32::new(0),
             account_id: config.account_id,
+            token_active: AtomicBool::new(false),
         })
     }
 

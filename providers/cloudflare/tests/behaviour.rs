@@ -336,6 +336,7 @@ async fn verify_access_says_what_is_missing() {
     assert!(r.to_string().contains("MISSING"), "{r}");
 
     fake.stop().await;
+    // `full`'s last check failed (the unknown zone), so it verifies its token again
     let r = full.verify_access(&zone).await;
     assert_eq!(
         missing(outcome(&r, "credentials")),
@@ -367,13 +368,21 @@ async fn account_owned_tokens_verify_at_their_account() {
     );
     let r = with_id.verify_write_access(&zone).await;
     assert!(r.is_ok(), "{r}");
-    assert!(
+    // checked again (another zone, a recheck): the token is verified once per client
+    let r = with_id.verify_access(&zone).await;
+    assert!(r.is_ok(), "{r}");
+    let verifies = || {
         fake.requests()
             .iter()
-            .any(|q| q == &format!("GET /client/v4/accounts/{ACCOUNT}/tokens/verify")),
-        "{:?}",
-        fake.requests()
-    );
+            .filter(|q| *q == &format!("GET /client/v4/accounts/{ACCOUNT}/tokens/verify"))
+            .count()
+    };
+    assert_eq!(verifies(), 1, "{:?}", fake.requests());
+    // a failed check makes the next one verify the token again
+    let r = with_id.verify_access(&fqdn("not-here.test")).await;
+    assert!(!r.is_ok(), "{r}");
+    assert!(with_id.verify_access(&zone).await.is_ok());
+    assert_eq!(verifies(), 2, "{:?}", fake.requests());
 
     let without = provider(config(&fake, "account-token"));
     let r = without.verify_access(&zone).await;
