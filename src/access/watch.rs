@@ -143,32 +143,32 @@ pub async fn run(
     }
 }
 
-/// Checks `targets` (one at a time per provider, so a check never takes more than one place of
-/// a provider's admission at once), updates `status`, records what changed; returns the
-/// targets that fail.
+/// Checks `targets` (one at a time per provider, so the checks never take more than one place
+/// of a provider's admission), updating `status` and recording what changed as each check
+/// ends; returns the targets that fail.
 pub async fn check(targets: Vec<Target>, status: &AccessStatus, sink: &Sink) -> Vec<Target> {
     let mut by_provider: BTreeMap<String, Vec<Target>> = BTreeMap::new();
     for t in targets {
         by_provider.entry(t.provider.clone()).or_default().push(t);
     }
     let runs = by_provider.into_values().map(|targets| async move {
-        let mut checked = Vec::with_capacity(targets.len());
+        let mut failing = Vec::new();
         for t in targets {
             let report = t.access.verify_access(&t.zone).await;
-            checked.push((t, report));
+            if status.update(&report) {
+                note(sink, &t, &report).await;
+            }
+            if !report.is_ok() {
+                failing.push(t);
+            }
         }
-        checked
+        failing
     });
-    let mut failing = Vec::new();
-    for (target, report) in futures::future::join_all(runs).await.into_iter().flatten() {
-        if status.update(&report) {
-            note(sink, &target, &report).await;
-        }
-        if !report.is_ok() {
-            failing.push(target);
-        }
-    }
-    failing
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Records the start or the end of a failure in each of the target's domains.
