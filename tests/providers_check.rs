@@ -357,3 +357,77 @@ async fn serve_reports_a_provider_failing_its_access_check_on_readyz_and_in_the_
     let (status, _, body) = poll("/readyz", deadline, || get(&mx, "/readyz")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn providers_check_write_proves_route53_credentials_can_change_records_without_changing_them()
+{
+    use mxguard_testpeers::route53::{Moto, Op, Proxy};
+    const KEY: &str = "AKIAMXGUARDCHECK0001";
+    const READER: &str = "AKIAMXGUARDCHECK0002";
+    const SECRET_KEY: &str = "providers/check/secret/0123456789abcdef";
+    let moto = Moto::start().await;
+    let proxy = Proxy::start(&moto.url).await;
+    let zone_id = moto.create_zone("example.test.").await;
+    moto.create_rrset(
+        &zone_id,
+        "example.test.",
+        "MX",
+        300,
+        &["10 mx1.example.test."],
+    )
+    .await;
+    // the reader's IAM policy leaves out ChangeResourceRecordSets
+    proxy
+        .state()
+        .denied
+        .insert(READER.into(), [Op::ChangeRecordSets].into_iter().collect());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mxguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.cf]\nkind = \"route53\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{DOMAIN}",
+            proxy.url
+        ),
+    )
+    .expect("write config");
+    let check = |key: &str| {
+        let mut cmd = Command::new(mxguard_bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["providers", "check", "--write"])
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run mxguard")
+    };
+    let before = moto.rrsets(&zone_id).await;
+
+    let o = check(KEY);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("ok      dns_write     route53:ChangeResourceRecordSets"),
+        "{out}"
+    );
+    assert_eq!(moto.rrsets(&zone_id).await, before, "nothing changed");
+
+    let o = check(READER);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("MISSING dns_write     route53:ChangeResourceRecordSets — Permission"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET_KEY), "the secret leaked: {out}");
+    assert_eq!(moto.rrsets(&zone_id).await, before, "nothing changed");
+}
