@@ -60,6 +60,9 @@ pub enum EventKind {
     /// A change waits, before anything is sent, for a lockout its provider announced.
     #[serde(rename = "change_waiting")]
     ChangeWaiting,
+    /// The domain's provider passes its access check again.
+    #[serde(rename = "provider_access_restored")]
+    ProviderAccessRestored,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -78,10 +81,14 @@ pub enum EventKind {
     /// A vantage is cut off from its resolvers and stops voting.
     #[serde(rename = "alert.vantage_partitioned")]
     VantagePartitioned,
+    /// The domain's provider fails its access check: the credentials cannot do what mxguard
+    /// needs for the zone (found at start, not at the first failover).
+    #[serde(rename = "alert.provider_access")]
+    ProviderAccess,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -94,12 +101,14 @@ impl EventKind {
         EventKind::VantageReachable,
         EventKind::NotifyFailed,
         EventKind::ChangeWaiting,
+        EventKind::ProviderAccessRestored,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
         EventKind::DriftNotCorrected,
         EventKind::ProviderReadFailed,
         EventKind::VantagePartitioned,
+        EventKind::ProviderAccess,
     ];
 
     /// The name the store, the API and payloads carry.
@@ -117,12 +126,14 @@ impl EventKind {
             EventKind::VantageReachable => "vantage_reachable",
             EventKind::NotifyFailed => "notify_failed",
             EventKind::ChangeWaiting => "change_waiting",
+            EventKind::ProviderAccessRestored => "provider_access_restored",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",
             EventKind::DriftNotCorrected => "alert.drift",
             EventKind::ProviderReadFailed => "alert.provider_read_failed",
             EventKind::VantagePartitioned => "alert.vantage_partitioned",
+            EventKind::ProviderAccess => "alert.provider_access",
         }
     }
 

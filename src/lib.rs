@@ -4,6 +4,7 @@
 //! [`run`] is the service: open the store, migrate, serve the API until the shutdown token fires.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod actor;
 pub mod api;
 pub mod check;
@@ -112,7 +113,7 @@ pub async fn run(
     // Notifications listen before the actors start, so nothing recorded during recovery is lost.
     let events = events::EventBus::new();
     notify::spawn(&config, store.clone(), &events, shutdown.clone(), &tasks);
-    let engine = match start_engine(
+    let started = start_engine(
         &config,
         store.clone(),
         leadership,
@@ -120,8 +121,8 @@ pub async fn run(
         shutdown.clone(),
         &tasks,
     )
-    .await
-    {
+    .await;
+    let (engine, registry) = match started {
         Ok(e) => e,
         Err(e) => {
             shutdown.cancel();
@@ -140,6 +141,23 @@ pub async fn run(
     // The API writes through the engine's clients: one budget and one set of zone locks per
     // provider account, whoever writes.
     let providers = api::Providers::default();
+    // Each provider's read check per zone, in the background: a failing one shows on /readyz
+    // and in the domains' timelines from the start, not at the first failover.
+    let sink = {
+        let domains = engine.domains.clone();
+        access::watch::Sink {
+            store: store.clone(),
+            events: engine.events.clone(),
+            state: Box::new(move |d| domains.get(d).map(|h| h.latest().state.clone())),
+            vantage: config.cluster.vantage.clone(),
+        }
+    };
+    tasks.spawn(access::watch::run(
+        access::watch::targets(&config, &registry),
+        providers.access(),
+        sink,
+        shutdown.clone(),
+    ));
     for (name, client) in &engine.providers {
         providers.insert(name, client.clone()).await;
     }
@@ -188,7 +206,7 @@ pub async fn run(
 }
 
 /// Builds the providers from `config` (one factory, [`providers::ProviderRegistry`]) and starts
-/// the engine on them.
+/// the engine on them; the registry is returned for the providers' access checks.
 async fn start_engine(
     config: &Config,
     store: Arc<dyn Store>,
@@ -196,12 +214,13 @@ async fn start_engine(
     events: events::EventBus,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) -> Result<engine::Engine, engine::EngineError> {
+) -> Result<(engine::Engine, providers::ProviderRegistry), engine::EngineError> {
     let registry = providers::ProviderRegistry::from_config(config).await?;
-    engine::Engine::start(
+    let engine = engine::Engine::start(
         config, &registry, store, leadership, events, shutdown, tasks,
     )
-    .await
+    .await?;
+    Ok((engine, registry))
 }
 
 /// How long after start the first prune runs: after the actors' first state loads and writes,

@@ -16,6 +16,7 @@ use mxguard_core::{
 use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
 use secrecy::ExposeSecret;
 
+use crate::access::ProviderAccess;
 use crate::config::{Config, ProviderConfig, TsigAlgorithm};
 
 mod metered;
@@ -31,6 +32,8 @@ pub struct BuiltProvider {
     pub background: Arc<dyn DnsProvider>,
     /// The server that answers authoritatively for the zone, when the provider knows it.
     pub primary: Option<SocketAddr>,
+    /// The same client's access checks (`providers check`, `serve`'s start check).
+    pub access: Arc<dyn ProviderAccess>,
 }
 
 /// The built providers, by config name.
@@ -162,17 +165,20 @@ async fn build_provider(
                     Ok(Budget::new(&budget_name, limit, 32, clock.clone()))
                 })
                 .map_err(err)?;
-            let (client, background) = guarded(name, provider, budget.bucket().clone(), &budget);
+            let (client, background, typed) =
+                guarded(name, provider, budget.bucket().clone(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
                 primary: Some(*server),
+                access: typed,
             })
         }
         ProviderConfig::Cloudflare {
             api_token,
             api_url,
             min_ttl,
+            account_id,
         } => {
             let token = api_token
                 .resolve()
@@ -185,6 +191,11 @@ async fn build_provider(
                 config = config
                     .with_base_url(url)
                     .map_err(|e| err(format!("api_url: {e}")))?;
+            }
+            if let Some(id) = account_id {
+                config = config
+                    .with_account_id(id)
+                    .map_err(|e| err(format!("account_id: {e}")))?;
             }
             // The client paces its own requests (1,200 per 5 minutes per user) on the budget
             // every entry of the same user shares; the wrapper only retries. Four operations
@@ -199,11 +210,12 @@ async fn build_provider(
             let provider =
                 mxguard_cloudflare::CloudflareProvider::with_budget(config, budget.clone())
                     .map_err(|e| err(e.to_string()))?;
-            let (client, background) = guarded(name, provider, unpaced(), &budget);
+            let (client, background, typed) = guarded(name, provider, unpaced(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
                 primary: None,
+                access: typed,
             })
         }
         ProviderConfig::Route53 {
@@ -249,11 +261,12 @@ async fn build_provider(
             )
             .await
             .map_err(|e| err(e.to_string()))?;
-            let (client, background) = guarded(name, provider, unpaced(), &budget);
+            let (client, background, typed) = guarded(name, provider, unpaced(), &budget);
             Ok(BuiltProvider {
                 client,
                 background,
                 primary: None,
+                access: typed,
             })
         }
     }
@@ -261,6 +274,10 @@ async fn build_provider(
 
 /// How long one provider operation may take, retries included (not the wait for admission).
 const PROVIDER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A wrapped provider: the client for changes, the same at background priority, and the client
+/// typed (for its access checks).
+type Wrapped<P> = (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>, Arc<Guarded<P>>);
 
 /// A bucket that never makes anyone wait, for a wrapper around a client that paces itself.
 fn unpaced() -> Arc<TokenBucket> {
@@ -271,13 +288,14 @@ fn unpaced() -> Arc<TokenBucket> {
 /// Wraps a provider in the shared machinery: its budget's admission (a few operations at a
 /// time, changes first, closed while the provider locks the account out), `bucket`'s pacing,
 /// retries with backoff, the deadline; every operation counted by outcome ([`Metered`]).
-/// Returns the client for changes and the same client at background priority.
+/// Returns the client for changes, the same client at background priority, and the client
+/// typed (for its access checks).
 fn guarded<P: DnsProvider + 'static>(
     name: &str,
     provider: P,
     bucket: Arc<TokenBucket>,
     budget: &Budget,
-) -> (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>) {
+) -> Wrapped<P> {
     let clock = Arc::new(TokioClock);
     let policy = RetryPolicy {
         max_attempts: 4,
@@ -288,8 +306,10 @@ fn guarded<P: DnsProvider + 'static>(
     let retrier = Retrier::new(policy, clock, Arc::new(SeededJitter::from_entropy()));
     let client = Guarded::with_gate(provider, bucket, retrier, budget.gate().clone());
     let background = client.background();
+    let typed = Arc::new(client.clone());
     (
         Arc::new(Metered::new(client, name)),
         Arc::new(Metered::new(background, name)),
+        typed,
     )
 }

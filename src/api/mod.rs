@@ -58,9 +58,16 @@ pub struct AppState {
 pub struct Providers {
     clients: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>,
     background: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>,
+    /// What the providers' access checks found failing (`/readyz`).
+    access: crate::access::watch::AccessStatus,
 }
 
 impl Providers {
+    /// The providers' access checks as `serve` last ran them; `/readyz` answers from it.
+    pub fn access(&self) -> crate::access::watch::AccessStatus {
+        self.access.clone()
+    }
+
     /// Uses `provider` for `[providers.NAME]` instead of building one from the config.
     pub async fn insert(&self, name: &str, provider: Arc<dyn DnsProvider>) {
         self.clients.lock().await.insert(name.to_string(), provider);

@@ -11,6 +11,7 @@ mod check;
 mod generate;
 mod incidents;
 mod ops;
+mod providers;
 pub mod remote;
 
 use self::remote::Request;
@@ -141,7 +142,8 @@ pub enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Check provider credentials and zone access (read-only).
+    /// Check provider credentials and zone access (read-only, or with --write a write that
+    /// changes nothing).
     #[command(subcommand)]
     Providers(ProvidersCommand),
     /// Exit 0 when the running service is ready (its /readyz answers 200), else 1 with the
@@ -210,10 +212,18 @@ pub enum StartTlsArg {
 
 #[derive(Subcommand, Debug)]
 pub enum ProvidersCommand {
-    /// For every configured domain, read its managed records through its provider and say
-    /// exactly what is missing: credentials or permission, the zone, or the network. Changes
-    /// nothing. Exit 0 when every domain is readable, 1 otherwise.
-    Check,
+    /// For every configured domain, read its managed records through its provider and run
+    /// the provider's access checks, saying exactly what is missing: credentials or
+    /// permission, the zone, or the network. Changes nothing. Exit 0 when every check passed,
+    /// 1 when one failed, 2 on a configuration error.
+    Check {
+        /// Also prove the credentials can write, without changing any record: Cloudflare an
+        /// empty batch, Route 53 a DELETE of a record that cannot exist (refused as invalid
+        /// only when authorised), RFC 2136 an UPDATE deleting a record that does not exist
+        /// (a no-op the server still authorises by key, name and type).
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,8 +259,8 @@ pub fn main() -> ExitCode {
         Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
         Command::Migrate => with_runtime(migrate(cli.config)),
         Command::Check(args) => with_runtime(check::check(args)),
-        Command::Providers(ProvidersCommand::Check) => {
-            with_runtime(ops::providers_check(cli.config))
+        Command::Providers(ProvidersCommand::Check { write }) => {
+            with_runtime(providers::providers_check(cli.config, write))
         }
         Command::Status { domain, json } => with_runtime(ops::status(cli.config, domain, json)),
         Command::Plan { domain, json } => with_runtime(ops::plan(cli.config, domain, json)),

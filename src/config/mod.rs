@@ -490,6 +490,16 @@ fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig>
             let api_token = secret_source(&mut sec, "api_token", errs);
             let api_url = sec.string("api_url", errs);
             let min_ttl = sec.int("min_ttl", "seconds", 1..=86400, 60, errs) as u32;
+            let account_id = sec.string("account_id", errs).and_then(|id| {
+                mxguard_cloudflare::parse_account_id(&id)
+                    .map_err(|e| {
+                        errs.push(
+                            sec.field("account_id"),
+                            format!("{e} (set it for an account-owned API token only)"),
+                        )
+                    })
+                    .ok()
+            });
             sec.finish(
                 errs,
                 &[
@@ -499,12 +509,14 @@ fn parse_provider(mut sec: Section, errs: &mut Errors) -> Option<ProviderConfig>
                     "api_token_file",
                     "api_url",
                     "min_ttl",
+                    "account_id",
                 ],
             );
             ProviderConfig::Cloudflare {
                 api_token: api_token?,
                 api_url,
                 min_ttl,
+                account_id,
             }
         }
         "route53" => {

@@ -151,6 +151,28 @@ api_token = "abcd"
 }
 
 #[test]
+fn a_cloudflare_account_id_is_32_hex_characters() {
+    let provider = |id: &str| {
+        format!(
+            "[providers.cf]\nkind = \"cloudflare\"\napi_token_env = \"CF\"\naccount_id = \"{id}\"\n"
+        )
+    };
+    let cfg = parse(&provider("0A0B0C0D0E0F00112233445566778899")).expect("valid");
+    match cfg.providers.get("cf") {
+        Some(ProviderConfig::Cloudflare { account_id, .. }) => assert_eq!(
+            account_id.as_deref(),
+            Some("0a0b0c0d0e0f00112233445566778899")
+        ),
+        other => panic!("{other:?}"),
+    }
+    let err = parse(&provider("my-account")).unwrap_err().to_string();
+    assert!(
+        err.contains("mxguard.toml: providers.cf.account_id: account id \"my-account\": expected the 32 hexadecimal characters"),
+        "{err}"
+    );
+}
+
+#[test]
 fn mode_a_needs_a_host_inside_the_zone_and_addresses() {
     let text = format!(
         r#"{PROVIDER}

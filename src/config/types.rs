@@ -252,6 +252,9 @@ pub enum ProviderConfig {
         /// Override of the API base URL (tests, proxies).
         api_url: Option<String>,
         min_ttl: u32,
+        /// The account owning the API token, for an account-owned token (32 hex characters):
+        /// it verifies at the account's endpoint, not the user's.
+        account_id: Option<String>,
     },
     Route53 {
         region: Option<String>,

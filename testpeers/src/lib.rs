@@ -35,7 +35,7 @@ pub use hickory_proto;
 
 pub use ca::{Ca, CertKind, LeafCert};
 pub use faults::{Fault, FaultListener};
-pub use named::{Named, TsigKey, Zone};
+pub use named::{LimitedKey, Named, TsigKey, Zone};
 pub use postfix::{Postfix, PostfixConfig, Profile};
 pub use unbound::{Stub, Unbound, UnboundOptions};
 pub use util::{free_port, free_port_on, poll_until, require_binary};

@@ -65,6 +65,16 @@ pub struct TsigKey {
     pub secret_b64: String,
 }
 
+/// A further TSIG key that may update only records of `types` (e.g. `"TXT"`), by BIND's
+/// `update-policy { grant KEY zonesub TYPES; }`: a key the server knows but refuses (REFUSED)
+/// for any other type.
+#[derive(Clone, Debug)]
+pub struct LimitedKey {
+    pub key: TsigKey,
+    /// Space-separated record types, as `update-policy` writes them.
+    pub types: String,
+}
+
 /// A running `named`; killed on drop.
 #[derive(Debug)]
 pub struct Named {
@@ -78,12 +88,23 @@ impl Named {
     /// Writes the config and zone files and starts `named`, waiting until every zone answers
     /// its SOA. Error if `named` is missing (package `bind9`) or does not come up.
     pub async fn start(zones: &[Zone], tsig: Option<&TsigKey>) -> Result<Named> {
+        Named::start_with_limited(zones, tsig, &[]).await
+    }
+
+    /// As [`Named::start`], with `limited` keys beside `tsig`: the zones then take an
+    /// `update-policy` (`tsig` may update any record, each limited key only its types) instead
+    /// of `allow-update`.
+    pub async fn start_with_limited(
+        zones: &[Zone],
+        tsig: Option<&TsigKey>,
+        limited: &[LimitedKey],
+    ) -> Result<Named> {
         let bin = require_binary("named", "bind9")?;
         let mut last = None;
         // The port is picked free, then bound by named: another process may win the race, and
         // named exits. Only that is retried.
         for _ in 0..3 {
-            match Named::try_start(&bin, zones, tsig).await {
+            match Named::try_start(&bin, zones, tsig, limited).await {
                 Ok(named) => return Ok(named),
                 Err(e @ Error::Peer { .. }) => last = Some(e),
                 Err(e) => return Err(e),
@@ -96,12 +117,13 @@ impl Named {
         bin: &std::path::Path,
         zones: &[Zone],
         tsig: Option<&TsigKey>,
+        limited: &[LimitedKey],
     ) -> Result<Named> {
         let workdir = Workdir::new("named")?;
         let dir = workdir.path().to_path_buf();
         let port = free_port()?;
         let conf = dir.join("named.conf");
-        write_file(&conf, config_text(&dir, port, zones, tsig))?;
+        write_file(&conf, config_text(&dir, port, zones, tsig, limited))?;
         for z in zones {
             write_file(&dir.join(format!("{}.zone", z.name)), z.file_text())?;
         }
@@ -166,7 +188,13 @@ impl Named {
     }
 }
 
-fn config_text(dir: &std::path::Path, port: u16, zones: &[Zone], tsig: Option<&TsigKey>) -> String {
+fn config_text(
+    dir: &std::path::Path,
+    port: u16,
+    zones: &[Zone],
+    tsig: Option<&TsigKey>,
+    limited: &[LimitedKey],
+) -> String {
     let d = dir.display();
     let mut conf = format!(
         "options {{\n  directory \"{d}\";\n  pid-file none;\n  listen-on port {port} {{ 127.0.0.1; }};\n  \
@@ -174,14 +202,31 @@ fn config_text(dir: &std::path::Path, port: u16, zones: &[Zone], tsig: Option<&T
          allow-query {{ any; }};\n  session-keyfile \"{d}/session.key\";\n  \
          managed-keys-directory \"{d}\";\n}};\ncontrols {{ }};\n"
     );
+    for k in tsig.into_iter().chain(limited.iter().map(|l| &l.key)) {
+        let _ = writeln!(
+            conf,
+            "key \"{}\" {{ algorithm {}; secret \"{}\"; }};",
+            k.name.trim_end_matches('.'),
+            k.algorithm,
+            k.secret_b64
+        );
+    }
     let update = match tsig {
+        Some(k) if !limited.is_empty() => {
+            let name = k.name.trim_end_matches('.');
+            let mut grants = format!("grant \"{name}\" zonesub ANY;");
+            for l in limited {
+                let _ = write!(
+                    grants,
+                    " grant \"{}\" zonesub {};",
+                    l.key.name.trim_end_matches('.'),
+                    l.types
+                );
+            }
+            format!("update-policy {{ {grants} }}; allow-transfer {{ key \"{name}\"; }};")
+        }
         Some(k) => {
             let name = k.name.trim_end_matches('.');
-            let _ = writeln!(
-                conf,
-                "key \"{name}\" {{ algorithm {}; secret \"{}\"; }};",
-                k.algorithm, k.secret_b64
-            );
             format!("allow-update {{ key \"{name}\"; }}; allow-transfer {{ key \"{name}\"; }};")
         }
         None => "allow-update { none; };".to_string(),

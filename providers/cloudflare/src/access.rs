@@ -1,14 +1,19 @@
 //! `verify_access`: what the token can and cannot do for one zone, without changing anything.
 
+use std::sync::atomic::Ordering;
+
 use mxguard_core::{AccessCheck, AccessReport, Fqdn, Missing, Outcome};
 use reqwest::Method;
 
+use crate::client::CallError;
+
 use crate::provider::CloudflareProvider;
-use crate::wire::{BatchRequest, DnsRecord, TokenStatus};
+use crate::wire::{BatchRequest, DnsRecord, ResultInfo, TokenStatus};
 
 impl CloudflareProvider {
-    /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`), it can
-    /// see `zone` (Zone:Read), and it can list the zone's DNS records (DNS:Read). Whether it may
+    /// Checks, read-only and in order: the token is active (`GET /user/tokens/verify`, or
+    /// `GET /accounts/{account_id}/tokens/verify` for an account-owned token), it can see
+    /// `zone` (Zone:Read), and it can list the zone's DNS records (DNS:Read). Whether it may
     /// write (DNS:Edit) cannot be seen without writing: see [`Self::verify_write_access`].
     pub async fn verify_access(&self, zone: &Fqdn) -> AccessReport {
         self.verify(zone, false).await
@@ -31,39 +36,36 @@ impl CloudflareProvider {
             });
         };
 
-        let what = "verifying the API token";
-        let token = self
-            .client
-            .call::<TokenStatus, ()>(Method::GET, &["user", "tokens", "verify"], &[], None, what)
-            .await;
-        let needs = "an active API token".to_string();
-        match token {
-            Ok((t, _)) if t.status == "active" => push(
+        // An account-owned token verifies at its account; the user endpoint refuses it with
+        // 401 (reference §12), which is also what it says to a wrong token.
+        let (path, needs) = match &self.account_id {
+            Some(id) => (
+                vec!["accounts", id.as_str(), "tokens", "verify"],
+                format!("an active API token owned by account {id}"),
+            ),
+            None => (
+                vec!["user", "tokens", "verify"],
+                "an active user-owned API token".to_string(),
+            ),
+        };
+        // A token verified active once is taken as active while this client's checks pass:
+        // checking each of many zones (serve's start check) must not spend a request per zone
+        // on it. A token revoked since then fails the zone or record check, and the next check
+        // verifies it again.
+        if self.token_active.load(Ordering::Relaxed) {
+            push(
                 "credentials",
                 needs,
                 Outcome::Passed {
-                    detail: "the token is active".into(),
+                    detail: "the token is active (verified earlier by this client)".into(),
                 },
-            ),
-            Ok((t, _)) => {
-                blocked = Some("credentials");
-                push(
-                    "credentials",
-                    needs,
-                    Outcome::Failed {
-                        missing: Missing::Credentials,
-                        detail: format!("the token's status is {:?}", t.status),
-                    },
-                );
-            }
-            Err(e) => {
-                blocked = Some("credentials");
-                push(
-                    "credentials",
-                    needs,
-                    Outcome::failed(&e.error, Missing::Credentials),
-                );
-            }
+            );
+        } else {
+            let token = self
+                .client
+                .call::<TokenStatus, ()>(Method::GET, &path, &[], None, "verifying the API token")
+                .await;
+            self.note_token(token, needs, &mut blocked, &mut push);
         }
 
         let needs = format!("Zone:Read on {zone}");
@@ -177,11 +179,61 @@ impl CloudflareProvider {
             ),
         }
 
+        if blocked.is_some() {
+            // The next check asks again: what failed may have been the token.
+            self.token_active.store(false, Ordering::Relaxed);
+        }
         AccessReport {
             provider: self.name.clone(),
             kind: "cloudflare",
             zone: zone.clone(),
             checks,
+        }
+    }
+
+    /// The credentials check from the verify endpoint's answer.
+    fn note_token(
+        &self,
+        token: Result<(TokenStatus, Option<ResultInfo>), CallError>,
+        needs: String,
+        blocked: &mut Option<&'static str>,
+        push: &mut impl FnMut(&'static str, String, Outcome),
+    ) {
+        match token {
+            Ok((t, _)) if t.status == "active" => {
+                self.token_active.store(true, Ordering::Relaxed);
+                push(
+                    "credentials",
+                    needs,
+                    Outcome::Passed {
+                        detail: "the token is active".into(),
+                    },
+                )
+            }
+            Ok((t, _)) => {
+                *blocked = Some("credentials");
+                push(
+                    "credentials",
+                    needs,
+                    Outcome::Failed {
+                        missing: Missing::Credentials,
+                        detail: format!("the token's status is {:?}", t.status),
+                    },
+                );
+            }
+            Err(e) => {
+                *blocked = Some("credentials");
+                let mut outcome = Outcome::failed(&e.error, Missing::Credentials);
+                if let (Outcome::Failed { detail, .. }, Some(401), None) =
+                    (&mut outcome, e.status, &self.account_id)
+                {
+                    detail.push_str(&format!(
+                        " (an account-owned token? set providers.{}.account_id)",
+                        self.name
+                    ));
+                }
+                push("credentials", needs, outcome);
+            }
         }
     }
 }

@@ -113,6 +113,10 @@ pub struct CloudflareConfig {
     pub timeout: Duration,
     /// The client-side budget for this token (see [`CloudflareConfig::DEFAULT_RATE`]).
     pub rate_limit: RateLimit,
+    /// The account that owns the token, for an account-owned token (32 hex characters):
+    /// such a token verifies at `/accounts/{account_id}/tokens/verify`, not at the user's
+    /// endpoint, which refuses it (reference §12). `None`: a user-owned token.
+    pub account_id: Option<String>,
 }
 
 impl CloudflareConfig {
@@ -135,6 +139,7 @@ impl CloudflareConfig {
             per_page: Self::DEFAULT_PER_PAGE,
             timeout: Self::DEFAULT_TIMEOUT,
             rate_limit: Self::default_rate_limit(),
+            account_id: None,
         }
     }
 
@@ -174,6 +179,13 @@ impl CloudflareConfig {
     pub fn with_min_ttl(mut self, min_ttl: u32) -> Self {
         self.min_ttl = min_ttl;
         self
+    }
+
+    /// The token is account-owned, by `account_id` (32 hex characters, as in the dashboard's
+    /// URL and the account's API paths).
+    pub fn with_account_id(mut self, account_id: &str) -> Result<Self, ConfigError> {
+        self.account_id = Some(parse_account_id(account_id)?);
+        Ok(self)
     }
 
     pub fn with_per_page(mut self, per_page: u32) -> Self {
@@ -249,6 +261,16 @@ impl CloudflareConfig {
     }
 }
 
+/// A Cloudflare account id: 32 hexadecimal characters, kept lowercase.
+pub fn parse_account_id(id: &str) -> Result<String, ConfigError> {
+    let id = id.trim();
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(ConfigError::AccountId(id.chars().take(64).collect()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     #[error("the Cloudflare API token is empty")]
@@ -257,6 +279,8 @@ pub enum ConfigError {
     TokenCharacters,
     #[error("unknown Cloudflare plan {0:?}: expected free, pro, business or enterprise")]
     Plan(String),
+    #[error("account id {0:?}: expected the 32 hexadecimal characters of a Cloudflare account id")]
+    AccountId(String),
     #[error("invalid Cloudflare base URL: {0}")]
     BaseUrl(String),
     #[error("batch size {0}: at least 2 record operations per batch")]
@@ -293,6 +317,29 @@ mod tests {
         assert_eq!(ApiToken::new("  ").unwrap_err(), ConfigError::EmptyToken);
         let err = ApiToken::new("abc\ndef-secret").unwrap_err();
         assert!(!err.to_string().contains("def-secret"));
+    }
+
+    #[test]
+    fn account_ids_are_32_hex_characters() {
+        let token = ApiToken::new("t").unwrap();
+        let c = CloudflareConfig::new("cf", token);
+        assert_eq!(c.account_id, None);
+        let id = "0A0B0C0D0E0F00112233445566778899";
+        let c = c.with_account_id(id).unwrap();
+        assert_eq!(
+            c.account_id.as_deref(),
+            Some(id.to_ascii_lowercase().as_str())
+        );
+        for bad in [
+            "",
+            "abc",
+            "0a0b0c0d0e0f0011223344556677889",
+            "0a0b0c0d0e0f00112233445566778899ff",
+            "zz0b0c0d0e0f00112233445566778899",
+        ] {
+            let err = c.clone().with_account_id(bad).unwrap_err();
+            assert!(matches!(err, ConfigError::AccountId(_)), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@ mod provider;
 mod wire;
 
 pub use config::{
-    ApiToken, CloudflareConfig, ConfigError, Plan, DEFAULT_BASE_URL, MAX_TTL, RATE_WINDOW_ENV,
+    parse_account_id, ApiToken, CloudflareConfig, ConfigError, Plan, DEFAULT_BASE_URL, MAX_TTL,
+    RATE_WINDOW_ENV,
 };
 pub use mxguard_core::{AccessCheck, AccessReport, Missing, Outcome};
 pub use provider::{CloudflareProvider, BATCH_REPROBE_EVERY};

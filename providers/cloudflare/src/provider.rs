@@ -38,6 +38,10 @@ pub struct CloudflareProvider {
     /// The records the last read of each zone returned, with their ids: the next apply to
     /// those keys plans on them instead of reading again.
     last_read: Mutex<HashMap<Fqdn, LastRead>>,
+    /// The account owning the token, for an account-owned token (verified there).
+    pub(crate) account_id: Option<String>,
+    /// The token verified active once: access checks of further zones skip that request.
+    pub(crate) token_active: AtomicBool,
 }
 
 /// A read kept for the apply that follows it.
@@ -107,6 +111,8 @@ impl CloudflareProvider {
             batch_available: AtomicBool::new(true),
             per_record_applies: std::sync::atomic::AtomicU32::new(0),
             last_read: Mutex::new(HashMap::new()),
+            account_id: config.account_id,
+            token_active: AtomicBool::new(false),
         })
     }
 

@@ -336,10 +336,83 @@ async fn verify_access_says_what_is_missing() {
     assert!(r.to_string().contains("MISSING"), "{r}");
 
     fake.stop().await;
+    // `full`'s last check failed (the unknown zone), so it verifies its token again
     let r = full.verify_access(&zone).await;
     assert_eq!(
         missing(outcome(&r, "credentials")),
         Some(Missing::Network),
         "{r}"
     );
+}
+
+/// An account-owned token verifies at its account (`account_id` set) and passes every check;
+/// without `account_id` the user endpoint refuses it with 401, and the report says what to set
+/// (reference §12).
+#[tokio::test]
+async fn account_owned_tokens_verify_at_their_account() {
+    const ACCOUNT: &str = "0a0b0c0d0e0f00112233445566778899";
+    let fake = fake_with_zone(ZONE).await;
+    let zone = fqdn(ZONE);
+    fake.account(ACCOUNT).token("account-token", Perms::FULL);
+    let credentials = |r: &mxguard_cloudflare::AccessReport| {
+        r.checks
+            .iter()
+            .find(|c| c.check == "credentials")
+            .map(|c| c.outcome.clone())
+    };
+
+    let with_id = provider(
+        config(&fake, "account-token")
+            .with_account_id(ACCOUNT)
+            .expect("a valid account id"),
+    );
+    let r = with_id.verify_write_access(&zone).await;
+    assert!(r.is_ok(), "{r}");
+    // checked again (another zone, a recheck): the token is verified once per client
+    let r = with_id.verify_access(&zone).await;
+    assert!(r.is_ok(), "{r}");
+    let verifies = || {
+        fake.requests()
+            .iter()
+            .filter(|q| *q == &format!("GET /client/v4/accounts/{ACCOUNT}/tokens/verify"))
+            .count()
+    };
+    assert_eq!(verifies(), 1, "{:?}", fake.requests());
+    // a failed check makes the next one verify the token again
+    let r = with_id.verify_access(&fqdn("not-here.test")).await;
+    assert!(!r.is_ok(), "{r}");
+    assert!(with_id.verify_access(&zone).await.is_ok());
+    assert_eq!(verifies(), 2, "{:?}", fake.requests());
+
+    let without = provider(config(&fake, "account-token"));
+    let r = without.verify_access(&zone).await;
+    match credentials(&r) {
+        Some(Outcome::Failed { missing, detail }) => {
+            assert_eq!(missing, Missing::Credentials, "{r}");
+            assert!(
+                detail.contains("an account-owned token? set providers.cf-test.account_id"),
+                "{detail}"
+            );
+            assert!(
+                !detail.contains("account-token"),
+                "the token leaked: {detail}"
+            );
+        }
+        other => panic!("credentials should fail: {other:?}\n{r}"),
+    }
+
+    // a user's token named with an account id is refused there, without the hint
+    let user_as_account = provider(
+        config(&fake, TOKEN)
+            .with_account_id(ACCOUNT)
+            .expect("a valid account id"),
+    );
+    let r = user_as_account.verify_access(&zone).await;
+    match credentials(&r) {
+        Some(Outcome::Failed { missing, detail }) => {
+            assert_eq!(missing, Missing::Credentials, "{r}");
+            assert!(!detail.contains("set providers."), "{detail}");
+        }
+        other => panic!("credentials should fail: {other:?}\n{r}"),
+    }
 }

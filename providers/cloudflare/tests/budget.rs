@@ -50,7 +50,6 @@ fn seed_mx(fake: &FakeCloudflare, host: &str) {
 
 /// Two provider entries (two tokens of one user) spending one budget.
 fn two_entries(fake: &FakeCloudflare) -> (CloudflareProvider, CloudflareProvider) {
-    fake.add_token(OTHER_TOKEN, Perms::FULL);
     let first = config(fake, TOKEN);
     let budget = CloudflareProvider::budget_for(&first, 4, Arc::new(TokioClock)).expect("budget");
     let a = CloudflareProvider::with_budget(first, budget.clone()).expect("provider");
@@ -61,6 +60,7 @@ fn two_entries(fake: &FakeCloudflare) -> (CloudflareProvider, CloudflareProvider
 #[tokio::test]
 async fn a_429_stops_every_entry_of_the_budget_and_nothing_is_sent_until_it_ends() {
     let fake = fake_with_zone(ZONE).await;
+    fake.add_token(OTHER_TOKEN, Perms::FULL);
     let (a, b) = two_entries(&fake);
     // the zone id is cached first, so each read below is one request
     a.read(&fqdn(ZONE), &[mx_key()]).await.expect("read");
@@ -118,12 +118,17 @@ async fn the_ratelimit_header_stops_the_spending_before_the_quota_is_gone() {
         ..FakeConfig::default()
     })
     .await;
-    fake.add_token(TOKEN, Perms::FULL);
+    // Cloudflare counts the user's tokens together
+    fake.user("ops")
+        .token(TOKEN, Perms::FULL)
+        .token(OTHER_TOKEN, Perms::FULL);
     fake.add_zone(ZONE);
-    let (a, _) = two_entries(&fake);
+    let (a, b) = two_entries(&fake);
     let mut outcome = None;
-    for _ in 0..100 {
-        if let Err(e) = a.read(&fqdn(ZONE), &[mx_key()]).await {
+    for i in 0..100 {
+        // both entries spend, as two tools of one user would
+        let p = if i % 2 == 0 { &a } else { &b };
+        if let Err(e) = p.read(&fqdn(ZONE), &[mx_key()]).await {
             outcome = Some(e);
             break;
         }

@@ -324,3 +324,184 @@ async fn the_rate_limit_locks_a_token_out_for_the_window() {
     let ((status, _, _, _), _) = get(TOKEN).await;
     assert_eq!(status, 200, "the lockout ends with the window");
 }
+
+/// One GET with `token`: status, the `Ratelimit` header, `retry-after`, and the body.
+async fn get_as(
+    fake: &FakeCloudflare,
+    path: &str,
+    token: &str,
+) -> (u16, Option<String>, Option<String>, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", fake.base_url))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("the fake answers");
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (limit, retry) = (header("ratelimit"), header("retry-after"));
+    let status = resp.status().as_u16();
+    (
+        status,
+        limit,
+        retry,
+        resp.json().await.expect("a JSON envelope"),
+    )
+}
+
+/// Cloudflare counts the global limit per user across all the user's tokens, and per account
+/// for account-owned tokens (reference §9, §12): two tokens of one user spend one budget,
+/// going over it locks out every token of that user, and other owners are not affected.
+#[tokio::test]
+async fn the_rate_limit_counts_per_owner_across_its_tokens() {
+    use mxguard_testpeers::cloudflare::RateLimitPolicy;
+    const ACCOUNT: &str = "0a0b0c0d0e0f00112233445566778899";
+    let window = std::time::Duration::from_secs(600);
+    let fake = FakeCloudflare::start(FakeConfig {
+        rate_limit: Some(RateLimitPolicy { quota: 4, window }),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.user("ops")
+        .token("ops-a", Perms::FULL)
+        .token("ops-b", Perms::READ_ONLY);
+    fake.account(ACCOUNT)
+        .token("acct-a", Perms::FULL)
+        .token("acct-b", Perms::FULL);
+    fake.add_token("loner", Perms::FULL);
+    fake.add_zone("strict.test");
+    let zones = "/zones?name=strict.test";
+
+    // four requests of the user, alternating tokens: one budget counting down
+    for (i, token) in ["ops-a", "ops-b", "ops-a", "ops-b"].into_iter().enumerate() {
+        let (status, limit, _, _) = get_as(&fake, zones, token).await;
+        assert_eq!(status, 200, "{token}");
+        let limit = limit.expect("a Ratelimit header");
+        assert!(
+            limit.starts_with(&format!("\"default\";r={};t=", 3 - i)),
+            "{token}: {limit}"
+        );
+    }
+    // the fifth, whichever token sends it, is over: 429 / 10100, and both are locked out
+    let (status, limit, retry, body) = get_as(&fake, zones, "ops-b").await;
+    assert_eq!((status, code(&body).0), (429, 10100), "{body}");
+    assert_eq!(retry.as_deref(), Some("600"));
+    assert!(limit.is_some_and(|l| l.starts_with("\"default\";r=0;")));
+    let (status, _, retry, _) = get_as(&fake, zones, "ops-a").await;
+    assert_eq!(status, 429, "every token of the user is locked out");
+    assert!(retry.is_some());
+
+    // the account's tokens share another budget, untouched by the user's lockout
+    for (i, token) in ["acct-a", "acct-b"].into_iter().enumerate() {
+        let (status, limit, _, _) = get_as(&fake, zones, token).await;
+        assert_eq!(status, 200, "{token}");
+        assert!(
+            limit.is_some_and(|l| l.starts_with(&format!("\"default\";r={};", 3 - i))),
+            "{token}"
+        );
+    }
+    let (status, limit, _, _) = get_as(&fake, zones, "loner").await;
+    assert_eq!(status, 200, "a token added alone is its own user");
+    assert!(limit.is_some_and(|l| l.starts_with("\"default\";r=3;")));
+
+    let stats = fake.limit_stats();
+    assert_eq!(
+        (stats.refused, stats.lockouts, stats.peak_in_window),
+        (2, 1, 4)
+    );
+}
+
+/// `Ratelimit` and `Ratelimit-Policy` are on every answer (reference §9): successes, refusals
+/// and injected failures, with Cloudflare's quota when the fake enforces no limit.
+#[tokio::test]
+async fn every_answer_carries_the_rate_limit_headers() {
+    let api = Api::start().await;
+    let fresh = "\"default\";r=1200;t=300";
+    let check = |what: &str, resp: &reqwest::Response, want: &str| {
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(h("ratelimit").as_deref(), Some(want), "{what}");
+        assert_eq!(
+            h("ratelimit-policy").as_deref(),
+            Some("\"burst\";q=1200;w=300"),
+            "{what}"
+        );
+    };
+    let http = reqwest::Client::new();
+    let send = |path: &str, auth: Option<&str>| {
+        let mut req = http.get(format!("{}{path}", api.fake.base_url));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let resp = send("/zones?name=strict.test", Some(&bearer))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    check("a success", &resp, fresh);
+    let resp = send("/zones", Some("Bearer nobody")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    check("an unknown token", &resp, fresh);
+    let resp = send(&format!("{}?bogus=1", api.records()), Some(&bearer))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    check("a refused query", &resp, fresh);
+    api.fake
+        .inject(fake::Route::Any, fake::Fault::Status(503), 1);
+    let resp = send("/zones", Some(&bearer)).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    check("an injected 5xx", &resp, fresh);
+    api.fake.inject(
+        fake::Route::Any,
+        fake::Fault::RateLimit { retry_after: 7 },
+        1,
+    );
+    let resp = send("/zones", Some(&bearer)).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    check("an injected 429", &resp, "\"default\";r=0;t=7");
+}
+
+/// Account-owned tokens (reference §12, cloudflare-docs #29486): the user endpoint answers
+/// 401 for them; `/accounts/{account_id}/tokens/verify` verifies them, and only them.
+#[tokio::test]
+async fn account_owned_tokens_verify_at_their_account_only() {
+    const ACCOUNT: &str = "0a0b0c0d0e0f00112233445566778899";
+    const OTHER: &str = "ffeeddccbbaa99887766554433221100";
+    let fake = FakeCloudflare::start(FakeConfig::default()).await;
+    fake.account(ACCOUNT).token("acct-token", Perms::FULL);
+    fake.add_token("user-token", Perms::FULL);
+    let at = |account: &str| format!("/accounts/{account}/tokens/verify");
+
+    let (status, _, _, body) = get_as(&fake, "/user/tokens/verify", "acct-token").await;
+    assert_eq!((status, code(&body).0), (401, 1000), "{body}");
+    let (status, _, _, body) = get_as(&fake, &at(ACCOUNT), "acct-token").await;
+    assert_eq!(
+        (status, body["result"]["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+    let (status, _, _, body) = get_as(&fake, &at(OTHER), "acct-token").await;
+    assert_eq!((status, code(&body).0), (401, 1000), "another account");
+    let (status, _, _, body) = get_as(&fake, &at(ACCOUNT), "user-token").await;
+    assert_eq!((status, code(&body).0), (401, 1000), "a user's token");
+    let (status, _, _, body) = get_as(&fake, "/user/tokens/verify", "user-token").await;
+    assert_eq!(
+        (status, body["result"]["status"].as_str()),
+        (200, Some("active"))
+    );
+    let (status, _, _, body) = get_as(&fake, &at("not-an-id"), "acct-token").await;
+    assert_eq!((status, code(&body).0), (400, 7003), "{body}");
+    let (status, _, _, body) = get_as(&fake, &at(ACCOUNT), "nobody").await;
+    assert_eq!((status, code(&body).0), (401, 1000), "an unknown token");
+}

@@ -75,6 +75,16 @@ impl<P: DnsProvider> Guarded<P> {
     }
 }
 
+/// The same client at the same priority, sharing everything (gate, bucket, zone locks).
+impl<P> Clone for Guarded<P> {
+    fn clone(&self) -> Self {
+        Guarded {
+            shared: self.shared.clone(),
+            priority: self.priority,
+        }
+    }
+}
+
 impl<P> std::fmt::Debug for Guarded<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")

@@ -35,6 +35,10 @@ impl Exchange {
         }
     }
 
+    pub(crate) fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     /// A signed query for `name`/`rtype`; over TCP again when the UDP answer is truncated.
     pub(crate) async fn query(
         &self,

@@ -5,6 +5,7 @@
 //! server configuration and the error mapping.
 #![forbid(unsafe_code)]
 
+mod access;
 mod config;
 mod exchange;
 mod provider;
@@ -13,4 +14,5 @@ mod update;
 mod wire;
 
 pub use config::{ConfigError, Rfc2136Config, TsigAlgorithm, TsigSecret};
+pub use mxguard_core::{AccessCheck, AccessReport, Missing, Outcome};
 pub use provider::Rfc2136Provider;

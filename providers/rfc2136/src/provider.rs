@@ -20,9 +20,9 @@ const FUDGE_SECS: u16 = 300;
 const MAX_CHANGES: usize = 200;
 
 pub struct Rfc2136Provider {
-    name: String,
-    key_name: Fqdn,
-    exchange: Exchange,
+    pub(crate) name: String,
+    pub(crate) key_name: Fqdn,
+    pub(crate) exchange: Exchange,
 }
 
 impl std::fmt::Debug for Rfc2136Provider {
@@ -55,8 +55,13 @@ impl Rfc2136Provider {
         })
     }
 
+    /// The server the provider speaks to.
+    pub fn server(&self) -> std::net::SocketAddr {
+        self.exchange.server()
+    }
+
     /// Fails `NotFound` unless the server answers authoritatively with `zone`'s SOA.
-    async fn ensure_zone(&self, zone: &Fqdn) -> Result<(), ProviderError> {
+    pub(crate) async fn ensure_zone(&self, zone: &Fqdn) -> Result<(), ProviderError> {
         let answer = self.exchange.query(&wire::name(zone)?, HType::SOA).await?;
         classify(Op::Query, answer.metadata.response_code, zone)?;
         let apex = answer

@@ -11,8 +11,8 @@ use super::query::Query;
 use super::records::{self, ApiError, BatchIn, PatchIn, RecordIn};
 use super::rules::{self, Rules};
 use super::{
-    ceil_secs, fail, ok, rate_limited, rate_limited_by, set_limit_headers, Admission, Fault, Perms,
-    Route, Shared, State,
+    ceil_secs, fail, ok, rate_limited, rate_limited_by, set_limit_headers, Admission, Fault, Owner,
+    Perms, RateLimitPolicy, Route, Shared, State,
 };
 
 const PREFIX: &str = "/client/v4/";
@@ -31,7 +31,7 @@ fn bad_id(path: &str) -> ApiError {
 
 fn route_of(method: &Method, parts: &[&str]) -> Route {
     match (method, parts) {
-        (_, ["user", "tokens", "verify"]) => Route::Verify,
+        (_, ["user", "tokens", "verify"] | ["accounts", _, "tokens", "verify"]) => Route::Verify,
         (_, ["zones"]) => Route::Zones,
         (&Method::GET, ["zones", _, "dns_records"]) => Route::List,
         (_, ["zones", _, "dns_records", "batch"]) => Route::Batch,
@@ -40,19 +40,29 @@ fn route_of(method: &Method, parts: &[&str]) -> Route {
 }
 
 pub async fn handle(AxState(shared): AxState<Shared>, req: Request<Body>) -> Response {
+    let mut response = handle_inner(&shared, req).await;
+    // Every answer says what is left of the owner's budget; one that has not said it yet (no
+    // token to count against, or no limit enforced) shows a fresh budget.
+    if !response.headers().contains_key("ratelimit") {
+        let policy = RateLimitPolicy::CLOUDFLARE;
+        set_limit_headers(&mut response, policy, policy.quota, policy.window.as_secs());
+    }
+    response
+}
+
+async fn handle_inner(shared: &Shared, req: Request<Body>) -> Response {
     let (head, body) = req.into_parts();
     let Some(rest) = head.uri.path().strip_prefix(PREFIX) else {
         return fail(&no_route());
     };
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let route = route_of(&head.method, &parts);
-    let (token_name, token) = match authenticate(&shared, head.headers.get("authorization"), route)
-    {
+    let (owner, token) = match authenticate(shared, head.headers.get("authorization"), route) {
         Ok(t) => t,
         Err(e) => return fail(&e),
     };
-    // Every authenticated request is recorded, and counted by the global rate limit before
-    // anything else happens to it.
+    // Every authenticated request is recorded, and counted against its owner's global rate
+    // limit before anything else happens to it.
     let (admission, policy) = {
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
         let query = head
@@ -62,19 +72,19 @@ pub async fn handle(AxState(shared): AxState<Shared>, req: Request<Body>) -> Res
             .unwrap_or_default();
         s.requests
             .push(format!("{} {}{query}", head.method, head.uri.path()));
-        (
-            s.admit(&token_name, std::time::Instant::now()),
-            s.rate_limit,
-        )
+        (s.admit(&owner, std::time::Instant::now()), s.rate_limit)
     };
     let mut response = match (admission, policy) {
         (Admission::Refused { retry_after }, Some(policy)) => {
             return rate_limited_by(policy, ceil_secs(retry_after));
         }
-        _ => answer(&shared, &head, &parts, route, &token, body).await,
+        _ => answer(shared, &head, &parts, route, &token, &owner, body).await,
     };
+    // An injected 429 keeps the empty budget it says it has.
     if let (Admission::Admitted { remaining, reset }, Some(policy)) = (admission, policy) {
-        set_limit_headers(&mut response, policy, remaining, ceil_secs(reset));
+        if !response.headers().contains_key("ratelimit") {
+            set_limit_headers(&mut response, policy, remaining, ceil_secs(reset));
+        }
     }
     response
 }
@@ -85,6 +95,7 @@ async fn answer(
     parts: &[&str],
     route: Route,
     token: &Perms,
+    owner: &Owner,
     body: Body,
 ) -> Response {
     let fault = shared
@@ -133,6 +144,7 @@ async fn answer(
     let result = dispatch(
         &mut s,
         token,
+        owner,
         &head.method,
         parts,
         &query,
@@ -158,12 +170,12 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
 
 /// `Authorization: Bearer <token>`; malformed → 400 / 6003 (+6111); unknown or missing →
 /// 403 / 10000 (401 / 1000 "Invalid API Token" on the verify endpoint). The token and what
-/// it may do.
+/// it may do, and its owner.
 fn authenticate(
     shared: &Shared,
     header: Option<&axum::http::HeaderValue>,
     route: Route,
-) -> Result<(String, Perms), ApiError> {
+) -> Result<(Owner, Perms), ApiError> {
     let unknown = || match route {
         Route::Verify => ApiError::new(401, 1000, "Invalid API Token"),
         _ => ApiError::new(403, 10000, "Authentication error"),
@@ -182,18 +194,32 @@ fn authenticate(
     }
     let s = shared.lock().unwrap_or_else(|p| p.into_inner());
     let perms = s.tokens.get(token).copied().ok_or_else(unknown)?;
-    Ok((token.to_string(), perms))
+    Ok((s.owner_of(token), perms))
 }
 
 type Answer = Result<(Value, Option<Value>), ApiError>;
+
+fn invalid_token() -> ApiError {
+    ApiError::new(401, 1000, "Invalid API Token")
+}
+
+fn verified(perms: &Perms) -> Answer {
+    let status = if perms.active { "active" } else { "expired" };
+    Ok((
+        json!({"id": "0123456789abcdef0123456789abcdef", "status": status}),
+        None,
+    ))
+}
 
 fn forbidden() -> ApiError {
     ApiError::new(403, 10000, "Authentication error")
 }
 
+#[allow(clippy::too_many_arguments)] // one request's parts, each used by some endpoint
 fn dispatch(
     s: &mut State,
     perms: &Perms,
+    owner: &Owner,
     method: &Method,
     parts: &[&str],
     query: &[(String, String)],
@@ -202,13 +228,18 @@ fn dispatch(
 ) -> Answer {
     let path = format!("/{}", parts.join("/"));
     match (method, parts) {
-        (&Method::GET, ["user", "tokens", "verify"]) => {
-            let status = if perms.active { "active" } else { "expired" };
-            Ok((
-                json!({"id": "0123456789abcdef0123456789abcdef", "status": status}),
-                None,
-            ))
-        }
+        // An account-owned token is not a user's: the user endpoint refuses it (§12).
+        (&Method::GET, ["user", "tokens", "verify"]) => match owner {
+            Owner::User(_) => verified(perms),
+            Owner::Account(_) => Err(invalid_token()),
+        },
+        (_, ["accounts", account, "tokens", "verify"]) if !is_id(account) => Err(bad_id(&path)),
+        // Only the account's own tokens verify here; a user's token or another account's is
+        // "Invalid API Token" (the fake's choice: the sources do not say).
+        (&Method::GET, ["accounts", account, "tokens", "verify"]) => match owner {
+            Owner::Account(id) if id.eq_ignore_ascii_case(account) => verified(perms),
+            _ => Err(invalid_token()),
+        },
         (&Method::GET, ["zones"]) => {
             if !perms.zone_read {
                 return Err(ApiError::new(

@@ -1,8 +1,10 @@
 //! A fake Cloudflare API v4 (DNS records), written from
 //! `shared/reference/cloudflare-dns-api.md`: stateful, strict about request shapes, paginated,
 //! answering with the real envelope, and able to fail on demand (429 with `retry-after`, 5xx,
-//! slow answers, a batch failing as a whole). Optionally it enforces Cloudflare's global rate
-//! limit per token ([`FakeConfig::rate_limit`]). Served by axum on a loopback port.
+//! slow answers, a batch failing as a whole). Every token has an [`Owner`], a user or an
+//! account: optionally the fake enforces Cloudflare's global rate limit per owner, across all
+//! its tokens ([`FakeConfig::rate_limit`]), and account-owned tokens verify only at their
+//! account's endpoint. Served by axum on a loopback port.
 //!
 //! The one mock among the test peers: Cloudflare cannot be run locally. It is shared by the
 //! Cloudflare provider's tests and the failover benchmark (mass outage).
@@ -49,6 +51,16 @@ impl Perms {
     };
 }
 
+/// Who a token belongs to. Cloudflare counts its global rate limit per owner: per user for
+/// user-owned tokens (all of that user's tokens together), per account for account-owned ones
+/// (reference §9, §12).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    User(String),
+    /// The account's id (32 hex characters, as in `/accounts/{account_id}/…`).
+    Account(String),
+}
+
 /// Which requests a fault applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -88,6 +100,8 @@ pub struct Zone {
 
 pub struct State {
     pub tokens: HashMap<String, Perms>,
+    /// Each token's owner; a token missing here is its own user.
+    owners: HashMap<String, Owner>,
     pub zones: Vec<Zone>,
     pub next_id: u64,
     faults: Vec<(Route, Fault, usize)>,
@@ -102,16 +116,16 @@ pub struct State {
     pub batch_disabled: bool,
     /// The global rate limit, when enforced.
     pub rate_limit: Option<RateLimitPolicy>,
-    /// Per token: when its requests in the current window arrived, and a lockout.
-    windows: HashMap<String, TokenWindow>,
+    /// Per owner: when its requests in the current window arrived, and a lockout.
+    windows: HashMap<Owner, OwnerWindow>,
     /// What the rate limit did so far.
     pub limit_stats: LimitStats,
 }
 
-/// Cloudflare's global API limit: at most `quota` requests of one token in any `window`. The
-/// request over it gets 429 (code 10100, `retry-after`), and so does every request of that
-/// token for the next `window` ("all API calls blocked for the next five minutes"). Every
-/// answer carries `Ratelimit` and `Ratelimit-Policy` headers.
+/// Cloudflare's global API limit: at most `quota` requests of one owner (all its tokens) in
+/// any `window`. The request over it gets 429 (code 10100, `retry-after`), and so does every
+/// request of any token of that owner for the next `window` ("all API calls blocked for the
+/// next five minutes"). Every answer carries `Ratelimit` and `Ratelimit-Policy` headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimitPolicy {
     pub quota: u32,
@@ -133,14 +147,14 @@ pub struct LimitStats {
     pub counted: u64,
     /// 429s the limit sent (the first over the quota and every one during a lockout).
     pub refused: u64,
-    /// Times a token was locked out.
+    /// Times an owner was locked out.
     pub lockouts: u64,
-    /// The most requests of one token seen inside one window.
+    /// The most requests of one owner seen inside one window.
     pub peak_in_window: u32,
 }
 
 #[derive(Debug, Default)]
-struct TokenWindow {
+struct OwnerWindow {
     arrivals: VecDeque<Instant>,
     blocked_until: Option<Instant>,
 }
@@ -148,11 +162,11 @@ struct TokenWindow {
 /// What the rate limit says about one request.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Admission {
-    /// No limit configured.
+    /// No limit configured: nothing is counted.
     Unlimited,
     /// Counted: `remaining` requests left in the window, which frees a slot in `reset`.
     Admitted { remaining: u32, reset: Duration },
-    /// Refused: the token is locked out for `retry_after`.
+    /// Refused: the owner is locked out for `retry_after`.
     Refused { retry_after: Duration },
 }
 
@@ -169,12 +183,20 @@ impl State {
             .ok_or_else(|| ApiError::unroutable(&format!("/zones/{id}/dns_records")))
     }
 
-    /// Counts a request of `token` arriving `now` against the rate limit.
-    pub(crate) fn admit(&mut self, token: &str, now: Instant) -> Admission {
+    /// Who owns `token` (a token added without an owner is its own user).
+    pub fn owner_of(&self, token: &str) -> Owner {
+        self.owners
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| Owner::User(token.to_string()))
+    }
+
+    /// Counts a request of `owner` arriving `now` against the rate limit.
+    pub(crate) fn admit(&mut self, owner: &Owner, now: Instant) -> Admission {
         let Some(policy) = self.rate_limit else {
             return Admission::Unlimited;
         };
-        let w = self.windows.entry(token.to_string()).or_default();
+        let w = self.windows.entry(owner.clone()).or_default();
         self.limit_stats.counted += 1;
         if let Some(until) = w.blocked_until {
             if now < until {
@@ -229,7 +251,7 @@ pub struct FakeConfig {
     pub enterprise: bool,
     pub batch_limit: usize,
     pub max_per_page: u32,
-    /// Enforce a global rate limit per token (default: none; see [`RateLimitPolicy`]).
+    /// Enforce a global rate limit per owner (default: none; see [`RateLimitPolicy`]).
     pub rate_limit: Option<RateLimitPolicy>,
 }
 
@@ -268,6 +290,7 @@ impl FakeCloudflare {
     pub async fn try_start(config: FakeConfig) -> crate::Result<FakeCloudflare> {
         let state: Shared = Arc::new(Mutex::new(State {
             tokens: HashMap::new(),
+            owners: HashMap::new(),
             zones: Vec::new(),
             next_id: 0x5eed_0000,
             faults: Vec::new(),
@@ -304,8 +327,27 @@ impl FakeCloudflare {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds a token that is its own user (its rate limit shared with no other token).
     pub fn add_token(&self, token: &str, perms: Perms) {
         self.state().tokens.insert(token.to_string(), perms);
+    }
+
+    /// Tokens owned by user `user`: they share one rate-limit budget.
+    /// `fake.user("ops").token("a", Perms::FULL).token("b", Perms::READ_ONLY);`
+    pub fn user(&self, user: &str) -> OwnedTokens<'_> {
+        OwnedTokens {
+            fake: self,
+            owner: Owner::User(user.to_string()),
+        }
+    }
+
+    /// Account-owned tokens of account `account_id` (32 hex characters): they share the
+    /// account's budget, and verify at `/accounts/{account_id}/tokens/verify` only.
+    pub fn account(&self, account_id: &str) -> OwnedTokens<'_> {
+        OwnedTokens {
+            fake: self,
+            owner: Owner::Account(account_id.to_string()),
+        }
     }
 
     /// Adds a zone and returns its id.
@@ -379,6 +421,22 @@ impl FakeCloudflare {
     }
 }
 
+/// Adds tokens under one owner (see [`FakeCloudflare::user`], [`FakeCloudflare::account`]).
+pub struct OwnedTokens<'a> {
+    fake: &'a FakeCloudflare,
+    owner: Owner,
+}
+
+impl OwnedTokens<'_> {
+    pub fn token(self, token: &str, perms: Perms) -> Self {
+        let mut s = self.fake.state();
+        s.tokens.insert(token.to_string(), perms);
+        s.owners.insert(token.to_string(), self.owner.clone());
+        drop(s);
+        self
+    }
+}
+
 // ---- the envelope ----
 
 pub fn ok(result: Value, info: Option<Value>) -> Response {
@@ -421,7 +479,8 @@ pub fn rate_limited_by(policy: RateLimitPolicy, retry_after: u64) -> Response {
 }
 
 /// `Ratelimit: "default";r=<remaining>;t=<secs to reset>` and
-/// `Ratelimit-Policy: "burst";q=<quota>;w=<window secs>`, as on every Cloudflare answer.
+/// `Ratelimit-Policy: "burst";q=<quota>;w=<window secs>`, as on every Cloudflare answer
+/// (reference §9).
 pub(crate) fn set_limit_headers(
     r: &mut Response,
     policy: RateLimitPolicy,
