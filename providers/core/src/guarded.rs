@@ -33,7 +33,9 @@ impl<P: DnsProvider> Guarded<P> {
     /// `bucket` is the account's: share it between every `Guarded` on the same account. No
     /// admission limit: see [`Guarded::with_gate`].
     pub fn new(inner: P, bucket: Arc<TokenBucket>, retrier: Retrier) -> Self {
-        Guarded::with_gate(inner, bucket, retrier, Gate::new(usize::MAX))
+        // The gate times a provider's lockout on the retrier's clock, as the retries are.
+        let gate = Gate::with_clock(usize::MAX, retrier.clock().clone());
+        Guarded::with_gate(inner, bucket, retrier, gate)
     }
 
     /// As [`Guarded::new`], admitting operations through `gate`. The wait at the gate is
