@@ -102,8 +102,16 @@ pub async fn provider_client(
     Ok(ProviderRegistry::one(config, name).await?.client)
 }
 
+/// How long after the last change a budget admits periodic reads again. Longer than the gaps
+/// in a stream of failovers (milliseconds to a few seconds at the provider's pace), short
+/// against the reconcile period (a minute at least).
+pub const QUIET_AFTER_CHANGES: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The budgets built so far, by name: provider entries naming the same `budget` get the same
 /// one (the first entry's limits make it).
+///
+/// Each budget holds its periodic reads back until [`QUIET_AFTER_CHANGES`] has passed without a
+/// change admitted: during a mass failover every request goes to the changes.
 #[derive(Default)]
 struct Budgets(BTreeMap<String, Budget>);
 
@@ -117,6 +125,7 @@ impl Budgets {
             return Ok(b.clone());
         }
         let b = make()?;
+        b.gate().set_quiet(QUIET_AFTER_CHANGES);
         self.0.insert(name.to_string(), b.clone());
         Ok(b)
     }

@@ -110,6 +110,18 @@ impl Tokens {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err(missing("expected Authorization: Bearer <token>")),
         };
+        self.authenticate_secret(token)
+    }
+
+    /// Who holds `token` (the dashboard's cookie carries it instead of a header).
+    pub fn authenticate_secret(&self, token: &str) -> Result<Caller, ApiError> {
+        if self.configured == 0 {
+            return Err(ApiError::Unauthorized {
+                detail: "no API tokens are configured on this server".into(),
+                no_tokens: true,
+                invalid: false,
+            });
+        }
         let digest = sha256(token.as_bytes());
         // Compare with every entry, without stopping at the first match.
         let mut found: Option<&Entry> = None;

@@ -15,6 +15,7 @@ mod incidents;
 mod metrics;
 pub mod server;
 mod snapshots;
+mod ui;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Deref;
@@ -335,6 +336,8 @@ pub fn router(app: AppState) -> Router {
     for r in table {
         router = router.route(r.path, r.service);
     }
+    // The dashboard: HTML with its own cookie auth, outside the route table.
+    let router = router.merge(ui::routes());
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

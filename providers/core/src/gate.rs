@@ -9,6 +9,11 @@
 //! account out (Cloudflare: every call refused for five minutes after a 429) would refuse
 //! anything sent before then. Waiters stay in their queues while it is closed, so when it opens
 //! the changes that queued meanwhile go first and background reads follow them.
+//!
+//! A gate can hold background reads back for a quiet period after each change it admits
+//! ([`Gate::set_quiet`]): in a mass outage changes arrive as a stream with gaps of a few
+//! milliseconds between them, and a periodic read slipped into each gap spends the budget the
+//! next changes need. Reads resume once no change has been admitted for that long.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +58,9 @@ struct State {
     background: VecDeque<Waiter>,
     /// Nobody is admitted before this moment (the provider's lockout).
     closed_until: Option<Instant>,
+    /// Background reads wait this long after the last change admitted.
+    quiet: Duration,
+    last_change: Option<Instant>,
 }
 
 impl State {
@@ -70,6 +78,19 @@ impl State {
 
     fn is_next(&self, ticket: u64) -> bool {
         self.head().is_some_and(|(id, _)| *id == ticket)
+    }
+
+    /// How long the head of the line must still wait at `now`: the lockout, and for a
+    /// background read the quiet period after the last change.
+    fn hold(&self, priority: Priority, now: Instant) -> Option<Duration> {
+        let quiet_until = match priority {
+            Priority::Background => self.last_change.map(|t| t + self.quiet),
+            Priority::Change => None,
+        };
+        self.closed_until
+            .max(quiet_until)
+            .map(|t| t.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
     }
 
     /// Wakes the waiter next in line if a place is free (its `Notify` keeps the permit until
@@ -145,6 +166,12 @@ impl Gate {
         self.close_until(self.clock.now() + duration);
     }
 
+    /// Holds background reads back until no change has been admitted for `quiet` (zero, the
+    /// default: no hold).
+    pub fn set_quiet(&self, quiet: Duration) {
+        self.lock().quiet = quiet;
+    }
+
     /// How long the gate stays closed, if it is.
     pub fn closed_for(&self) -> Option<Duration> {
         let until = self.lock().closed_until?;
@@ -193,17 +220,18 @@ impl Gate {
         loop {
             let closed = {
                 let mut s = self.lock();
-                let closed = s
-                    .closed_until
-                    .map(|t| t.saturating_duration_since(self.clock.now()))
-                    .filter(|left| !left.is_zero());
+                let now = self.clock.now();
                 if s.inside < self.limit && s.is_next(ticket.id) {
-                    match closed {
-                        // Only the head of the line watches the clock; the rest wait their turn.
+                    match s.hold(priority, now) {
+                        // Only the head of the line watches the clock; the rest wait their turn
+                        // (a change arriving meanwhile goes before a held read: it is the head).
                         Some(left) => Some(left),
                         None => {
                             s.queue(priority).pop_front();
                             s.inside += 1;
+                            if priority == Priority::Change && !s.quiet.is_zero() {
+                                s.last_change = Some(now);
+                            }
                             ticket.admitted = true;
                             // Several places may be free at once: the next in line may fit too.
                             s.wake_next(self.limit);
@@ -315,6 +343,44 @@ mod tests {
             .expect("the background read is admitted once nothing is ahead of it")
             .expect("task");
         assert_eq!(gate.occupancy(), (1, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn background_reads_wait_until_no_change_was_admitted_for_the_quiet_period() {
+        let clock = crate::clock::ManualClock::new();
+        let gate = Gate::with_clock(4, Arc::new(clock.clone()));
+        gate.set_quiet(Duration::from_secs(5));
+        drop(gate.enter(Priority::Change).await);
+        let g = gate.clone();
+        let read = tokio::spawn(async move { g.enter(Priority::Background).await });
+        settle().await;
+        assert_eq!(
+            gate.occupancy(),
+            (0, 0, 1),
+            "free places, yet the read waits"
+        );
+        clock.advance(Duration::from_secs(4));
+        settle().await;
+        assert!(!read.is_finished());
+        // A change a moment before the quiet period ends goes in at once and starts it again.
+        let change = tokio::time::timeout(Duration::from_secs(5), gate.enter(Priority::Change))
+            .await
+            .expect("a change is not held back");
+        drop(change);
+        clock.advance(Duration::from_secs(4));
+        settle().await;
+        assert!(!read.is_finished(), "4 s after the last change");
+        clock.advance(Duration::from_secs(1));
+        let _pass = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("admitted 5 s after the last change")
+            .expect("task");
+        // Without a quiet period nothing is held back.
+        let plain = Gate::with_clock(4, Arc::new(clock.clone()));
+        drop(plain.enter(Priority::Change).await);
+        let _read = tokio::time::timeout(Duration::from_secs(5), plain.enter(Priority::Background))
+            .await
+            .expect("no hold by default");
     }
 
     #[tokio::test]
