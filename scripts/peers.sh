@@ -112,3 +112,12 @@ ensure_packaging_tools() {
     command -v "$b" >/dev/null || die "$b not found after installing its package"
   done
 }
+
+# The dashboard's browser test (tests/dashboard.rs): Debian's Chromium, driven headless over
+# WebDriver by chromedriver.
+ensure_browser() {
+  apt_install chromium chromium-driver
+  for b in chromium chromedriver; do
+    command -v "$b" >/dev/null || die "$b not found after installing its package"
+  done
+}

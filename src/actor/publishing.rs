@@ -188,6 +188,17 @@ impl Actor {
                 let _ = self
                     .input(Input::ChangeVerified { side }, "automation", None)
                     .await;
+                // The verified records are what is published now, their TTL included (the
+                // status and the failback's TTL would otherwise show the replaced one until the
+                // next reconcile read).
+                let ttl = self.managed.ttl_of(&report.plan.desired);
+                if ttl.is_some() && ttl != self.state.machine.published_ttl {
+                    let observed = Input::Observed {
+                        published: Some(side),
+                        ttl,
+                    };
+                    let _ = self.input(observed, "automation", None).await;
+                }
                 self.track_propagation(report);
             }
             Err(error) => self.on_change_failed(side, error).await,

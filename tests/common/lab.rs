@@ -39,6 +39,8 @@ pub const AWS_KEY_ID: &str = "AKIAMXGUARDLAB000001";
 pub const AWS_SECRET: &str = "mxguard/lab/secret/0123456789abcdefghijkl";
 /// The bearer token of [`Layout::read_token`].
 pub const READ_TOKEN: &str = "lab-read-token";
+/// The token with the operate scope, configured by [`Layout::operate_token`].
+pub const OPERATE_TOKEN: &str = "lab-operate-token";
 
 /// The `mxguard` binary the lab runs: `$MXGUARD_BIN` when set (e.g. a benchmark of another
 /// build), else Cargo's (`CARGO_BIN_EXE_mxguard`, set when building integration tests and
@@ -170,6 +172,8 @@ pub struct Layout {
     pub checks: Checks,
     /// Adds a token with the read scope ([`READ_TOKEN`]) for [`Lab::api_get`].
     pub read_token: bool,
+    /// Adds a token named `lab-operator` with the read and operate scopes ([`OPERATE_TOKEN`]).
+    pub operate_token: bool,
     /// Where the managed records live.
     pub provider: LabProvider,
     /// What moves.
@@ -200,6 +204,7 @@ impl Default for Layout {
             mx_zone: None,
             checks: Checks::FAST,
             read_token: false,
+            operate_token: false,
             provider: LabProvider::Rfc2136,
             mode: LabMode::Mx,
             hosted_zone_id: None,
@@ -397,6 +402,16 @@ drift = "{drift}"
                 "\n[[domains]]\nname = \"{name}\"\nzone = \"example.test\"\nprovider = \"lab\"\n{targets}failover_ttl = {failover_ttl}\nfailback = {{ hold = \"{hold}\" }}\n{authoritative}",
                 name = shared_domain(i),
                 hold = opts.hold,
+            ));
+        }
+        if layout.operate_token {
+            use sha2::Digest;
+            let digest: String = sha2::Sha256::digest(OPERATE_TOKEN.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            text.push_str(&format!(
+                "\n[[tokens]]\nname = \"lab-operator\"\nsha256 = \"{digest}\"\nscopes = [\"read\", \"operate\"]\n"
             ));
         }
         if layout.read_token {

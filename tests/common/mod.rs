@@ -94,5 +94,6 @@ where
 }
 
 pub mod api;
+pub mod browser;
 pub mod ha;
 pub mod lab;

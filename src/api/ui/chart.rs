@@ -211,13 +211,18 @@ pub fn svg(l: &Layout, from: DateTime<Utc>, to: DateTime<Utc>) -> Markup {
     let y = |row: &str| AXIS + l.rows.iter().position(|r| r == row).unwrap_or(0) as f64 * ROW;
     let height = AXIS + l.rows.len() as f64 * ROW + 4.0;
     let ticks = 6;
+    let tick_format = if span < 30.0 * 60_000.0 {
+        "%H:%M:%S"
+    } else {
+        "%H:%M"
+    };
     html! {
         svg class="timeline" role="img" viewBox={ "0 0 " (WIDTH) " " (height) } width="100%"
             aria-label={ "Timeline from " (from.format("%Y-%m-%d %H:%M")) " to " (to.format("%H:%M")) " UTC" } {
             @for i in 0..=ticks {
                 @let t = from + Duration::milliseconds((span * f64::from(i) / f64::from(ticks)) as i64);
                 line class="grid" x1=(x(t)) x2=(x(t)) y1=(AXIS - 4.0) y2=(height) {}
-                text class="tick" x=(x(t)) y="12" text-anchor="middle" { (t.format("%H:%M")) }
+                text class="tick" x=(x(t)) y="12" text-anchor="middle" { (t.format(tick_format)) }
             }
             @for row in &l.rows {
                 text class="row" x="4" y=(y(row) + 14.0) { (row) }

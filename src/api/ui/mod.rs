@@ -222,12 +222,16 @@ async fn domain_page(
     };
     let now = Utc::now();
     let flash = cookie(&headers, FLASH);
+    // A timeline younger than the window is drawn from its first event, not squeezed into the
+    // window's last minutes.
+    let from = (now - Duration::hours(i64::from(hours)))
+        .max(events.first().map_or(now, |e| e.at) - Duration::seconds(10));
     let page = pages::domain(&pages::DomainPage {
         who: &who,
         cfg,
         status: &handle.latest(),
         events: &events,
-        from: now - Duration::hours(i64::from(hours)),
+        from,
         now,
         hours,
         flash: flash.as_deref(),
