@@ -509,6 +509,17 @@ async fn every_answer_matches_the_document() {
     assert_eq!(reply.problem(), "request-timeout");
     slow_held.release_reads();
 
+    // The store gone: `/readyz` says so (503, the JSON body of a store that does not answer).
+    t.store.close().await;
+    let reply = expect(
+        d,
+        &app,
+        get("/readyz").token(READER),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(reply.json()["status"], "unavailable", "{}", reply.text);
+
     let unseen = doc.unseen_successes();
     assert!(
         doc.failures.is_empty() && unseen.is_empty(),
