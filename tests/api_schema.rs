@@ -519,6 +519,17 @@ async fn every_answer_matches_the_document() {
     )
     .await;
     assert_eq!(reply.json()["status"], "unavailable", "{}", reply.text);
+    // ... and the routes that read it answer a bare 500.
+    for path in [events.as_str(), "/v1/snapshots"] {
+        let reply = expect(
+            d,
+            &app,
+            get(path).token(READER),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        )
+        .await;
+        assert!(reply.text.is_empty(), "{path}: {}", reply.text);
+    }
 
     let unseen = doc.unseen_successes();
     assert!(
@@ -835,4 +846,41 @@ fn the_checks_reject_answers_the_document_does_not_allow() {
     assert!(doc
         .unseen_successes()
         .contains(&("GET".into(), "/v1/domains".into(), 200)));
+}
+
+/// A retry sent while the first request with its `Idempotency-Key` is still being answered (a
+/// snapshot whose read is held at the provider) waits for the answer, then gets the documented
+/// 409; the first is answered as documented once the provider goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_while_the_first_is_answered_gets_the_documented_409() {
+    let mut doc = Doc::load();
+    let (t, held) = api::start_with(true).await;
+    held.hold_reads.store(true, Ordering::SeqCst);
+    let take = || {
+        let app = t.app.clone();
+        async move {
+            let body = json!({"domain": api::DOMAIN, "reason": "schema test"});
+            let call = post("/v1/snapshots", OPERATOR, body).header("idempotency-key", "in-flight");
+            send(&app, call).await
+        }
+    };
+    let first = tokio::spawn(take());
+    common::poll(
+        "the snapshot's read held at the provider",
+        Duration::from_secs(10),
+        || {
+            let n = held.reads_waiting();
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    let retry = take().await;
+    assert_eq!(retry.status, StatusCode::CONFLICT, "{}", retry.text);
+    assert_eq!(retry.problem(), "idempotency-key-in-progress");
+    doc.check("POST", "/v1/snapshots", &retry);
+    held.release_reads();
+    let first = first.await.expect("the first take");
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    doc.check("POST", "/v1/snapshots", &first);
+    assert!(doc.failures.is_empty(), "{}", doc.failures.join("\n"));
 }
