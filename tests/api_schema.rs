@@ -122,9 +122,9 @@ fn app_with(t: &api::TestApi, engine: Engine, providers: Providers) -> Router {
     })
 }
 
-/// The checks the issue asks for, against the lab's router and three variants of it: a follower
-/// whose provider has no zone, a domain whose controller has stopped, and a short request
-/// timeout.
+/// The checks the issue asks for, against the lab's router and three variants of it (a follower
+/// whose provider has no zone, a domain whose controller has stopped, a short request timeout),
+/// and last against the lab's router with its store closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_answer_matches_the_document() {
     let mut doc = Doc::load();
