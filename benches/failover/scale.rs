@@ -212,6 +212,7 @@ rcpt_checks = "off"
             out_of_unknown.map_or("?".to_string(), |n| n.to_string())
         );
     }
+    let dashboard = dashboard_latency(&mx, domains).await;
     let pid = mx.pid();
     let (c0, cpu0, t0) = (smtp.connections(), proc_cpu_secs(pid), Instant::now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -256,10 +257,52 @@ rcpt_checks = "off"
         "peak_rss_mib": (hwm as f64 / 1024.0 * 10.0).round() / 10.0,
         "rss_mib_at_end": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
         "settled_after_s": settled.map(|s| (s.as_secs_f64() * 10.0).round() / 10.0),
+        "dashboard": dashboard,
         "domains_out_of_unknown": out_of_unknown,
         "domains_not_on_primary_at_end": not_primary,
         "warnings_logged": warning_count,
         "top_warnings": top,
         "measured_s": elapsed,
     }))
+}
+
+/// The dashboard's domain list (`GET /ui`, the read token in its cookie) with every domain
+/// configured, loaded 30 times one after another: milliseconds to the whole page, and its size.
+async fn dashboard_latency(mx: &Service, domains: usize) -> Value {
+    let cookie = format!(
+        "mxguard_ui={}",
+        TOKEN
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/ui", mx.listen);
+    let mut ms = Vec::new();
+    let mut bytes = 0;
+    let mut rows = 0;
+    for _ in 0..30 {
+        let t = Instant::now();
+        let Ok(resp) = client.get(&url).header("Cookie", &cookie).send().await else {
+            continue;
+        };
+        let ok = resp.status().is_success();
+        let Ok(body) = resp.text().await else {
+            continue;
+        };
+        if ok {
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            bytes = body.len();
+            rows = body.matches("<tr data-domain=").count();
+        }
+    }
+    let p = |q: f64| (crate::util::percentile(&ms, q) * 10.0).round() / 10.0;
+    eprintln!(
+        "  dashboard /ui with {domains} domains ({rows} rows, {} KiB): median {} ms, p95 {} ms, max {} ms",
+        bytes / 1024,
+        p(50.0),
+        p(95.0),
+        p(100.0)
+    );
+    json!({"loads": ms.len(), "rows": rows, "bytes": bytes, "median_ms": p(50.0), "p95_ms": p(95.0), "max_ms": p(100.0)})
 }
