@@ -77,7 +77,7 @@ async fn serve_until_signal(sig: &str) {
         common::poll("GET /healthz", Duration::from_secs(60), || get(&health)).await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
-    // Embedded defaults (no config file, no tokens) leave readiness open; see README.
+    // Embedded defaults (no config file, no tokens) leave readiness open; see docs/OPERATIONS.md.
     let (status, body) = get(&format!("{base}/readyz"))
         .await
         .expect("readyz answers");

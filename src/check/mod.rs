@@ -62,7 +62,7 @@ pub struct TargetView {
     pub smtp: Vec<SmtpReport>,
 }
 
-/// The whole report; `--json` prints it as is. Field names are stable (see README).
+/// The whole report; `--json` prints it as is. Field names are stable (see docs/CLI.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub domain: Fqdn,

@@ -76,7 +76,7 @@ impl Config {
                     "{n} domains (e.g. {first}) fail over from primary MX host {host}: when it fails, \
                      that is {n} provider writes, one per domain. If {host} is yours, one domain \
                      with mode = \"a\" and host = \"{host}\" moves its address for all of them \
-                     with one write (README: Shared MX hosts).",
+                     with one write (docs/CONFIGURATION.md: Shared MX hosts).",
                     n = domains.len(),
                     first = domains[0],
                 )
