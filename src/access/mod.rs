@@ -24,41 +24,53 @@ pub trait ProviderAccess: Send + Sync {
     async fn verify_write_access(&self, zone: &Fqdn, probes: &[RrsetKey]) -> AccessReport;
 }
 
+/// Each provider crate's own checks, under one shape: what differs between kinds is only
+/// whether the write check looks at the RRsets mxguard writes.
 #[async_trait]
-impl ProviderAccess for Guarded<CloudflareProvider> {
-    async fn verify_access(&self, zone: &Fqdn) -> AccessReport {
-        let _pass = self.gate().enter(Priority::Background).await;
-        self.inner().verify_access(zone).await
-    }
+pub trait Checks: Send + Sync {
+    async fn read_check(&self, zone: &Fqdn) -> AccessReport;
+    async fn write_check(&self, zone: &Fqdn, probes: &[RrsetKey]) -> AccessReport;
+}
 
-    async fn verify_write_access(&self, zone: &Fqdn, _probes: &[RrsetKey]) -> AccessReport {
-        let _pass = self.gate().enter(Priority::Background).await;
-        self.inner().verify_write_access(zone).await
+#[async_trait]
+impl Checks for CloudflareProvider {
+    async fn read_check(&self, zone: &Fqdn) -> AccessReport {
+        self.verify_access(zone).await
+    }
+    async fn write_check(&self, zone: &Fqdn, _probes: &[RrsetKey]) -> AccessReport {
+        self.verify_write_access(zone).await
     }
 }
 
 #[async_trait]
-impl ProviderAccess for Guarded<Route53Provider> {
-    async fn verify_access(&self, zone: &Fqdn) -> AccessReport {
-        let _pass = self.gate().enter(Priority::Background).await;
-        self.inner().verify_access(zone).await
+impl Checks for Route53Provider {
+    async fn read_check(&self, zone: &Fqdn) -> AccessReport {
+        self.verify_access(zone).await
     }
-
-    async fn verify_write_access(&self, zone: &Fqdn, _probes: &[RrsetKey]) -> AccessReport {
-        let _pass = self.gate().enter(Priority::Background).await;
-        self.inner().verify_write_access(zone).await
+    async fn write_check(&self, zone: &Fqdn, _probes: &[RrsetKey]) -> AccessReport {
+        self.verify_write_access(zone).await
     }
 }
 
 #[async_trait]
-impl ProviderAccess for Guarded<Rfc2136Provider> {
+impl Checks for Rfc2136Provider {
+    async fn read_check(&self, zone: &Fqdn) -> AccessReport {
+        self.verify_access(zone).await
+    }
+    async fn write_check(&self, zone: &Fqdn, probes: &[RrsetKey]) -> AccessReport {
+        self.verify_write_access(zone, probes).await
+    }
+}
+
+#[async_trait]
+impl<P: Checks + mxguard_core::DnsProvider + 'static> ProviderAccess for Guarded<P> {
     async fn verify_access(&self, zone: &Fqdn) -> AccessReport {
         let _pass = self.gate().enter(Priority::Background).await;
-        self.inner().verify_access(zone).await
+        self.inner().read_check(zone).await
     }
 
     async fn verify_write_access(&self, zone: &Fqdn, probes: &[RrsetKey]) -> AccessReport {
         let _pass = self.gate().enter(Priority::Background).await;
-        self.inner().verify_write_access(zone, probes).await
+        self.inner().write_check(zone, probes).await
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::remote::{fail, print_json, route_at, ApiArgs, Client};
+use super::remote::{fail, route_at, ApiArgs, Client};
 use crate::incidents::{postmortem, Incident, Status, Step};
 
 const LIST: &str = "/v1/domains/{domain}/incidents";
@@ -41,10 +41,10 @@ pub async fn incidents(args: &IncidentsArgs) -> ExitCode {
         Err(code) => return code,
     };
     let id = args.id.map(|i| i.to_string());
-    let sent = match &id {
+    let read = match &id {
         Some(id) => {
             client
-                .send(route_at(ONE), &[&args.domain, id], &[], None, None)
+                .read(route_at(ONE), &[&args.domain, id], &[], args.json)
                 .await
         }
         None => {
@@ -59,20 +59,14 @@ pub async fn incidents(args: &IncidentsArgs) -> ExitCode {
                 (None, false) => {}
             }
             client
-                .send(route_at(LIST), &[&args.domain], &query, None, None)
+                .read(route_at(LIST), &[&args.domain], &query, args.json)
                 .await
         }
     };
-    let (status, body) = match sent {
-        Ok(r) => r,
+    let body = match read {
+        Ok(b) => b,
         Err(code) => return code,
     };
-    if !status.is_success() {
-        return client.problem(status, &body);
-    }
-    if args.json {
-        return print_json(&body);
-    }
     let domain = body["domain"].as_str().unwrap_or(&args.domain).to_string();
     let list: Vec<Value> = match &id {
         Some(_) => vec![body["incident"].clone()],

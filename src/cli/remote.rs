@@ -282,6 +282,25 @@ impl Client {
         Ok((status, value))
     }
 
+    /// A read: the body of a 2xx answer; otherwise the exit code once the problem is printed,
+    /// and with `json` the exit code once the body is printed as it came.
+    pub(super) async fn read(
+        &self,
+        action: &Action,
+        args: &[&str],
+        query: &[(&str, String)],
+        json: bool,
+    ) -> Result<Value, ExitCode> {
+        let (status, body) = self.send(action, args, query, None, None).await?;
+        if !status.is_success() {
+            return Err(self.problem(status, &body));
+        }
+        if json {
+            return Err(print_json(&body));
+        }
+        Ok(body)
+    }
+
     /// Prints a problem answer and returns its exit code.
     pub(super) fn problem(&self, status: StatusCode, body: &Value) -> ExitCode {
         let code = exit_code(status);
@@ -541,19 +560,13 @@ pub async fn events(args: &EventsArgs) -> ExitCode {
     if let Some(l) = args.limit {
         query.push(("limit", l.to_string()));
     }
-    let (status, body) = match client
-        .send(route("events"), &[&args.domain], &query, None, None)
+    let body = match client
+        .read(route("events"), &[&args.domain], &query, args.json)
         .await
     {
-        Ok(r) => r,
+        Ok(b) => b,
         Err(code) => return code,
     };
-    if !status.is_success() {
-        return client.problem(status, &body);
-    }
-    if args.json {
-        return print_json(&body);
-    }
     let empty = Vec::new();
     let list = body["events"].as_array().unwrap_or(&empty);
     if list.is_empty() {
