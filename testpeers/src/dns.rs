@@ -81,17 +81,22 @@ pub async fn exchange(server: SocketAddr, msg: &Message) -> Result<Message> {
         .map_err(|_| Error::Dns(format!("no answer from {server} within {QUERY_TIMEOUT:?}")))?
 }
 
-/// A UDP "server" on 127.0.0.1:<free port> that answers every query with one response code
-/// and no records (e.g. SERVFAIL: a broken authoritative server). Stops on drop.
+/// A UDP responder on 127.0.0.1:<free port>: a thread that answers each well-formed query with
+/// what `answer` makes of it (nothing for `None`). Counts the queries it answered; stops on
+/// drop. The test servers below are one each.
 #[derive(Debug)]
-pub struct RcodeServer {
+pub struct UdpResponder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl RcodeServer {
-    pub fn start(rcode: ResponseCode) -> Result<RcodeServer> {
+impl UdpResponder {
+    pub fn start(
+        name: &str,
+        answer: impl Fn(&Message) -> Option<Message> + Send + 'static,
+    ) -> Result<UdpResponder> {
         let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| Error::io("binding a UDP socket", e))?;
         let addr = socket
@@ -101,14 +106,33 @@ impl RcodeServer {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(|e| Error::io("setting a read timeout", e))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), answered.clone());
         let thread = std::thread::Builder::new()
-            .name(format!("rcode-{addr}"))
-            .spawn(move || answer_all(&socket, rcode, &flag))
+            .name(format!("{name}-{addr}"))
+            .spawn(move || {
+                let mut buf = vec![0u8; 65535];
+                while !flag.load(Ordering::SeqCst) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let Ok(query) = Message::from_vec(&buf[..n]) else {
+                        continue;
+                    };
+                    let Some(reply) = answer(&query) else {
+                        continue;
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(bytes) = reply.to_vec() {
+                        let _ = socket.send_to(&bytes, from);
+                    }
+                }
+            })
             .map_err(|e| Error::io("spawning a DNS responder thread", e))?;
-        Ok(RcodeServer {
+        Ok(UdpResponder {
             addr,
             stop,
+            answered,
             thread: Some(thread),
         })
     }
@@ -116,9 +140,14 @@ impl RcodeServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Queries answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
 }
 
-impl Drop for RcodeServer {
+impl Drop for UdpResponder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
@@ -127,22 +156,25 @@ impl Drop for RcodeServer {
     }
 }
 
-fn answer_all(socket: &std::net::UdpSocket, rcode: ResponseCode, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 65535];
-    while !stop.load(Ordering::SeqCst) {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
-            continue;
-        };
-        let Ok(query) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        let mut reply = Message::error_msg(query.metadata.id, query.metadata.op_code, rcode);
-        reply.metadata.recursion_desired = query.metadata.recursion_desired;
-        for q in query.queries {
-            reply.add_query(q);
-        }
-        if let Ok(bytes) = reply.to_vec() {
-            let _ = socket.send_to(&bytes, from);
-        }
+/// A UDP "server" on 127.0.0.1:<free port> that answers every query with one response code
+/// and no records (e.g. SERVFAIL: a broken authoritative server). Stops on drop.
+#[derive(Debug)]
+pub struct RcodeServer(UdpResponder);
+
+impl RcodeServer {
+    pub fn start(rcode: ResponseCode) -> Result<RcodeServer> {
+        UdpResponder::start("rcode", move |query| {
+            let mut reply = Message::error_msg(query.metadata.id, query.metadata.op_code, rcode);
+            reply.metadata.recursion_desired = query.metadata.recursion_desired;
+            for q in &query.queries {
+                reply.add_query(q.clone());
+            }
+            Some(reply)
+        })
+        .map(RcodeServer)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 }

@@ -5,86 +5,33 @@
 //! Cloudflare within a few seconds.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record as DnsRecord};
 
 use super::{Record, Shared};
-use crate::{Error, Result};
+use crate::dns::UdpResponder;
+use crate::Result;
 
 /// The nameserver; stops when dropped.
-pub struct FakeNameserver {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    queries: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub struct FakeNameserver(UdpResponder);
 
 impl FakeNameserver {
     pub(super) fn start(state: Shared) -> Result<FakeNameserver> {
-        let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| Error::io("binding a UDP socket", e))?;
-        let addr = socket
-            .local_addr()
-            .map_err(|e| Error::io("reading a bound address", e))?;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(|e| Error::io("setting a read timeout", e))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let queries = Arc::new(AtomicUsize::new(0));
-        let (flag, count) = (stop.clone(), queries.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-cf-dns-{addr}"))
-            .spawn(move || serve(&socket, &state, &flag, &count))
-            .map_err(|e| Error::io("spawning the fake nameserver's thread", e))?;
-        Ok(FakeNameserver {
-            addr,
-            stop,
-            queries,
-            thread: Some(thread),
+        UdpResponder::start("fake-cf-dns", move |query| {
+            (query.metadata.message_type == MessageType::Query).then(|| answer(query, &state))
         })
+        .map(FakeNameserver)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// Queries answered so far.
     pub fn queries(&self) -> usize {
-        self.queries.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeNameserver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(socket: &std::net::UdpSocket, state: &Shared, stop: &AtomicBool, count: &AtomicUsize) {
-    let mut buf = vec![0u8; 65535];
-    while !stop.load(Ordering::SeqCst) {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
-            continue;
-        };
-        let Ok(query) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        if query.metadata.message_type != MessageType::Query {
-            continue;
-        }
-        count.fetch_add(1, Ordering::SeqCst);
-        let reply = answer(&query, state);
-        if let Ok(bytes) = reply.to_vec() {
-            let _ = socket.send_to(&bytes, from);
-        }
+        self.0.answered()
     }
 }
 
