@@ -1,0 +1,36 @@
+//! The domain's MTA-STS finding in: kept for the status, and (on the leader) handed to the
+//! machine, which alerts and decides failovers on it (`machine.rs`, `mta_sts`).
+
+use std::sync::Arc;
+
+use crate::machine::Input;
+use crate::mtasts::watch::MtaStsView;
+
+use super::Actor;
+
+impl Actor {
+    pub(super) async fn on_mta_sts(&mut self, view: MtaStsView) {
+        self.mta_sts = Some(Arc::new(view));
+        if self.leading {
+            self.sync_mta_sts().await;
+        }
+    }
+
+    /// Tells the machine the latest finding when it differs from what it was last told (a
+    /// takeover tells it what this instance found).
+    pub(super) async fn sync_mta_sts(&mut self) {
+        let Some(view) = &self.mta_sts else {
+            return;
+        };
+        let refused = view.refused();
+        if refused == self.state.machine.mta_sts_refused {
+            return;
+        }
+        if let Err(e) = self
+            .input(Input::MtaSts { refused }, "automation", None)
+            .await
+        {
+            tracing::warn!(domain = %self.cfg.name, error = %e, "MTA-STS finding not recorded; told again at the next look");
+        }
+    }
+}
