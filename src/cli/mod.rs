@@ -382,13 +382,16 @@ async fn config_check_mta_sts(cfg: Config) -> ExitCode {
     use crate::mtasts::{fetch::Fetcher, watch::MtaStsView};
     for d in &cfg.domains {
         if d.mta_sts == MtaStsAction::Off {
-            println!("{}: MTA-STS not checked (mta_sts = \"off\")", d.name);
+            println!(
+                "{}: MTA-STS not checked (mta_sts = \"off\")",
+                d.name.without_dot()
+            );
             continue;
         }
         let fetcher = match Fetcher::for_checks(&d.checks) {
             Ok(f) => f,
             Err(e) => {
-                println!("{}: MTA-STS not checked: {e}", d.name);
+                println!("{}: MTA-STS not checked: {e}", d.name.without_dot());
                 continue;
             }
         };
@@ -398,30 +401,30 @@ async fn config_check_mta_sts(cfg: Config) -> ExitCode {
                 let mx: Vec<&str> = p.mx.iter().map(|x| x.as_str()).collect();
                 println!(
                     "{}: MTA-STS mode {} ; max_age {} s ; mx {}",
-                    d.name,
+                    d.name.without_dot(),
                     p.mode,
                     p.max_age,
                     mx.join(", ")
                 );
             }
-            (None, None) => println!("{}: no MTA-STS policy", d.name),
+            (None, None) => println!("{}: no MTA-STS policy", d.name.without_dot()),
             (None, Some(_)) => {}
         }
         if let Some(e) = &view.report.error {
-            println!("{}: MTA-STS: {e}", d.name);
+            println!("{}: MTA-STS: {e}", d.name.without_dot());
         }
         if let Some(t) = &view.report.tlsrpt {
-            println!("{}: TLS-RPT rua {}", d.name, t.rua.join(", "));
+            println!("{}: TLS-RPT rua {}", d.name.without_dot(), t.rua.join(", "));
         }
         for note in view.evaluation.iter().flat_map(|e| e.notes.iter()) {
-            println!("{}: note: {note}", d.name);
+            println!("{}: note: {note}", d.name.without_dot());
         }
         if let Some(why) = view.refused() {
             let then = match d.mta_sts {
                 MtaStsAction::Block => "automated failovers to it will be refused",
                 _ => "a failover to it will be made with a critical warning",
             };
-            println!("{}: warning: {why}; {then}", d.name);
+            println!("{}: warning: {why}; {then}", d.name.without_dot());
         }
     }
     ExitCode::SUCCESS
