@@ -287,6 +287,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         dns_timeout: req.timeout,
         tls: prober.smtp.tls.clone(),
         cache: Arc::default(),
+        port: crate::mtasts::fetch::port_from_env(),
     };
     let report = fetcher.look(&req.domain).await;
     let sides = crate::mtasts::Hosts::Mx {

@@ -10,8 +10,9 @@
 //!   policy's `max_age` has not run out, the file is not fetched again; when a fetch fails, a
 //!   cached policy still in its `max_age` stays in force (senders keep using it).
 //!
-//! Tests serve the policy on a loopback port: [`TEST_PORT_ENV`] names that port. It is for
-//! tests only — senders always use 443 — and every fetch made with it logs a warning saying so.
+//! Tests serve the policy on a loopback port: [`Fetcher::port`], which [`Fetcher::for_checks`]
+//! takes from [`TEST_PORT_ENV`] (for tests of the binary) and otherwise sets to 443. It is for
+//! tests only — senders always use 443 — and every fetch on another port logs a warning.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ pub struct Fetcher {
     pub dns_timeout: Duration,
     pub tls: Arc<rustls::ClientConfig>,
     pub cache: Arc<PolicyCache>,
+    /// 443; another port only in tests ([`TEST_PORT_ENV`]).
+    pub port: u16,
 }
 
 impl Fetcher {
@@ -111,6 +114,7 @@ impl Fetcher {
             dns_timeout: checks.timeout,
             tls: crate::probe::tls::client_config(checks.ca_file.as_deref())?,
             cache: Arc::default(),
+            port: port_from_env(),
         })
     }
 
@@ -214,15 +218,17 @@ impl Fetcher {
                 failures.join("; ")
             ));
         }
-        let port = test_port();
-        let url = match port {
-            Some(p) => format!("https://{host_name}:{p}/.well-known/mta-sts.txt"),
-            None => format!("https://{host_name}/.well-known/mta-sts.txt"),
+        let port = self.port;
+        let url = if port == 443 {
+            format!("https://{host_name}/.well-known/mta-sts.txt")
+        } else {
+            tracing::warn!(
+                port,
+                "MTA-STS policy fetched from port {port}, not 443 ({TEST_PORT_ENV}): a setting for tests only; senders always use 443"
+            );
+            format!("https://{host_name}:{port}/.well-known/mta-sts.txt")
         };
-        let sockets: Vec<SocketAddr> = addrs
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, port.unwrap_or(443)))
-            .collect();
+        let sockets: Vec<SocketAddr> = addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
         let client = reqwest::Client::builder()
             .use_preconfigured_tls((*self.tls).clone())
             .https_only(true)
@@ -282,20 +288,16 @@ fn sub(domain: &Fqdn, label: &str) -> Fqdn {
     Fqdn::parse(&format!("{label}.{}", domain.as_str())).unwrap_or_else(|_| domain.clone())
 }
 
-/// The port [`TEST_PORT_ENV`] sets, with a warning each time it is used.
-fn test_port() -> Option<u16> {
-    let raw = std::env::var(TEST_PORT_ENV).ok()?;
+/// 443, or the port [`TEST_PORT_ENV`] sets (tests of the binary only; warned at each fetch).
+pub fn port_from_env() -> u16 {
+    let Ok(raw) = std::env::var(TEST_PORT_ENV) else {
+        return 443;
+    };
     match raw.parse::<u16>() {
-        Ok(p) => {
-            tracing::warn!(
-                port = p,
-                "{TEST_PORT_ENV} is set: MTA-STS policies are fetched from port {p}, not 443 — a setting for tests only; senders always use 443"
-            );
-            Some(p)
-        }
-        Err(_) => {
-            tracing::warn!(value = %raw, "{TEST_PORT_ENV} is not a port; ignored");
-            None
+        Ok(p) if p != 0 => p,
+        _ => {
+            tracing::warn!(value = %raw, "{TEST_PORT_ENV} is not a port; ignored (443)");
+            443
         }
     }
 }
