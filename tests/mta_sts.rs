@@ -207,6 +207,15 @@ async fn block_refuses_the_failover_to_a_backup_the_enforce_policy_does_not_list
     assert_eq!(body["state"]["mta_sts_blocked"], true);
     assert_eq!(body["state"]["phase"], "primary");
     assert!(!kinds(&events).contains(&"alert.mta_sts_failover".to_string()));
+    // and `mxguard status` says it
+    let out = lab.cli(&["status", "example.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("MTA-STS: the MTA-STS policy (mode enforce, mx mx1.example.test) does not list the backup MX backup.example.test")
+            && text.contains("(a failover was refused for it)"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
