@@ -6,6 +6,7 @@
 //! | domain | what its policy host does |
 //! |---|---|
 //! | `ok` | an enforce policy, `text/plain`, max_age 1 day, and a TLS-RPT record |
+//! | `ok2` | the same policy (its record is removed in a later view) |
 //! | `zero` | the same with max_age 0 (never cached) |
 //! | `redirect` | 301 to the `ok` policy: refused (no redirects) |
 //! | `html` | `text/html`: refused |
@@ -30,8 +31,8 @@ use tokio::net::TcpListener;
 
 const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx1.lab.test\r\nmax_age: 86400\r\n";
 const ZERO: &str = "version: STSv1\r\nmode: testing\r\nmx: mx1.lab.test\r\nmax_age: 0\r\n";
-const SERVED: [&str; 8] = [
-    "ok", "zero", "redirect", "html", "big", "badcert", "missing", "twice",
+const SERVED: [&str; 9] = [
+    "ok", "ok2", "zero", "redirect", "html", "big", "badcert", "missing", "twice",
 ];
 
 struct Setup {
@@ -64,7 +65,7 @@ fn answer(host: &str, path_ok: bool) -> String {
         return plain("404 Not Found", "text/plain", "");
     }
     match label {
-        "ok" | "badcert" => plain("200 OK", "text/plain; charset=utf-8", POLICY),
+        "ok" | "ok2" | "badcert" => plain("200 OK", "text/plain; charset=utf-8", POLICY),
         "zero" => plain("200 OK", "text/plain", ZERO),
         "html" => plain("200 OK", "text/html", POLICY),
         "big" => {
@@ -252,11 +253,27 @@ async fn a_cached_policy_stays_in_force_when_a_later_fetch_fails() {
         "{:?}",
         r.error
     );
-    // nothing cached for zero (max_age 0): the failure is the answer, no policy
+    // the record removed (no `_mta-sts.ok2` in that view): the cached policy stays in force
+    // until its max_age runs out (§5.1)
+    assert!(s.fetcher.look(&domain("ok2")).await.policy.is_some());
+    let r = broken.look(&domain("ok2")).await;
+    assert!(r.cached, "{r:?}");
+    assert_eq!(r.policy.map(|p| p.max_age), Some(86400));
+    assert!(
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.contains("no _mta-sts record now")),
+        "{:?}",
+        r.error
+    );
+    // nothing was cached for `zero` (max_age 0): no record, no policy
     s.fetcher.look(&domain("zero")).await;
     let r = broken.look(&domain("zero")).await;
-    assert_eq!(r.policy, None);
-    assert_eq!(r.error, None, "no record there in that view: no policy");
+    assert_eq!(
+        (r.policy, r.error),
+        (None, None),
+        "no record, nothing cached"
+    );
 }
 
 #[test]

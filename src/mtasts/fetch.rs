@@ -7,8 +7,10 @@
 //!   (the system roots plus `[checks] ca_file`), no redirects, status 200, `text/plain`, at
 //!   most [`MAX_POLICY_BYTES`], within [`FETCH_TIMEOUT`].
 //! - Cached like a sender caches it: while the TXT `id` is the cached one and the cached
-//!   policy's `max_age` has not run out, the file is not fetched again; when a fetch fails, a
-//!   cached policy still in its `max_age` stays in force (senders keep using it).
+//!   policy's `max_age` has not run out, the file is not fetched again; when a fetch fails, or
+//!   the TXT record is gone or unreadable, a cached policy still in its `max_age` stays in
+//!   force (senders keep using it, §5.1). mxguard's cache starts with the process: a sender
+//!   may hold an older policy for longer.
 //!
 //! Tests serve the policy on a loopback port: [`Fetcher::port`], which [`Fetcher::for_checks`]
 //! takes from [`TEST_PORT_ENV`] (for tests of the binary) and otherwise sets to 443. It is for
@@ -162,7 +164,18 @@ impl Fetcher {
         let cached = self.cache.get(domain, now);
         let record = match sts.and_then(|t| parse_sts_record(&t)) {
             Ok(Some(r)) => r,
-            Ok(None) => return report,
+            Ok(None) => {
+                // §5.1: a policy is withdrawn by publishing mode none, not by removing the
+                // record; senders keep a cached policy until its max_age runs out.
+                if let Some((_, policy)) = cached {
+                    report.error = Some(
+                        "no _mta-sts record now; senders keep the cached policy until its max_age runs out".into(),
+                    );
+                    report.policy = Some(policy);
+                    report.cached = true;
+                }
+                return report;
+            }
             Err(e) => {
                 // A sender that cannot read the record keeps a cached policy in force.
                 report.error = Some(format!("_mta-sts record: {e}"));
