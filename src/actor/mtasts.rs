@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::machine::Input;
+use crate::machine::{Input, MtaStsAction};
 use crate::mtasts::watch::MtaStsView;
 
 use super::Actor;
@@ -17,12 +17,17 @@ impl Actor {
     }
 
     /// Tells the machine the latest finding when it differs from what it was last told (a
-    /// takeover tells it what this instance found).
+    /// takeover tells it what this instance found). With `mta_sts = "off"` a finding persisted
+    /// under an earlier setting is cleared.
     pub(super) async fn sync_mta_sts(&mut self) {
-        let Some(view) = &self.mta_sts else {
-            return;
+        let refused = if self.cfg.mta_sts == MtaStsAction::Off {
+            None
+        } else {
+            match &self.mta_sts {
+                Some(view) => view.refused(),
+                None => return,
+            }
         };
-        let refused = view.refused();
         if refused == self.state.machine.mta_sts_refused {
             return;
         }
