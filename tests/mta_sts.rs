@@ -7,7 +7,9 @@
 //! - an enforce policy that does not list the backup, `mta_sts = "block"`: stopping the primary
 //!   MTA does not move the MX (named still serves the primary) and the timeline has the alert;
 //! - the same with `warn`: the failover is made, with the critical warning;
-//! - a policy that lists the backup: the failover is made with no MTA-STS event at all.
+//! - a policy that lists the backup: the failover is made with no MTA-STS event at all;
+//! - a policy changed to list the backup is seen at the next refresh (`mta_sts_restored`), and
+//!   the failover is then made.
 
 mod common;
 
@@ -31,7 +33,15 @@ const BOTH: &str = "version: STSv1\r\nmode: enforce\r\nmx: *.example.test\r\nmax
 /// The policy's HTTPS server: every request gets `body` as `text/plain`; counts requests.
 struct PolicyServer {
     requests: Arc<AtomicUsize>,
+    body: Arc<std::sync::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl PolicyServer {
+    /// Serves `body` from now on.
+    fn publish(&self, body: &str) {
+        *self.body.lock().expect("body") = body.to_string();
+    }
 }
 
 impl Drop for PolicyServer {
@@ -51,6 +61,8 @@ fn serve_policy(listener: TcpListener, lab: &Lab, body: &'static str) -> PolicyS
     );
     let requests = Arc::new(AtomicUsize::new(0));
     let counted = requests.clone();
+    let body = Arc::new(std::sync::Mutex::new(body.to_string()));
+    let served = body.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -58,6 +70,7 @@ fn serve_policy(listener: TcpListener, lab: &Lab, body: &'static str) -> PolicyS
             };
             let acceptor = acceptor.clone();
             let counted = counted.clone();
+            let body = served.lock().expect("body").clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -86,7 +99,11 @@ fn serve_policy(listener: TcpListener, lab: &Lab, body: &'static str) -> PolicyS
             });
         }
     });
-    PolicyServer { requests, task }
+    PolicyServer {
+        requests,
+        body,
+        task,
+    }
 }
 
 /// A lab whose domain has `mta_sts = setting`, its policy served with `body`.
@@ -329,5 +346,43 @@ async fn check_prints_the_policy_and_the_refused_backup() {
     assert!(
         text.contains("example.test: warning: the MTA-STS policy (mode enforce, mx mx1.example.test) does not list the backup MX backup.example.test"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refreshes_the_policy_and_a_backup_listed_later_is_failed_over_to() {
+    // max_age 60 s: serve looks again a minute later (min(max_age, 1 h))
+    let (mut lab, policy) = lab(
+        "block",
+        "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmax_age: 60\r\n",
+    )
+    .await;
+    let mx = lab.serve(None);
+    lab.settle(&mx, Duration::from_secs(60)).await;
+    wait_for_event(&lab, &mx, "alert.mta_sts", Duration::from_secs(60)).await;
+    let fetched = policy.requests.load(Ordering::SeqCst);
+
+    // the domain's owner adds the backup to the policy
+    policy.publish(
+        "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: backup.example.test\r\nmax_age: 60\r\n",
+    );
+    let restored = wait_for_event(&lab, &mx, "mta_sts_restored", Duration::from_secs(150)).await;
+    assert!(
+        restored.contains("deliver to the backup again"),
+        "{restored}"
+    );
+    assert!(
+        policy.requests.load(Ordering::SeqCst) > fetched,
+        "fetched again"
+    );
+
+    lab.primary.stop().await.expect("stop primary MTA");
+    lab.wait_for_mx(&mx, BACKUP_MX, Duration::from_secs(60))
+        .await;
+    let k = kinds(&lab.events().await);
+    assert!(
+        !k.iter()
+            .any(|k| k == "alert.mta_sts_refused" || k == "alert.mta_sts_failover"),
+        "{k:?}"
     );
 }
