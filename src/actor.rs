@@ -19,6 +19,7 @@ pub mod error;
 mod handle;
 mod leading;
 mod loader;
+mod mtasts;
 mod publishing;
 mod reconcile;
 mod rounds;
@@ -89,6 +90,8 @@ pub struct Actor {
     combined: BySide<Option<Combined>>,
     /// Whether this instance leads and has loaded the domain's state for this term.
     leading: bool,
+    /// The latest look at the domain's MTA-STS policy (`serve`'s `mtasts::watch`).
+    mta_sts: Option<Arc<crate::mtasts::watch::MtaStsView>>,
     /// Whether this vantage was cut off in its last round (reported once per episode).
     partitioned: bool,
     /// The machine left Unknown at the last round: the next round goes in even if unchanged.
@@ -120,6 +123,7 @@ impl Actor {
             hold: cfg.failback.hold,
             approval: cfg.failback.approval,
             correct_drift: cfg.drift == Drift::Correct,
+            mta_sts: cfg.mta_sts,
             ..Policy::default()
         };
         let inbox = Arc::new(Inbox::default());
@@ -155,6 +159,7 @@ impl Actor {
             own: BySide::default(),
             combined: BySide::default(),
             leading: false,
+            mta_sts: None,
             partitioned: false,
             settled: false,
             tx,
@@ -249,6 +254,7 @@ impl Actor {
             Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
             Msg::ChangeWaiting(side, until) => self.on_change_waiting(side, until).await,
             Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
+            Msg::MtaSts(view) => self.on_mta_sts(*view).await,
             Msg::Observed { changes, live } => {
                 self.observing = false;
                 match *live {

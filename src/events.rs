@@ -63,6 +63,10 @@ pub enum EventKind {
     /// The domain's provider passes its access check again.
     #[serde(rename = "provider_access_restored")]
     ProviderAccessRestored,
+    /// Compliant senders would deliver to the backup again (its MTA-STS policy lists it or no
+    /// longer enforces).
+    #[serde(rename = "mta_sts_restored")]
+    MtaStsRestored,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -85,10 +89,20 @@ pub enum EventKind {
     /// needs for the zone (found at start, not at the first failover).
     #[serde(rename = "alert.provider_access")]
     ProviderAccess,
+    /// The domain's enforce-mode MTA-STS policy does not list the backup: compliant senders
+    /// would refuse it after a failover.
+    #[serde(rename = "alert.mta_sts")]
+    MtaSts,
+    /// `mta_sts = "block"`: an automated failover to a backup the policy refuses was not made.
+    #[serde(rename = "alert.mta_sts_refused")]
+    MtaStsFailoverRefused,
+    /// A failover was made to a backup the policy refuses (`warn`, or an operator's move).
+    #[serde(rename = "alert.mta_sts_failover")]
+    MtaStsFailover,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -102,6 +116,7 @@ impl EventKind {
         EventKind::NotifyFailed,
         EventKind::ChangeWaiting,
         EventKind::ProviderAccessRestored,
+        EventKind::MtaStsRestored,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
@@ -109,6 +124,9 @@ impl EventKind {
         EventKind::ProviderReadFailed,
         EventKind::VantagePartitioned,
         EventKind::ProviderAccess,
+        EventKind::MtaSts,
+        EventKind::MtaStsFailoverRefused,
+        EventKind::MtaStsFailover,
     ];
 
     /// The name the store, the API and payloads carry.
@@ -127,6 +145,7 @@ impl EventKind {
             EventKind::NotifyFailed => "notify_failed",
             EventKind::ChangeWaiting => "change_waiting",
             EventKind::ProviderAccessRestored => "provider_access_restored",
+            EventKind::MtaStsRestored => "mta_sts_restored",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",
@@ -134,6 +153,9 @@ impl EventKind {
             EventKind::ProviderReadFailed => "alert.provider_read_failed",
             EventKind::VantagePartitioned => "alert.vantage_partitioned",
             EventKind::ProviderAccess => "alert.provider_access",
+            EventKind::MtaSts => "alert.mta_sts",
+            EventKind::MtaStsFailoverRefused => "alert.mta_sts_refused",
+            EventKind::MtaStsFailover => "alert.mta_sts_failover",
         }
     }
 

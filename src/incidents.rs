@@ -33,7 +33,11 @@
 //!   operator's failover is both an action and a step).
 //!
 //! The machine's own `DomainState::incident` (for notifications) also counts a flap guard's
-//! pause as an incident; here that pause is an alert of the incident it happens in.
+//! pause as an incident; here that pause is an alert of the incident it happens in. Likewise a
+//! failover refused under `mta_sts = "block"` (the primary Down, the backup refused by the
+//! domain's MTA-STS policy) opens the machine's incident, so its critical alert and the
+//! primary's return share a PagerDuty key, but makes no transition: here it is an
+//! `alert.mta_sts_refused` event, inside an incident only if one is open.
 
 pub mod markdown;
 #[cfg(test)]

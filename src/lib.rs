@@ -21,6 +21,7 @@ pub mod logging;
 pub mod machine;
 pub mod model;
 pub mod monitor;
+pub mod mtasts;
 pub mod notify;
 pub mod ops;
 pub mod plan;
@@ -158,6 +159,20 @@ pub async fn run(
         sink,
         shutdown.clone(),
     ));
+    // Each domain's MTA-STS policy, at start and at each refresh: a backup that compliant
+    // senders would refuse is alerted before the outage, and decided on during it.
+    for d in &config.domains {
+        if d.mta_sts == machine::MtaStsAction::Off {
+            continue;
+        }
+        if let Some(handle) = engine.domains.get(&d.name) {
+            tasks.spawn(mtasts::watch::run(
+                d.clone(),
+                handle.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
     for (name, client) in &engine.providers {
         providers.insert(name, client.clone()).await;
     }

@@ -116,6 +116,15 @@ pub struct DomainState {
     /// dedup key from it after a restart; absent in states saved before it existed.
     #[serde(default)]
     pub incident: Option<Incident>,
+    /// Why compliant senders would refuse the backup under the domain's enforce-mode MTA-STS
+    /// policy (`src/mtasts.rs`), as last evaluated; `None`: they would deliver to it, or the
+    /// domain has no such policy, or `mta_sts = "off"`.
+    #[serde(default)]
+    pub mta_sts_refused: Option<String>,
+    /// Under `mta_sts = "block"`: an automated failover was refused for it while the primary
+    /// is Down (alerted once; cleared when the primary is no longer Down or the backup passes).
+    #[serde(default)]
+    pub mta_sts_blocked: bool,
 }
 
 /// An incident: from the step that left normal operation (a failover started, both sides
@@ -144,6 +153,8 @@ impl Default for DomainState {
             in_flight: None,
             moves: VecDeque::new(),
             incident: None,
+            mta_sts_refused: None,
+            mta_sts_blocked: false,
         }
     }
 }
@@ -159,6 +170,22 @@ pub struct Policy {
     /// `drift = "correct"`: when the published records stop matching either side, publish the
     /// side that was published again (an automated move like any other).
     pub correct_drift: bool,
+    /// What an MTA-STS finding does to a failover (`mta_sts` in the domain's config).
+    pub mta_sts: MtaStsAction,
+}
+
+/// `mta_sts = "warn" | "block" | "off"`: what the machine does with a backup that compliant
+/// senders would refuse under the domain's enforce-mode MTA-STS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtaStsAction {
+    /// Fail over anyway, with a critical warning naming what compliant senders will do.
+    #[default]
+    Warn,
+    /// Refuse automated failovers to that backup, with an alert (operators may still move).
+    Block,
+    /// Do not look at the policy.
+    Off,
 }
 
 impl Default for Policy {
@@ -169,6 +196,7 @@ impl Default for Policy {
             flap_max: 4,
             flap_window: Duration::from_secs(3600),
             correct_drift: false,
+            mta_sts: MtaStsAction::Warn,
         }
     }
 }
@@ -212,6 +240,9 @@ pub enum Input {
     ChangeFailed { side: Side, error: String },
     /// A deadline from `next_deadline` passed.
     Tick,
+    /// The domain's MTA-STS policy was evaluated: why compliant senders would refuse the
+    /// backup (`None`: they would not).
+    MtaSts { refused: Option<String> },
     Command {
         command: Command,
         by: String,
@@ -297,6 +328,14 @@ impl DomainState {
     ) {
         if side == Side::Backup && self.published != Some(Side::Backup) {
             self.ttl_before_failover = self.published_ttl.or(self.ttl_before_failover);
+            if let Some(refused) = &self.mta_sts_refused {
+                fx.push(Effect::Event {
+                    kind: EventKind::MtaStsFailover,
+                    message: format!(
+                        "failing over ({why}) to a backup that compliant senders refuse: {refused}; their mail queues and then bounces until the primary is back or the policy lists the backup"
+                    ),
+                });
+            }
         }
         if side == Side::Backup {
             // The failback hold counts from the move to the backup: a primary that was Up all
@@ -333,7 +372,11 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
             }
             state.primary = primary;
             state.backup = backup;
+            if primary != Health::Down {
+                state.mta_sts_blocked = false;
+            }
         }
+        Input::MtaSts { refused } => mta_sts_step(state, refused, policy, &mut fx),
         Input::Observed { published, ttl } => {
             let before = state.published;
             state.published = published;
@@ -417,6 +460,7 @@ fn track_incident(state: &mut DomainState, now: Time) {
         })
     );
     let out_of_normal = flap_paused
+        || state.mta_sts_blocked
         || matches!(
             state.phase,
             Phase::FailingOver
@@ -494,7 +538,7 @@ fn automate(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Ef
         Phase::Primary => {
             if p == Health::Down {
                 if healthy(b) {
-                    if flap_guard(state, now, policy, fx) {
+                    if mta_sts_blocks(state, policy, fx) || flap_guard(state, now, policy, fx) {
                         return;
                     }
                     state.publish(
@@ -596,7 +640,10 @@ fn automate(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Ef
                     Phase::OnBackup
                 };
                 state.enter(phase, now, fx, format!("{published} Up again"));
-            } else if healthy(state.health(other)) && !flap_guard(state, now, policy, fx) {
+            } else if healthy(state.health(other))
+                && !(other == Side::Backup && mta_sts_blocks(state, policy, fx))
+                && !flap_guard(state, now, policy, fx)
+            {
                 state.publish(
                     other,
                     now,
@@ -662,6 +709,65 @@ fn correct_drift(
         why,
         from: None,
     });
+}
+
+/// A new MTA-STS evaluation: alerts when the backup starts being refused, notes when it passes
+/// again. Ignored with `mta_sts = "off"`.
+fn mta_sts_step(
+    state: &mut DomainState,
+    refused: Option<String>,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
+    if policy.mta_sts == MtaStsAction::Off {
+        state.mta_sts_refused = None;
+        state.mta_sts_blocked = false;
+        return;
+    }
+    match (&state.mta_sts_refused, &refused) {
+        (None, Some(why)) => {
+            let then = match policy.mta_sts {
+                MtaStsAction::Block => {
+                    "an automated failover to it will be refused (mta_sts = \"block\")"
+                }
+                _ => "a failover to it will be made with a critical warning (mta_sts = \"warn\")",
+            };
+            fx.push(Effect::Event {
+                kind: EventKind::MtaSts,
+                message: format!("{why}; {then}"),
+            });
+        }
+        (Some(_), None) => {
+            state.mta_sts_blocked = false;
+            fx.push(Effect::Event {
+                kind: EventKind::MtaStsRestored,
+                message: "compliant senders would deliver to the backup again: the domain's MTA-STS policy lists it, or no longer enforces".into(),
+            });
+        }
+        _ => {}
+    }
+    state.mta_sts_refused = refused;
+}
+
+/// Under `mta_sts = "block"`, true when the backup is refused by the domain's MTA-STS policy:
+/// the automated failover is not made, and an alert (once per episode) names why.
+fn mta_sts_blocks(state: &mut DomainState, policy: &Policy, fx: &mut Vec<Effect>) -> bool {
+    if policy.mta_sts != MtaStsAction::Block {
+        return false;
+    }
+    let Some(why) = &state.mta_sts_refused else {
+        return false;
+    };
+    if !state.mta_sts_blocked {
+        state.mta_sts_blocked = true;
+        fx.push(Effect::Event {
+            kind: EventKind::MtaStsFailoverRefused,
+            message: format!(
+                "failover refused (mta_sts = \"block\"): the primary is Down and the backup is Up, but {why}; the primary records stay published — fix the policy or the backup, or fail over by hand"
+            ),
+        });
+    }
+    true
 }
 
 /// True (and pauses automation) when one more automated move would exceed the flap budget.

@@ -76,6 +76,8 @@ pub(super) enum Msg {
         revert: Revert,
         reply: oneshot::Sender<Result<RevertDone, ActorError>>,
     },
+    /// A new look at the domain's MTA-STS policy.
+    MtaSts(Box<crate::mtasts::watch::MtaStsView>),
     /// A reconcile read came back; `changes` is the count of changes started when it began.
     Observed {
         changes: u64,
@@ -194,6 +196,11 @@ impl ActorHandle {
             .await
             .map_err(|_| ActorError::Gone)?;
         rx.await.map_err(|_| ActorError::Gone)?
+    }
+
+    /// Hands the actor a new look at the domain's MTA-STS policy; `false` once it has stopped.
+    pub async fn mta_sts(&self, view: crate::mtasts::watch::MtaStsView) -> bool {
+        self.tx.send(Msg::MtaSts(Box::new(view))).await.is_ok()
     }
 
     /// Feeds a probe round in (the monitor's output) with this vantage's report of it.

@@ -28,6 +28,9 @@ impl Actor {
                     tracing::error!(domain = %self.cfg.name, error = %e, "cannot load the domain's state; automation waits (retried at the next round)")
                 }
             }
+            if self.leading {
+                self.sync_mta_sts().await;
+            }
             if self.leading && self.own.present().next().is_some() {
                 // A takeover decides on the votes known now rather than at the next health
                 // change. Right after a start (no round of its own yet) it waits for its first

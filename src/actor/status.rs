@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::health::{Health, TargetVerdict};
 use crate::machine::{DomainState, Phase};
 use crate::model::{Fqdn, Side};
+use crate::mtasts::watch::MtaStsView;
 use crate::vantage::Combined;
 
 use super::Actor;
@@ -24,6 +25,8 @@ pub struct Status {
     pub drift: bool,
     /// The leader's combined verdict per side, with each vantage's vote (empty on a follower).
     pub vantages: Vec<Combined>,
+    /// The latest look at the domain's MTA-STS policy (`None`: `mta_sts = "off"`, or not yet).
+    pub mta_sts: Option<Arc<MtaStsView>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +57,7 @@ impl Status {
             rounds: Vec::new(),
             drift: false,
             vantages: Vec::new(),
+            mta_sts: None,
         }
     }
 }
@@ -82,6 +86,7 @@ impl Actor {
             rounds: self.rounds.present().cloned().collect(),
             drift: self.drift,
             vantages: self.combined.present().cloned().collect(),
+            mta_sts: self.mta_sts.clone(),
         }
     }
 }

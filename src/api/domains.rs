@@ -145,6 +145,7 @@ pub fn full(s: &Status, cfg: &DomainConfig) -> Value {
         map.insert("guard".into(), json!(s.guard));
         map.insert("rounds".into(), json!(rounds));
         map.insert("vantages".into(), json!(s.vantages));
+        map.insert("mta_sts".into(), json!(s.mta_sts));
         map.insert("state".into(), json!(s.state));
     }
     v

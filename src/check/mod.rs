@@ -1,6 +1,8 @@
 //! `mxguard check DOMAIN`: the runbook's checks as one command, with no configuration.
 //! What each resolver says about the MX set and its hosts, each address's SMTP dialogue and
-//! certificate, SPF / DMARC / DKIM, and whether each backup passes the domain's SPF.
+//! certificate, SPF / DMARC / DKIM, whether each backup passes the domain's SPF, and the
+//! domain's MTA-STS policy and TLS-RPT record with whether compliant senders would deliver to
+//! each backup (`src/mtasts.rs`).
 
 mod auth;
 mod render;
@@ -77,9 +79,20 @@ pub struct CheckReport {
     pub dmarc: PolicyRecord,
     pub dkim: Vec<PolicyRecord>,
     pub backup_spf: Vec<BackupSpf>,
+    pub mta_sts: MtaStsCheck,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub ok: bool,
+}
+
+/// The domain's MTA-STS policy and TLS-RPT record, and what the policy says of the MX hosts
+/// found (primary) and the `--backup` hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct MtaStsCheck {
+    #[serde(flatten)]
+    pub report: crate::mtasts::fetch::PolicyReport,
+    /// `None` without a policy.
+    pub evaluation: Option<crate::mtasts::Evaluation>,
 }
 
 /// Runs every check. Errors only for bad setup (an unreadable `ca_file`); everything the
@@ -268,6 +281,50 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         }
     }
 
+    // 4. MTA-STS: the policy, and whether compliant senders would deliver to each side.
+    let fetcher = crate::mtasts::fetch::Fetcher {
+        resolvers: req.resolvers.clone(),
+        dns_timeout: req.timeout,
+        tls: prober.smtp.tls.clone(),
+        cache: Arc::default(),
+        port: crate::mtasts::fetch::port_from_env(),
+    };
+    let report = fetcher.look(&req.domain).await;
+    let sides = crate::mtasts::Hosts::Mx {
+        primary: hosts.keys().cloned().collect(),
+        backup: req.backups.clone(),
+    };
+    let evaluation = report
+        .policy
+        .as_ref()
+        .map(|p| crate::mtasts::evaluate(p, &sides));
+    if let Some(e) = &report.error {
+        warnings.push(format!(
+            "MTA-STS: {e}{}",
+            if report.policy.is_some() {
+                " (the policy cached within its max_age stays in force)"
+            } else {
+                " (senders without a cached policy deliver as if there were none)"
+            }
+        ));
+    }
+    if let Some(e) = &report.tlsrpt_error {
+        warnings.push(format!("TLS-RPT record: {e}"));
+    }
+    if let Some(ev) = &evaluation {
+        for h in ev.primary.iter().filter(|h| h.refused) {
+            problems.push(format!(
+                "MX {} is not listed by the enforce-mode MTA-STS policy: compliant senders refuse it",
+                h.host
+            ));
+        }
+        if let Some(why) = &ev.backup_refused {
+            problems.push(why.clone());
+        }
+        warnings.extend(ev.notes.iter().cloned());
+    }
+    let mta_sts = MtaStsCheck { report, evaluation };
+
     Ok(CheckReport {
         domain: req.domain.clone(),
         checked_at: now,
@@ -281,6 +338,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         dmarc,
         dkim,
         backup_spf,
+        mta_sts,
         ok: problems.is_empty(),
         problems,
         warnings,

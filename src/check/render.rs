@@ -102,6 +102,7 @@ pub fn render_table(r: &CheckReport) -> String {
     for b in &r.backup_spf {
         let _ = writeln!(o, "  backup {} {} in SPF: {}", b.host, b.address, b.result);
     }
+    render_mta_sts(&mut o, r);
     if let Some(ttl) = r.mx_ttl {
         let _ = writeln!(o, "\nMX TTL: {ttl} s");
     }
@@ -117,6 +118,59 @@ pub fn render_table(r: &CheckReport) -> String {
         }
     }
     o
+}
+
+fn render_mta_sts(o: &mut String, r: &CheckReport) {
+    let m = &r.mta_sts;
+    let _ = writeln!(o, "\nMTA-STS:");
+    match (&m.report.record, &m.report.policy) {
+        (None, None) => {
+            let _ = writeln!(o, "  no policy (no _mta-sts record)");
+        }
+        (record, Some(p)) => {
+            let id = record.as_ref().map_or("-", |r| r.id.as_str());
+            let mx: Vec<&str> = p.mx.iter().map(|x| x.as_str()).collect();
+            let _ = writeln!(
+                o,
+                "  policy id {id}: mode {} ; max_age {} s ; mx {}",
+                p.mode,
+                p.max_age,
+                mx.join(", ")
+            );
+        }
+        (Some(rec), None) => {
+            let _ = writeln!(o, "  record id {} ; policy not available", rec.id);
+        }
+    }
+    if let Some(e) = &m.report.error {
+        let _ = writeln!(o, "  error: {e}");
+    }
+    if let Some(ev) = &m.evaluation {
+        for h in ev.primary.iter().chain(ev.backup.iter()) {
+            let role = if ev.backup.contains(h) {
+                "backup"
+            } else {
+                "primary"
+            };
+            let verdict = match (&h.pattern, h.refused) {
+                (Some(p), _) => format!("listed ({p})"),
+                (None, true) => "NOT LISTED: compliant senders refuse it".into(),
+                (None, false) => "not listed (mode does not enforce)".into(),
+            };
+            let _ = writeln!(o, "  {role:<7} {:<36} {verdict}", h.host.to_string());
+        }
+    }
+    match (&m.report.tlsrpt, &m.report.tlsrpt_error) {
+        (Some(t), _) => {
+            let _ = writeln!(o, "  TLS-RPT rua {}", t.rua.join(", "));
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(o, "  TLS-RPT INVALID: {e}");
+        }
+        (None, None) => {
+            let _ = writeln!(o, "  TLS-RPT: none");
+        }
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

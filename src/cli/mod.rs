@@ -232,6 +232,11 @@ pub enum ConfigCommand {
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Also fetch each domain's MTA-STS policy (through its resolvers, over HTTPS) and
+        /// report a backup that compliant senders would refuse. Off by default: the plain
+        /// check needs no network.
+        #[arg(long)]
+        mta_sts: bool,
     },
     /// Print a commented example configuration.
     Example,
@@ -255,7 +260,7 @@ pub fn main() -> ExitCode {
             print!("{}", crate::config::EXAMPLE);
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Config(ConfigCommand::Check { file, mta_sts }) => config_check(&file, mta_sts),
         Command::Serve { listen } => with_runtime(serve(cli.config, listen)),
         Command::Migrate => with_runtime(migrate(cli.config)),
         Command::Check(args) => with_runtime(check::check(args)),
@@ -341,7 +346,7 @@ fn health_url(args: &remote::HealthArgs, file: Option<PathBuf>) -> Result<String
     }
 }
 
-fn config_check(file: &Path) -> ExitCode {
+fn config_check(file: &Path, mta_sts: bool) -> ExitCode {
     match Config::load(file) {
         Ok(cfg) => {
             println!(
@@ -354,7 +359,11 @@ fn config_check(file: &Path) -> ExitCode {
             for note in cfg.advice() {
                 println!("note: {note}");
             }
-            ExitCode::SUCCESS
+            if mta_sts {
+                with_runtime(config_check_mta_sts(cfg))
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("{e}");
@@ -364,6 +373,61 @@ fn config_check(file: &Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `config check --mta-sts`: each domain's policy and what it says of the backup. Findings are
+/// printed, not errors: the exit stays 0 (the configuration is valid).
+async fn config_check_mta_sts(cfg: Config) -> ExitCode {
+    use crate::machine::MtaStsAction;
+    use crate::mtasts::{fetch::Fetcher, watch::MtaStsView};
+    for d in &cfg.domains {
+        if d.mta_sts == MtaStsAction::Off {
+            println!(
+                "{}: MTA-STS not checked (mta_sts = \"off\")",
+                d.name.without_dot()
+            );
+            continue;
+        }
+        let fetcher = match Fetcher::for_checks(&d.checks) {
+            Ok(f) => f,
+            Err(e) => {
+                println!("{}: MTA-STS not checked: {e}", d.name.without_dot());
+                continue;
+            }
+        };
+        let view = MtaStsView::look(&fetcher, d).await;
+        match (&view.report.policy, &view.report.record) {
+            (Some(p), _) => {
+                let mx: Vec<&str> = p.mx.iter().map(|x| x.as_str()).collect();
+                println!(
+                    "{}: MTA-STS mode {} ; max_age {} s ; mx {}",
+                    d.name.without_dot(),
+                    p.mode,
+                    p.max_age,
+                    mx.join(", ")
+                );
+            }
+            (None, None) => println!("{}: no MTA-STS policy", d.name.without_dot()),
+            (None, Some(_)) => {}
+        }
+        if let Some(e) = &view.report.error {
+            println!("{}: MTA-STS: {e}", d.name.without_dot());
+        }
+        if let Some(t) = &view.report.tlsrpt {
+            println!("{}: TLS-RPT rua {}", d.name.without_dot(), t.rua.join(", "));
+        }
+        for note in view.evaluation.iter().flat_map(|e| e.notes.iter()) {
+            println!("{}: note: {note}", d.name.without_dot());
+        }
+        if let Some(why) = view.refused() {
+            let then = match d.mta_sts {
+                MtaStsAction::Block => "automated failovers to it will be refused",
+                _ => "a failover to it will be made with a critical warning",
+            };
+            println!("{}: warning: {why}; {then}", d.name.without_dot());
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Loads the file (or embedded defaults) and applies environment overrides.

@@ -156,6 +156,14 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
             if let Some(up) = m.primary_up_since {
                 println!("  primary Up since {}", up.to_rfc3339());
             }
+            if let Some(why) = &m.mta_sts_refused {
+                let blocked = if m.mta_sts_blocked {
+                    " (a failover was refused for it)"
+                } else {
+                    ""
+                };
+                println!("  MTA-STS: {why}{blocked}");
+            }
             for e in recent.iter().rev() {
                 println!("  {}  {:<12} {}", e.at.to_rfc3339(), e.kind, e.message);
             }

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::machine::MtaStsAction;
 use mxguard_core::{Fqdn, MxRecord, Ttl};
 use toml::Table;
 
@@ -907,6 +908,18 @@ fn parse_domain(
             Drift::Report
         }
     };
+    let mta_sts = match sec.string("mta_sts", errs).as_deref() {
+        None | Some("warn") => MtaStsAction::Warn,
+        Some("block") => MtaStsAction::Block,
+        Some("off") => MtaStsAction::Off,
+        Some(other) => {
+            errs.push(
+                sec.field("mta_sts"),
+                format!("expected warn, block or off, got {other:?}"),
+            );
+            MtaStsAction::Warn
+        }
+    };
     let checks_sec = sec.child("checks", errs);
     let checks = parse_checks(checks_sec, global, errs);
     let mut authoritative = Vec::new();
@@ -951,6 +964,7 @@ fn parse_domain(
             "failover_ttl",
             "failback",
             "drift",
+            "mta_sts",
             "checks",
             "authoritative",
         ],
@@ -963,6 +977,7 @@ fn parse_domain(
         failover_ttl,
         failback: Failback { hold, approval },
         drift,
+        mta_sts,
         checks,
         authoritative,
         hosted_zone_id,

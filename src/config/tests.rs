@@ -35,6 +35,12 @@ fn example_is_valid() {
         "zone defaults to the domain"
     );
     assert_eq!(cfg.domains[0].failback.hold, Some(Duration::from_secs(600)));
+    assert_eq!(cfg.domains[0].mta_sts, crate::machine::MtaStsAction::Block);
+    assert_eq!(
+        cfg.domains[1].mta_sts,
+        crate::machine::MtaStsAction::Warn,
+        "the default"
+    );
     assert!(cfg.server.open_readyz);
     assert!(!cfg.server.open_metrics);
     assert_eq!(cfg.cluster.vantage, "eu-west");
@@ -93,6 +99,7 @@ provider = "cloudfare"
 primary = ["10 mx1.example.net."]
 backup = ["10 mx2.example.net."]
 colour = "blue"
+mta_sts = "enforce"
 "#
     );
     let errs = errors(&text);
@@ -103,6 +110,7 @@ colour = "blue"
         r#"domains[0].failover_ttl: expected seconds 1..=86400, got "abc""#,
         r#"domains[1].provider: unknown provider "cloudfare"; defined providers: ns1"#,
         "domains[1].colour: unknown field",
+        r#"domains[1].mta_sts: expected warn, block or off, got "enforce""#,
     ];
     for e in expect {
         assert!(

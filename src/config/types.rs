@@ -405,6 +405,8 @@ pub struct DomainConfig {
     pub failover_ttl: Ttl,
     pub failback: Failback,
     pub drift: Drift,
+    /// What a backup outside the domain's enforce-mode MTA-STS policy does to a failover.
+    pub mta_sts: crate::machine::MtaStsAction,
     pub checks: Checks,
     /// Servers that must serve a change before it counts as verified; empty: the provider's
     /// own primary (RFC 2136) or a read-back through the provider.

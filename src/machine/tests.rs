@@ -759,6 +759,8 @@ enum Gen {
     /// What the provider serves, read back (the side last published).
     Observe,
     Revert(Side),
+    /// A new MTA-STS evaluation: the backup refused by the policy, or not.
+    MtaSts(bool),
 }
 
 fn arb_health() -> impl Strategy<Value = Health> {
@@ -779,6 +781,7 @@ fn arb_gen() -> impl Strategy<Value = Gen> {
         1 => Just(Gen::Drift),
         1 => Just(Gen::Observe),
         1 => arb_side().prop_map(Gen::Revert),
+        1 => any::<bool>().prop_map(Gen::MtaSts),
         1 => prop_oneof![
             Just(Command::Failover),
             Just(Command::Failback),
@@ -796,8 +799,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>(), correct_drift in any::<bool>()) {
-        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, correct_drift, ..Policy::default() };
+    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>(), correct_drift in any::<bool>(), mta_sts in prop_oneof![Just(MtaStsAction::Warn), Just(MtaStsAction::Block), Just(MtaStsAction::Off)]) {
+        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, correct_drift, mta_sts, ..Policy::default() };
         let mut last_published = Some(Side::Primary);
         let mut s = DomainState::default();
         let mut now = 0i64;
@@ -820,6 +823,7 @@ proptest! {
                 Gen::Drift => Input::Observed { published: None, ttl: Some(5) },
                 Gen::Observe => Input::Observed { published: last_published, ttl: Some(300) },
                 Gen::Revert(side) => revert(side),
+                Gen::MtaSts(refused) => Input::MtaSts { refused: refused.then(|| "not listed".to_string()) },
             };
             let drift = matches!(input, Input::Observed { published: None, .. });
             let before = s.clone();
@@ -843,6 +847,16 @@ proptest! {
                 if !operator {
                     prop_assert!(s.overrides.is_none(), "automation published under {:?}", s.overrides);
                 }
+                // 6. mta_sts = "block": automation never moves to a backup the policy refuses
+                //    (restoring the backup's records after drift is not a move)
+                let moves_to_backup = p == Side::Backup && before.published != Some(Side::Backup);
+                if mta_sts == MtaStsAction::Block && !operator && !restores && moves_to_backup {
+                    prop_assert!(s.mta_sts_refused.is_none(), "automated failover to a refused backup");
+                }
+                // 7. any other move to a refused backup carries the critical warning
+                if s.mta_sts_refused.is_some() && moves_to_backup && !restores {
+                    prop_assert!(fx.iter().any(|e| matches!(e, Effect::Event { kind: EventKind::MtaStsFailover, .. })), "no warning: {:?}", fx);
+                }
             }
             // 3. an override is lifted only by an operator or its expiry
             if before.overrides.is_some() && s.overrides.is_none() && !g_is_cmd {
@@ -863,4 +877,145 @@ proptest! {
             }
         }
     }
+}
+
+// ---- MTA-STS ----
+
+fn mta_policy(action: MtaStsAction) -> Policy {
+    Policy {
+        mta_sts: action,
+        ..policy()
+    }
+}
+
+fn kinds(fx: &[Effect]) -> Vec<EventKind> {
+    fx.iter()
+        .filter_map(|e| e.recorded().map(|(k, _)| k))
+        .collect()
+}
+
+fn refused(why: &str) -> Input {
+    Input::MtaSts {
+        refused: Some(why.into()),
+    }
+}
+
+#[test]
+fn mta_sts_finding_is_alerted_once_and_its_end_noted() {
+    let pol = mta_policy(MtaStsAction::Warn);
+    let mut s = on_primary();
+    let fx = step(&mut s, refused("mx.backup.test not listed"), t(1), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::MtaSts]);
+    let (_, message) = fx[0].recorded().expect("recorded");
+    assert!(
+        message.contains("mx.backup.test not listed") && message.contains("warn"),
+        "{message}"
+    );
+    assert!(kinds(&step(
+        &mut s,
+        refused("mx.backup.test not listed"),
+        t(2),
+        &pol
+    ))
+    .is_empty());
+    let fx = step(&mut s, Input::MtaSts { refused: None }, t(3), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::MtaStsRestored]);
+    assert_eq!(s.mta_sts_refused, None);
+}
+
+#[test]
+fn block_refuses_the_automated_failover_with_one_alert_and_moves_once_the_backup_passes() {
+    let pol = mta_policy(MtaStsAction::Block);
+    let mut s = on_primary();
+    step(&mut s, refused("mx.backup.test not listed"), t(1), &pol);
+    let fx = step(&mut s, health(Down, Up), t(10), &pol);
+    assert!(publishes(&fx).is_empty(), "{fx:?}");
+    assert_eq!(kinds(&fx), vec![EventKind::MtaStsFailoverRefused]);
+    let (_, message) = fx[0].recorded().expect("recorded");
+    assert!(message.contains("mx.backup.test not listed"), "{message}");
+    assert_eq!(s.phase, Phase::Primary);
+    assert!(s.mta_sts_blocked);
+    assert!(s.incident.is_some(), "mail is stopped: an incident");
+    // later rounds: no repeated alert, still no move, not counted by the flap guard
+    for i in 0..10 {
+        let fx = step(&mut s, health(Down, Up), t(20 + i), &pol);
+        assert!(fx.is_empty(), "{fx:?}");
+    }
+    assert!(s.moves.is_empty());
+    // the policy lists the backup now: the failover is made
+    let fx = step(&mut s, Input::MtaSts { refused: None }, t(40), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert!(!kinds(&fx).contains(&EventKind::MtaStsFailover));
+}
+
+#[test]
+fn block_alerts_again_after_the_primary_recovered_and_failed_again() {
+    let pol = mta_policy(MtaStsAction::Block);
+    let mut s = on_primary();
+    step(&mut s, refused("x"), t(1), &pol);
+    step(&mut s, health(Down, Up), t(10), &pol);
+    step(&mut s, health(Up, Up), t(20), &pol);
+    assert!(!s.mta_sts_blocked);
+    let fx = step(&mut s, health(Down, Up), t(30), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::MtaStsFailoverRefused]);
+}
+
+#[test]
+fn warn_fails_over_with_a_critical_warning() {
+    let pol = mta_policy(MtaStsAction::Warn);
+    let mut s = on_primary();
+    step(&mut s, refused("mx.backup.test not listed"), t(1), &pol);
+    let fx = step(&mut s, health(Down, Up), t(10), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert!(kinds(&fx).contains(&EventKind::MtaStsFailover), "{fx:?}");
+    assert!(EventKind::MtaStsFailover.is_alert());
+}
+
+#[test]
+fn block_lets_an_operator_fail_over_with_the_warning() {
+    let pol = mta_policy(MtaStsAction::Block);
+    let mut s = on_primary();
+    step(&mut s, refused("x"), t(1), &pol);
+    let fx = step(&mut s, cmd(Command::Failover), t(10), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert!(kinds(&fx).contains(&EventKind::MtaStsFailover), "{fx:?}");
+}
+
+#[test]
+fn block_keeps_both_down_off_a_refused_backup() {
+    let pol = mta_policy(MtaStsAction::Block);
+    let mut s = on_primary();
+    step(&mut s, health(Down, Down), t(10), &pol);
+    assert_eq!(s.phase, Phase::BothDown);
+    step(&mut s, refused("x"), t(11), &pol);
+    let fx = step(&mut s, health(Down, Up), t(20), &pol);
+    assert!(publishes(&fx).is_empty(), "{fx:?}");
+    assert!(kinds(&fx).contains(&EventKind::MtaStsFailoverRefused));
+}
+
+#[test]
+fn off_ignores_findings_and_a_passing_backup_moves_without_warning() {
+    let mut s = on_primary();
+    let fx = step(&mut s, refused("x"), t(1), &mta_policy(MtaStsAction::Off));
+    assert!(fx.is_empty());
+    assert_eq!(s.mta_sts_refused, None);
+    let fx = step(
+        &mut s,
+        health(Down, Up),
+        t(10),
+        &mta_policy(MtaStsAction::Block),
+    );
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert!(!kinds(&fx).contains(&EventKind::MtaStsFailover));
+}
+
+#[test]
+fn states_saved_before_mta_sts_read_back() {
+    let mut json = serde_json::to_value(on_primary()).expect("json");
+    let map = json.as_object_mut().expect("object");
+    map.remove("mta_sts_refused");
+    map.remove("mta_sts_blocked");
+    let old: DomainState = serde_json::from_value(json).expect("old state");
+    assert_eq!(old.mta_sts_refused, None);
+    assert!(!old.mta_sts_blocked);
 }

@@ -19,14 +19,16 @@ use crate::store::Event;
 ///
 /// | kind | severity |
 /// |---|---|
-/// | `alert.both_down`, `alert.change_failed`, `alert.provider_read_failed` (no failover possible), a transition into `BothDown` | critical |
+/// | `alert.both_down`, `alert.change_failed`, `alert.provider_read_failed` (no failover possible), `alert.mta_sts_refused` (failover refused: mail stops), `alert.mta_sts_failover` (failed over to a backup compliant senders refuse), a transition into `BothDown` | critical |
 /// | `alert.flap_guard`, any other `alert.*`, a transition into `FailingOver`, a side's health turning `Down`, `drift` | warning |
 /// | everything else (other transitions, `override`, `operator`, `change`, `propagation`, health recovering) | info |
 pub fn severity_of(event: &Event) -> Severity {
     match event.kind {
-        EventKind::BothDown | EventKind::ChangeFailed | EventKind::ProviderReadFailed => {
-            Severity::Critical
-        }
+        EventKind::BothDown
+        | EventKind::ChangeFailed
+        | EventKind::ProviderReadFailed
+        | EventKind::MtaStsFailoverRefused
+        | EventKind::MtaStsFailover => Severity::Critical,
         k if k.is_alert() => Severity::Warning,
         EventKind::Transition => match crate::events::transition(event) {
             Some((_, Phase::BothDown)) => Severity::Critical,

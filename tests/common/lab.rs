@@ -189,7 +189,24 @@ pub struct Layout {
     /// Cloudflare: the fake's nameserver serves the zone and is the domain's `authoritative`
     /// (changes verified by DNS, not by reading back through the API).
     pub cloudflare_nameserver: bool,
+    /// An MTA-STS policy for example.test (RFC 2136, mode mx, no `mx_zone`): the zone gets
+    /// `_mta-sts` and `_smtp._tls` TXT records and `mta-sts.example.test` at 127.0.0.1, the
+    /// domain `mta_sts = setting`, and `serve` fetches the policy from `port` (the test serves
+    /// it there over HTTPS with a certificate of the lab's CA).
+    pub mta_sts: Option<LabMtaSts>,
 }
+
+/// [`Layout::mta_sts`].
+#[derive(Clone, Debug)]
+pub struct LabMtaSts {
+    /// `warn`, `block` or `off`.
+    pub setting: &'static str,
+    /// The loopback port of the policy's HTTPS server.
+    pub port: u16,
+}
+
+/// The TLS-RPT address the lab's `_smtp._tls` record names.
+pub const LAB_TLSRPT: &str = "mailto:tls-reports@example.test";
 
 /// The name of the lab's `i`th shared domain ([`Layout::shared_domains`]).
 pub fn shared_domain(i: usize) -> String {
@@ -211,6 +228,7 @@ impl Default for Layout {
             shared_domains: 0,
             drift: "report",
             cloudflare_nameserver: false,
+            mta_sts: None,
         }
     }
 }
@@ -250,6 +268,11 @@ impl Lab {
                     let name = shared_domain(i);
                     let label = name.trim_end_matches(".example.test");
                     records.push_str(&format!("{label} {} IN MX 10 mx1\n", opts.mx_ttl));
+                }
+                if layout.mta_sts.is_some() {
+                    records.push_str(&format!(
+                        "mta-sts 300 IN A 127.0.0.1\n_mta-sts 300 IN TXT \"v=STSv1; id=lab1\"\n_smtp._tls 300 IN TXT \"v=TLSRPTv1; rua={LAB_TLSRPT}\"\n"
+                    ));
                 }
                 zones.push(Zone::new("example.test", &records));
                 "mx1.example.test".to_string()
@@ -383,6 +406,7 @@ provider = "lab"
 {targets}failover_ttl = {failover_ttl}
 failback = {{ hold = "{hold}" }}
 drift = "{drift}"
+mta_sts = "{mta_sts}"
 {authoritative}"#,
             resolvers = resolver_list.join(", "),
             ca = ca.cert_path().display(),
@@ -395,11 +419,12 @@ drift = "{drift}"
             soft = c.soft_fail_after,
             reconcile = c.reconcile_interval,
             drift = layout.drift,
+            mta_sts = layout.mta_sts.as_ref().map_or("off", |m| m.setting),
             quorum = layout.resolver_quorum,
         );
         for i in 0..layout.shared_domains {
             text.push_str(&format!(
-                "\n[[domains]]\nname = \"{name}\"\nzone = \"example.test\"\nprovider = \"lab\"\n{targets}failover_ttl = {failover_ttl}\nfailback = {{ hold = \"{hold}\" }}\n{authoritative}",
+                "\n[[domains]]\nname = \"{name}\"\nzone = \"example.test\"\nprovider = \"lab\"\n{targets}failover_ttl = {failover_ttl}\nfailback = {{ hold = \"{hold}\" }}\nmta_sts = \"off\"\n{authoritative}",
                 name = shared_domain(i),
                 hold = opts.hold,
             ));
@@ -505,6 +530,9 @@ drift = "{drift}"
         )
         .env_remove("MXGUARD_FAILPOINT");
         provider_env(&mut cmd);
+        if let Some(m) = &self.layout.mta_sts {
+            cmd.env(mxguard::mtasts::fetch::TEST_PORT_ENV, m.port.to_string());
+        }
         if let Some(f) = failpoint {
             cmd.env("MXGUARD_FAILPOINT", f);
         }
@@ -515,6 +543,9 @@ drift = "{drift}"
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(mxguard_bin());
         provider_env(&mut cmd);
+        if let Some(m) = &self.layout.mta_sts {
+            cmd.env(mxguard::mtasts::fetch::TEST_PORT_ENV, m.port.to_string());
+        }
         cmd.args(["--config", &self.config.display().to_string()])
             .args(args)
             .current_dir(self.dir.path())

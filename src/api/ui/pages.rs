@@ -128,6 +128,29 @@ fn votes(s: &Status, side: Side) -> Markup {
     }
 }
 
+/// The latest look at the domain's MTA-STS policy, in one line.
+fn mta_sts_text(s: &crate::actor::Status) -> String {
+    let Some(v) = &s.mta_sts else {
+        return "not checked".into();
+    };
+    let policy = match &v.report.policy {
+        Some(p) => {
+            let mx: Vec<&str> = p.mx.iter().map(|x| x.as_str()).collect();
+            format!(
+                "mode {}, mx {}, max_age {} s",
+                p.mode,
+                mx.join(", "),
+                p.max_age
+            )
+        }
+        None => v.report.error.clone().unwrap_or_else(|| "no policy".into()),
+    };
+    match v.refused() {
+        Some(why) => format!("{policy} — {why}"),
+        None => policy,
+    }
+}
+
 fn override_text(o: &Option<Override>) -> Option<String> {
     match o.as_ref()? {
         Override::Paused { by, reason, .. } => Some(format!("paused by {}: {reason}", name(by))),
@@ -276,6 +299,7 @@ pub fn domain(p: &DomainPage<'_>) -> Markup {
                     dt { "Published records" } dd.records { (records_text(s)) @if s.drift { " " span.badge.down { "drift" } } }
                     dt { "Failback" } dd.hold { (hold_text(s).unwrap_or_else(|| "—".into())) }
                     dt { "Override" } dd.override { (override_text(&m.overrides).unwrap_or_else(|| "none".into())) }
+                    dt { "MTA-STS" } dd.mtasts { (mta_sts_text(s)) @if m.mta_sts_refused.is_some() { " " span.badge.down { "backup refused" } } }
                     dt { "Zone · provider · mode" } dd { (cfg.zone.without_dot()) " · " (cfg.provider) " · " (cfg.targets.mode().to_string()) }
                 }
                 div.records2 {

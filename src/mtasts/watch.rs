@@ -1,0 +1,78 @@
+//! `serve`'s MTA-STS check: for each domain with `mta_sts` not `off`, the policy is fetched at
+//! start and again at each refresh (`PolicyReport::refresh_in`: `min(max_age, 1 h)`, five
+//! minutes after an error), evaluated against the domain's sides, and handed to the domain's
+//! actor, which shows it in the status and feeds the finding to the machine (alert when the
+//! backup starts being refused, `mta_sts_restored` when it passes again; the failover decision
+//! in `machine.rs`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::{Fetcher, PolicyReport};
+use super::{evaluate, Evaluation, Hosts};
+use crate::actor::ActorHandle;
+use crate::config::DomainConfig;
+use crate::machine::MtaStsAction;
+
+/// One look at a domain's policy and what it means for its sides (the status shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MtaStsView {
+    pub setting: MtaStsAction,
+    pub checked_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub report: PolicyReport,
+    /// `None` without a policy in force.
+    pub evaluation: Option<Evaluation>,
+}
+
+impl MtaStsView {
+    /// Looks at `cfg`'s domain now.
+    pub async fn look(fetcher: &Fetcher, cfg: &DomainConfig) -> MtaStsView {
+        let report = fetcher.look(&cfg.name).await;
+        let evaluation = report.policy.as_ref().map(|p| evaluate(p, &Hosts::of(cfg)));
+        MtaStsView {
+            setting: cfg.mta_sts,
+            checked_at: Utc::now(),
+            report,
+            evaluation,
+        }
+    }
+
+    /// Why compliant senders would refuse the backup (what the machine is told).
+    pub fn refused(&self) -> Option<String> {
+        self.evaluation
+            .as_ref()
+            .and_then(|e| e.backup_refused.clone())
+    }
+}
+
+/// Runs one domain's check until `shutdown` (or its actor stops).
+pub async fn run(cfg: DomainConfig, handle: ActorHandle, shutdown: CancellationToken) {
+    let fetcher = match Fetcher::for_checks(&cfg.checks) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(domain = %cfg.name, error = %e, "MTA-STS check not started: the TLS client cannot be built");
+            return;
+        }
+    };
+    loop {
+        let view = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            view = MtaStsView::look(&fetcher, &cfg) => view,
+        };
+        if let Some(e) = &view.report.error {
+            tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");
+        }
+        let wait = view.report.refresh_in();
+        if !handle.mta_sts(view).await {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+        }
+    }
+}
