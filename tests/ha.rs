@@ -534,12 +534,15 @@ async fn follower_serves_reads_and_refuses_mutations(follower: &Node, leader: &N
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_vantage_cannot_trigger_a_failover() {
-    // b leads but is cut off from DNS: its resolvers are ports where nothing listens.
-    let dead: Vec<String> = (0..2)
-        .map(|_| {
-            let port = mxguard_testpeers::free_port().expect("port");
-            format!("127.0.0.1:{port}")
-        })
+    // b leads but is cut off from DNS: its resolvers are sockets that never answer. They are
+    // held bound for the whole test: a port merely found free can be taken by a peer another
+    // test starts meanwhile, and then b's "dead" resolver answers.
+    let silent: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a silent resolver"))
+        .collect();
+    let dead: Vec<String> = silent
+        .iter()
+        .map(|s| s.local_addr().expect("address").to_string())
         .collect();
     let mut b = Instance::new("b");
     b.resolvers = Some(dead);
