@@ -7,44 +7,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use common::api::{MemoryDomain, MxView, BACKUP_MX, DOMAIN, PRIMARY_MX};
+use chrono::DateTime;
+use common::api::{round, MemoryDomain, MxView, BACKUP_MX, PRIMARY_MX};
 use mxguard::actor::ActorHandle;
 use mxguard::clock::WallClock;
-use mxguard::health::{Health, SideHealth};
+use mxguard::health::Health;
 use mxguard::machine::Phase;
-use mxguard::model::{Fqdn, Side};
-use mxguard::monitor::RoundReport;
-use mxguard::vantage::VantageReport;
+use mxguard::model::Side;
 use mxguard_core::ManualClock;
-
-/// One probe round of this vantage, stamped `at`.
-fn round(side: Side, health: Health, at: DateTime<Utc>) -> (RoundReport, VantageReport) {
-    let report = RoundReport {
-        domain: Fqdn::parse(DOMAIN).expect("name"),
-        side,
-        at,
-        pass: health == Health::Up,
-        verdicts: vec![],
-        health: SideHealth {
-            health,
-            ..SideHealth::new(side)
-        },
-        change: None,
-        confirmation: false,
-        evidence: vec![],
-    };
-    let own = VantageReport {
-        vantage: "test".into(),
-        side,
-        at,
-        health,
-        pass: health == Health::Up,
-        partitioned: None,
-        verdicts: vec![],
-    };
-    (report, own)
-}
 
 async fn feed(handle: &ActorHandle, wall: &WallClock, primary: Health, backup: Health) {
     for (side, health) in [(Side::Primary, primary), (Side::Backup, backup)] {

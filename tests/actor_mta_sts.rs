@@ -8,43 +8,18 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::api::{MemoryDomain, MxView, BACKUP_MX, DOMAIN, PRIMARY_MX};
+use common::api::{round, MemoryDomain, MxView, BACKUP_MX, PRIMARY_MX};
 use mxguard::actor::ActorHandle;
-use mxguard::health::{Health, SideHealth};
+use mxguard::health::Health;
 use mxguard::machine::{MtaStsAction, Phase};
-use mxguard::model::{Fqdn, Side};
-use mxguard::monitor::RoundReport;
+use mxguard::model::Side;
 use mxguard::mtasts::fetch::PolicyReport;
 use mxguard::mtasts::watch::MtaStsView;
 use mxguard::mtasts::{evaluate, parse_policy, Hosts, StsRecord};
-use mxguard::vantage::VantageReport;
 
 async fn feed(handle: &ActorHandle, primary: Health, backup: Health) {
     for (side, health) in [(Side::Primary, primary), (Side::Backup, backup)] {
-        let at = Utc::now();
-        let report = RoundReport {
-            domain: Fqdn::parse(DOMAIN).expect("name"),
-            side,
-            at,
-            pass: health == Health::Up,
-            verdicts: vec![],
-            health: SideHealth {
-                health,
-                ..SideHealth::new(side)
-            },
-            change: None,
-            confirmation: false,
-            evidence: vec![],
-        };
-        let own = VantageReport {
-            vantage: "test".into(),
-            side,
-            at,
-            health,
-            pass: health == Health::Up,
-            partitioned: None,
-            verdicts: vec![],
-        };
+        let (report, own) = round(side, health, Utc::now());
         assert!(handle.round(report, own).await, "the actor takes rounds");
     }
 }

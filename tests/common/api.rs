@@ -569,3 +569,40 @@ pub async fn send(app: &Router, c: Call<'_>) -> Reply {
         text: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
+
+/// One probe round of this vantage ("test") for [`DOMAIN`]'s `side`, stamped `at`: what the
+/// monitor hands an actor, with no verdicts behind it.
+pub fn round(
+    side: mxguard::model::Side,
+    health: mxguard::health::Health,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (
+    mxguard::monitor::RoundReport,
+    mxguard::vantage::VantageReport,
+) {
+    use mxguard::health::{Health, SideHealth};
+    let report = mxguard::monitor::RoundReport {
+        domain: mxguard::model::Fqdn::parse(DOMAIN).expect("name"),
+        side,
+        at,
+        pass: health == Health::Up,
+        verdicts: vec![],
+        health: SideHealth {
+            health,
+            ..SideHealth::new(side)
+        },
+        change: None,
+        confirmation: false,
+        evidence: vec![],
+    };
+    let own = mxguard::vantage::VantageReport {
+        vantage: "test".into(),
+        side,
+        at,
+        health,
+        pass: health == Health::Up,
+        partitioned: None,
+        verdicts: vec![],
+    };
+    (report, own)
+}
