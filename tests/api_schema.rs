@@ -19,11 +19,10 @@ use common::api::{self, send, Call, Reply, ADMIN, OPERATOR, READER};
 use mxguard::actor::{Actor, ActorHandle};
 use mxguard::api::{router, AppState, Providers};
 use mxguard::engine::Engine;
-use mxguard::health::{Health, SideHealth, TargetVerdict};
+use mxguard::health::{Health, TargetVerdict};
 use mxguard::machine::Phase;
 use mxguard::model::{Fqdn, Side};
-use mxguard::monitor::RoundReport;
-use mxguard::vantage::{VantageReport, Verdict};
+use mxguard::vantage::Verdict;
 use mxguard_core::conformance::memory::MemoryProvider;
 use schema::{pointer, Doc};
 use serde_json::{json, Value};
@@ -68,29 +67,9 @@ async fn feed(handle: &ActorHandle, primary: Health, backup: Health) {
             soft: false,
             reason: "220 banner, STARTTLS".into(),
         };
-        let report = RoundReport {
-            domain: Fqdn::parse(api::DOMAIN).expect("name"),
-            side,
-            at,
-            pass: health == Health::Up,
-            verdicts: vec![verdict.clone()],
-            health: SideHealth {
-                health,
-                ..SideHealth::new(side)
-            },
-            change: None,
-            confirmation: false,
-            evidence: vec![],
-        };
-        let own = VantageReport {
-            vantage: "test".into(),
-            side,
-            at,
-            health,
-            pass: health == Health::Up,
-            partitioned: None,
-            verdicts: vec![Verdict::from(&verdict)],
-        };
+        let (mut report, mut own) = api::round(side, health, at);
+        report.verdicts = vec![verdict.clone()];
+        own.verdicts = vec![Verdict::from(&verdict)];
         assert!(handle.round(report, own).await, "the actor takes rounds");
     }
 }
