@@ -245,6 +245,7 @@ impl Engine {
             let deps = ChangeDeps {
                 store: store.clone(),
                 provider: provider.client.clone(),
+                observer: provider.observer.clone(),
                 background: provider.background.clone(),
                 reconcile: reconcile
                     .get(&d.provider)

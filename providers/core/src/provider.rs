@@ -228,6 +228,12 @@ pub trait DnsProvider: Send + Sync {
         1
     }
 
+    /// How many requests listing a zone of `rrsets` RRsets costs at the provider (for reads
+    /// answered from one listing): one by default (an AXFR), a page per so many at a REST API.
+    fn list_cost(&self, _rrsets: usize) -> u32 {
+        1
+    }
+
     /// The live RRsets at `keys` in `zone`; an absent RRset is simply missing from the result.
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError>;
 
