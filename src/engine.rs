@@ -174,6 +174,13 @@ impl Engine {
             Arc::new(SeededJitter::from_entropy()),
             chrono::Utc::now(),
         );
+        // Observations are the hosts': one set per host probe, not one per domain using it.
+        {
+            let (recorder, me) = (recorder.clone(), config.cluster.vantage.clone());
+            monitors.on_host_round(Arc::new(move |evidence, at| {
+                recorder.offer_observations(vantage::observations(&me, evidence, at));
+            }));
+        }
         // One loader for every domain: their state is read in batches, not one query each.
         let loader = Loader::new(store.clone());
         for d in &config.domains {
@@ -297,20 +304,17 @@ impl Engine {
     }
 }
 
-/// Hands what this vantage saw in a round to the recorder: its report (for the leader's vote)
-/// and the raw observations (evidence, pruned by retention). Never waits.
+/// Hands this vantage's report of a domain's round to the recorder (for the leader's vote; the
+/// raw observations are recorded per host, see `Monitors::on_host_round`). Never waits.
 fn record_round(recorder: &Recorder, report: &crate::monitor::RoundReport, own: &VantageReport) {
     match serde_json::to_value(own) {
-        Ok(json) => recorder.offer(
-            VantageRow {
-                domain: report.domain.clone(),
-                vantage: own.vantage.clone(),
-                side: report.side.as_str().to_string(),
-                at: report.at,
-                report: json,
-            },
-            vantage::observations(&own.vantage, report),
-        ),
+        Ok(json) => recorder.offer(VantageRow {
+            domain: report.domain.clone(),
+            vantage: own.vantage.clone(),
+            side: report.side.as_str().to_string(),
+            at: report.at,
+            report: json,
+        }),
         Err(e) => tracing::error!(error = %e, "vantage report not serialisable"),
     }
 }

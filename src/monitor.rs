@@ -197,9 +197,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Told of every host round once, before it fans out to the host's domains (the evidence as
+/// the host gave it, the time it is as of): what is recorded per host, not per domain.
+pub type HostRoundHook = Arc<dyn Fn(&TargetEvidence, DateTime<Utc>) + Send + Sync>;
+
 /// Every domain's monitoring, as one probe loop per distinct host.
 pub struct Monitors {
     hosts: Vec<Host>,
+    on_host_round: Option<HostRoundHook>,
     index: BTreeMap<HostKey, usize>,
     domains: usize,
     clock: WallClock,
@@ -214,6 +219,7 @@ impl Monitors {
     pub fn new(clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>, utc_now: DateTime<Utc>) -> Self {
         Monitors {
             hosts: Vec::new(),
+            on_host_round: None,
             index: BTreeMap::new(),
             domains: 0,
             clock: WallClock::new(clock, utc_now),
@@ -277,6 +283,11 @@ impl Monitors {
         rx
     }
 
+    /// Calls `hook` once per host round (the engine records the host's observations there).
+    pub fn on_host_round(&mut self, hook: HostRoundHook) {
+        self.on_host_round = Some(hook);
+    }
+
     /// Distinct hosts probed (each once per round, however many domains use it).
     pub fn hosts(&self) -> usize {
         self.hosts.len()
@@ -309,6 +320,9 @@ impl Monitors {
         // probe, its latency and failures counted once) and before the RCPT answers of earlier
         // rounds are added (they were counted then).
         crate::probe::metrics::record(&evidence, self.utc());
+        if let Some(hook) = &self.on_host_round {
+            hook(&evidence, self.utc());
+        }
         lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
         // The round is as of when its evidence is complete: a session carrying thousands of
         // RCPTs takes a while, and its age decides whether the verdict is fresh enough to vote.

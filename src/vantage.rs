@@ -18,9 +18,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::health::{Health, TargetVerdict};
-use crate::model::Side;
+use crate::model::{Fqdn, Side};
 use crate::monitor::RoundReport;
 use crate::probe::dns::DnsStatus;
+use crate::probe::target::TargetEvidence;
 use crate::store::Observation;
 
 /// How old another vantage's report may be and still vote on a domain with these checks:
@@ -207,60 +208,64 @@ pub fn combine(
     }
 }
 
-/// The observation rows of one round: one per (target, resolver) lookup and one per probed
-/// (target, address).
-pub fn observations(vantage: &str, r: &RoundReport) -> Vec<Observation> {
+/// The observation rows of one probe of one MX host: one per resolver lookup and one per
+/// probed address. They are the host's, not a domain's: a host shared by a thousand domains is
+/// probed once and recorded once, under the domain `.` ("every domain using this target"); a
+/// domain's own verdict (its RCPT answer included) is in its vantage report and its events.
+pub fn observations(vantage: &str, e: &TargetEvidence, at: DateTime<Utc>) -> Vec<Observation> {
     let mut out = Vec::new();
-    for e in &r.evidence {
-        let target = e.round.target.to_string();
-        for res in &e.round.resolvers {
-            out.push(Observation {
-                domain: r.domain.clone(),
-                vantage: vantage.to_string(),
-                side: r.side.as_str().to_string(),
-                target: target.clone(),
-                resolver: res.resolver.clone(),
-                address: None,
-                outcome: if res.resolved() {
+    let target = e.round.target.to_string();
+    let row = |resolver: String, address: Option<String>, outcome: &str| Observation {
+        domain: Fqdn::root(),
+        vantage: vantage.to_string(),
+        side: e.side.as_str().to_string(),
+        target: target.clone(),
+        resolver,
+        address,
+        outcome: outcome.to_string(),
+        phase: None,
+        latency_ms: None,
+        detail: String::new(),
+        observed_at: at,
+    };
+    for res in &e.round.resolvers {
+        out.push(Observation {
+            phase: Some("dns".to_string()),
+            detail: match &res.error {
+                Some(err) => err.clone(),
+                None => res
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            },
+            ..row(
+                res.resolver.clone(),
+                None,
+                if res.resolved() {
                     "resolved"
                 } else {
                     "unresolved"
-                }
-                .to_string(),
-                phase: Some("dns".to_string()),
-                latency_ms: None,
-                detail: match &res.error {
-                    Some(err) => err.clone(),
-                    None => res
-                        .addresses
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" "),
                 },
-                observed_at: r.at,
-            });
-        }
-        for s in &e.smtp {
-            out.push(Observation {
-                domain: r.domain.clone(),
-                vantage: vantage.to_string(),
-                side: r.side.as_str().to_string(),
-                target: target.clone(),
-                resolver: String::new(),
-                address: Some(s.address.ip().to_string()),
-                outcome: match (&s.failure, s.pass) {
+            )
+        });
+    }
+    for s in &e.smtp {
+        out.push(Observation {
+            phase: s.failure.as_ref().map(|f| f.phase.as_str().to_string()),
+            latency_ms: i64::try_from(s.latency_ms).ok(),
+            detail: s.summary(),
+            ..row(
+                String::new(),
+                Some(s.address.ip().to_string()),
+                match (&s.failure, s.pass) {
                     (_, true) => "pass",
                     (Some(f), false) if f.kind.is_soft() => "soft",
                     _ => "fail",
-                }
-                .to_string(),
-                phase: s.failure.as_ref().map(|f| f.phase.as_str().to_string()),
-                latency_ms: i64::try_from(s.latency_ms).ok(),
-                detail: s.summary(),
-                observed_at: r.at,
-            });
-        }
+                },
+            )
+        });
     }
     out
 }
