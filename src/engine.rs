@@ -286,11 +286,17 @@ impl Engine {
                 config.cluster.vantage.clone(),
                 canaries.clone(),
             );
+            let heartbeat = vantage::freshness(&d.checks) / 3;
             tasks.spawn(async move {
+                let mut stored: crate::model::BySide<Option<VantageReport>> = Default::default();
                 while let Some(report) = rx.recv().await {
                     let down = canaries.borrow().clone();
                     let own = VantageReport::from_round(&me, &report, down.as_deref());
-                    record_round(&recorder, &report, &own);
+                    let last = &mut stored[report.side];
+                    if vantage::worth_storing(last.as_ref(), &own, heartbeat) {
+                        record_round(&recorder, &report, &own);
+                        *last = Some(own.clone());
+                    }
                     if !forward.round(report, own).await {
                         break;
                     }

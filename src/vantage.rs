@@ -32,6 +32,29 @@ pub fn freshness(checks: &crate::config::Checks) -> Duration {
     checks.interval * 3 + checks.timeout * 4
 }
 
+/// Whether a vantage's new report of a side must be stored, given the last one stored: when it
+/// votes differently (health, the round's pass, partitioned or not, a target's up or down) —
+/// the leader sees a change within its next read — or when the stored one is `heartbeat` old,
+/// so that an unchanged vote stays fresh (a third of [`freshness`] keeps it well inside). Not
+/// every round: with thousands of domains, a row per domain and round is more than the store
+/// takes, and an unchanged vote says nothing new.
+pub fn worth_storing(
+    last: Option<&VantageReport>,
+    new: &VantageReport,
+    heartbeat: Duration,
+) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    let heartbeat = chrono::Duration::from_std(heartbeat).unwrap_or(chrono::Duration::MAX);
+    let ups = |r: &VantageReport| r.verdicts.iter().map(|v| v.up).collect::<Vec<_>>();
+    last.health != new.health
+        || last.pass != new.pass
+        || last.partitioned.is_some() != new.partitioned.is_some()
+        || ups(last) != ups(new)
+        || new.at.signed_duration_since(last.at) >= heartbeat
+}
+
 /// How long one probe of a target may take in all, its DNS lookups and SMTP sessions
 /// together: a verdict is in before the previous one goes stale. A session still running at
 /// the deadline is a hard failure (`timeout`), not a vote that never arrives.
@@ -291,6 +314,45 @@ mod tests {
     }
 
     const FRESH: Duration = Duration::from_secs(90);
+
+    #[test]
+    fn a_report_is_stored_when_its_vote_changes_or_the_stored_one_is_a_heartbeat_old() {
+        let beat = Duration::from_secs(9);
+        let stored = report("a", Health::Up, 20, false);
+        let later = |secs_ago| report("a", Health::Up, secs_ago, false);
+        assert!(worth_storing(None, &later(0), beat), "the first");
+        assert!(
+            !worth_storing(Some(&stored), &later(15), beat),
+            "unchanged, 5 s on"
+        );
+        assert!(
+            worth_storing(Some(&stored), &later(11), beat),
+            "unchanged, 9 s on"
+        );
+        assert!(worth_storing(
+            Some(&stored),
+            &report("a", Health::Down, 15, false),
+            beat
+        ));
+        assert!(worth_storing(
+            Some(&stored),
+            &report("a", Health::Up, 15, true),
+            beat
+        ));
+        let mut failed_round = later(15);
+        failed_round.pass = false;
+        assert!(
+            worth_storing(Some(&stored), &failed_round, beat),
+            "a failing round"
+        );
+        let mut target_down = later(15);
+        target_down.verdicts = vec![Verdict {
+            target: "mx1.example.com".into(),
+            up: false,
+            reason: "refused".into(),
+        }];
+        assert!(worth_storing(Some(&stored), &target_down, beat));
+    }
 
     fn health(reports: &[VantageReport], quorum: Option<u32>) -> Health {
         combine(Side::Primary, reports, now(), FRESH, quorum).health

@@ -228,8 +228,9 @@ pub trait DnsProvider: Send + Sync {
         1
     }
 
-    /// How many requests listing a zone of `rrsets` RRsets costs at the provider (for reads
-    /// answered from one listing): one by default (an AXFR), a page per so many at a REST API.
+    /// What listing a zone of `rrsets` RRsets costs, in reads (for reads answered from one
+    /// listing): one by default; a page per so many RRsets at a REST API; for a zone transfer,
+    /// what parsing the whole zone costs.
     fn list_cost(&self, _rrsets: usize) -> u32 {
         1
     }
