@@ -15,11 +15,11 @@
 //! * An answer is never older than its ask: a listing starts after every ask it answers.
 //! * At most one listing of a zone is in flight; asks arriving meanwhile wait for it to end
 //!   and are answered by the next batch (one listing however long the first took).
-//! * A listing that fails for a passing reason (a timeout, a 5xx, a rate limit) fails every ask
-//!   it would have answered with the same error, as a read would have (the callers retry); one
-//!   the provider refuses (`Auth`, `NotFound`, `Rejected`: an AXFR the key may not make) is not
-//!   tried again for that zone, and its asks are sent as reads — listing is an optimisation,
-//!   never a new permission the configuration must grant.
+//! * Listing is an optimisation, never a new way to fail: when a listing fails, its asks are
+//!   sent as reads (which fail, and are retried, as reads always did). One that fails for a
+//!   passing reason (a timeout — a zone too large to list within the deadline —, a 5xx, a rate
+//!   limit) is not tried again for [`LIST_BACKOFF`]; one the provider refuses (`Auth`,
+//!   `NotFound`, `Rejected`: an AXFR the key may not make) never again for that zone.
 //! * A caller that stops waiting does not stop the batch.
 //!
 //! Everything else (`apply`, `list_zone`, …) goes straight to the inner provider.
@@ -38,6 +38,9 @@ use crate::{
 /// Asks of one zone, in one window, that make the first listing worth it.
 pub const FIRST_LISTING_ASKS: usize = 16;
 
+/// How long a zone whose listing failed for a passing reason is read one RRset set at a time.
+pub const LIST_BACKOFF: Duration = Duration::from_secs(300);
+
 type Reply = oneshot::Sender<Result<Vec<RecordSet>, ProviderError>>;
 
 struct Ask {
@@ -55,6 +58,8 @@ struct ZoneReads {
     /// The provider refused to list the zone (an AXFR not allowed for the key, say): reads
     /// only, from then on.
     refused: bool,
+    /// A listing failed for a passing reason: reads only until then.
+    backoff_until: Option<std::time::Instant>,
 }
 
 /// A provider whose reads of one zone, asked together, are answered by one listing.
@@ -88,10 +93,11 @@ impl Shared {
                 }
                 (
                     std::mem::take(&mut z.waiting),
-                    (!z.refused).then_some(z.size),
+                    (!z.refused && z.backoff_until.is_none_or(|t| self.clock.now() >= t))
+                        .then_some(z.size),
                 )
             };
-            // `None`: the provider refused to list this zone; `Some(None)`: never listed yet.
+            // `None`: not to be listed (refused, or backing off); `Some(None)`: never listed yet.
             if size.is_some_and(|size| self.worth_listing(&batch, size)) {
                 // In a task of its own, so that a provider client that panics fails this
                 // batch (its asks see their answer dropped) and not every later read.
@@ -145,9 +151,10 @@ impl Shared {
                 }
             }
             Err(e) if e.is_retryable() => {
-                for ask in batch {
-                    let _ = ask.reply.send(Err(e.clone()));
-                }
+                tracing::warn!(provider = %self.inner.name(), %zone, error = %e, "listing the zone failed; its domains are read one by one for {}s", LIST_BACKOFF.as_secs());
+                let until = self.clock.now() + LIST_BACKOFF;
+                self.zones().entry(zone.clone()).or_default().backoff_until = Some(until);
+                self.read_each(zone, batch);
             }
             Err(e) => {
                 tracing::warn!(provider = %self.inner.name(), %zone, error = %e, "the provider refuses to list the zone; reading each domain's records on its own");
