@@ -100,7 +100,7 @@ async fn phases(mx: &Service) -> Option<Vec<(String, String)>> {
             .iter()
             .map(|d| {
                 (
-                    d["name"].as_str().unwrap_or_default().to_string(),
+                    d["domain"].as_str().unwrap_or_default().to_string(),
                     d["phase"].as_str().unwrap_or_default().to_string(),
                 )
             })
@@ -234,7 +234,7 @@ rcpt_checks = "off"
     // The outage: p0 stops answering (connections refused), every domain on it must move.
     let on_p0: std::collections::BTreeSet<String> = (0..domains)
         .filter(|i| i % half == 0)
-        .map(|i| format!("s{i}.example.test."))
+        .map(|i| format!("s{i}.example.test"))
         .collect();
     let outage = Instant::now();
     let outage_at = chrono::Utc::now();
@@ -245,7 +245,7 @@ rcpt_checks = "off"
         if let Some(list) = phases(&mx).await {
             let mine: Vec<&String> = list
                 .iter()
-                .filter(|(n, _)| on_p0.contains(n))
+                .filter(|(n, _)| on_p0.contains(n.trim_end_matches('.')))
                 .map(|(_, p)| p)
                 .collect();
             let moved = mine.iter().filter(|p| p.as_str() != "primary").count();
