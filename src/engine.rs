@@ -17,7 +17,7 @@ use crate::config::{Config, DomainConfig, RcptChecks};
 use crate::health::Thresholds;
 use crate::lease::Leadership;
 use crate::model::{Fqdn, Side};
-use crate::monitor::{MonitorSettings, Monitors, TargetProber};
+use crate::monitor::{MonitorSettings, Monitors, RoundSink, TargetProber};
 use crate::plan::Managed;
 use crate::probe::dns::DnsClient;
 use crate::probe::smtp::{RcptCheck, SmtpPolicy};
@@ -277,7 +277,6 @@ impl Engine {
                 },
                 resolver_quorum: c.resolver_quorum,
             };
-            let mut rx = monitors.add(d.name.clone(), targets(d, &managed), settings, prober);
             let (actor, handle) = Actor::with_loader(d.clone(), deps, loader.clone());
             tasks.spawn(actor.run(shutdown.clone()));
             let forward = handle.clone();
@@ -287,21 +286,24 @@ impl Engine {
                 canaries.clone(),
             );
             let heartbeat = vantage::freshness(&d.checks) / 3;
-            tasks.spawn(async move {
-                let mut stored: crate::model::BySide<Option<VantageReport>> = Default::default();
-                while let Some(report) = rx.recv().await {
-                    let down = canaries.borrow().clone();
-                    let own = VantageReport::from_round(&me, &report, down.as_deref());
+            let stored: std::sync::Mutex<crate::model::BySide<Option<VantageReport>>> =
+                Default::default();
+            // Each round goes from the host's round straight to the actor's inbox (which keeps
+            // the newest per side): no queue and no task per domain.
+            let sink: RoundSink = Box::new(move |report| {
+                let down = canaries.borrow().clone();
+                let own = VantageReport::from_round(&me, &report, down.as_deref());
+                {
+                    let mut stored = stored.lock().unwrap_or_else(|p| p.into_inner());
                     let last = &mut stored[report.side];
                     if vantage::worth_storing(last.as_ref(), &own, heartbeat) {
                         record_round(&recorder, &report, &own);
                         *last = Some(own.clone());
                     }
-                    if !forward.round(report, own).await {
-                        break;
-                    }
                 }
+                forward.offer_round(report, own)
             });
+            monitors.add_sink(d.name.clone(), targets(d, &managed), settings, prober, sink);
             tracing::info!(domain = %d.name, provider = %d.provider, mode = %d.targets.mode(), "domain controller started");
             engine.domains.insert(d.name.clone(), handle);
         }

@@ -91,7 +91,18 @@ struct DomainView {
     latest: Vec<Option<TargetEvidence>>,
     /// Per side: whether a round waiting to complete included a confirmation.
     confirmation: [bool; 2],
-    tx: mpsc::Sender<RoundReport>,
+    out: Out,
+}
+
+/// Takes a domain's round the moment it completes; `false` once nobody listens any more.
+/// It must not wait (it runs inside the host's round, for every domain of the host).
+pub type RoundSink = Box<dyn Fn(RoundReport) -> bool + Send + Sync>;
+
+/// Where a domain's rounds go: a queue (tests read it) or a sink (the engine's actors; no
+/// queue and no task per domain, which were most of a domain's memory).
+enum Out {
+    Queue(mpsc::Sender<RoundReport>),
+    Sink(RoundSink),
 }
 
 fn side_index(side: Side) -> usize {
@@ -238,6 +249,30 @@ impl Monitors {
         prober: Arc<dyn TargetProber>,
     ) -> mpsc::Receiver<RoundReport> {
         let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+        self.add_to(domain, targets, settings, prober, Out::Queue(tx));
+        rx
+    }
+
+    /// [`Monitors::add`], the domain's rounds handed to `sink` as they complete.
+    pub fn add_sink(
+        &mut self,
+        domain: Fqdn,
+        targets: Vec<TargetSpec>,
+        settings: MonitorSettings,
+        prober: Arc<dyn TargetProber>,
+        sink: RoundSink,
+    ) {
+        self.add_to(domain, targets, settings, prober, Out::Sink(sink));
+    }
+
+    fn add_to(
+        &mut self,
+        domain: Fqdn,
+        targets: Vec<TargetSpec>,
+        settings: MonitorSettings,
+        prober: Arc<dyn TargetProber>,
+        out: Out,
+    ) {
         self.domains += 1;
         let view = Arc::new(Mutex::new(DomainView {
             domain: domain.clone(),
@@ -247,7 +282,7 @@ impl Monitors {
             primary: SideHealth::new(Side::Primary),
             backup: SideHealth::new(Side::Backup),
             confirmation: [false; 2],
-            tx,
+            out,
         }));
         for (i, t) in targets.into_iter().enumerate() {
             let key = HostKey {
@@ -280,7 +315,6 @@ impl Monitors {
             }
             host.domains.push((view.clone(), i));
         }
-        rx
     }
 
     /// Calls `hook` once per host round (the engine records the host's observations there).
@@ -334,16 +368,23 @@ impl Monitors {
             let mut v = lock(view);
             let mine = evidence.for_domain(&v.domain);
             if let Some(report) = v.offer(*i, mine, at, confirmation) {
-                match v.tx.try_send(report) {
-                    Ok(()) => listening = true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        listening = true;
-                        tracing::warn!(domain = %v.domain, side = %side, "round report dropped: the domain has {REPORT_QUEUE} unread");
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                match &v.out {
+                    Out::Sink(sink) => listening |= sink(report),
+                    Out::Queue(tx) => match tx.try_send(report) {
+                        Ok(()) => listening = true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            listening = true;
+                            tracing::warn!(domain = %v.domain, side = %side, "round report dropped: the domain has {REPORT_QUEUE} unread");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    },
                 }
             } else {
-                listening |= !v.tx.is_closed();
+                listening |= match &v.out {
+                    Out::Queue(tx) => !tx.is_closed(),
+                    // A sink says whether it listens when it is handed a round.
+                    Out::Sink(_) => true,
+                };
             }
             confirming |= v.health(side).confirming();
         }

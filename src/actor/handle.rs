@@ -207,6 +207,12 @@ impl ActorHandle {
     /// Replaces a round of the same side the actor has not taken yet; `false` once the actor
     /// has stopped.
     pub async fn round(&self, report: RoundReport, own: VantageReport) -> bool {
+        self.offer_round(report, own)
+    }
+
+    /// [`ActorHandle::round`] without waiting (it never needs to): what the monitor's sink
+    /// calls inside a host's round.
+    pub fn offer_round(&self, report: RoundReport, own: VantageReport) -> bool {
         if self.tx.is_closed() {
             return false;
         }
