@@ -30,7 +30,8 @@ pub struct Verifier {
     pub authoritative: Vec<SocketAddr>,
     pub resolvers: Vec<SocketAddr>,
     pub query_timeout: Duration,
-    /// The resolvers' query budgets: each query to a resolver waits for its token.
+    /// The resolvers' query budgets: each query to a resolver waits for its token (for up to
+    /// a poll; else it is asked at the next poll).
     pub dns: SharedDns,
     /// How long authoritative servers get to serve the change.
     pub bound: Duration,
@@ -81,16 +82,19 @@ pub async fn serves(client: &DnsClient, desired: &[RecordSet], exact_ttl: bool) 
 }
 
 /// Whether `client` serves every RRset of `desired`; `None` when it did not answer at all.
-/// With `budget`, each query first waits for its token.
+/// With `budget` (a resolver's), each query waits for its token, at most `poll`; `None` when
+/// the token would come later (the next poll tries again).
 async fn served(
     client: &DnsClient,
     desired: &[RecordSet],
     exact_ttl: bool,
-    budget: Option<&SharedDns>,
+    budget: Option<(&SharedDns, Duration)>,
 ) -> Option<bool> {
     for set in desired {
-        if let Some(budget) = budget {
-            budget.acquire(client.server, 1).await;
+        if let Some((budget, poll)) = budget {
+            if !budget.reserve(client.server, 1, poll).await {
+                return None;
+            }
         }
         let answer = client.query(set.name(), set.rtype()).await;
         if matches!(
@@ -155,7 +159,7 @@ async fn poll_until_served(
 ) -> Visible {
     let start = Instant::now();
     loop {
-        if served(&client, desired, false, Some(budget)).await == Some(true) {
+        if served(&client, desired, false, Some((budget, poll))).await == Some(true) {
             return Visible {
                 server: client.server.to_string(),
                 after_ms: Some(start.elapsed().as_millis() as u64),

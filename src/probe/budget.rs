@@ -9,8 +9,9 @@
 //!   evidence from that resolver ([`reuse`](super::reuse)).
 //! * Between asks, a host's good answer is reused under the [`reuse`](super::reuse) rules; the
 //!   answers are kept here, per resolver and host, so probers that share a host share them.
-//! * Verification waits for its tokens however long it takes (its own bound decides when to
-//!   stop), behind the probes' reservations.
+//! * Verification reserves each query within one poll period, else tries at its next poll: a
+//!   mass failover's thousands of propagation checks then queue no further ahead than a poll,
+//!   and the probe rounds (which may wait half their deadline) still find tokens.
 //!
 //! Queries sent and asks skipped for the budget are counted per resolver
 //! ([`metrics`](super::metrics)).
@@ -115,19 +116,9 @@ impl SharedDns {
         Some(bucket.clone())
     }
 
-    /// Waits until `n` queries may be sent to `server`, however long that takes (verification).
-    pub async fn acquire(&self, server: SocketAddr, n: u32) {
-        if let Some(bucket) = self.bucket(server) {
-            for _ in 0..n {
-                bucket.acquire().await;
-            }
-        }
-        metrics::dns_sent(server, n);
-    }
-
     /// Reserves `n` queries to `server` if they can be sent within `latest`, waits for them and
     /// returns `true`; `false` (and nothing spent) if they would come later.
-    async fn reserve(&self, server: SocketAddr, n: u32, latest: Duration) -> bool {
+    pub async fn reserve(&self, server: SocketAddr, n: u32, latest: Duration) -> bool {
         let wait = match self.bucket(server).map(|b| b.reserve(n, latest)) {
             None => Duration::ZERO,
             Some(Ok(wait)) => wait,

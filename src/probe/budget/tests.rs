@@ -128,12 +128,15 @@ async fn over_the_budget_a_round_reuses_the_last_good_answer_or_has_no_evidence(
 }
 
 #[tokio::test]
-async fn verification_waits_for_its_tokens() {
+async fn each_resolver_has_its_own_budget_and_reservations_queue_in_order() {
     let clock = ManualClock::new();
     let dns = SharedDns::new(4, Arc::new(clock.clone()), Arc::new(FixedJitter(0.0)));
     let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 53));
+    let second = Duration::from_secs(1);
     let t0 = clock.elapsed();
-    clock.drive(dns.acquire(server, 3)).await;
+    for _ in 0..3 {
+        assert!(clock.drive(dns.reserve(server, 1, second)).await);
+    }
     assert_eq!(
         clock.elapsed() - t0,
         Duration::from_millis(500),
@@ -141,6 +144,13 @@ async fn verification_waits_for_its_tokens() {
     );
     // another resolver has its own budget
     let other = SocketAddr::from((Ipv4Addr::LOCALHOST, 54));
-    clock.drive(dns.acquire(other, 1)).await;
+    assert!(clock.drive(dns.reserve(other, 1, Duration::ZERO)).await);
     assert_eq!(clock.elapsed() - t0, Duration::from_millis(500));
+    // five more at once: four fit within a second, the fifth would wait 1.25 s
+    let waits: Vec<bool> = clock
+        .drive(futures::future::join_all(
+            (0..5).map(|_| dns.reserve(server, 1, second)),
+        ))
+        .await;
+    assert_eq!(waits, [true, true, true, true, false]);
 }
