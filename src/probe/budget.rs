@@ -80,7 +80,7 @@ impl SharedDns {
         SharedDns::build(
             None,
             Arc::new(mxguard_core::TokioClock),
-            Arc::new(mxguard_core::FixedJitter(1.0)),
+            Arc::new(mxguard_core::FixedJitter(0.0)),
         )
     }
 
