@@ -125,13 +125,15 @@ mod tests {
         }
     }
 
+    /// (case, last answer, its age, rules, confirmation, decision)
+    type Case = (&'static str, Option<Last>, Duration, Rules, bool, Decision);
+
     #[test]
     fn reuse_table() {
         use Decision::{Ask, Reuse};
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        // (case, last, age, rules, confirmation, decision)
-        let table: Vec<(&str, Option<Last>, Duration, Rules, bool, Decision)> = vec![
+        let table: Vec<Case> = vec![
             ("never asked", None, s(0), MINUTE, false, Ask),
             (
                 "fresh good answer",
