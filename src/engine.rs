@@ -176,6 +176,13 @@ impl Engine {
             Arc::new(SeededJitter::from_entropy()),
             chrono::Utc::now(),
         );
+        // Observations are the hosts': one set per host probe, not one per domain using it.
+        {
+            let (recorder, me) = (recorder.clone(), config.cluster.vantage.clone());
+            monitors.on_host_round(Arc::new(move |evidence, at| {
+                recorder.offer_observations(vantage::observations(&me, evidence, at));
+            }));
+        }
         // One query budget per resolver address for the whole process (`[checks] max_qps`),
         // spent by every prober and by verification, with the hosts' last answers.
         let dns = SharedDns::new(
@@ -263,6 +270,7 @@ impl Engine {
             let deps = ChangeDeps {
                 store: store.clone(),
                 provider: provider.client.clone(),
+                observer: provider.observer.clone(),
                 background: provider.background.clone(),
                 reconcile: reconcile
                     .get(&d.provider)
@@ -296,11 +304,17 @@ impl Engine {
                 config.cluster.vantage.clone(),
                 canaries.clone(),
             );
+            let heartbeat = vantage::freshness(&d.checks) / 3;
             tasks.spawn(async move {
+                let mut stored: crate::model::BySide<Option<VantageReport>> = Default::default();
                 while let Some(report) = rx.recv().await {
                     let down = canaries.borrow().clone();
                     let own = VantageReport::from_round(&me, &report, down.as_deref());
-                    record_round(&recorder, &report, &own);
+                    let last = &mut stored[report.side];
+                    if vantage::worth_storing(last.as_ref(), &own, heartbeat) {
+                        record_round(&recorder, &report, &own);
+                        *last = Some(own.clone());
+                    }
                     if !forward.round(report, own).await {
                         break;
                     }
@@ -314,20 +328,17 @@ impl Engine {
     }
 }
 
-/// Hands what this vantage saw in a round to the recorder: its report (for the leader's vote)
-/// and the raw observations (evidence, pruned by retention). Never waits.
+/// Hands this vantage's report of a domain's round to the recorder (for the leader's vote; the
+/// raw observations are recorded per host, see `Monitors::on_host_round`). Never waits.
 fn record_round(recorder: &Recorder, report: &crate::monitor::RoundReport, own: &VantageReport) {
     match serde_json::to_value(own) {
-        Ok(json) => recorder.offer(
-            VantageRow {
-                domain: report.domain.clone(),
-                vantage: own.vantage.clone(),
-                side: report.side.as_str().to_string(),
-                at: report.at,
-                report: json,
-            },
-            vantage::observations(&own.vantage, report),
-        ),
+        Ok(json) => recorder.offer(VantageRow {
+            domain: report.domain.clone(),
+            vantage: own.vantage.clone(),
+            side: report.side.as_str().to_string(),
+            at: report.at,
+            report: json,
+        }),
         Err(e) => tracing::error!(error = %e, "vantage report not serialisable"),
     }
 }

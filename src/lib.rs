@@ -160,18 +160,41 @@ pub async fn run(
         shutdown.clone(),
     ));
     // Each domain's MTA-STS policy, at start and at each refresh: a backup that compliant
-    // senders would refuse is alerted before the outage, and decided on during it.
+    // senders would refuse is alerted before the outage, and decided on during it. One fetcher
+    // (TLS client, policy cache) per distinct set of checks, and a few looks at a time: with
+    // thousands of domains starting together, a TLS client and a look in flight per domain
+    // were gigabytes.
+    let looks = Arc::new(tokio::sync::Semaphore::new(mtasts::watch::LOOKS_AT_ONCE));
+    let mut fetchers: std::collections::BTreeMap<String, mtasts::fetch::Fetcher> =
+        Default::default();
     for d in &config.domains {
         if d.mta_sts == machine::MtaStsAction::Off {
             continue;
         }
-        if let Some(handle) = engine.domains.get(&d.name) {
-            tasks.spawn(mtasts::watch::run(
-                d.clone(),
-                handle.clone(),
-                shutdown.clone(),
-            ));
-        }
+        let Some(handle) = engine.domains.get(&d.name) else {
+            continue;
+        };
+        let key = format!(
+            "{:?} {:?} {:?}",
+            d.checks.resolvers, d.checks.timeout, d.checks.ca_file
+        );
+        let fetcher = match fetchers.get(&key) {
+            Some(f) => f.clone(),
+            None => match mtasts::fetch::Fetcher::for_checks(&d.checks) {
+                Ok(f) => fetchers.entry(key).or_insert(f).clone(),
+                Err(e) => {
+                    tracing::error!(domain = %d.name, error = %e, "MTA-STS check not started: the TLS client cannot be built");
+                    continue;
+                }
+            },
+        };
+        tasks.spawn(mtasts::watch::run(
+            d.clone(),
+            fetcher,
+            looks.clone(),
+            handle.clone(),
+            shutdown.clone(),
+        ));
     }
     for (name, client) in &engine.providers {
         providers.insert(name, client.clone()).await;

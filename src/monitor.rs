@@ -208,9 +208,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Told of every host round once, before it fans out to the host's domains (the evidence as
+/// the host gave it, the time it is as of): what is recorded per host, not per domain.
+pub type HostRoundHook = Arc<dyn Fn(&TargetEvidence, DateTime<Utc>) + Send + Sync>;
+
 /// Every domain's monitoring, as one probe loop per distinct host.
 pub struct Monitors {
     hosts: Vec<Host>,
+    on_host_round: Option<HostRoundHook>,
     index: BTreeMap<HostKey, usize>,
     domains: usize,
     clock: WallClock,
@@ -225,6 +230,7 @@ impl Monitors {
     pub fn new(clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>, utc_now: DateTime<Utc>) -> Self {
         Monitors {
             hosts: Vec::new(),
+            on_host_round: None,
             index: BTreeMap::new(),
             domains: 0,
             clock: WallClock::new(clock, utc_now),
@@ -288,6 +294,11 @@ impl Monitors {
         rx
     }
 
+    /// Calls `hook` once per host round (the engine records the host's observations there).
+    pub fn on_host_round(&mut self, hook: HostRoundHook) {
+        self.on_host_round = Some(hook);
+    }
+
     /// Distinct hosts probed (each once per round, however many domains use it).
     pub fn hosts(&self) -> usize {
         self.hosts.len()
@@ -320,6 +331,9 @@ impl Monitors {
         // probe, its latency and failures counted once) and before the RCPT answers of earlier
         // rounds are added (they were counted then).
         crate::probe::metrics::record(&evidence, self.utc());
+        if let Some(hook) = &self.on_host_round {
+            hook(&evidence, self.utc());
+        }
         if undecided(&evidence.round, host.settings.resolver_quorum) {
             // Resolvers over their query budget left the round without a verdict: it reaches
             // no domain (neither a pass nor a failure), and the host tries again next round.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mxguard_core::{
-    Budget, Clock, DnsProvider, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter,
+    Budget, Clock, Coalescing, DnsProvider, Guarded, RateLimit, Retrier, RetryPolicy, SeededJitter,
     TokenBucket, TokioClock,
 };
 use mxguard_rfc2136::{Rfc2136Config, Rfc2136Provider, TsigSecret};
@@ -28,7 +28,11 @@ pub use metered::Metered;
 pub struct BuiltProvider {
     /// The client for changes (and reads that must not wait behind background work).
     pub client: Arc<dyn DnsProvider>,
-    /// The same client at background priority (periodic reads).
+    /// The client for reads of what is published when nothing is known yet (a start, a
+    /// takeover): the asks of many domains of one zone at once are answered by one listing
+    /// ([`Coalescing`]). Changes keep `client`: their read is planned and written at once.
+    pub observer: Arc<dyn DnsProvider>,
+    /// The same client at background priority (periodic reads), its reads coalesced likewise.
     pub background: Arc<dyn DnsProvider>,
     /// The server that answers authoritatively for the zone, when the provider knows it.
     pub primary: Option<SocketAddr>,
@@ -174,14 +178,8 @@ async fn build_provider(
                     Ok(Budget::new(&budget_name, limit, 32, clock.clone()))
                 })
                 .map_err(err)?;
-            let (client, background, typed) =
-                guarded(name, provider, budget.bucket().clone(), &budget);
-            Ok(BuiltProvider {
-                client,
-                background,
-                primary: Some(*server),
-                access: typed,
-            })
+            let w = guarded(name, provider, budget.bucket().clone(), &budget);
+            Ok(w.built(Some(*server)))
         }
         ProviderConfig::Cloudflare {
             api_token,
@@ -219,13 +217,8 @@ async fn build_provider(
             let provider =
                 mxguard_cloudflare::CloudflareProvider::with_budget(config, budget.clone())
                     .map_err(|e| err(e.to_string()))?;
-            let (client, background, typed) = guarded(name, provider, unpaced(), &budget);
-            Ok(BuiltProvider {
-                client,
-                background,
-                primary: None,
-                access: typed,
-            })
+            let w = guarded(name, provider, unpaced(), &budget);
+            Ok(w.built(None))
         }
         ProviderConfig::Route53 {
             region,
@@ -270,13 +263,8 @@ async fn build_provider(
             )
             .await
             .map_err(|e| err(e.to_string()))?;
-            let (client, background, typed) = guarded(name, provider, unpaced(), &budget);
-            Ok(BuiltProvider {
-                client,
-                background,
-                primary: None,
-                access: typed,
-            })
+            let w = guarded(name, provider, unpaced(), &budget);
+            Ok(w.built(None))
         }
     }
 }
@@ -286,7 +274,28 @@ const PROVIDER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A wrapped provider: the client for changes, the same at background priority, and the client
 /// typed (for its access checks).
-type Wrapped<P> = (Arc<dyn DnsProvider>, Arc<dyn DnsProvider>, Arc<Guarded<P>>);
+struct Wrapped<P> {
+    client: Arc<dyn DnsProvider>,
+    observer: Arc<dyn DnsProvider>,
+    background: Arc<dyn DnsProvider>,
+    typed: Arc<Guarded<P>>,
+}
+
+impl<P: DnsProvider + crate::access::Checks + 'static> Wrapped<P> {
+    fn built(self, primary: Option<SocketAddr>) -> BuiltProvider {
+        BuiltProvider {
+            client: self.client,
+            observer: self.observer,
+            background: self.background,
+            primary,
+            access: self.typed,
+        }
+    }
+}
+
+/// How long the reads of one zone are gathered before they are answered together: the
+/// domains starting together ask within milliseconds of each other.
+const COALESCE_WINDOW: Duration = Duration::from_millis(20);
 
 /// A bucket that never makes anyone wait, for a wrapper around a client that paces itself.
 fn unpaced() -> Arc<TokenBucket> {
@@ -297,8 +306,8 @@ fn unpaced() -> Arc<TokenBucket> {
 /// Wraps a provider in the shared machinery: its budget's admission (a few operations at a
 /// time, changes first, closed while the provider locks the account out), `bucket`'s pacing,
 /// retries with backoff, the deadline; every operation counted by outcome ([`Metered`]).
-/// Returns the client for changes, the same client at background priority, and the client
-/// typed (for its access checks).
+/// Returns the client for changes, the same for first reads and at background priority (both
+/// with their reads of one zone coalesced), and the client typed (for its access checks).
 fn guarded<P: DnsProvider + 'static>(
     name: &str,
     provider: P,
@@ -316,9 +325,18 @@ fn guarded<P: DnsProvider + 'static>(
     let client = Guarded::with_gate(provider, bucket, retrier, budget.gate().clone());
     let background = client.background();
     let typed = Arc::new(client.clone());
-    (
-        Arc::new(Metered::new(client, name)),
-        Arc::new(Metered::new(background, name)),
+    let client: Arc<dyn DnsProvider> = Arc::new(Metered::new(client, name));
+    let coalesced = |inner: Arc<dyn DnsProvider>| -> Arc<dyn DnsProvider> {
+        Arc::new(Coalescing::new(
+            inner,
+            Arc::new(TokioClock),
+            COALESCE_WINDOW,
+        ))
+    };
+    Wrapped {
+        observer: coalesced(client.clone()),
+        background: coalesced(Arc::new(Metered::new(background, name))),
+        client,
         typed,
-    )
+    }
 }

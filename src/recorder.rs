@@ -1,9 +1,10 @@
 //! What each vantage saw, to and from the store in batches. Probing never waits on the store:
 //!
-//! * [`Recorder`]: every round's vantage report and observations are offered to one background
-//!   task (a bounded queue; when it is full the round is dropped and counted), which keeps the
-//!   latest report per (domain, side) and writes them, with the observations, once a second in
-//!   a couple of transactions — not two per round.
+//! * [`Recorder`]: every domain round's vantage report, and every host probe's observations
+//!   (once per host, however many domains use it), are offered to one background task (a
+//!   bounded queue; when it is full the round is dropped and counted), which keeps the latest
+//!   report per (domain, side) and writes them, with the observations, once a second in a
+//!   couple of transactions — not two per round.
 //! * [`Board`]: the other vantages' fresh reports, read once a second (only while this instance
 //!   leads, since only the leader combines votes) into memory, where each domain's actor looks.
 //!
@@ -30,9 +31,11 @@ const QUEUE: usize = 8192;
 /// Observation rows held between writes before new ones are dropped.
 const MAX_PENDING_OBSERVATIONS: usize = 100_000;
 
-struct Recorded {
-    row: VantageRow,
-    observations: Vec<Observation>,
+enum Recorded {
+    /// A domain's vantage report for one side.
+    Report(VantageRow),
+    /// What one probe of one host found.
+    Observations(Vec<Observation>),
 }
 
 /// Hands rounds to the background writer. Cheap to clone.
@@ -48,10 +51,23 @@ impl Recorder {
         Recorder { tx }
     }
 
-    /// Offers one round; never waits. A full queue drops it (the next round replaces it).
-    pub fn offer(&self, row: VantageRow, observations: Vec<Observation>) {
-        if self.tx.try_send(Recorded { row, observations }).is_err() {
+    /// Offers a domain's report of one round; never waits. A full queue drops it (the next
+    /// round replaces it).
+    pub fn offer(&self, row: VantageRow) {
+        if self.tx.try_send(Recorded::Report(row)).is_err() {
             metrics::counter!("mxguard_rounds_not_recorded_total").increment(1);
+        }
+    }
+
+    /// Offers one host probe's observations; never waits (a full queue drops them, counted).
+    pub fn offer_observations(&self, observations: Vec<Observation>) {
+        let n = observations.len() as u64;
+        if self
+            .tx
+            .try_send(Recorded::Observations(observations))
+            .is_err()
+        {
+            metrics::counter!("mxguard_observations_dropped_total").increment(n);
         }
     }
 }
@@ -68,13 +84,16 @@ async fn write(
     loop {
         let stop = tokio::select! {
             r = rx.recv() => match r {
-                Some(r) => {
-                    let key = (r.row.domain.clone(), r.row.vantage.clone(), r.row.side.clone());
-                    latest.insert(key, r.row);
-                    if observations.len() + r.observations.len() <= MAX_PENDING_OBSERVATIONS {
-                        observations.extend(r.observations);
+                Some(Recorded::Report(row)) => {
+                    let key = (row.domain.clone(), row.vantage.clone(), row.side.clone());
+                    latest.insert(key, row);
+                    continue;
+                }
+                Some(Recorded::Observations(rows)) => {
+                    if observations.len() + rows.len() <= MAX_PENDING_OBSERVATIONS {
+                        observations.extend(rows);
                     } else {
-                        dropped += r.observations.len();
+                        dropped += rows.len();
                     }
                     continue;
                 }

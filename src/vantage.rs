@@ -18,9 +18,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::health::{Health, TargetVerdict};
-use crate::model::Side;
+use crate::model::{Fqdn, Side};
 use crate::monitor::RoundReport;
 use crate::probe::dns::DnsStatus;
+use crate::probe::target::TargetEvidence;
 use crate::store::Observation;
 
 /// How old another vantage's report may be and still vote on a domain with these checks:
@@ -29,6 +30,29 @@ use crate::store::Observation;
 /// has a fresh vote.
 pub fn freshness(checks: &crate::config::Checks) -> Duration {
     checks.interval * 3 + checks.timeout * 4
+}
+
+/// Whether a vantage's new report of a side must be stored, given the last one stored: when it
+/// votes differently (health, the round's pass, partitioned or not, a target's up or down) —
+/// the leader sees a change within its next read — or when the stored one is `heartbeat` old,
+/// so that an unchanged vote stays fresh (a third of [`freshness`] keeps it well inside). Not
+/// every round: with thousands of domains, a row per domain and round is more than the store
+/// takes, and an unchanged vote says nothing new.
+pub fn worth_storing(
+    last: Option<&VantageReport>,
+    new: &VantageReport,
+    heartbeat: Duration,
+) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    let heartbeat = chrono::Duration::from_std(heartbeat).unwrap_or(chrono::Duration::MAX);
+    let ups = |r: &VantageReport| r.verdicts.iter().map(|v| v.up).collect::<Vec<_>>();
+    last.health != new.health
+        || last.pass != new.pass
+        || last.partitioned.is_some() != new.partitioned.is_some()
+        || ups(last) != ups(new)
+        || new.at.signed_duration_since(last.at) >= heartbeat
 }
 
 /// How long one probe of a target may take in all, its DNS lookups and SMTP sessions
@@ -207,60 +231,64 @@ pub fn combine(
     }
 }
 
-/// The observation rows of one round: one per (target, resolver) lookup and one per probed
-/// (target, address).
-pub fn observations(vantage: &str, r: &RoundReport) -> Vec<Observation> {
+/// The observation rows of one probe of one MX host: one per resolver lookup and one per
+/// probed address. They are the host's, not a domain's: a host shared by a thousand domains is
+/// probed once and recorded once, under the domain `.` ("every domain using this target"); a
+/// domain's own verdict (its RCPT answer included) is in its vantage report and its events.
+pub fn observations(vantage: &str, e: &TargetEvidence, at: DateTime<Utc>) -> Vec<Observation> {
     let mut out = Vec::new();
-    for e in &r.evidence {
-        let target = e.round.target.to_string();
-        for res in &e.round.resolvers {
-            out.push(Observation {
-                domain: r.domain.clone(),
-                vantage: vantage.to_string(),
-                side: r.side.as_str().to_string(),
-                target: target.clone(),
-                resolver: res.resolver.clone(),
-                address: None,
-                outcome: if res.resolved() {
+    let target = e.round.target.to_string();
+    let row = |resolver: String, address: Option<String>, outcome: &str| Observation {
+        domain: Fqdn::root(),
+        vantage: vantage.to_string(),
+        side: e.side.as_str().to_string(),
+        target: target.clone(),
+        resolver,
+        address,
+        outcome: outcome.to_string(),
+        phase: None,
+        latency_ms: None,
+        detail: String::new(),
+        observed_at: at,
+    };
+    for res in &e.round.resolvers {
+        out.push(Observation {
+            phase: Some("dns".to_string()),
+            detail: match &res.error {
+                Some(err) => err.clone(),
+                None => res
+                    .addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            },
+            ..row(
+                res.resolver.clone(),
+                None,
+                if res.resolved() {
                     "resolved"
                 } else {
                     "unresolved"
-                }
-                .to_string(),
-                phase: Some("dns".to_string()),
-                latency_ms: None,
-                detail: match &res.error {
-                    Some(err) => err.clone(),
-                    None => res
-                        .addresses
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" "),
                 },
-                observed_at: r.at,
-            });
-        }
-        for s in &e.smtp {
-            out.push(Observation {
-                domain: r.domain.clone(),
-                vantage: vantage.to_string(),
-                side: r.side.as_str().to_string(),
-                target: target.clone(),
-                resolver: String::new(),
-                address: Some(s.address.ip().to_string()),
-                outcome: match (&s.failure, s.pass) {
+            )
+        });
+    }
+    for s in &e.smtp {
+        out.push(Observation {
+            phase: s.failure.as_ref().map(|f| f.phase.as_str().to_string()),
+            latency_ms: i64::try_from(s.latency_ms).ok(),
+            detail: s.summary(),
+            ..row(
+                String::new(),
+                Some(s.address.ip().to_string()),
+                match (&s.failure, s.pass) {
                     (_, true) => "pass",
                     (Some(f), false) if f.kind.is_soft() => "soft",
                     _ => "fail",
-                }
-                .to_string(),
-                phase: s.failure.as_ref().map(|f| f.phase.as_str().to_string()),
-                latency_ms: i64::try_from(s.latency_ms).ok(),
-                detail: s.summary(),
-                observed_at: r.at,
-            });
-        }
+                },
+            )
+        });
     }
     out
 }
@@ -286,6 +314,45 @@ mod tests {
     }
 
     const FRESH: Duration = Duration::from_secs(90);
+
+    #[test]
+    fn a_report_is_stored_when_its_vote_changes_or_the_stored_one_is_a_heartbeat_old() {
+        let beat = Duration::from_secs(9);
+        let stored = report("a", Health::Up, 20, false);
+        let later = |secs_ago| report("a", Health::Up, secs_ago, false);
+        assert!(worth_storing(None, &later(0), beat), "the first");
+        assert!(
+            !worth_storing(Some(&stored), &later(15), beat),
+            "unchanged, 5 s on"
+        );
+        assert!(
+            worth_storing(Some(&stored), &later(11), beat),
+            "unchanged, 9 s on"
+        );
+        assert!(worth_storing(
+            Some(&stored),
+            &report("a", Health::Down, 15, false),
+            beat
+        ));
+        assert!(worth_storing(
+            Some(&stored),
+            &report("a", Health::Up, 15, true),
+            beat
+        ));
+        let mut failed_round = later(15);
+        failed_round.pass = false;
+        assert!(
+            worth_storing(Some(&stored), &failed_round, beat),
+            "a failing round"
+        );
+        let mut target_down = later(15);
+        target_down.verdicts = vec![Verdict {
+            target: "mx1.example.com".into(),
+            up: false,
+            reason: "refused".into(),
+        }];
+        assert!(worth_storing(Some(&stored), &target_down, beat));
+    }
 
     fn health(reports: &[VantageReport], quorum: Option<u32>) -> Health {
         combine(Side::Primary, reports, now(), FRESH, quorum).health

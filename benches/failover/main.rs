@@ -1,7 +1,8 @@
 //! The failover benchmark (not a timed test): `scripts/bench-failover`, or
 //! `cargo bench --bench failover -- [stages] [scale] [mass] [--trials N] [--ttl S]
 //! [--provider rfc2136,cloudflare,route53] [--mode mx,a] [--targets 1000,10000]
-//! [--per-domain K] [--secs S] [--domains N] [--window S]`.
+//! [--per-domain K] [--shared-domains 20000,100000] [--hosts H] [--secs S] [--domains N]
+//! [--window S]`.
 //!
 //! 1. `stages`: where the time of one failover goes, from the primary MTA stopping to the
 //!    backup being held by the provider (for RFC 2136: served by `named`) and, for RFC 2136,
@@ -9,7 +10,9 @@
 //!    trials per cell, each a fresh loopback lab and a fresh release `mxguard serve`).
 //!    `--provider rfc2136 --mode mx` is the single cell this part measured before the matrix.
 //! 2. `scale`: probe rounds/s, CPU and peak RSS of `mxguard serve` with 1,000 and 10,000
-//!    targets configured.
+//!    targets configured (each domain with hosts of its own); with `--shared-domains`, N
+//!    domains on H shared hosts (`shared.rs`): start → settled, RSS, SMTP sessions/s, and one
+//!    shared host's outage → its domains decided → verified.
 //! 3. `mass`: 1,000 domains failing over at once through the fake Cloudflare API and its rate
 //!    limit (scaled window): total time against the rate-limit bound, 429s received.
 //!
@@ -21,6 +24,7 @@
 mod lab;
 mod mass;
 mod scale;
+mod shared;
 mod stages;
 mod util;
 
@@ -34,6 +38,9 @@ struct Args {
     providers: Vec<LabProvider>,
     modes: Vec<LabMode>,
     targets: Vec<usize>,
+    targets_given: bool,
+    shared_domains: Vec<usize>,
+    hosts: usize,
     per_domain: usize,
     secs: u64,
     domains: usize,
@@ -41,6 +48,12 @@ struct Args {
     verify: mass::Verify,
     entries: usize,
     inject_429: Option<u64>,
+}
+
+fn list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|s| s.trim().parse::<usize>().map_err(|e| format!("{s}: {e}")))
+        .collect()
 }
 
 fn parse() -> Result<Args, String> {
@@ -55,6 +68,9 @@ fn parse() -> Result<Args, String> {
         ],
         modes: vec![LabMode::Mx, LabMode::A],
         targets: vec![1_000, 10_000],
+        targets_given: false,
+        shared_domains: Vec::new(),
+        hosts: 200,
         per_domain: 2,
         secs: 30,
         domains: 1_000,
@@ -74,11 +90,11 @@ fn parse() -> Result<Args, String> {
             "--provider" => a.providers = stages::parse_providers(&value("--provider")?)?,
             "--mode" => a.modes = stages::parse_modes(&value("--mode")?)?,
             "--targets" => {
-                a.targets = value("--targets")?
-                    .split(',')
-                    .map(|s| s.trim().parse::<usize>().map_err(|e| format!("{s}: {e}")))
-                    .collect::<Result<_, _>>()?
+                a.targets = list(&value("--targets")?)?;
+                a.targets_given = true;
             }
+            "--shared-domains" => a.shared_domains = list(&value("--shared-domains")?)?,
+            "--hosts" => a.hosts = (num(value("--hosts")?)? as usize).max(2),
             "--per-domain" => a.per_domain = num(value("--per-domain")?)? as usize,
             "--secs" => a.secs = num(value("--secs")?)?,
             "--domains" => a.domains = num(value("--domains")?)? as usize,
@@ -132,12 +148,38 @@ async fn main() {
                 .await
             }
             "scale" => {
-                scale::run(&scale::Opts {
-                    targets: args.targets.clone(),
-                    per_domain: args.per_domain,
-                    secs: args.secs,
-                })
-                .await
+                let mut parts = serde_json::Map::new();
+                let mut outcome = Ok(());
+                // `--shared-domains` alone measures only the shared shape
+                if args.shared_domains.is_empty() || args.targets_given {
+                    match scale::run(&scale::Opts {
+                        targets: args.targets.clone(),
+                        per_domain: args.per_domain,
+                        secs: args.secs,
+                    })
+                    .await
+                    {
+                        Ok(v) => {
+                            parts.insert("own_hosts".into(), v);
+                        }
+                        Err(e) => outcome = Err(e),
+                    }
+                }
+                if !args.shared_domains.is_empty() {
+                    match shared::run(&shared::Opts {
+                        domains: args.shared_domains.clone(),
+                        hosts: args.hosts,
+                        secs: args.secs,
+                    })
+                    .await
+                    {
+                        Ok(v) => {
+                            parts.insert("shared_hosts".into(), v);
+                        }
+                        Err(e) => outcome = Err(e),
+                    }
+                }
+                outcome.map(|()| serde_json::Value::Object(parts))
             }
             _ => {
                 mass::run(&mass::Opts {

@@ -19,6 +19,9 @@ pub struct ChangeDeps {
     pub store: Arc<dyn Store>,
     /// The provider for changes: their plan reads, applies and read-backs.
     pub provider: Arc<dyn DnsProvider>,
+    /// The provider for reads of what is published while nothing is known (recovery): the
+    /// reads of many domains of one zone together are answered by one listing.
+    pub observer: Arc<dyn DnsProvider>,
     /// The same provider for the periodic reconcile read, admitted after changes waiting.
     pub background: Arc<dyn DnsProvider>,
     /// How often the published records are read back (spread over the provider's budget).

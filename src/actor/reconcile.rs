@@ -45,7 +45,7 @@ impl Actor {
         }
         match self
             .deps
-            .provider
+            .observer
             .read(&self.managed.zone, &self.managed.keys())
             .await
         {
@@ -65,7 +65,7 @@ impl Actor {
         // Not knowing what is published, automation cannot act: that read is as urgent as a
         // change's. Otherwise it is a check, and waits behind the changes of other domains.
         let provider = if self.state.machine.published.is_none() {
-            self.deps.provider.clone()
+            self.deps.observer.clone()
         } else {
             self.deps.background.clone()
         };

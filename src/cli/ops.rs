@@ -405,6 +405,7 @@ pub(super) async fn revert(
     let deps = crate::actor::change::ChangeDeps {
         store: c.store.clone(),
         provider: provider.clone(),
+        observer: provider.clone(),
         background: provider.clone(),
         reconcile: std::time::Duration::from_secs(60),
         verifier: crate::verify::Verifier {

@@ -5,10 +5,12 @@
 //! backup starts being refused, `mta_sts_restored` when it passes again; the failover decision
 //! in `machine.rs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::{Fetcher, PolicyReport};
@@ -49,19 +51,26 @@ impl MtaStsView {
     }
 }
 
-/// Runs one domain's check until `shutdown` (or its actor stops).
-pub async fn run(cfg: DomainConfig, handle: ActorHandle, shutdown: CancellationToken) {
-    let fetcher = match Fetcher::for_checks(&cfg.checks) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(domain = %cfg.name, error = %e, "MTA-STS check not started: the TLS client cannot be built");
-            return;
-        }
-    };
+/// Looks at policies in flight at once, across every domain.
+pub const LOOKS_AT_ONCE: usize = 16;
+
+/// Runs one domain's check until `shutdown` (or its actor stops), with `fetcher` (shared by the
+/// domains with the same checks), one look at a time among the holders of `looks`.
+pub async fn run(
+    cfg: DomainConfig,
+    fetcher: Fetcher,
+    looks: Arc<Semaphore>,
+    handle: ActorHandle,
+    shutdown: CancellationToken,
+) {
     loop {
+        let look = async {
+            let _turn = looks.acquire().await;
+            MtaStsView::look(&fetcher, &cfg).await
+        };
         let view = tokio::select! {
             _ = shutdown.cancelled() => return,
-            view = MtaStsView::look(&fetcher, &cfg) => view,
+            view = look => view,
         };
         if let Some(e) = &view.report.error {
             tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");

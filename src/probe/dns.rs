@@ -104,6 +104,10 @@ pub struct DnsClient {
 }
 
 const EDNS_PAYLOAD: u16 = 1232;
+/// The UDP receive buffer: room for the payload we advertise and for servers that ignore it up
+/// to 4 KiB; a datagram that fills it is taken as cut off and asked again over TCP. (A
+/// 64 KiB buffer per query in flight was most of the memory with thousands of domains.)
+const UDP_BUFFER: usize = 4096;
 /// UDP sends within one timeout (the first and up to two resends).
 const UDP_SENDS: u32 = 3;
 
@@ -161,8 +165,9 @@ impl DnsClient {
     ) -> Result<Message, String> {
         let request = self.request(name, rtype)?;
         let bytes = request.to_vec().map_err(|e| e.to_string())?;
+        // An answer larger than the UDP buffer is asked again over TCP, as a truncated one is.
         let reply = self.udp(&bytes, &request).await?;
-        if !reply.metadata.truncation {
+        if let Some(reply) = reply.filter(|r| !r.metadata.truncation) {
             return Ok(reply);
         }
         *via_tcp = true;
@@ -180,7 +185,8 @@ impl DnsClient {
         Ok(msg)
     }
 
-    async fn udp(&self, bytes: &[u8], request: &Message) -> Result<Message, String> {
+    /// The answer over UDP; `None` when it did not fit [`UDP_BUFFER`].
+    async fn udp(&self, bytes: &[u8], request: &Message) -> Result<Option<Message>, String> {
         let bind: SocketAddr = if self.server.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -191,16 +197,19 @@ impl DnsClient {
         // Like any stub resolver, resend a lost datagram: one lost packet is not the
         // resolver failing. The caller's timeout bounds the whole exchange.
         let resend_after = (self.timeout / UDP_SENDS).max(Duration::from_millis(100));
-        let mut buf = vec![0u8; 65535];
+        let mut buf = vec![0u8; UDP_BUFFER];
         loop {
             sock.send(bytes).await.map_err(|e| e.to_string())?;
             let wait = tokio::time::timeout(resend_after, async {
                 loop {
                     let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+                    if n == buf.len() {
+                        return Ok(None);
+                    }
                     // Ignore stray datagrams that do not answer our query (spoofing, late
                     // replies, a query reflected back).
                     if let Ok(msg) = parse_answer(request, &buf[..n]) {
-                        return Ok::<Message, String>(msg);
+                        return Ok::<Option<Message>, String>(Some(msg));
                     }
                 }
             });
@@ -367,7 +376,13 @@ async fn ns_names(resolver: &DnsClient, zone: &Fqdn) -> Result<Vec<Fqdn>, String
     let bytes = msg.to_vec().map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(resolver.timeout, resolver.udp(&bytes, &msg))
         .await
-        .map_err(|_| format!("timeout asking {} for the NS of {zone}", resolver.server))??;
+        .map_err(|_| format!("timeout asking {} for the NS of {zone}", resolver.server))??
+        .ok_or_else(|| {
+            format!(
+                "{}'s NS answer for {zone} does not fit a datagram",
+                resolver.server
+            )
+        })?;
     let names: Vec<Fqdn> = reply
         .answers
         .iter()

@@ -52,6 +52,10 @@ impl<P: DnsProvider> DnsProvider for Metered<P> {
         self.inner.read_cost(keys)
     }
 
+    fn list_cost(&self, rrsets: usize) -> u32 {
+        self.inner.list_cost(rrsets)
+    }
+
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
         let r = self.inner.read(zone, keys).await;
         self.count("read", &r);

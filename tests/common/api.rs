@@ -165,6 +165,7 @@ pub fn memory_deps(
     ChangeDeps {
         store: store.clone(),
         provider: dns.clone(),
+        observer: dns.clone(),
         background: dns.clone(),
         reconcile: Duration::from_secs(60),
         verifier: Verifier {

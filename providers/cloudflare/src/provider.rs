@@ -373,6 +373,12 @@ impl DnsProvider for CloudflareProvider {
         }
     }
 
+    /// A page per `per_page` records (an RRset of several records spans several).
+    fn list_cost(&self, rrsets: usize) -> u32 {
+        let per_page = (self.per_page as usize).max(1);
+        u32::try_from(rrsets.div_ceil(per_page).max(1)).unwrap_or(u32::MAX)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             min_ttl: self.min_ttl,

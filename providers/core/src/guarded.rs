@@ -117,6 +117,10 @@ impl<P: DnsProvider> DnsProvider for Guarded<P> {
         self.shared.inner.read_cost(keys)
     }
 
+    fn list_cost(&self, rrsets: usize) -> u32 {
+        self.shared.inner.list_cost(rrsets)
+    }
+
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
         let s = &self.shared;
         self.admitted("read", None, || s.inner.read(zone, keys))

@@ -8,6 +8,7 @@
 
 mod access;
 pub mod clock;
+mod coalesce;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod diff;
@@ -24,6 +25,7 @@ mod zonelock;
 
 pub use access::{AccessCheck, AccessReport, Missing, Outcome};
 pub use clock::{Clock, ManualClock, TokioClock};
+pub use coalesce::{Coalescing, FIRST_LISTING_ASKS, LIST_BACKOFF};
 pub use diff::{diff, write_rank};
 pub use gate::{Gate, Priority};
 pub use guarded::Guarded;

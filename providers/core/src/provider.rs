@@ -228,6 +228,13 @@ pub trait DnsProvider: Send + Sync {
         1
     }
 
+    /// What listing a zone of `rrsets` RRsets costs, in reads (for reads answered from one
+    /// listing): one by default; a page per so many RRsets at a REST API; for a zone transfer,
+    /// what parsing the whole zone costs.
+    fn list_cost(&self, _rrsets: usize) -> u32 {
+        1
+    }
+
     /// The live RRsets at `keys` in `zone`; an absent RRset is simply missing from the result.
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError>;
 

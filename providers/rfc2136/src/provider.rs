@@ -101,6 +101,9 @@ impl Rfc2136Provider {
     }
 }
 
+/// RRsets of a zone transfer that cost about one read (`list_cost`).
+const AXFR_RRSETS_PER_READ: usize = 100;
+
 #[async_trait]
 impl DnsProvider for Rfc2136Provider {
     fn name(&self) -> &str {
@@ -115,6 +118,12 @@ impl DnsProvider for Rfc2136Provider {
             atomic: true,
             zone_listing: true,
         }
+    }
+
+    /// An AXFR is one request, but it carries the whole zone and every record of it is parsed
+    /// and grouped here: a read per hundred RRsets is about what it costs on both ends.
+    fn list_cost(&self, rrsets: usize) -> u32 {
+        u32::try_from(rrsets.div_ceil(AXFR_RRSETS_PER_READ).max(1)).unwrap_or(u32::MAX)
     }
 
     async fn read(&self, zone: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {

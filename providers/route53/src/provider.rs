@@ -356,6 +356,11 @@ impl DnsProvider for Route53Provider {
         &self.name
     }
 
+    /// A page of `ListResourceRecordSets` per 300 record sets.
+    fn list_cost(&self, rrsets: usize) -> u32 {
+        u32::try_from(rrsets.div_ceil(PAGE as usize).max(1)).unwrap_or(u32::MAX)
+    }
+
     fn request_rate(&self) -> Option<f64> {
         Some(self.api.rate())
     }
