@@ -182,12 +182,15 @@ impl RcodeServer {
 /// A recursive resolver's stand-in on 127.0.0.1:<free port> that counts what it is asked: it
 /// answers `A` for the names it was given (with their address and `ttl`), NOERROR with no
 /// records (NODATA) for their `AAAA`, and NXDOMAIN for any other name, and records the
-/// wall-clock second of each answer, so a test can check a client's query rate per second.
+/// wall-clock second of each answer, so a test can check a client's query rate per second. A
+/// query sent again (the same id and question: a client's resend after a lost or late answer)
+/// is answered but counted apart ([`CountingResolver::resent`]), not as another query.
 /// Stops on drop.
 #[derive(Debug)]
 pub struct CountingResolver {
     responder: UdpResponder,
     per_second: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>>,
+    resent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CountingResolver {
@@ -207,6 +210,10 @@ impl CountingResolver {
         let per_second: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>> =
             Arc::default();
         let counts = per_second.clone();
+        let resent: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let resends = resent.clone();
+        let seen: std::sync::Mutex<std::collections::HashSet<(u16, String, RecordType)>> =
+            Default::default();
         let responder = UdpResponder::start("counting-resolver", move |query| {
             let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
             reply.metadata.recursion_desired = query.metadata.recursion_desired;
@@ -235,6 +242,15 @@ impl CountingResolver {
                 }
                 Some(_) => {}
             }
+            let first = seen.lock().unwrap_or_else(|p| p.into_inner()).insert((
+                query.metadata.id,
+                asked,
+                q.query_type(),
+            ));
+            if !first {
+                resends.fetch_add(1, Ordering::SeqCst);
+                return Some(reply);
+            }
             let second = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -248,6 +264,7 @@ impl CountingResolver {
         Ok(CountingResolver {
             responder,
             per_second,
+            resent,
         })
     }
 
@@ -255,12 +272,17 @@ impl CountingResolver {
         self.responder.addr()
     }
 
-    /// Queries answered so far.
+    /// Queries answered so far, resends included.
     pub fn answered(&self) -> usize {
         self.responder.answered()
     }
 
-    /// Queries answered in each wall-clock second (Unix seconds) that had any.
+    /// Resends answered so far (a query whose id and question came before).
+    pub fn resent(&self) -> usize {
+        self.resent.load(Ordering::SeqCst)
+    }
+
+    /// Queries (resends not counted) answered in each wall-clock second (Unix seconds) that had any.
     pub fn per_second(&self) -> std::collections::BTreeMap<u64, usize> {
         self.per_second
             .lock()
