@@ -267,6 +267,8 @@ async fn detection_trial(
             timeout: Duration::from_secs(1),
             ..policy(server.addr.port(), StartTls::Off, &ca)
         },
+        dns: mxguard::probe::budget::SharedDns::unlimited(),
+        reuse: mxguard::probe::reuse::Rules::ALWAYS_ASK,
         global: Arc::new(Semaphore::new(16)),
         max_addresses: 8,
     };
@@ -347,6 +349,8 @@ async fn main() {
     let prober = Prober {
         resolvers: vec![DnsClient::resolver(dns, Duration::from_secs(3))],
         smtp: policy(plain.addr.port(), StartTls::Off, pki.ca_file.path()),
+        dns: mxguard::probe::budget::SharedDns::unlimited(),
+        reuse: mxguard::probe::reuse::Rules::ALWAYS_ASK,
         global: Arc::new(Semaphore::new(256)),
         max_addresses: 8,
     };

@@ -19,7 +19,9 @@ use crate::lease::Leadership;
 use crate::model::{Fqdn, Side};
 use crate::monitor::{MonitorSettings, Monitors, RoundSink, TargetProber};
 use crate::plan::Managed;
+use crate::probe::budget::SharedDns;
 use crate::probe::dns::DnsClient;
+use crate::probe::reuse::Rules;
 use crate::probe::smtp::{RcptCheck, SmtpPolicy};
 use crate::probe::target::{Prober, TargetSpec};
 use crate::probe::tls;
@@ -181,6 +183,13 @@ impl Engine {
                 recorder.offer_observations(vantage::observations(&me, evidence, at));
             }));
         }
+        // One query budget per resolver address for the whole process (`[checks] max_qps`),
+        // spent by every prober and by verification, with the hosts' last answers.
+        let dns = SharedDns::new(
+            config.checks.max_qps,
+            Arc::new(TokioClock),
+            Arc::new(SeededJitter::from_entropy()),
+        );
         // One loader for every domain: their state is read in batches, not one query each.
         let loader = Loader::new(store.clone());
         for d in &config.domains {
@@ -210,18 +219,26 @@ impl Engine {
                     &c.ehlo_name,
                     c.cert_min_days,
                     &c.ca_file,
-                    c.max_addresses
+                    c.max_addresses,
+                    c.interval,
+                    c.dns_interval
                 )
             );
             let prober = probers
                 .entry(class)
                 .or_insert_with(|| {
+                    dns.register(&c.resolvers);
                     Arc::new(Prober {
                         resolvers: c
                             .resolvers
                             .iter()
                             .map(|r| DnsClient::resolver(*r, c.timeout))
                             .collect(),
+                        dns: dns.clone(),
+                        reuse: Rules {
+                            dns_interval: c.dns_interval,
+                            interval: c.interval,
+                        },
                         smtp: SmtpPolicy {
                             port: c.smtp_port,
                             timeout: c.timeout,
@@ -246,6 +263,7 @@ impl Engine {
                 authoritative,
                 resolvers: c.resolvers.clone(),
                 query_timeout: c.timeout,
+                dns: dns.clone(),
                 bound: Duration::from_secs(60),
                 poll: Duration::from_millis(250),
             };

@@ -56,6 +56,10 @@ impl ResolverResult {
 pub struct TargetRound {
     pub target: Fqdn,
     pub resolvers: Vec<ResolverResult>,
+    /// Resolvers not asked this round for their query budget, with no earlier good answer to
+    /// stand in: no evidence either way (see [`undecided`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unasked: Vec<String>,
     pub addresses: Vec<AddressResult>,
 }
 
@@ -113,6 +117,15 @@ pub fn target_verdict(round: &TargetRound, resolver_quorum: u32) -> TargetVerdic
                 .join("; "),
         ),
     }
+}
+
+/// Whether `round` says nothing about its target: too few resolvers resolved it for the
+/// quorum, but enough were not asked (their query budget was spent) that they might have made
+/// it. Such a round is not a failure — a budget is not an outage — and is not counted at all.
+pub fn undecided(round: &TargetRound, resolver_quorum: u32) -> bool {
+    let resolved = round.resolvers.iter().filter(|r| r.resolved()).count();
+    (resolved as u32) < resolver_quorum
+        && (resolved + round.unasked.len()) as u32 >= resolver_quorum
 }
 
 /// How a round went for a side.

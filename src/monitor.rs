@@ -35,22 +35,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::WallClock;
 use crate::health::{
-    side_outcome, target_verdict, HealthChange, SideHealth, TargetVerdict, Thresholds,
+    side_outcome, target_verdict, undecided, HealthChange, SideHealth, TargetVerdict, Thresholds,
 };
 use crate::model::{Fqdn, Side};
 use crate::probe::smtp::RcptCheck;
 use crate::probe::target::{Prober, TargetEvidence, TargetSpec};
 
-/// Probes one target; [`Prober`] in production, a script in tests.
+/// Probes one target; [`Prober`] in production, a script in tests. A `confirmation` round
+/// asks the resolvers again instead of reusing their answers.
 #[async_trait]
 pub trait TargetProber: Send + Sync {
-    async fn probe(&self, spec: &TargetSpec, now: DateTime<Utc>) -> TargetEvidence;
+    async fn probe(
+        &self,
+        spec: &TargetSpec,
+        now: DateTime<Utc>,
+        confirmation: bool,
+    ) -> TargetEvidence;
 }
 
 #[async_trait]
 impl TargetProber for Prober {
-    async fn probe(&self, spec: &TargetSpec, now: DateTime<Utc>) -> TargetEvidence {
-        self.probe_target(spec, now).await
+    async fn probe(
+        &self,
+        spec: &TargetSpec,
+        now: DateTime<Utc>,
+        confirmation: bool,
+    ) -> TargetEvidence {
+        self.probe_round(spec, now, confirmation).await
     }
 }
 
@@ -349,13 +360,27 @@ impl Monitors {
             }),
             ..host.spec.clone()
         };
-        let mut evidence = host.prober.probe(&spec, self.utc()).await;
+        let mut evidence = host.prober.probe(&spec, self.utc(), confirmation).await;
         // Once per host round, before it fans out (a host shared by a thousand domains is one
         // probe, its latency and failures counted once) and before the RCPT answers of earlier
         // rounds are added (they were counted then).
         crate::probe::metrics::record(&evidence, self.utc());
         if let Some(hook) = &self.on_host_round {
             hook(&evidence, self.utc());
+        }
+        if undecided(&evidence.round, host.settings.resolver_quorum) {
+            // Resolvers over their query budget left the round without a verdict: it reaches
+            // no domain (neither a pass nor a failure), and the host tries again next round.
+            tracing::debug!(host = %host.spec.host, unasked = ?evidence.round.unasked, "round undecided: resolvers over their query budget");
+            lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
+            let mut confirming = false;
+            let mut listening = false;
+            for (view, _) in &host.domains {
+                let v = lock(view);
+                confirming |= v.health(host.spec.side).confirming();
+                listening |= !v.tx.is_closed();
+            }
+            return (confirming, listening);
         }
         lock(&host.rcpt).record(&checked, &mut evidence.smtp, self.clock.now());
         // The round is as of when its evidence is complete: a session carrying thousands of

@@ -1,6 +1,8 @@
 //! After an apply: ask every authoritative server until the new RRsets are served (bounded) —
 //! that verifies the change — then each configured resolver until its cache has let the old
-//! answer go, which is recorded, not waited on by the state machine.
+//! answer go, which is recorded, not waited on by the state machine. The resolvers are asked
+//! within their query budgets, shared with the probes (`probe::budget`); the authoritative
+//! servers are the zone's own and are not budgeted.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::model::RecordSet;
+use crate::probe::budget::SharedDns;
 use crate::probe::dns::{DnsClient, DnsStatus};
 
 /// Polls in a row without any answer after which a server counts as not answering (so the
@@ -27,6 +30,9 @@ pub struct Verifier {
     pub authoritative: Vec<SocketAddr>,
     pub resolvers: Vec<SocketAddr>,
     pub query_timeout: Duration,
+    /// The resolvers' query budgets: each query to a resolver waits for its token (for up to
+    /// a poll; else it is asked at the next poll).
+    pub dns: SharedDns,
     /// How long authoritative servers get to serve the change.
     pub bound: Duration,
     pub poll: Duration,
@@ -60,10 +66,10 @@ impl Verifier {
             let client = DnsClient::resolver(*s, self.query_timeout);
             poll_until_served(
                 client,
+                &self.dns,
                 desired,
                 bound,
                 self.poll.max(Duration::from_secs(1)),
-                false,
             )
         });
         futures::future::join_all(checks).await
@@ -72,12 +78,24 @@ impl Verifier {
 
 /// True when `client` serves every RRset of `desired` (TTL compared when `exact_ttl`).
 pub async fn serves(client: &DnsClient, desired: &[RecordSet], exact_ttl: bool) -> bool {
-    served(client, desired, exact_ttl).await == Some(true)
+    served(client, desired, exact_ttl, None).await == Some(true)
 }
 
 /// Whether `client` serves every RRset of `desired`; `None` when it did not answer at all.
-async fn served(client: &DnsClient, desired: &[RecordSet], exact_ttl: bool) -> Option<bool> {
+/// With `budget` (a resolver's), each query waits for its token, at most `poll`; `None` when
+/// the token would come later (the next poll tries again).
+async fn served(
+    client: &DnsClient,
+    desired: &[RecordSet],
+    exact_ttl: bool,
+    budget: Option<(&SharedDns, Duration)>,
+) -> Option<bool> {
     for set in desired {
+        if let Some((budget, poll)) = budget {
+            if !budget.reserve(client.server, 1, poll).await {
+                return None;
+            }
+        }
         let answer = client.query(set.name(), set.rtype()).await;
         if matches!(
             answer.status,
@@ -109,7 +127,7 @@ async fn poll_authoritative(
     let mut answered = false;
     let mut silent = 0;
     loop {
-        match served(&client, desired, true).await {
+        match served(&client, desired, true, None).await {
             Some(true) => {
                 let seen = Visible {
                     server: client.server.to_string(),
@@ -131,16 +149,17 @@ async fn poll_authoritative(
     }
 }
 
+/// Polls a resolver (within its budget) until it serves `desired`'s records, within `bound`.
 async fn poll_until_served(
     client: DnsClient,
+    budget: &SharedDns,
     desired: &[RecordSet],
     bound: Duration,
     poll: Duration,
-    exact_ttl: bool,
 ) -> Visible {
     let start = Instant::now();
     loop {
-        if serves(&client, desired, exact_ttl).await {
+        if served(&client, desired, false, Some((budget, poll))).await == Some(true) {
             return Visible {
                 server: client.server.to_string(),
                 after_ms: Some(start.elapsed().as_millis() as u64),

@@ -516,6 +516,8 @@ async fn a_target_with_ninety_addresses_gets_eight_probes() {
     let prober = Prober {
         resolvers: vec![lab.resolver(), lab.authoritative()],
         smtp: policy(&ca, closed_port(), StartTls::Require, T),
+        dns: mxguard::probe::budget::SharedDns::unlimited(),
+        reuse: mxguard::probe::reuse::Rules::ALWAYS_ASK,
         global: std::sync::Arc::new(tokio::sync::Semaphore::new(64)),
         max_addresses: 8,
     };

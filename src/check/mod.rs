@@ -120,6 +120,8 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
             tls: tls::client_config(req.ca_file.as_deref())?,
             rcpt: None,
         },
+        dns: crate::probe::budget::SharedDns::unlimited(),
+        reuse: crate::probe::reuse::Rules::ALWAYS_ASK,
         global: Arc::new(Semaphore::new(64)),
         max_addresses: crate::config::Checks::default().max_addresses as usize,
     };

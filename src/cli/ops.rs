@@ -412,6 +412,8 @@ pub(super) async fn revert(
             authoritative: d.authoritative.clone(),
             resolvers: Vec::new(),
             query_timeout: d.checks.timeout,
+            // no resolvers are polled here
+            dns: crate::probe::budget::SharedDns::unlimited(),
             bound: std::time::Duration::from_secs(60),
             poll: std::time::Duration::from_millis(250),
         },

@@ -715,6 +715,38 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         d.max_addresses.into(),
         errs,
     ) as u32;
+    let max_qps_given = sec.has("max_qps");
+    let max_qps = sec.int(
+        "max_qps",
+        "queries per second",
+        1..=1_000_000,
+        d.max_qps.into(),
+        errs,
+    ) as u32;
+    if max_qps_given && !is_global {
+        errs.push(
+            sec.field("max_qps"),
+            "is a budget per resolver for the whole process: set it in the global [checks]",
+        );
+    }
+    let dns_interval_given = sec.has("dns_interval");
+    let dns_interval = sec.duration("dns_interval", s(1), s(24 * 3600), d.dns_interval, errs);
+    // Unset, it is at least the interval: a longer interval than the default 60 s needs no
+    // dns_interval of its own.
+    let dns_interval = if dns_interval_given {
+        dns_interval
+    } else {
+        dns_interval.max(interval)
+    };
+    if dns_interval_given && dns_interval < interval {
+        errs.push(
+            sec.field("dns_interval"),
+            format!(
+                "must be at least interval ({}): a round asks each resolver at most once",
+                humantime::format_duration(interval)
+            ),
+        );
+    }
     if timing_set && timeout >= interval {
         errs.push(
             sec.field("timeout"),
@@ -756,10 +788,12 @@ fn parse_checks(mut sec: Section, d: &Checks, errs: &mut Errors) -> Checks {
         rcpt_checks,
         reconcile_interval,
         max_addresses,
+        max_qps,
+        dns_interval,
     }
 }
 
-const CHECK_KEYS: [&str; 16] = [
+const CHECK_KEYS: [&str; 18] = [
     "interval",
     "timeout",
     "fail_after",
@@ -776,6 +810,8 @@ const CHECK_KEYS: [&str; 16] = [
     "rcpt_checks",
     "reconcile_interval",
     "max_addresses",
+    "max_qps",
+    "dns_interval",
 ];
 
 fn parse_domain(

@@ -648,3 +648,46 @@ budget = "ops user!"
         "{bad:#?}"
     );
 }
+
+#[test]
+fn dns_budget_settings_have_defaults_and_name_each_mistake_with_the_file() {
+    let checks = parse("").unwrap().checks;
+    assert_eq!(checks.max_qps, 20);
+    assert_eq!(checks.dns_interval, Duration::from_secs(60));
+    let checks = parse("[checks]\nmax_qps = 5\ndns_interval = \"2m\"\n")
+        .unwrap()
+        .checks;
+    assert_eq!(
+        (checks.max_qps, checks.dns_interval),
+        (5, Duration::from_secs(120))
+    );
+    // unset, it is never shorter than the interval
+    let checks = parse("[checks]\ninterval = \"2m\"\ntimeout = \"10s\"\n")
+        .unwrap()
+        .checks;
+    assert_eq!(checks.dns_interval, Duration::from_secs(120));
+
+    let err = parse("[checks]\nmax_qps = 0\ninterval = \"10s\"\ndns_interval = \"5s\"\n")
+        .unwrap_err()
+        .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(
+        lines[0],
+        "mxguard.toml: checks.max_qps: expected queries per second 1..=1000000, got 0"
+    );
+    assert!(
+        lines[1].starts_with("mxguard.toml: checks.dns_interval: must be at least interval (10s)"),
+        "{err}"
+    );
+
+    let errs = errors(&format!(
+        "{PROVIDER}\n[[domains]]\nname = \"example.com\"\nprovider = \"ns1\"\nprimary = [\"10 mx1.example.com.\"]\nbackup = [\"10 mx2.example.com.\"]\n[domains.checks]\nmax_qps = 100\n"
+    ));
+    assert!(
+        errs.iter().any(|e| e.starts_with(
+            "domains[0].checks.max_qps: is a budget per resolver for the whole process"
+        )),
+        "{errs:?}"
+    );
+}

@@ -311,6 +311,12 @@ pub struct Checks {
     pub reconcile_interval: Duration,
     /// At most this many addresses per resolver answer and per target are probed.
     pub max_addresses: u32,
+    /// Queries per second to each resolver, at most, for the whole process (global
+    /// `[checks]` only): resolvers are usually public and rate-limit their clients.
+    pub max_qps: u32,
+    /// How long a host's good A/AAAA answer is reused (or its TTL, when shorter); at least
+    /// `interval`.
+    pub dns_interval: Duration,
 }
 
 impl Default for Checks {
@@ -337,6 +343,8 @@ impl Default for Checks {
             rcpt_checks: RcptChecks::All,
             reconcile_interval: Duration::from_secs(60),
             max_addresses: 8,
+            max_qps: 20,
+            dns_interval: Duration::from_secs(60),
         }
     }
 }

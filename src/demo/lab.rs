@@ -196,6 +196,8 @@ tsig_secret_file = {key_file}
 
 [checks]
 interval = "1s"
+# ask the resolver every round: the demo's DNS changes are seen within a round
+dns_interval = "1s"
 timeout = "800ms"
 fail_after = 2
 recover_after = {RECOVER_AFTER}

@@ -48,7 +48,51 @@ fn round(resolvers: Vec<ResolverResult>, addresses: Vec<AddressResult>) -> Targe
     TargetRound {
         target: fqdn("mx1.example.test"),
         resolvers,
+        unasked: Vec::new(),
         addresses,
+    }
+}
+
+#[test]
+fn resolvers_over_their_budget_are_no_evidence() {
+    let ok = || resolver("r1", &["192.0.2.1"], None);
+    let failed = || resolver("r2", &[], Some("A SERVFAIL, AAAA SERVFAIL"));
+    let unasked = |rs: Vec<ResolverResult>, n: usize| TargetRound {
+        unasked: (0..n).map(|i| format!("u{i}")).collect(),
+        ..round(rs, vec![addr("192.0.2.1", true, "250 ok")])
+    };
+    // (case, round, quorum, undecided)
+    let table = [
+        ("quorum met without them", unasked(vec![ok()], 1), 1, false),
+        (
+            "quorum met, one unasked",
+            unasked(vec![ok(), ok()], 1),
+            2,
+            false,
+        ),
+        ("the only resolver unasked", unasked(vec![], 1), 1, true),
+        (
+            "short of the quorum by an unasked one",
+            unasked(vec![ok()], 1),
+            2,
+            true,
+        ),
+        (
+            "one failed, one unasked, quorum 2",
+            unasked(vec![ok(), failed()], 1),
+            2,
+            true,
+        ),
+        (
+            "failed even with them",
+            unasked(vec![failed(), failed()], 1),
+            2,
+            false,
+        ),
+        ("nothing unasked", unasked(vec![failed()], 0), 1, false),
+    ];
+    for (case, r, quorum, want) in table {
+        assert_eq!(undecided(&r, quorum), want, "{case}");
     }
 }
 

@@ -20,6 +20,10 @@ struct Scripted {
     slow: BTreeMap<String, f64>,
     /// Hosts whose outage is a 421 (soft) rather than a 554.
     soft: Vec<String>,
+    /// host → until when (seconds since start) its resolver is over its query budget
+    unasked_until: BTreeMap<String, f64>,
+    /// Each probe's host and whether it was asked as a confirmation.
+    confirmations: Mutex<Vec<(String, bool)>>,
 }
 
 impl Scripted {
@@ -35,6 +39,8 @@ impl Scripted {
             refused: vec![],
             slow: BTreeMap::new(),
             soft: vec![],
+            unasked_until: BTreeMap::new(),
+            confirmations: Mutex::new(vec![]),
         })
     }
 
@@ -93,13 +99,39 @@ fn smtp_report(spec: &TargetSpec, refused: &[String]) -> SmtpReport {
 
 #[async_trait]
 impl TargetProber for Scripted {
-    async fn probe(&self, spec: &TargetSpec, _now: DateTime<Utc>) -> TargetEvidence {
+    async fn probe(
+        &self,
+        spec: &TargetSpec,
+        _now: DateTime<Utc>,
+        confirmation: bool,
+    ) -> TargetEvidence {
         let t = self.clock.elapsed().as_secs_f64();
         if let Some(secs) = self.slow.get(&spec.host.to_string()) {
             self.clock.sleep(Duration::from_secs_f64(*secs)).await;
         }
         let host = spec.host.to_string();
         self.calls.lock().unwrap().push((host.clone(), t));
+        self.confirmations
+            .lock()
+            .unwrap()
+            .push((host.clone(), confirmation));
+        if self
+            .unasked_until
+            .get(&host)
+            .is_some_and(|until| t < *until)
+        {
+            return TargetEvidence {
+                side: spec.side,
+                round: TargetRound {
+                    target: spec.host.clone(),
+                    resolvers: vec![],
+                    unasked: vec!["r".into()],
+                    addresses: vec![],
+                },
+                dns: vec![],
+                smtp: vec![],
+            };
+        }
         if let Some(r) = &spec.rcpt {
             let domains = r.domains.iter().map(|d| d.to_string()).collect();
             self.rcpts.lock().unwrap().push(domains);
@@ -120,6 +152,7 @@ impl TargetProber for Scripted {
                         addresses: vec![address],
                         error: None,
                     }],
+                    unasked: vec![],
                     addresses: vec![AddressResult {
                         address,
                         pass: true,
@@ -140,6 +173,7 @@ impl TargetProber for Scripted {
                     addresses: vec![address],
                     error: None,
                 }],
+                unasked: vec![],
                 addresses: vec![AddressResult {
                     address,
                     pass: !down,
@@ -583,4 +617,44 @@ async fn rcpt_checks_rotate_a_hundred_a_round_and_each_domain_keeps_its_latest_a
     monitors.round(0, true).await;
     let rcpts = prober.rcpts.lock().unwrap().last().cloned().unwrap();
     assert_eq!(rcpts, ["d7.example.test."]);
+}
+
+#[tokio::test]
+async fn a_round_without_dns_evidence_for_the_budget_reaches_no_domain() {
+    let clock = ManualClock::new();
+    let mut scripted = Arc::into_inner(Scripted::new(&clock, &[])).expect("not shared yet");
+    scripted
+        .unasked_until
+        .insert("mx1.example.test.".into(), 10.0);
+    let prober = Arc::new(scripted);
+    let mut monitors = monitors_on(&clock, 0.0);
+    let mut rx = monitors.add(
+        Fqdn::parse("example.test").unwrap(),
+        vec![spec(Side::Primary, "mx1.example.test")],
+        settings(),
+        prober.clone(),
+    );
+    // over the budget: neither a pass nor a failure, and nothing to confirm
+    for _ in 0..3 {
+        assert_eq!(monitors.round(0, false).await, (false, true));
+        assert!(
+            rx.try_recv().is_err(),
+            "an undecided round reaches no domain"
+        );
+    }
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(monitors.round(0, true).await, (false, true));
+    let report = rx.try_recv().expect("a decided round reaches the domain");
+    assert!(report.pass);
+    assert_eq!(report.health.health, Health::Up);
+    assert_eq!(
+        report.health.failures, 0,
+        "the undecided rounds counted nothing"
+    );
+    let asked = prober.confirmations.lock().unwrap().clone();
+    assert_eq!(
+        asked.last(),
+        Some(&("mx1.example.test.".to_string(), true)),
+        "a confirmation round asks its prober as one (the resolvers again): {asked:?}"
+    );
 }

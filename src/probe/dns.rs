@@ -63,6 +63,9 @@ pub struct DnsAnswer {
     pub authoritative: bool,
     pub via_tcp: bool,
     pub latency_ms: u64,
+    /// An earlier round's answer, reused rather than asked again (`probe::reuse`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
 }
 
 fn as_strings<S: serde::Serializer>(records: &[RData], s: S) -> Result<S::Ok, S::Error> {
@@ -138,6 +141,7 @@ impl DnsClient {
             authoritative: false,
             via_tcp: false,
             latency_ms: 0,
+            reused: false,
         };
         let result = tokio::time::timeout(
             self.timeout,

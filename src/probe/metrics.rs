@@ -1,9 +1,12 @@
 //! What each probe round measured, as Prometheus metrics: how long each phase took and how it
 //! ended, why probes failed, and how long each target's certificate has left.
 //!
-//! Labels stay bounded: phases and failure kinds are closed sets, and a target is an MX host
-//! name from the configuration, never an address or a resolver (a host's DNS belongs to
-//! someone else and may answer any number of addresses).
+//! Labels stay bounded: phases and failure kinds are closed sets, a target is an MX host name
+//! from the configuration, never an address (a host's DNS belongs to someone else and may
+//! answer any number of addresses), and a resolver is one of the configured resolvers' address
+//! (the query budget is per resolver, `budget.rs`).
+
+use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
 
@@ -17,6 +20,12 @@ pub const CERT_DAYS_LEFT: &str = "mxguard_certificate_days_left";
 /// When a probe round of the domain last passed on either side (Unix seconds), per domain; set
 /// by the domain's actor, which sees the rounds as that domain's.
 pub const LAST_SUCCESSFUL_ROUND: &str = "mxguard_last_successful_round_timestamp_seconds";
+
+/// Queries sent to each resolver (probes and verification), per configured resolver.
+pub const DNS_QUERIES: &str = "mxguard_dns_queries_total";
+/// Queries a probe round did not send because the resolver's budget (`max_qps`) could not
+/// serve them within half the round's deadline, per configured resolver.
+pub const DNS_QUERIES_SKIPPED: &str = "mxguard_dns_queries_skipped_total";
 
 /// The phase label of a whole SMTP session (every phase from connect to QUIT).
 const SESSION: &str = "session";
@@ -64,9 +73,26 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// Records one host round (once per host, however many domains use it).
+/// Starts a resolver's query counters at zero, so `increase()` sees the first.
+pub fn dns_budget_start(resolver: SocketAddr) {
+    metrics::counter!(DNS_QUERIES, "resolver" => resolver.to_string()).increment(0);
+    metrics::counter!(DNS_QUERIES_SKIPPED, "resolver" => resolver.to_string()).increment(0);
+}
+
+/// `n` queries sent to `resolver`.
+pub fn dns_sent(resolver: SocketAddr, n: u32) {
+    metrics::counter!(DNS_QUERIES, "resolver" => resolver.to_string()).increment(n.into());
+}
+
+/// `n` queries not sent to `resolver` for its budget.
+pub fn dns_skipped(resolver: SocketAddr, n: u32) {
+    metrics::counter!(DNS_QUERIES_SKIPPED, "resolver" => resolver.to_string()).increment(n.into());
+}
+
+/// Records one host round (once per host, however many domains use it). Reused DNS answers
+/// were measured in the round that asked them.
 pub fn record(evidence: &TargetEvidence, at: DateTime<Utc>) {
-    for answer in &evidence.dns {
+    for answer in evidence.dns.iter().filter(|a| !a.reused) {
         let kind = dns_kind(&answer.status);
         metrics::histogram!(PROBE_DURATION, "phase" => DNS, "outcome" => if kind.is_some() { "fail" } else { "pass" })
             .record(seconds(answer.latency_ms));

@@ -1,17 +1,22 @@
 //! One target in one round: resolve it at every resolver, probe every address found, and hand
 //! the health model a [`TargetRound`]. Concurrency is capped overall (a semaphore shared by all
-//! domains) and per target (addresses of one host are probed a few at a time).
+//! domains) and per target (addresses of one host are probed a few at a time). The resolvers
+//! are asked through their shared query budgets, and good answers are reused between asks
+//! ([`budget`](super::budget), [`reuse`](super::reuse)).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::budget::{Resolution, SharedDns};
 use super::dns::{self, DnsAnswer, DnsClient};
+use super::reuse::Rules;
 use super::smtp::{self, RcptCheck, SmtpPolicy, SmtpReport};
 use crate::health::{AddressResult, ResolverResult, TargetRound};
 use crate::model::{Fqdn, Side};
@@ -23,6 +28,10 @@ pub const PER_TARGET_CONCURRENCY: usize = 4;
 #[derive(Clone)]
 pub struct Prober {
     pub resolvers: Vec<DnsClient>,
+    /// The resolvers' query budgets and the hosts' last answers, shared by every prober.
+    pub dns: SharedDns,
+    /// How long this prober's rounds reuse a good answer (`[checks] dns_interval`).
+    pub reuse: Rules,
     pub smtp: SmtpPolicy,
     /// Caps SMTP probes in flight across every domain.
     pub global: Arc<Semaphore>,
@@ -66,27 +75,55 @@ pub struct TargetEvidence {
 }
 
 impl Prober {
+    /// One scheduled round of `spec` (answers reused under [`Prober::reuse`]).
     pub async fn probe_target(&self, spec: &TargetSpec, now: DateTime<Utc>) -> TargetEvidence {
-        let started = std::time::Instant::now();
+        self.probe_round(spec, now, false).await
+    }
+
+    /// One round of `spec`; a `confirmation` round asks every resolver again.
+    pub async fn probe_round(
+        &self,
+        spec: &TargetSpec,
+        now: DateTime<Utc>,
+        confirmation: bool,
+    ) -> TargetEvidence {
+        let clock = self.dns.clock().clone();
+        let started = clock.now();
+        // Waiting for the budget may take up to half the round's deadline; the rest is the
+        // queries' and the SMTP probes'.
+        let latest = self.smtp.deadline.map_or(Duration::MAX, |d| d / 2);
         let mut lookups = JoinSet::new();
         for (i, client) in self.resolvers.iter().enumerate() {
-            let client = *client;
-            let host = spec.host.clone();
-            lookups.spawn(async move { (i, dns::resolve_addresses(&client, &host).await) });
+            let (client, host, dns, rules) =
+                (*client, spec.host.clone(), self.dns.clone(), self.reuse);
+            lookups.spawn(async move {
+                let got = dns
+                    .resolve(&client, &host, &rules, confirmation, latest)
+                    .await;
+                (i, got)
+            });
         }
-        let mut per_resolver: Vec<Option<(Vec<IpAddr>, Vec<DnsAnswer>)>> =
-            vec![None; self.resolvers.len()];
+        let mut per_resolver: Vec<Option<Option<Resolution>>> = vec![None; self.resolvers.len()];
         while let Some(joined) = lookups.join_next().await {
             if let Ok((i, result)) = joined {
                 per_resolver[i] = Some(result);
             }
         }
         let mut resolvers = Vec::new();
+        let mut unasked = Vec::new();
         let mut answers = Vec::new();
         let mut addresses = BTreeSet::new();
         let cap = self.max_addresses.max(1);
         for (client, result) in self.resolvers.iter().zip(per_resolver) {
-            let (mut addrs, ans) = result.unwrap_or_default();
+            let (mut addrs, ans) = match result {
+                // over the budget, with no good answer to stand in: no evidence either way
+                Some(None) => {
+                    unasked.push(client.server.to_string());
+                    continue;
+                }
+                Some(Some(resolution)) => resolution,
+                None => Default::default(),
+            };
             if addrs.len() > cap {
                 tracing::debug!(host = %spec.host, resolver = %client.server, answered = addrs.len(), kept = cap, "more addresses than max_addresses; the first are kept");
                 addrs.sort();
@@ -110,8 +147,9 @@ impl Prober {
         let addresses: Vec<IpAddr> = addresses.into_iter().take(cap).collect();
         let mut policy = self.smtp.clone();
         policy.rcpt = spec.rcpt.clone();
-        // The deadline is the whole probe's: what the lookups took is spent.
-        policy.deadline = policy.deadline.map(|d| d.saturating_sub(started.elapsed()));
+        // The deadline is the whole probe's: what the lookups took (and waited) is spent.
+        let spent = clock.now().saturating_duration_since(started);
+        policy.deadline = policy.deadline.map(|d| d.saturating_sub(spent));
         let policy = Arc::new(policy);
         let local = Arc::new(Semaphore::new(PER_TARGET_CONCURRENCY));
         let mut probes = JoinSet::new();
@@ -140,6 +178,7 @@ impl Prober {
             round: TargetRound {
                 target: spec.host.clone(),
                 resolvers,
+                unasked,
                 addresses: address_results(&reports),
             },
             dns: answers,
@@ -171,6 +210,7 @@ impl TargetEvidence {
             round: TargetRound {
                 target: self.round.target.clone(),
                 resolvers: self.round.resolvers.clone(),
+                unasked: self.round.unasked.clone(),
                 addresses: if self.smtp.iter().all(|r| r.recipients.is_empty()) {
                     self.round.addresses.clone()
                 } else {

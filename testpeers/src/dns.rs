@@ -178,3 +178,122 @@ impl RcodeServer {
         self.0.addr()
     }
 }
+
+/// A recursive resolver's stand-in on 127.0.0.1:<free port> that counts what it is asked: it
+/// answers `A` for the names it was given (with their address and `ttl`), NOERROR with no
+/// records (NODATA) for their `AAAA`, and NXDOMAIN for any other name, and records the
+/// wall-clock second of each answer, so a test can check a client's query rate per second. A
+/// query sent again (the same id and question: a client's resend after a lost or late answer)
+/// is answered but counted apart ([`CountingResolver::resent`]), not as another query.
+/// Stops on drop.
+#[derive(Debug)]
+pub struct CountingResolver {
+    responder: UdpResponder,
+    per_second: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>>,
+    resent: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingResolver {
+    /// Answers for `hosts` (names without the trailing dot, any case) with `ttl`.
+    pub fn start(
+        hosts: impl IntoIterator<Item = (String, Ipv4Addr)>,
+        ttl: u32,
+    ) -> Result<CountingResolver> {
+        use hickory_proto::op::OpCode;
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record};
+
+        let hosts: std::collections::HashMap<String, Ipv4Addr> = hosts
+            .into_iter()
+            .map(|(h, a)| (h.trim_end_matches('.').to_ascii_lowercase(), a))
+            .collect();
+        let per_second: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>> =
+            Arc::default();
+        let counts = per_second.clone();
+        let resent: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let resends = resent.clone();
+        let seen: std::sync::Mutex<std::collections::HashSet<(u16, String, RecordType)>> =
+            Default::default();
+        let responder = UdpResponder::start("counting-resolver", move |query| {
+            let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+            reply.metadata.recursion_desired = query.metadata.recursion_desired;
+            reply.metadata.recursion_available = true;
+            let [q] = query.queries.as_slice() else {
+                reply.metadata.response_code = ResponseCode::FormErr;
+                return Some(reply);
+            };
+            reply.add_query(q.clone());
+            let asked = q
+                .name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            match hosts.get(&asked) {
+                _ if query.metadata.op_code != OpCode::Query => {
+                    reply.metadata.response_code = ResponseCode::Refused;
+                }
+                None => reply.metadata.response_code = ResponseCode::NXDomain,
+                Some(addr) if q.query_type() == RecordType::A => {
+                    reply.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        ttl,
+                        RData::A(A(*addr)),
+                    ));
+                }
+                Some(_) => {}
+            }
+            let first = seen.lock().unwrap_or_else(|p| p.into_inner()).insert((
+                query.metadata.id,
+                asked,
+                q.query_type(),
+            ));
+            if !first {
+                resends.fetch_add(1, Ordering::SeqCst);
+                return Some(reply);
+            }
+            let second = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            *counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(second)
+                .or_default() += 1;
+            Some(reply)
+        })?;
+        Ok(CountingResolver {
+            responder,
+            per_second,
+            resent,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.responder.addr()
+    }
+
+    /// Queries answered so far, resends included.
+    pub fn answered(&self) -> usize {
+        self.responder.answered()
+    }
+
+    /// Resends answered so far (a query whose id and question came before).
+    pub fn resent(&self) -> usize {
+        self.resent.load(Ordering::SeqCst)
+    }
+
+    /// Queries (resends not counted) answered in each wall-clock second (Unix seconds) that had any.
+    pub fn per_second(&self) -> std::collections::BTreeMap<u64, usize> {
+        self.per_second
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The most queries answered within one wall-clock second, and that second.
+    pub fn busiest_second(&self) -> Option<(u64, usize)> {
+        self.per_second()
+            .into_iter()
+            .max_by_key(|&(second, n)| (n, std::cmp::Reverse(second)))
+    }
+}

@@ -172,6 +172,7 @@ pub fn memory_deps(
             authoritative: vec![],
             resolvers: vec![],
             query_timeout: Duration::from_secs(1),
+            dns: mxguard::probe::budget::SharedDns::unlimited(),
             bound: Duration::from_secs(5),
             poll: Duration::from_millis(50),
         },

@@ -387,6 +387,7 @@ impl Lab {
 {provider_section}
 [checks]
 interval = "{interval}"
+dns_interval = "{interval}"
 timeout = "{timeout}"
 fail_after = {fail_after}
 recover_after = {recover_after}

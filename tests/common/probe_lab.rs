@@ -190,6 +190,7 @@ pub fn one_address_round(report: &SmtpReport) -> TargetRound {
             addresses: vec![address],
             error: None,
         }],
+        unasked: vec![],
         addresses: vec![AddressResult {
             address,
             pass: report.pass,
@@ -329,6 +330,8 @@ impl VerdictLab {
                 .map(|u| DnsClient::resolver(u.addr(), T))
                 .collect(),
             smtp: self.policy.clone(),
+            dns: mxguard::probe::budget::SharedDns::unlimited(),
+            reuse: mxguard::probe::reuse::Rules::ALWAYS_ASK,
             global: std::sync::Arc::new(tokio::sync::Semaphore::new(8)),
             max_addresses: 8,
         };

@@ -104,6 +104,33 @@ impl TokenBucket {
         Err(Duration::from_micros(micros as u64))
     }
 
+    /// Reserves `n` tokens if they are all available within `latest`: `Ok(wait)` says how long
+    /// to wait before spending them (they are taken now, so later callers queue behind), and
+    /// `Err(wait)` when they would come later than `latest` (nothing is taken). Unlike
+    /// [`acquire`](TokenBucket::acquire), a caller with a deadline learns at once whether it
+    /// can make it, and callers are served in the order they reserved.
+    pub fn reserve(&self, n: u32, latest: Duration) -> Result<Duration, Duration> {
+        let now = self.clock.now();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let earned =
+            now.saturating_duration_since(s.refilled_at).as_secs_f64() * self.limit.per_second;
+        s.tokens = (s.tokens + earned).min(f64::from(self.limit.burst));
+        s.refilled_at = now;
+        let missing = f64::from(n) - s.tokens;
+        let wait = if missing <= 0.0 {
+            Duration::ZERO
+        } else {
+            // round up to whole microseconds so the wait is never a hair too short
+            Duration::from_micros((missing / self.limit.per_second * 1e6).ceil() as u64)
+        };
+        if wait > latest {
+            return Err(wait);
+        }
+        // Tokens go below zero: what later callers see as already promised.
+        s.tokens -= f64::from(n);
+        Ok(wait)
+    }
+
     /// Never more than `remaining` tokens: what the provider says is left of the account's
     /// quota (other clients of the same account spend it too).
     pub fn cap(&self, remaining: u32) {
@@ -247,6 +274,30 @@ mod tests {
         assert_eq!(budget.locked_for(), None);
         budget.lock_out(Duration::from_secs(300));
         assert_eq!(budget.locked_for(), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn reservations_queue_in_order_and_refuse_past_their_deadline() {
+        let clock = ManualClock::new();
+        let b = bucket(&clock, 10.0, 1);
+        let latest = Duration::from_millis(500);
+        // pairs of tokens, 0.2 s apart: the first pair waits for its second token
+        assert_eq!(b.reserve(2, latest), Ok(Duration::from_millis(100)));
+        assert_eq!(b.reserve(2, latest), Ok(Duration::from_millis(300)));
+        assert_eq!(b.reserve(2, latest), Ok(Duration::from_millis(500)));
+        // the next would come at 0.7 s: refused, and nothing taken
+        assert_eq!(b.reserve(2, latest), Err(Duration::from_millis(700)));
+        assert_eq!(b.reserve(2, latest), Err(Duration::from_millis(700)));
+        clock.advance(Duration::from_millis(200));
+        assert_eq!(b.reserve(2, latest), Ok(Duration::from_millis(500)));
+        // a waiting `acquire` finds nothing until every reservation is served
+        assert_eq!(b.try_acquire(), Err(Duration::from_millis(600)));
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(b.reserve(1, Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(
+            b.reserve(1, Duration::ZERO),
+            Err(Duration::from_millis(100))
+        );
     }
 
     #[tokio::test]

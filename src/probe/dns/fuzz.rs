@@ -271,6 +271,7 @@ fn check_fill(msg: &Message, rtype: RecordType) -> Result<(), TestCaseError> {
         authoritative: false,
         via_tcp: false,
         latency_ms: 0,
+        reused: false,
     };
     fill(&mut answer, msg);
     prop_assert_eq!(answer.authoritative, msg.metadata.authoritative);

@@ -1,0 +1,196 @@
+//! Every query mxguard asks a resolver spends that resolver's budget: one token bucket per
+//! resolver address (`[checks] max_qps`, burst 1, so no second holds more than `max_qps`),
+//! shared by every prober and by verification, and built once for the process.
+//!
+//! * A probe round reserves a host's A and AAAA together (two tokens) and waits for them on
+//!   the injected clock. The wait is outside each query's own timeout but inside the probe's
+//!   deadline: when the tokens would come later than half of the round's deadline the
+//!   resolver is not asked, and the round reuses the last good answer or, without one, gets no
+//!   evidence from that resolver ([`reuse`](super::reuse)).
+//! * Between asks, a host's good answer is reused under the [`reuse`](super::reuse) rules; the
+//!   answers are kept here, per resolver and host, so probers that share a host share them.
+//! * Verification reserves each query within one poll period, else tries at its next poll: a
+//!   mass failover's thousands of propagation checks then queue no further ahead than a poll,
+//!   and the probe rounds (which may wait half their deadline) still find tokens.
+//!
+//! Queries sent and asks skipped for the budget are counted per resolver
+//! ([`metrics`](super::metrics)).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mxguard_core::{Clock, Jitter, RateLimit, TokenBucket};
+
+use super::dns::{self, DnsAnswer, DnsClient};
+use super::metrics;
+use super::reuse::{self, Decision, Last, Rules};
+use crate::model::Fqdn;
+
+/// A host's A and AAAA from one resolver: its addresses and both answers.
+pub type Resolution = (Vec<IpAddr>, Vec<DnsAnswer>);
+
+/// The resolvers' budgets and the hosts' last answers, shared by every prober of a process.
+#[derive(Clone)]
+pub struct SharedDns {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None`: no budget (the one-shot `check` command, tests of single probes).
+    limit: Option<RateLimit>,
+    clock: Arc<dyn Clock>,
+    jitter: Arc<dyn Jitter>,
+    buckets: Mutex<HashMap<SocketAddr, Arc<TokenBucket>>>,
+    answers: Mutex<HashMap<(SocketAddr, Fqdn), Remembered>>,
+}
+
+/// A resolver's last answer for a host.
+#[derive(Clone)]
+struct Remembered {
+    last: Last,
+    resolution: Resolution,
+}
+
+impl std::fmt::Debug for SharedDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDns")
+            .field("limit", &self.inner.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only plain inserts and lookups happen under these locks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SharedDns {
+    /// At most `max_qps` queries per second to each resolver, on `clock`; `jitter` spreads the
+    /// hosts' first answers' lifetimes.
+    pub fn new(max_qps: u32, clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>) -> SharedDns {
+        // max_qps ≥ 1 is validated with the configuration; a zero here means no budget.
+        let limit = RateLimit::new(f64::from(max_qps), 1).ok();
+        SharedDns::build(limit, clock, jitter)
+    }
+
+    /// No budget and nothing reused: every ask is sent at once.
+    pub fn unlimited() -> SharedDns {
+        SharedDns::build(
+            None,
+            Arc::new(mxguard_core::TokioClock),
+            Arc::new(mxguard_core::FixedJitter(0.0)),
+        )
+    }
+
+    fn build(limit: Option<RateLimit>, clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>) -> Self {
+        SharedDns {
+            inner: Arc::new(Inner {
+                limit,
+                clock,
+                jitter,
+                buckets: Mutex::default(),
+                answers: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Starts `resolvers`' counters at zero, so that the first query or skip is an increase.
+    pub fn register(&self, resolvers: &[SocketAddr]) {
+        for r in resolvers {
+            metrics::dns_budget_start(*r);
+        }
+    }
+
+    fn bucket(&self, server: SocketAddr) -> Option<Arc<TokenBucket>> {
+        let limit = self.inner.limit?;
+        let mut buckets = lock(&self.inner.buckets);
+        let bucket = buckets
+            .entry(server)
+            .or_insert_with(|| Arc::new(TokenBucket::new(limit, self.inner.clock.clone())));
+        Some(bucket.clone())
+    }
+
+    /// Reserves `n` queries to `server` if they can be sent within `latest`, waits for them and
+    /// returns `true`; `false` (and nothing spent) if they would come later.
+    pub async fn reserve(&self, server: SocketAddr, n: u32, latest: Duration) -> bool {
+        let wait = match self.bucket(server).map(|b| b.reserve(n, latest)) {
+            None => Duration::ZERO,
+            Some(Ok(wait)) => wait,
+            Some(Err(wait)) => {
+                tracing::debug!(resolver = %server, ?wait, ?latest, "query budget: not asked this round");
+                metrics::dns_skipped(server, n);
+                return false;
+            }
+        };
+        if !wait.is_zero() {
+            self.inner.clock.sleep(wait).await;
+        }
+        metrics::dns_sent(server, n);
+        true
+    }
+
+    /// `host`'s A and AAAA from `client`'s resolver for a round: reused or asked under `rules`
+    /// (a `confirmation` round always asks), the ask waiting at most `latest` for the budget.
+    /// Reused answers are marked [`DnsAnswer::reused`]. `None`: the budget refused the ask and
+    /// no good answer stands in — no evidence either way.
+    pub async fn resolve(
+        &self,
+        client: &DnsClient,
+        host: &Fqdn,
+        rules: &Rules,
+        confirmation: bool,
+        latest: Duration,
+    ) -> Option<Resolution> {
+        let key = (client.server, host.clone());
+        let remembered = lock(&self.inner.answers).get(&key).cloned();
+        let last = remembered.as_ref().map(|r| r.last);
+        let now = self.inner.clock.now();
+        if reuse::decide(last.as_ref(), now, rules, confirmation) == Decision::Reuse {
+            return remembered.map(reused);
+        }
+        if !self.reserve(client.server, 2, latest).await {
+            return remembered
+                .filter(|r| reuse::fallback(Some(&r.last)))
+                .map(reused);
+        }
+        let asked_at = self.inner.clock.now();
+        let resolution = dns::resolve_addresses(client, host).await;
+        let good = reuse::good(&resolution.1);
+        // A host's first good answer lives a random part of its lifetime (see `reuse`).
+        let first = !last.is_some_and(|l| l.good);
+        let spread = if good && first {
+            // in (0, 1]: a lifetime of zero would ask again at once
+            1.0 - self.inner.jitter.fraction()
+        } else {
+            1.0
+        };
+        let entry = Remembered {
+            last: Last {
+                asked_at,
+                good,
+                ttl: reuse::ttl(&resolution.1),
+                spread,
+            },
+            resolution: resolution.clone(),
+        };
+        lock(&self.inner.answers).insert(key, entry);
+        Some(resolution)
+    }
+}
+
+fn reused(r: Remembered) -> Resolution {
+    let (addrs, mut answers) = r.resolution;
+    for a in &mut answers {
+        a.reused = true;
+    }
+    (addrs, answers)
+}
+
+#[cfg(test)]
+mod tests;
