@@ -116,6 +116,16 @@ enum Out {
     Sink(RoundSink),
 }
 
+impl Out {
+    /// Whether rounds are still wanted (a sink says so when it is handed one).
+    fn listening(&self) -> bool {
+        match self {
+            Out::Queue(tx) => !tx.is_closed(),
+            Out::Sink(_) => true,
+        }
+    }
+}
+
 fn side_index(side: Side) -> usize {
     match side {
         Side::Primary => 0,
@@ -378,7 +388,7 @@ impl Monitors {
             for (view, _) in &host.domains {
                 let v = lock(view);
                 confirming |= v.health(host.spec.side).confirming();
-                listening |= !v.tx.is_closed();
+                listening |= v.out.listening();
             }
             return (confirming, listening);
         }
@@ -405,11 +415,7 @@ impl Monitors {
                     },
                 }
             } else {
-                listening |= match &v.out {
-                    Out::Queue(tx) => !tx.is_closed(),
-                    // A sink says whether it listens when it is handed a round.
-                    Out::Sink(_) => true,
-                };
+                listening |= v.out.listening();
             }
             confirming |= v.health(side).confirming();
         }
