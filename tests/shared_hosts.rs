@@ -126,6 +126,7 @@ async fn domains_sharing_two_postfix_hosts_are_probed_once_per_host_and_all_fail
                 confirm_interval: "500ms",
                 ..Checks::FAST
             },
+            read_token: true,
             ..Layout::default()
         },
     )
@@ -143,6 +144,35 @@ async fn domains_sharing_two_postfix_hosts_are_probed_once_per_host_and_all_fail
     )
     .await;
     eprintln!("{total} domains settled {settled:?} after start");
+
+    // Their first reads of what is published, all in one zone and asked together, were
+    // answered by zone listings (AXFR), not one read each through the provider's 50/s.
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", mx.listen))
+        .bearer_auth(common::lab::READ_TOKEN)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let operations = |op: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("mxguard_provider_operations_total{")
+                    && l.contains(&format!("operation=\"{op}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (listings, reads) = (operations("list_zone"), operations("read"));
+    eprintln!("first reads: {listings} zone listings, {reads} reads for {total} domains");
+    assert!(
+        listings >= 1.0 && reads < total as f64 / 2.0,
+        "{total} domains' first reads: {listings} listings and {reads} reads"
+    );
 
     // One session per host per round, whatever the number of domains.
     let (p0, b0) = (sessions(&lab.primary.log()), sessions(&lab.backup.log()));

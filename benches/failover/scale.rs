@@ -132,57 +132,16 @@ async fn one(targets: usize, per_domain: usize, secs: u64) -> Res<Value> {
             list(&b)
         );
     }
-    let tsig = TsigKey {
-        name: "mxguard-test.".into(),
-        algorithm: "hmac-sha256".into(),
-        secret_b64: SECRET.into(),
-    };
-    let named = Named::start(&[Zone::new("example.test", &records)], Some(&tsig))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resolvers = Vec::new();
-    for _ in 0..2 {
-        resolvers.push(
-            Unbound::start("example.test", named.addr(), UnboundOptions::default())
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let list: Vec<String> = resolvers
-        .iter()
-        .map(|r| format!("\"{}\"", r.addr()))
-        .collect();
-    let config = dir.path().join("mxguard.toml");
-    let text = format!(
-        r#"[[tokens]]
-name = "bench"
-sha256 = "{digest}"
-scopes = ["read"]
-
-[providers.lab]
-kind = "rfc2136"
-server = "{named}"
-tsig_name = "mxguard-test"
-tsig_algorithm = "hmac-sha256"
-tsig_secret_env = "MXGUARD_TEST_TSIG"
-
-[checks]
-resolvers = [{resolvers}]
-resolver_quorum = 2
-smtp_port = {port}
-starttls = "require"
-ca_file = "{ca}"
-ehlo_name = "mxguard.test"
-rcpt_checks = "off"
-{domains}"#,
-        digest = sha256_hex(TOKEN),
-        named = named.addr(),
-        resolvers = list.join(", "),
-        port = smtp.addr().port(),
-        ca = ca.cert_path().display(),
-        domains = domain_lines.replace("NAMED", &named.addr().to_string()),
-    );
-    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let lab = Lab::start(
+        dir.path(),
+        &records,
+        &domain_lines,
+        smtp.addr().port(),
+        &ca,
+        TOKEN,
+    )
+    .await?;
+    let config = lab.config.clone();
 
     let started = Instant::now();
     let mut mx = Service::start(dir.path(), &config, &[("MXGUARD_TEST_TSIG", SECRET)])?;
@@ -305,4 +264,82 @@ async fn dashboard_latency(mx: &Service, domains: usize) -> Value {
         p(100.0)
     );
     json!({"loads": ms.len(), "rows": rows, "bytes": bytes, "median_ms": p(50.0), "p95_ms": p(95.0), "max_ms": p(100.0)})
+}
+
+/// What the scale parts run `mxguard serve` against: `named` (TSIG) serving `example.test`
+/// with `records`, two Unbound resolvers (quorum 2), and the service's config (a read token,
+/// the RFC 2136 provider, STARTTLS on `smtp_port` trusting `ca`, RCPT checks off) with
+/// `domains` (`[[domains]]` blocks, `NAMED` standing for the server's address).
+pub struct Lab {
+    /// The peers run while the lab is held.
+    _named: Named,
+    _resolvers: Vec<Unbound>,
+    pub config: std::path::PathBuf,
+}
+
+impl Lab {
+    pub async fn start(
+        dir: &std::path::Path,
+        records: &str,
+        domains: &str,
+        smtp_port: u16,
+        ca: &Ca,
+        token: &str,
+    ) -> Res<Lab> {
+        let tsig = TsigKey {
+            name: "mxguard-test.".into(),
+            algorithm: "hmac-sha256".into(),
+            secret_b64: SECRET.into(),
+        };
+        let named = Named::start(&[Zone::new("example.test", records)], Some(&tsig))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut resolvers = Vec::new();
+        for _ in 0..2 {
+            resolvers.push(
+                Unbound::start("example.test", named.addr(), UnboundOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let list: Vec<String> = resolvers
+            .iter()
+            .map(|r| format!("\"{}\"", r.addr()))
+            .collect();
+        let config = dir.join("mxguard.toml");
+        let text = format!(
+            r#"[[tokens]]
+name = "bench"
+sha256 = "{digest}"
+scopes = ["read"]
+
+[providers.lab]
+kind = "rfc2136"
+server = "{named}"
+tsig_name = "mxguard-test"
+tsig_algorithm = "hmac-sha256"
+tsig_secret_env = "MXGUARD_TEST_TSIG"
+
+[checks]
+resolvers = [{resolvers}]
+resolver_quorum = 2
+smtp_port = {smtp_port}
+starttls = "require"
+ca_file = "{ca}"
+ehlo_name = "mxguard.test"
+rcpt_checks = "off"
+{domains}"#,
+            digest = sha256_hex(token),
+            named = named.addr(),
+            resolvers = list.join(", "),
+            ca = ca.cert_path().display(),
+            domains = domains.replace("NAMED", &named.addr().to_string()),
+        );
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        Ok(Lab {
+            _named: named,
+            _resolvers: resolvers,
+            config,
+        })
+    }
 }

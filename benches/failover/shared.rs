@@ -14,12 +14,11 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mxguard_testpeers::named::TsigKey;
-use mxguard_testpeers::{Ca, CertKind, Fault, FaultListener, Named, Unbound, UnboundOptions, Zone};
+use mxguard_testpeers::{Ca, CertKind, Fault, FaultListener};
 use serde_json::{json, Value};
 
 use crate::lab::SECRET;
-use crate::util::{proc_cpu_secs, proc_status_kb, sha256_hex, Res, Service};
+use crate::util::{proc_cpu_secs, proc_status_kb, Res, Service};
 
 const TOKEN: &str = "bench-shared-token";
 
@@ -147,56 +146,9 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
              failover_ttl = 30\nauthoritative = [\"NAMED\"]\n"
         );
     }
-    let tsig = TsigKey {
-        name: "mxguard-test.".into(),
-        algorithm: "hmac-sha256".into(),
-        secret_b64: SECRET.into(),
-    };
-    let named = Named::start(&[Zone::new("example.test", &records)], Some(&tsig))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resolvers = Vec::new();
-    for _ in 0..2 {
-        resolvers.push(
-            Unbound::start("example.test", named.addr(), UnboundOptions::default())
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let list: Vec<String> = resolvers
-        .iter()
-        .map(|r| format!("\"{}\"", r.addr()))
-        .collect();
-    let config = dir.path().join("mxguard.toml");
-    let text = format!(
-        r#"[[tokens]]
-name = "bench"
-sha256 = "{digest}"
-scopes = ["read"]
-
-[providers.lab]
-kind = "rfc2136"
-server = "{named}"
-tsig_name = "mxguard-test"
-tsig_algorithm = "hmac-sha256"
-tsig_secret_env = "MXGUARD_TEST_TSIG"
-
-[checks]
-resolvers = [{resolvers}]
-resolver_quorum = 2
-smtp_port = {port}
-starttls = "require"
-ca_file = "{ca}"
-ehlo_name = "mxguard.test"
-rcpt_checks = "off"
-{domains}"#,
-        digest = sha256_hex(TOKEN),
-        named = named.addr(),
-        resolvers = list.join(", "),
-        ca = ca.cert_path().display(),
-        domains = domain_lines.replace("NAMED", &named.addr().to_string()),
-    );
-    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let lab =
+        crate::scale::Lab::start(dir.path(), &records, &domain_lines, port, &ca, TOKEN).await?;
+    let config = lab.config.clone();
 
     let started = Instant::now();
     let mut mx = Service::start(dir.path(), &config, &[("MXGUARD_TEST_TSIG", SECRET)])?;
