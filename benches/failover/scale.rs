@@ -76,16 +76,7 @@ pub async fn run(opts: &Opts) -> Res<Value> {
                 ),
             },
         );
-        if let Some(w) = r["top_warnings"].as_array().filter(|w| !w.is_empty()) {
-            println!(
-                "|  | warnings logged: {} — {} | | | | | | |",
-                r["warnings_logged"],
-                w.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" · ")
-            );
-        }
+        crate::util::print_warnings_row(r, 8);
     }
     Ok(json!(results))
 }

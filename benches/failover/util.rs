@@ -271,3 +271,18 @@ pub fn show_ms(ms: f64) -> String {
         format!("{ms:.0} ms")
     }
 }
+
+/// Under a result's table row of `columns` columns: the warnings mxguard logged in that run
+/// (`warnings_logged`, `top_warnings`), when there were any.
+pub fn print_warnings_row(r: &serde_json::Value, columns: usize) {
+    let Some(w) = r["top_warnings"].as_array().filter(|w| !w.is_empty()) else {
+        return;
+    };
+    let top: Vec<&str> = w.iter().filter_map(|x| x.as_str()).collect();
+    println!(
+        "|  | warnings logged: {} — {} |{}",
+        r["warnings_logged"],
+        top.join(" · "),
+        " |".repeat(columns.saturating_sub(2))
+    );
+}
