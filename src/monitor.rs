@@ -39,7 +39,7 @@ use crate::health::{
 };
 use crate::model::{Fqdn, Side};
 use crate::probe::smtp::RcptCheck;
-use crate::probe::target::{Prober, TargetEvidence, TargetSpec};
+use crate::probe::target::{DomainEvidence, Prober, TargetEvidence, TargetSpec};
 
 /// Probes one target; [`Prober`] in production, a script in tests. A `confirmation` round
 /// asks the resolvers again instead of reusing their answers.
@@ -88,7 +88,7 @@ pub struct RoundReport {
     /// Whether this was a confirmation re-probe rather than a scheduled round.
     pub confirmation: bool,
     #[serde(skip)]
-    pub evidence: Vec<TargetEvidence>,
+    pub evidence: Vec<DomainEvidence>,
 }
 
 /// One domain as its hosts' rounds reach it.
@@ -99,7 +99,7 @@ struct DomainView {
     primary: SideHealth,
     backup: SideHealth,
     /// Per target: its latest round as this domain sees it, until its side's round uses it.
-    latest: Vec<Option<TargetEvidence>>,
+    latest: Vec<Option<(DomainEvidence, TargetVerdict)>>,
     /// Per side: whether a round waiting to complete included a confirmation.
     confirmation: [bool; 2],
     out: Out,
@@ -146,12 +146,13 @@ impl DomainView {
     fn offer(
         &mut self,
         i: usize,
-        evidence: TargetEvidence,
+        evidence: DomainEvidence,
+        verdict: TargetVerdict,
         at: DateTime<Utc>,
         confirmation: bool,
     ) -> Option<RoundReport> {
         let side = self.targets[i].side;
-        self.latest[i] = Some(evidence);
+        self.latest[i] = Some((evidence, verdict));
         self.confirmation[side_index(side)] |= confirmation;
         let members: Vec<usize> = (0..self.targets.len())
             .filter(|&j| self.targets[j].side == side)
@@ -159,15 +160,11 @@ impl DomainView {
         if members.iter().any(|&j| self.latest[j].is_none()) {
             return None;
         }
-        let evidence: Vec<TargetEvidence> = members
+        let (evidence, verdicts): (Vec<DomainEvidence>, Vec<TargetVerdict>) = members
             .iter()
             .filter_map(|&j| self.latest[j].take())
-            .collect();
+            .unzip();
         let confirmation = std::mem::take(&mut self.confirmation[side_index(side)]);
-        let verdicts: Vec<TargetVerdict> = evidence
-            .iter()
-            .map(|e| target_verdict(&e.round, self.settings.resolver_quorum))
-            .collect();
         let outcome = side_outcome(&verdicts);
         let pass = outcome.passed();
         let thresholds = self.settings.thresholds;
@@ -397,12 +394,22 @@ impl Monitors {
         // RCPTs takes a while, and its age decides whether the verdict is fresh enough to vote.
         let at = self.utc();
         let side = host.spec.side;
+        let quorum = host.settings.resolver_quorum;
+        // The host's evidence and verdict, once; a domain gets a round of its own only where
+        // its postmaster was refused.
+        let evidence = Arc::new(evidence);
+        let verdict = target_verdict(&evidence.round, quorum);
         let mut confirming = false;
         let mut listening = false;
         for (view, i) in &host.domains {
             let mut v = lock(view);
-            let mine = evidence.for_domain(&v.domain);
-            if let Some(report) = v.offer(*i, mine, at, confirmation) {
+            let mine = DomainEvidence::of(&evidence, &v.domain);
+            let theirs = if mine.has_own_round() {
+                target_verdict(mine.round(), quorum)
+            } else {
+                verdict.clone()
+            };
+            if let Some(report) = v.offer(*i, mine, theirs, at, confirmation) {
                 match &v.out {
                     Out::Sink(sink) => listening |= sink(report),
                     Out::Queue(tx) => match tx.try_send(report) {

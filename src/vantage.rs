@@ -114,7 +114,7 @@ impl VantageReport {
 /// `Some(why)` when no resolver answered anything in the round: the vantage is cut off from DNS,
 /// which says nothing about the targets. Answers such as SERVFAIL or NXDOMAIN are answers.
 pub fn resolvers_unreachable(r: &RoundReport) -> Option<String> {
-    let answers: Vec<_> = r.evidence.iter().flat_map(|e| e.dns.iter()).collect();
+    let answers: Vec<_> = r.evidence.iter().flat_map(|e| e.dns().iter()).collect();
     if answers.is_empty() {
         return None;
     }

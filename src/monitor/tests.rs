@@ -524,10 +524,10 @@ async fn a_host_shared_by_three_domains_is_probed_once_per_round() {
         for r in backups(reports) {
             assert_eq!(r.domain.as_str(), *domain);
             assert!(r.pass && r.health.health == Health::Up, "{r:?}");
-            let recipients: Vec<&str> = r.evidence[0].smtp[0]
+            let recipients: Vec<String> = r.evidence[0].smtp_for(&r.domain)[0]
                 .recipients
                 .iter()
-                .map(|x| x.domain.as_str())
+                .map(|x| x.domain.to_string())
                 .collect();
             assert_eq!(
                 recipients,
@@ -586,7 +586,7 @@ async fn rcpt_checks_rotate_a_hundred_a_round_and_each_domain_keeps_its_latest_a
     }
     assert_eq!(monitors.hosts(), 1);
     let own_answer = |r: &RoundReport| {
-        r.evidence[0].smtp[0]
+        r.evidence[0].smtp_for(&r.domain)[0]
             .recipients
             .iter()
             .map(|x| x.domain.to_string())

@@ -201,11 +201,7 @@ impl SmtpReport {
     /// it accepted that domain's postmaster, which also appears among the phases after
     /// `MAIL FROM`. Other domains' recipients are left out.
     pub fn for_domain(&self, domain: &Fqdn) -> SmtpReport {
-        let mine = self
-            .recipients
-            .binary_search_by(|r| r.domain.cmp(domain))
-            .ok()
-            .map(|i| &self.recipients[i]);
+        let mine = self.recipient(domain);
         let mut phases = self.phases.clone();
         if let Some(r) = mine {
             let at = phases
@@ -238,6 +234,14 @@ impl SmtpReport {
             latency_ms: self.latency_ms,
             recipients: mine.cloned().into_iter().collect(),
         }
+    }
+
+    /// `domain`'s postmaster RCPT in this session, if it was checked (or carried forward).
+    pub fn recipient(&self, domain: &Fqdn) -> Option<&Recipient> {
+        self.recipients
+            .binary_search_by(|r| r.domain.cmp(domain))
+            .ok()
+            .map(|i| &self.recipients[i])
     }
 
     /// One line for verdict reasons: `250 ok` or the failure.

@@ -202,23 +202,176 @@ fn address_results(reports: &[SmtpReport]) -> Vec<AddressResult> {
 impl TargetEvidence {
     /// The round as one of the domains it checked sees it: each address passes only if it
     /// also accepted that domain's postmaster ([`SmtpReport::for_domain`]). Without RCPT
-    /// checks, the host's round itself.
+    /// checks, the host's round itself. A copy: for one domain (`mxguard check`); the
+    /// monitor's fan-out shares the host's evidence ([`DomainEvidence`]).
     pub fn for_domain(&self, domain: &Fqdn) -> TargetEvidence {
         let smtp: Vec<SmtpReport> = self.smtp.iter().map(|r| r.for_domain(domain)).collect();
         TargetEvidence {
             side: self.side,
             round: TargetRound {
-                target: self.round.target.clone(),
-                resolvers: self.round.resolvers.clone(),
-                unasked: self.round.unasked.clone(),
                 addresses: if self.smtp.iter().all(|r| r.recipients.is_empty()) {
                     self.round.addresses.clone()
                 } else {
                     address_results(&smtp)
                 },
+                ..self.round.clone()
             },
             dns: self.dns.clone(),
             smtp,
         }
+    }
+}
+
+/// A target's round as one of its domains sees it, without a copy of the host's evidence:
+/// every domain of a host holds the same [`TargetEvidence`] (a host of a thousand domains is
+/// one copy a round, not a thousand). The domain's round differs from the host's only where an
+/// address the host passed refused this domain's postmaster; only then does it have its own.
+#[derive(Debug, Clone)]
+pub struct DomainEvidence {
+    pub host: Arc<TargetEvidence>,
+    own: Option<Arc<TargetRound>>,
+}
+
+impl DomainEvidence {
+    /// `host`'s round as `domain` sees it (the same verdicts as [`TargetEvidence::for_domain`]).
+    pub fn of(host: &Arc<TargetEvidence>, domain: &Fqdn) -> Self {
+        let refused = host
+            .smtp
+            .iter()
+            .any(|r| r.pass && r.recipient(domain).is_some_and(|x| x.failure.is_some()));
+        let own = refused.then(|| {
+            let smtp: Vec<SmtpReport> = host.smtp.iter().map(|r| r.for_domain(domain)).collect();
+            Arc::new(TargetRound {
+                addresses: address_results(&smtp),
+                ..host.round.clone()
+            })
+        });
+        DomainEvidence {
+            host: host.clone(),
+            own,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.host.side
+    }
+
+    /// Whether this domain's round differs from the host's (its postmaster was refused).
+    pub fn has_own_round(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// The health model's input for this domain.
+    pub fn round(&self) -> &TargetRound {
+        self.own.as_deref().unwrap_or(&self.host.round)
+    }
+
+    pub fn dns(&self) -> &[DnsAnswer] {
+        &self.host.dns
+    }
+
+    /// The SMTP reports as `domain` sees them: its own RCPT answer folded in, the other
+    /// domains' left out. Built when asked (the verdicts do not need it).
+    pub fn smtp_for(&self, domain: &Fqdn) -> Vec<SmtpReport> {
+        self.host
+            .smtp
+            .iter()
+            .map(|r| r.for_domain(domain))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::smtp::{Failure, FailureKind, Phase, Recipient};
+
+    fn recipient(domain: &str, refused: bool) -> Recipient {
+        Recipient {
+            domain: Fqdn::parse(domain).unwrap(),
+            latency_ms: 1,
+            code: if refused { 550 } else { 250 },
+            text: if refused { "5.1.1 unknown" } else { "ok" }.into(),
+            failure: refused.then(|| Failure {
+                phase: Phase::RcptPostmaster,
+                kind: FailureKind::PermReject,
+                detail: "550 5.1.1 unknown".into(),
+            }),
+        }
+    }
+
+    fn report(address: &str, host_pass: bool, recipients: Vec<Recipient>) -> SmtpReport {
+        SmtpReport {
+            host: Fqdn::parse("mx.example.net").unwrap(),
+            address: format!("{address}:25").parse().unwrap(),
+            pass: host_pass,
+            failure: (!host_pass).then(|| Failure {
+                phase: Phase::Banner,
+                kind: FailureKind::TempReject,
+                detail: "421 busy".into(),
+            }),
+            warnings: vec![],
+            phases: vec![],
+            starttls_offered: Some(true),
+            certificate: None,
+            latency_ms: 3,
+            recipients,
+        }
+    }
+
+    fn host(smtp: Vec<SmtpReport>) -> Arc<TargetEvidence> {
+        Arc::new(TargetEvidence {
+            side: Side::Backup,
+            round: TargetRound {
+                target: Fqdn::parse("mx.example.net").unwrap(),
+                resolvers: vec![],
+                unasked: vec![],
+                addresses: address_results(&smtp),
+            },
+            dns: vec![],
+            smtp,
+        })
+    }
+
+    #[test]
+    fn a_domain_shares_the_hosts_round_unless_a_passing_address_refused_its_postmaster() {
+        // a: refused at the passing address; b: accepted; c: refused only where the host
+        // failed anyway; d: not checked this round.
+        let evidence = host(vec![
+            report(
+                "192.0.2.1",
+                true,
+                vec![recipient("a.test", true), recipient("b.test", false)],
+            ),
+            report(
+                "192.0.2.2",
+                false,
+                vec![recipient("b.test", false), recipient("c.test", true)],
+            ),
+        ]);
+        for (domain, own) in [
+            ("a.test", true),
+            ("b.test", false),
+            ("c.test", false),
+            ("d.test", false),
+        ] {
+            let d = Fqdn::parse(domain).unwrap();
+            let view = DomainEvidence::of(&evidence, &d);
+            assert_eq!(view.has_own_round(), own, "{domain}");
+            assert_eq!(
+                view.round(),
+                &evidence.for_domain(&d).round,
+                "{domain}: the same round as a copy would give"
+            );
+            if !own {
+                assert!(std::ptr::eq(view.round(), &evidence.round), "{domain}");
+            }
+        }
+        let a = DomainEvidence::of(&evidence, &Fqdn::parse("a.test").unwrap());
+        assert!(!a.round().addresses[0].pass);
+        assert!(
+            Arc::ptr_eq(&a.host, &evidence),
+            "the host's evidence is not copied"
+        );
     }
 }
