@@ -9,7 +9,10 @@
 //! * when the asks cost more than a listing would ([`DnsProvider::list_cost`] of the zone's
 //!   size, learnt from its last listing; before any, at least [`FIRST_LISTING_ASKS`] asks),
 //!   lists the zone once and answers each ask with its own keys out of it;
-//! * otherwise sends each ask as its own read, at once and side by side.
+//! * otherwise sends each ask as its own read, side by side, at most [`READS_IN_FLIGHT`] of a
+//!   zone at once; asks beyond that wait with the next window's, so a backlog that the
+//!   provider's rate limit would queue (100,000 domains starting while each read waits its
+//!   turn) grows into a batch worth a listing instead of minutes of reads.
 //!
 //! Rules:
 //! * An answer is never older than its ask: a listing starts after every ask it answers.
@@ -38,6 +41,9 @@ use crate::{
 /// Asks of one zone, in one window, that make the first listing worth it.
 pub const FIRST_LISTING_ASKS: usize = 16;
 
+/// Reads of one zone sent on their own at once; later asks wait in the batch (see the module).
+pub const READS_IN_FLIGHT: usize = 8;
+
 /// How long a zone whose listing failed for a passing reason is read one RRset set at a time.
 pub const LIST_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -60,6 +66,8 @@ struct ZoneReads {
     refused: bool,
     /// A listing failed for a passing reason: reads only until then.
     backoff_until: Option<std::time::Instant>,
+    /// Reads of this zone sent on their own and not answered yet.
+    reading: usize,
 }
 
 /// A provider whose reads of one zone, asked together, are answered by one listing.
@@ -84,38 +92,55 @@ impl Shared {
     async fn serve(self: Arc<Self>, zone: Fqdn) {
         loop {
             self.clock.sleep(self.window).await;
-            let (batch, size) = {
+            let listing = {
                 let mut zones = self.zones();
                 let z = zones.entry(zone.clone()).or_default();
                 if z.waiting.is_empty() {
                     z.busy = false;
                     return;
                 }
-                (
-                    std::mem::take(&mut z.waiting),
-                    (!z.refused && z.backoff_until.is_none_or(|t| self.clock.now() >= t))
-                        .then_some(z.size),
-                )
+                // `None`: not to be listed (refused, or backing off); `Some(None)`: never
+                // listed yet.
+                let size = (!z.refused && z.backoff_until.is_none_or(|t| self.clock.now() >= t))
+                    .then_some(z.size);
+                if size.is_some_and(|size| self.worth_listing(&z.waiting, size)) {
+                    Some(std::mem::take(&mut z.waiting))
+                } else {
+                    None
+                }
             };
-            // `None`: not to be listed (refused, or backing off); `Some(None)`: never listed yet.
-            if size.is_some_and(|size| self.worth_listing(&batch, size)) {
-                // In a task of its own, so that a provider client that panics fails this
-                // batch (its asks see their answer dropped) and not every later read.
-                let (this, zone) = (self.clone(), zone.clone());
-                let _ =
-                    tokio::spawn(async move { this.answer_from_listing(&zone, batch).await }).await;
-            } else {
-                self.read_each(&zone, batch);
+            match listing {
+                Some(batch) => {
+                    // In a task of its own, so that a provider client that panics fails this
+                    // batch (its asks see their answer dropped) and not every later read.
+                    let (this, zone) = (self.clone(), zone.clone());
+                    let _ =
+                        tokio::spawn(async move { this.answer_from_listing(&zone, batch).await })
+                            .await;
+                }
+                None => self.read_some(&zone),
             }
         }
     }
 
-    /// Sends each ask as a read of its own, side by side, without waiting for them.
-    fn read_each(&self, zone: &Fqdn, batch: Vec<Ask>) {
-        for ask in batch {
-            let (inner, zone) = (self.inner.clone(), zone.clone());
+    /// Sends waiting asks as reads of their own, side by side and without waiting for them,
+    /// while fewer than [`READS_IN_FLIGHT`] of the zone are; the rest keep waiting.
+    fn read_some(self: &Arc<Self>, zone: &Fqdn) {
+        let asks: Vec<Ask> = {
+            let mut zones = self.zones();
+            let z = zones.entry(zone.clone()).or_default();
+            let room = READS_IN_FLIGHT
+                .saturating_sub(z.reading)
+                .min(z.waiting.len());
+            z.reading += room;
+            z.waiting.drain(..room).collect()
+        };
+        for ask in asks {
+            let (this, zone) = (self.clone(), zone.clone());
             tokio::spawn(async move {
-                let _ = ask.reply.send(inner.read(&zone, &ask.keys).await);
+                // Counted down however the read ends (a panicking client included).
+                let _done = ReadDone(&this, &zone);
+                let _ = ask.reply.send(this.inner.read(&zone, &ask.keys).await);
             });
         }
     }
@@ -131,6 +156,14 @@ impl Shared {
                 batch.len() > 1 && reads > u64::from(self.inner.list_cost(size))
             }
         }
+    }
+
+    /// Puts a failed listing's asks back at the head of the queue, to be read one by one.
+    fn requeue(&self, zone: &Fqdn, batch: Vec<Ask>) {
+        let mut zones = self.zones();
+        let z = zones.entry(zone.clone()).or_default();
+        let later = std::mem::replace(&mut z.waiting, batch);
+        z.waiting.extend(later);
     }
 
     async fn answer_from_listing(&self, zone: &Fqdn, batch: Vec<Ask>) {
@@ -154,13 +187,24 @@ impl Shared {
                 tracing::warn!(provider = %self.inner.name(), %zone, error = %e, "listing the zone failed; its domains are read one by one for {}s", LIST_BACKOFF.as_secs());
                 let until = self.clock.now() + LIST_BACKOFF;
                 self.zones().entry(zone.clone()).or_default().backoff_until = Some(until);
-                self.read_each(zone, batch);
+                self.requeue(zone, batch);
             }
             Err(e) => {
                 tracing::warn!(provider = %self.inner.name(), %zone, error = %e, "the provider refuses to list the zone; reading each domain's records on its own");
                 self.zones().entry(zone.clone()).or_default().refused = true;
-                self.read_each(zone, batch);
+                self.requeue(zone, batch);
             }
+        }
+    }
+}
+
+/// Counts a zone's read as answered when dropped.
+struct ReadDone<'a>(&'a Shared, &'a Fqdn);
+
+impl Drop for ReadDone<'_> {
+    fn drop(&mut self) {
+        if let Some(z) = self.0.zones().get_mut(self.1) {
+            z.reading = z.reading.saturating_sub(1);
         }
     }
 }

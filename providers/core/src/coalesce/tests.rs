@@ -7,6 +7,9 @@ use crate::{ManualClock, RecordType};
 
 const WINDOW: Duration = Duration::from_millis(10);
 
+/// Reads pass `Counting::read_hold` while a test holds none of its permits.
+const READ_PERMITS: u32 = 1_000_000;
+
 /// A zone in memory that counts reads and listings; listings can be held at a semaphore, and
 /// a listing costs a request per `page` RRsets.
 struct Counting {
@@ -14,6 +17,8 @@ struct Counting {
     reads: AtomicUsize,
     listings: AtomicUsize,
     hold: Semaphore,
+    /// Reads wait here (many permits: they pass).
+    read_hold: Semaphore,
     page: usize,
     fail: Option<ProviderError>,
 }
@@ -31,6 +36,7 @@ impl Counting {
             reads: AtomicUsize::new(0),
             listings: AtomicUsize::new(0),
             hold: Semaphore::new(1),
+            read_hold: Semaphore::new(READ_PERMITS as usize),
             page,
             fail: None,
         })
@@ -81,6 +87,7 @@ impl DnsProvider for Counting {
 
     async fn read(&self, _: &Fqdn, keys: &[RrsetKey]) -> Result<Vec<RecordSet>, ProviderError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        let _held = self.read_hold.acquire().await;
         let sets = self.sets.lock().expect("sets");
         Ok(keys.iter().filter_map(|k| sets.get(k).cloned()).collect())
     }
@@ -106,26 +113,39 @@ async fn settle() {
     }
 }
 
-/// Asks for `keys` (each a read of its own) and lets the window pass; returns the answers.
+/// Asks for `keys` (each a read of its own) and lets windows pass until all are answered;
+/// returns the answers.
 async fn ask_together(
     provider: &Arc<Coalescing>,
     clock: &ManualClock,
     keys: impl IntoIterator<Item = usize>,
 ) -> Vec<Result<Vec<RecordSet>, ProviderError>> {
-    let asks: Vec<_> = keys
-        .into_iter()
-        .map(|i| {
-            let p = provider.clone();
-            tokio::spawn(async move { p.read(&zone(), &[key(i)]).await })
-        })
-        .collect();
-    settle().await;
-    clock.advance(WINDOW);
+    let asks = ask(provider, keys);
+    for _ in 0..1_000 {
+        settle().await;
+        clock.advance(WINDOW);
+        settle().await;
+        if asks.iter().all(|a| a.is_finished()) {
+            break;
+        }
+    }
     let mut out = Vec::new();
     for a in asks {
         out.push(a.await.expect("joined"));
     }
     out
+}
+
+type Answer = tokio::task::JoinHandle<Result<Vec<RecordSet>, ProviderError>>;
+
+/// Asks for `keys`, each a read of its own, without waiting for the answers.
+fn ask(provider: &Arc<Coalescing>, keys: impl IntoIterator<Item = usize>) -> Vec<Answer> {
+    keys.into_iter()
+        .map(|i| {
+            let p = provider.clone();
+            tokio::spawn(async move { p.read(&zone(), &[key(i)]).await })
+        })
+        .collect()
 }
 
 fn coalescing(inner: &Arc<Counting>, clock: &ManualClock) -> Arc<Coalescing> {
@@ -192,6 +212,48 @@ async fn once_the_zone_size_is_known_a_listing_is_chosen_only_when_it_costs_less
         (2, 4),
         "5 reads cost more: a listing"
     );
+}
+
+#[tokio::test]
+async fn asks_piling_up_behind_reads_in_flight_become_a_listing() {
+    // 1,000 RRsets, a page per 100: a listing costs 10 requests
+    let (inner, clock) = (Counting::new(1_000, 100), ManualClock::new());
+    let p = coalescing(&inner, &clock);
+    ask_together(&p, &clock, 0..20).await;
+    assert_eq!(
+        inner.listings.load(Ordering::SeqCst),
+        1,
+        "the first listing"
+    );
+    // The provider is slow (its rate limit, say): reads wait.
+    let slow = inner
+        .read_hold
+        .acquire_many(READ_PERMITS)
+        .await
+        .expect("held");
+    let mut answers = Vec::new();
+    for window in 0..4 {
+        // 5 asks a window, each window's fewer than a listing is worth
+        answers.extend(ask(&p, window * 5..window * 5 + 5));
+        settle().await;
+        clock.advance(WINDOW);
+        settle().await;
+    }
+    assert_eq!(
+        (
+            inner.reads.load(Ordering::SeqCst),
+            inner.listings.load(Ordering::SeqCst)
+        ),
+        (READS_IN_FLIGHT, 2),
+        "8 reads in flight; the 12 asks waiting behind them cost more than a listing"
+    );
+    drop(slow);
+    for (i, a) in answers.into_iter().enumerate() {
+        assert_eq!(
+            a.await.expect("joined").expect("answer"),
+            vec![mx(i, "mx1")]
+        );
+    }
 }
 
 #[tokio::test]
