@@ -69,7 +69,7 @@ pub struct Actor {
     /// An operator's revert being published.
     revert: Option<RevertInFlight>,
     version: Option<i64>,
-    rounds: BySide<Option<RoundSummary>>,
+    rounds: BySide<Option<Arc<RoundSummary>>>,
     drift: bool,
     change_running: bool,
     /// The provider lockout (its end, in Unix seconds) the timeline already said the change
@@ -87,7 +87,9 @@ pub struct Actor {
     /// This vantage's latest report per side.
     own: BySide<Option<VantageReport>>,
     /// The combined verdict per side the machine was last told.
-    combined: BySide<Option<Combined>>,
+    combined: BySide<Option<Arc<Combined>>>,
+    /// This domain's `mxguard_last_successful_round_timestamp_seconds`, once first set.
+    last_round_gauge: Option<metrics::Gauge>,
     /// Whether this instance leads and has loaded the domain's state for this term.
     leading: bool,
     /// The latest look at the domain's MTA-STS policy (`serve`'s `mtasts::watch`).
@@ -158,6 +160,7 @@ impl Actor {
             ticked: None,
             own: BySide::default(),
             combined: BySide::default(),
+            last_round_gauge: None,
             leading: false,
             mta_sts: None,
             partitioned: false,

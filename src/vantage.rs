@@ -12,6 +12,7 @@
 //! Each vantage keeps its own hysteresis (`health.rs`), so a vote is already a confirmed verdict.
 //! Pure: no I/O, `now` is passed in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,11 +48,15 @@ pub fn worth_storing(
         return true;
     };
     let heartbeat = chrono::Duration::from_std(heartbeat).unwrap_or(chrono::Duration::MAX);
-    let ups = |r: &VantageReport| r.verdicts.iter().map(|v| v.up).collect::<Vec<_>>();
+    let ups_differ = !last
+        .verdicts
+        .iter()
+        .map(|v| v.up)
+        .eq(new.verdicts.iter().map(|v| v.up));
     last.health != new.health
         || last.pass != new.pass
         || last.partitioned.is_some() != new.partitioned.is_some()
-        || ups(last) != ups(new)
+        || ups_differ
         || new.at.signed_duration_since(last.at) >= heartbeat
 }
 
@@ -73,8 +78,8 @@ pub struct VantageReport {
     pub pass: bool,
     /// Why this vantage does not vote, when it is cut off.
     pub partitioned: Option<String>,
-    /// Per target: up or down, and why.
-    pub verdicts: Vec<Verdict>,
+    /// Per target: up or down, and why (shared by the copies the actor and its votes keep).
+    pub verdicts: Arc<[Verdict]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,7 +143,7 @@ pub struct Vote {
     /// Whether it counted; when not, why.
     pub counted: bool,
     pub note: Option<String>,
-    pub verdicts: Vec<Verdict>,
+    pub verdicts: Arc<[Verdict]>,
 }
 
 /// The leader's verdict on one side, with every vantage's evidence.
@@ -305,7 +310,7 @@ mod tests {
             health,
             pass: health == Health::Up,
             partitioned: partitioned.then(|| "no resolver answered".to_string()),
-            verdicts: vec![],
+            verdicts: Vec::new().into(),
         }
     }
 
@@ -350,7 +355,8 @@ mod tests {
             target: "mx1.example.com".into(),
             up: false,
             reason: "refused".into(),
-        }];
+        }]
+        .into();
         assert!(worth_storing(Some(&stored), &target_down, beat));
     }
 

@@ -69,7 +69,7 @@ async fn feed(handle: &ActorHandle, primary: Health, backup: Health) {
         };
         let (mut report, mut own) = api::round(side, health, at);
         report.verdicts = vec![verdict.clone()];
-        own.verdicts = vec![Verdict::from(&verdict)];
+        own.verdicts = vec![Verdict::from(&verdict)].into();
         assert!(handle.round(report, own).await, "the actor takes rounds");
     }
 }

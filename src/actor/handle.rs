@@ -264,7 +264,7 @@ mod tests {
             health,
             pass: health == Health::Up,
             partitioned: None,
-            verdicts: vec![],
+            verdicts: Vec::new().into(),
         };
         (report, own)
     }

@@ -1,6 +1,8 @@
 //! Probe rounds in: this vantage's verdicts recorded, partitions reported, and (on the leader)
 //! every vantage's fresh verdicts combined per side and handed to the machine.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use crate::events::EventKind;
@@ -14,17 +16,24 @@ use super::{Actor, RoundSummary};
 
 impl Actor {
     pub(super) async fn on_round(&mut self, r: RoundReport, own: VantageReport) {
-        self.rounds[r.side] = Some(RoundSummary {
+        // Shared with every status published until the side's next round (not copied into
+        // each).
+        self.rounds[r.side] = Some(Arc::new(RoundSummary {
             side: r.side,
             at: r.at,
             pass: r.pass,
             health: r.health.health,
-            verdicts: r.verdicts.clone(),
-        });
+            verdicts: r.verdicts,
+        }));
         if r.pass {
             // One series per configured domain (bounded by the configuration): the alert on
-            // "no successful round for N minutes" needs it per domain.
-            metrics::gauge!(crate::probe::metrics::LAST_SUCCESSFUL_ROUND, "domain" => self.cfg.name.without_dot().to_string())
+            // "no successful round for N minutes" needs it per domain. The handle is looked up
+            // once, not at each of the domain's rounds.
+            let name = &self.cfg.name;
+            self.last_round_gauge
+                .get_or_insert_with(|| {
+                    metrics::gauge!(crate::probe::metrics::LAST_SUCCESSFUL_ROUND, "domain" => name.without_dot().to_string())
+                })
                 .set(r.at.timestamp_millis() as f64 / 1000.0);
         }
         if let Some(c) = &r.change {
@@ -100,7 +109,7 @@ impl Actor {
                 )
                 .await;
             }
-            self.combined[side] = Some(c);
+            self.combined[side] = Some(Arc::new(c));
         }
         let health = |side: Side| {
             self.combined[side]

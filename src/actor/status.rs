@@ -21,10 +21,10 @@ pub struct Status {
     pub state: DomainState,
     pub active: Option<Side>,
     pub guard: Option<Guard>,
-    pub rounds: Vec<RoundSummary>,
+    pub rounds: Vec<Arc<RoundSummary>>,
     pub drift: bool,
     /// The leader's combined verdict per side, with each vantage's vote (empty on a follower).
-    pub vantages: Vec<Combined>,
+    pub vantages: Vec<Arc<Combined>>,
     /// The latest look at the domain's MTA-STS policy (`None`: `mta_sts = "off"`, or not yet).
     pub mta_sts: Option<Arc<MtaStsView>>,
 }

@@ -604,7 +604,7 @@ pub fn round(
         health,
         pass: health == Health::Up,
         partitioned: None,
-        verdicts: vec![],
+        verdicts: Vec::new().into(),
     };
     (report, own)
 }

@@ -361,7 +361,7 @@ impl NotifyLab {
             health,
             pass: up,
             partitioned: None,
-            verdicts: vec![Verdict::from(&verdict)],
+            verdicts: vec![Verdict::from(&verdict)].into(),
         };
         assert!(self.handle.round(report, own).await, "actor gone");
     }
