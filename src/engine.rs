@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::actor::change::ChangeDeps;
 use crate::actor::{Actor, ActorHandle, Loader};
-use crate::config::{Config, DomainConfig, RcptChecks};
+use crate::config::{Config, DomainConfig, RcptChecks, StoreKind};
 use crate::health::Thresholds;
 use crate::lease::Leadership;
 use crate::model::{Fqdn, Side};
@@ -156,13 +156,22 @@ impl Engine {
             .map(|d| vantage::freshness(&d.checks))
             .max()
             .unwrap_or_default();
-        let board = Board::start(
-            store.clone(),
-            leadership.clone(),
-            window * 2,
-            shutdown.clone(),
-            tasks,
-        );
+        // Vantage reports are how instances sharing a store see each other's verdicts. SQLite
+        // is one instance (its lock file), so there are none to read and nobody reads ours:
+        // neither is stored or read (at 100,000 domains that was ~20,000 rows written a second
+        // and the whole table scanned every second for nothing).
+        let shared = config.store.url.kind() == StoreKind::Postgres;
+        let board = if shared {
+            Board::start(
+                store.clone(),
+                leadership.clone(),
+                window * 2,
+                shutdown.clone(),
+                tasks,
+            )
+        } else {
+            Board::default()
+        };
         // One TLS client configuration per distinct `ca_file`, shared by the domains that name
         // it: each holds the whole parsed system root store (about 110 KiB per domain, which
         // made memory grow with the number of domains).
@@ -311,7 +320,7 @@ impl Engine {
             let sink: RoundSink = Box::new(move |report| {
                 let down = canaries.borrow().clone();
                 let own = VantageReport::from_round(&me, &report, down.as_deref());
-                {
+                if shared {
                     let mut stored = stored.lock().unwrap_or_else(|p| p.into_inner());
                     let last = &mut stored[report.side];
                     if vantage::worth_storing(last.as_ref(), &own, heartbeat) {
