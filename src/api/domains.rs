@@ -82,7 +82,7 @@ pub fn summary(s: &Status) -> Value {
         "active": s.active,
         "health": {"primary": m.primary, "backup": m.backup},
         "override": override_view(&m.overrides),
-        "change_in_flight": m.in_flight,
+        "change_in_flight": m.writing(),
         "drift": s.drift,
         "last_round": last_round,
     })
