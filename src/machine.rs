@@ -553,7 +553,12 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
                 ttl_write_failed(state, &error, now, &mut fx);
             }
         }
-        Input::PrimaryRound { sign } => early_ttl_step(state, sign, now, policy, &mut fx),
+        Input::PrimaryRound { sign } => {
+            // Only the TTL is decided here: moves are decided on verdicts (`Health`) and
+            // deadlines, and a round fed for its signs must not decide one a round early.
+            early_ttl_step(state, sign, now, policy, &mut fx);
+            return fx;
+        }
         Input::ChangeVerified { side } => {
             if state.in_flight == Some(side) {
                 state.in_flight = None;
