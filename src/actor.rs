@@ -55,6 +55,10 @@ pub struct Persisted {
     pub machine: DomainState,
     /// Snapshot taken before the last failover; failback restores its records and TTLs.
     pub failover_snapshot: Option<i64>,
+    /// Snapshot taken before the primary's TTL was lowered early: the restore publishes its
+    /// records and TTLs, and a failover while lowered takes it as its failover snapshot.
+    #[serde(default)]
+    pub early_ttl_snapshot: Option<i64>,
 }
 
 pub struct Actor {
@@ -72,6 +76,9 @@ pub struct Actor {
     rounds: BySide<Option<Arc<RoundSummary>>>,
     drift: bool,
     change_running: bool,
+    /// The change running is a TTL write (early TTL lowering or its restore): a move decided
+    /// meanwhile supersedes it.
+    running_ttl_write: bool,
     /// The provider lockout (its end, in Unix seconds) the timeline already said the change
     /// in flight waits for.
     waiting_noted: Option<i64>,
@@ -126,6 +133,8 @@ impl Actor {
             approval: cfg.failback.approval,
             correct_drift: cfg.drift == Drift::Correct,
             mta_sts: cfg.mta_sts,
+            early_ttl: cfg.early_ttl,
+            failover_ttl: cfg.failover_ttl.secs(),
             ..Policy::default()
         };
         let inbox = Arc::new(Inbox::default());
@@ -151,6 +160,7 @@ impl Actor {
             drift: false,
             read_alerted: false,
             change_running: false,
+            running_ttl_write: false,
             waiting_noted: None,
             publishing: None,
             changes_started: 0,
@@ -254,7 +264,9 @@ impl Actor {
                 let _ = reply.send(status);
             }
             Msg::Plan(side, reply) => self.start_dry_run(side, reply),
-            Msg::ChangeDone(side, result) => self.on_change_done(side, *result).await,
+            Msg::ChangeDone(side, generation, result) => {
+                self.on_change_done(side, generation, *result).await
+            }
             Msg::ChangeWaiting(side, until) => self.on_change_waiting(side, until).await,
             Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
             Msg::MtaSts(view) => self.on_mta_sts(*view).await,

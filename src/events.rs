@@ -21,7 +21,8 @@ use crate::store::Event;
 ///
 /// Where a kind has fields, they are in the event's evidence under the names below, typed:
 /// a `transition` carries `from` and `to` ([`Phase`]); a `health` event carries `side` and the
-/// leader's `combined` verdict.
+/// leader's `combined` verdict; `ttl_lowered` and `ttl_restored` carry `old_ttl`, `new_ttl`
+/// (seconds) and `why` ([`crate::machine::TtlChange`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     /// The machine moved from one phase to another.
@@ -67,6 +68,13 @@ pub enum EventKind {
     /// longer enforces).
     #[serde(rename = "mta_sts_restored")]
     MtaStsRestored,
+    /// The primary's records republished unchanged with the failover TTL at early signs of
+    /// trouble (`early_ttl`), so that caches turn over quickly if a failover comes.
+    #[serde(rename = "ttl_lowered")]
+    TtlLowered,
+    /// The primary's original TTL restored after it was quiet for the hold.
+    #[serde(rename = "ttl_restored")]
+    TtlRestored,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -102,7 +110,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -117,6 +125,8 @@ impl EventKind {
         EventKind::ChangeWaiting,
         EventKind::ProviderAccessRestored,
         EventKind::MtaStsRestored,
+        EventKind::TtlLowered,
+        EventKind::TtlRestored,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
@@ -146,6 +156,8 @@ impl EventKind {
             EventKind::ChangeWaiting => "change_waiting",
             EventKind::ProviderAccessRestored => "provider_access_restored",
             EventKind::MtaStsRestored => "mta_sts_restored",
+            EventKind::TtlLowered => "ttl_lowered",
+            EventKind::TtlRestored => "ttl_restored",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",

@@ -7,6 +7,38 @@
 //! moment of the decision; fail back only after the primary has been Up for the whole hold;
 //! an override (pause, pin) beats automation and is lifted only by an operator or its expiry;
 //! at most one change in flight; too many transitions in a window pause automation.
+//!
+//! **Early TTL lowering** (`early_ttl`, on by default): when the primary shows early signs of
+//! trouble, the machine republishes the *same* primary records with the failover TTL, so that
+//! if a failover comes, caches turn over within seconds instead of the old TTL; once the
+//! primary is quiet again for the hold, the original TTL is restored. Both writes are
+//! `Effect::Publish` of the primary, carried out by the one write path. The rules:
+//!
+//! * **What is a sign** ([`EarlySign`]): a round answered 4xx (soft), or a pass while failing
+//!   rounds are not yet forgiven (a blip). A hard failing round is a sign too, but it never
+//!   *starts* a lowering: it is being confirmed, and within `fail_after` confirmations it is
+//!   either Down (the failover decides; a lowering then turns no cache over and would only
+//!   delay it and spend a write during a mass outage) or a blip (which lowers at that pass).
+//! * **When it lowers**: on a sign, with `early_ttl` on, in phase `Primary` with the primary's
+//!   records published (records compared, TTL aside) and their TTL known and above the
+//!   failover TTL, the primary not Down, no override (paused: observe only; pinned: the
+//!   operator decided and no automated failover will come), no change in flight, not already
+//!   lowered, and at most one lowering per hold (counted from the previous lowering).
+//! * **It never changes record content**: the write publishes the primary records it found
+//!   (the one write path refuses a TTL-only publish whose plan would change content).
+//! * **The original TTL is never lost**: [`EarlyTtl::original`] is persisted with the state
+//!   before the write; a restart restores it, and status shows a low TTL left behind.
+//! * **When it restores**: after a round with no sign (failures forgiven: `recover_after`
+//!   consecutive passes) the hold runs (`failback.hold`, else 10 min); a sign restarts it; at
+//!   its end, under the same conditions as a lowering (phase `Primary`, primary published and
+//!   Up, no override, nothing in flight), the original TTL is published. Turning `early_ttl`
+//!   off stops new lowerings; one already made is still restored by this rule.
+//! * **A move supersedes it**: a failover (automated or an operator's), failback or revert
+//!   decided while a TTL write is in flight does not wait for it (the actor stops that write);
+//!   the TTL remembered before the failover is the original one, so the failback publishes the
+//!   primary at its original TTL. A TTL write that fails is not retried (it never holds up a
+//!   move): a failed lowering counts as lowered (it may have landed) and is restored later; a
+//!   failed restore is tried again after another hold.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -125,6 +157,87 @@ pub struct DomainState {
     /// is Down (alerted once; cleared when the primary is no longer Down or the backup passes).
     #[serde(default)]
     pub mta_sts_blocked: bool,
+    /// The primary's TTL lowered ahead of a possible failover (`None`: not lowered).
+    #[serde(default)]
+    pub early_ttl: Option<EarlyTtl>,
+    /// When the last early TTL lowering began: at most one per hold.
+    #[serde(default)]
+    pub ttl_lowered_at: Option<Time>,
+}
+
+/// A TTL lowered early, and what restores it (module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlyTtl {
+    /// The TTL the primary's records had before the lowering: what is restored.
+    pub original: u32,
+    /// The TTL written (the failover TTL).
+    pub lowered: u32,
+    pub stage: TtlStage,
+    /// When the lowering was decided.
+    pub since: Time,
+    /// The sign that caused it.
+    pub why: String,
+    /// Since when the primary is quiet (no sign); the restore comes a hold after it.
+    pub quiet_since: Option<Time>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlStage {
+    /// The write lowering the TTL is in flight.
+    Lowering,
+    /// Lowered (or a lowering that failed and may have landed): restored when quiet.
+    Lowered,
+    /// The write restoring the original TTL is in flight.
+    Restoring,
+}
+
+/// An early sign of trouble at the primary, short of a Down verdict (the leader's own round).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "sign", rename_all = "snake_case")]
+pub enum EarlySign {
+    /// The primary answered 4xx: senders queue; it is Down only after the soft window.
+    Soft { reason: String },
+    /// The primary passes again while failing rounds are not yet forgiven (a blip).
+    Failed { failures: u32, reason: String },
+    /// A hard failing round, being confirmed (or Down): breaks the quiet, never lowers.
+    Hard { reason: String },
+}
+
+impl EarlySign {
+    /// Whether this sign starts a lowering (module doc: a hard round is being confirmed).
+    fn lowers(&self) -> bool {
+        !matches!(self, EarlySign::Hard { .. })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            EarlySign::Soft { reason } => format!("the primary answers 4xx ({reason})"),
+            EarlySign::Failed { failures, reason } => {
+                format!("the primary failed {failures} round(s) not yet forgiven ({reason})")
+            }
+            EarlySign::Hard { reason } => format!("the primary failed a round ({reason})"),
+        }
+    }
+}
+
+/// Which TTL write is in flight, for the actor to build its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlWrite {
+    /// The primary's records with this (the failover) TTL.
+    Lower(u32),
+    /// The primary's records with their original TTL.
+    Restore(u32),
+}
+
+/// The timeline's record of a TTL change: typed evidence (`ttl_lowered`, `ttl_restored`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TtlChange {
+    #[serde(skip)]
+    pub kind: EventKind,
+    pub old_ttl: u32,
+    pub new_ttl: u32,
+    pub why: String,
 }
 
 /// An incident: from the step that left normal operation (a failover started, both sides
@@ -155,6 +268,8 @@ impl Default for DomainState {
             incident: None,
             mta_sts_refused: None,
             mta_sts_blocked: false,
+            early_ttl: None,
+            ttl_lowered_at: None,
         }
     }
 }
@@ -172,6 +287,10 @@ pub struct Policy {
     pub correct_drift: bool,
     /// What an MTA-STS finding does to a failover (`mta_sts` in the domain's config).
     pub mta_sts: MtaStsAction,
+    /// `early_ttl`: lower the primary's TTL to the failover TTL at early signs (module doc).
+    pub early_ttl: bool,
+    /// The domain's failover TTL: what a lowering writes.
+    pub failover_ttl: u32,
 }
 
 /// `mta_sts = "warn" | "block" | "off"`: what the machine does with a backup that compliant
@@ -197,6 +316,8 @@ impl Default for Policy {
             flap_window: Duration::from_secs(3600),
             correct_drift: false,
             mta_sts: MtaStsAction::Warn,
+            early_ttl: true,
+            failover_ttl: 60,
         }
     }
 }
@@ -209,6 +330,13 @@ impl Policy {
             let ttl = Duration::from_secs(u64::from(state.ttl_before_failover.unwrap_or(0)) * 2);
             MIN_HOLD.max(ttl)
         })
+    }
+
+    /// How long the primary stays quiet before a lowered TTL is restored, and the least time
+    /// between two lowerings: the configured hold, else [`MIN_HOLD`] (the TTL-based default of
+    /// the failback hold is about caches after a move, which a lowering does not make).
+    pub fn early_hold(&self) -> Duration {
+        self.hold.unwrap_or(MIN_HOLD)
     }
 }
 
@@ -240,6 +368,8 @@ pub enum Input {
     ChangeFailed { side: Side, error: String },
     /// A deadline from `next_deadline` passed.
     Tick,
+    /// The leader's own probe round of the primary: an early sign, or `None` when quiet.
+    PrimaryRound { sign: Option<EarlySign> },
     /// The domain's MTA-STS policy was evaluated: why compliant senders would refuse the
     /// backup (`None`: they would not).
     MtaSts { refused: Option<String> },
@@ -274,6 +404,8 @@ pub enum Effect {
     Event { kind: EventKind, message: String },
     /// The command was refused; nothing changed.
     Rejected { reason: String },
+    /// A TTL lowered or restored (recorded with its typed evidence).
+    Ttl(TtlChange),
 }
 
 impl Effect {
@@ -284,6 +416,10 @@ impl Effect {
                 Some((EventKind::Transition, format!("{from:?} → {to:?}: {why}")))
             }
             Effect::Event { kind, message } => Some((*kind, message.clone())),
+            Effect::Ttl(c) => Some((
+                c.kind,
+                format!("primary TTL {} → {} s: {}", c.old_ttl, c.new_ttl, c.why),
+            )),
             Effect::Publish { .. } | Effect::Rejected { .. } => None,
         }
     }
@@ -303,6 +439,22 @@ impl DomainState {
 
     pub fn change_in_flight(&self) -> bool {
         self.in_flight.is_some()
+    }
+
+    /// The TTL write in flight, if any (a publish of the primary's own records).
+    pub fn ttl_write(&self) -> Option<TtlWrite> {
+        let e = self.early_ttl.as_ref()?;
+        match e.stage {
+            TtlStage::Lowering => Some(TtlWrite::Lower(e.lowered)),
+            TtlStage::Restoring => Some(TtlWrite::Restore(e.original)),
+            TtlStage::Lowered => None,
+        }
+    }
+
+    /// The side whose records a write in flight publishes: a move's, or the primary's for a
+    /// TTL write. What the actor resumes after a restart.
+    pub fn writing(&self) -> Option<Side> {
+        self.in_flight.or(self.ttl_write().map(|_| Side::Primary))
     }
 
     fn enter(&mut self, phase: Phase, now: Time, fx: &mut Vec<Effect>, why: String) {
@@ -327,7 +479,9 @@ impl DomainState {
         automated: bool,
     ) {
         if side == Side::Backup && self.published != Some(Side::Backup) {
-            self.ttl_before_failover = self.published_ttl.or(self.ttl_before_failover);
+            // A TTL lowered early is not the TTL to restore on failback: the original is.
+            let original = self.early_ttl.as_ref().map(|e| e.original);
+            self.ttl_before_failover = original.or(self.published_ttl).or(self.ttl_before_failover);
             if let Some(refused) = &self.mta_sts_refused {
                 fx.push(Effect::Event {
                     kind: EventKind::MtaStsFailover,
@@ -346,6 +500,10 @@ impl DomainState {
             Side::Primary => Phase::FailingBack,
             Side::Backup => Phase::FailingOver,
         };
+        // A move ends an early lowering, and supersedes a TTL write in flight (the actor stops
+        // it): a failover remembers the original TTL (above) and the failback publishes it; a
+        // move to the primary publishes its own TTL.
+        self.early_ttl = None;
         self.in_flight = Some(side);
         self.approved = false;
         if automated {
@@ -385,6 +543,22 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
                 correct_drift(state, lost, now, policy, &mut fx);
             }
         }
+        Input::ChangeVerified { side } if state.in_flight != Some(side) => {
+            if side == Side::Primary {
+                ttl_write_done(state, &mut fx);
+            }
+        }
+        Input::ChangeFailed { side, error } if state.in_flight != Some(side) => {
+            if side == Side::Primary {
+                ttl_write_failed(state, &error, now, &mut fx);
+            }
+        }
+        Input::PrimaryRound { sign } => {
+            // Only the TTL is decided here: moves are decided on verdicts (`Health`) and
+            // deadlines, and a round fed for its signs must not decide one a round early.
+            early_ttl_step(state, sign, now, policy, &mut fx);
+            return fx;
+        }
         Input::ChangeVerified { side } => {
             if state.in_flight == Some(side) {
                 state.in_flight = None;
@@ -409,7 +583,7 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
                 });
             }
         }
-        Input::Tick => {}
+        Input::Tick => restore_when_quiet(state, now, policy, &mut fx),
         Input::Command {
             command,
             by,
@@ -669,7 +843,11 @@ fn correct_drift(
     policy: &Policy,
     fx: &mut Vec<Effect>,
 ) {
-    if !policy.correct_drift || state.phase == Phase::Unknown || state.change_in_flight() {
+    if !policy.correct_drift
+        || state.phase == Phase::Unknown
+        || state.change_in_flight()
+        || state.ttl_write().is_some()
+    {
         return;
     }
     let left_alone = |fx: &mut Vec<Effect>, why: String| {
@@ -801,6 +979,164 @@ fn flap_guard(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<
         ),
     });
     true
+}
+
+/// Whether a TTL write may start now (module doc): the primary's records published in phase
+/// `Primary`, the primary not Down, no override, nothing in flight.
+fn ttl_write_allowed(state: &DomainState) -> bool {
+    state.phase == Phase::Primary
+        && state.published == Some(Side::Primary)
+        && state.primary != Health::Down
+        && state.overrides.is_none()
+        && !state.change_in_flight()
+        && state.ttl_write().is_none()
+}
+
+/// The leader's own primary round: a sign lowers the TTL (or restarts the quiet wait of one
+/// lowered); a quiet round starts that wait, and a wait that ended restores.
+fn early_ttl_step(
+    state: &mut DomainState,
+    sign: Option<EarlySign>,
+    now: Time,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
+    match (&mut state.early_ttl, sign) {
+        (Some(e), Some(_)) => e.quiet_since = None,
+        (Some(e), None) => {
+            e.quiet_since.get_or_insert(now);
+            restore_when_quiet(state, now, policy, fx);
+        }
+        (None, Some(sign)) => lower(state, &sign, now, policy, fx),
+        (None, None) => {}
+    }
+}
+
+fn lower(
+    state: &mut DomainState,
+    sign: &EarlySign,
+    now: Time,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
+    let Some(original) = state.published_ttl else {
+        return; // the TTL to restore must be known before anything is lowered
+    };
+    let hold = chrono::Duration::from_std(policy.early_hold()).unwrap_or_default();
+    let recently = state.ttl_lowered_at.is_some_and(|at| now < at + hold);
+    if !policy.early_ttl
+        || !sign.lowers()
+        || original <= policy.failover_ttl
+        || recently
+        || !ttl_write_allowed(state)
+    {
+        return;
+    }
+    let why = sign.describe();
+    state.early_ttl = Some(EarlyTtl {
+        original,
+        lowered: policy.failover_ttl,
+        stage: TtlStage::Lowering,
+        since: now,
+        why: why.clone(),
+        quiet_since: None,
+    });
+    state.ttl_lowered_at = Some(now);
+    fx.push(Effect::Publish {
+        side: Side::Primary,
+        why: format!(
+            "early TTL lowering {original} → {} s: {why}",
+            policy.failover_ttl
+        ),
+        from: None,
+    });
+}
+
+/// Restores the original TTL once the primary has been quiet for the hold.
+fn restore_when_quiet(state: &mut DomainState, now: Time, policy: &Policy, fx: &mut Vec<Effect>) {
+    let hold = chrono::Duration::from_std(policy.early_hold()).unwrap_or_default();
+    let due = state.early_ttl.as_ref().is_some_and(|e| {
+        e.stage == TtlStage::Lowered && e.quiet_since.is_some_and(|q| now >= q + hold)
+    });
+    if !due || state.primary != Health::Up || !ttl_write_allowed(state) {
+        return;
+    }
+    let Some(e) = &mut state.early_ttl else {
+        return;
+    };
+    e.stage = TtlStage::Restoring;
+    let why = format!(
+        "restoring the primary's TTL {} → {} s: quiet for {}",
+        e.lowered,
+        e.original,
+        humantime::format_duration(policy.early_hold())
+    );
+    fx.push(Effect::Publish {
+        side: Side::Primary,
+        why,
+        from: None,
+    });
+}
+
+/// The TTL write in flight is verified: recorded with its evidence.
+fn ttl_write_done(state: &mut DomainState, fx: &mut Vec<Effect>) {
+    let Some(write) = state.ttl_write() else {
+        return;
+    };
+    let Some(e) = &mut state.early_ttl else {
+        return;
+    };
+    match write {
+        TtlWrite::Lower(ttl) => {
+            e.stage = TtlStage::Lowered;
+            fx.push(Effect::Ttl(TtlChange {
+                kind: EventKind::TtlLowered,
+                old_ttl: e.original,
+                new_ttl: ttl,
+                why: format!(
+                    "{}; if a failover comes, caches hold the primary for {ttl} s at most",
+                    e.why
+                ),
+            }));
+        }
+        TtlWrite::Restore(ttl) => {
+            fx.push(Effect::Ttl(TtlChange {
+                kind: EventKind::TtlRestored,
+                old_ttl: e.lowered,
+                new_ttl: ttl,
+                why: "the primary is quiet again".into(),
+            }));
+            state.early_ttl = None;
+        }
+    }
+}
+
+/// The TTL write in flight failed: not retried, so it never holds up a move (module doc).
+fn ttl_write_failed(state: &mut DomainState, error: &str, now: Time, fx: &mut Vec<Effect>) {
+    let Some(write) = state.ttl_write() else {
+        return;
+    };
+    let Some(e) = &mut state.early_ttl else {
+        return;
+    };
+    e.stage = TtlStage::Lowered;
+    let then = match write {
+        TtlWrite::Lower(_) => {
+            "not retried; it may have landed, so the original TTL is restored once the primary is quiet"
+        }
+        TtlWrite::Restore(_) => {
+            e.quiet_since = Some(now);
+            "tried again after another hold"
+        }
+    };
+    let what = match write {
+        TtlWrite::Lower(ttl) => format!("lowering the primary's TTL to {ttl} s"),
+        TtlWrite::Restore(ttl) => format!("restoring the primary's TTL to {ttl} s"),
+    };
+    fx.push(Effect::Event {
+        kind: EventKind::ChangeFailed,
+        message: format!("{what} failed: {error}; {then}"),
+    });
 }
 
 /// An operator's revert is an operator's move to `side` with the snapshot's records (their
@@ -951,7 +1287,8 @@ fn command_step(
     }
 }
 
-/// When the machine next wants a `Tick`: the end of the hold, or a pin's expiry.
+/// When the machine next wants a `Tick`: the end of the hold, a pin's expiry, or when a TTL
+/// lowered early is due to be restored.
 pub fn next_deadline(state: &DomainState, policy: &Policy) -> Option<Time> {
     let pin = match &state.overrides {
         Some(Override::Pinned { until, .. }) => Some(*until),
@@ -965,10 +1302,17 @@ pub fn next_deadline(state: &DomainState, policy: &Policy) -> Option<Time> {
                 .ok()
                 .map(|h| since + h)
         });
-    match (pin, hold) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    let restore = state
+        .early_ttl
+        .as_ref()
+        .filter(|e| e.stage == TtlStage::Lowered && state.overrides.is_none())
+        .and_then(|e| e.quiet_since)
+        .and_then(|q| {
+            chrono::Duration::from_std(policy.early_hold())
+                .ok()
+                .map(|h| q + h)
+        });
+    [pin, hold, restore].into_iter().flatten().min()
 }
 
 #[cfg(test)]

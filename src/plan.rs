@@ -32,6 +32,8 @@ pub enum PlanError {
     OverBudget { count: usize, budget: usize },
     #[error("cannot build the records: {0}")]
     Model(String),
+    #[error("refused: a TTL-only write, but the live records are not the {side}'s (edited since); the records are left as they are")]
+    ContentWouldChange { side: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,6 +9,7 @@ use mxguard_core::{DnsProvider, ProviderError};
 use serde::Serialize;
 
 pub use super::error::ChangeError;
+use crate::machine::TtlWrite;
 use crate::model::{RecordSet, Side, Ttl};
 use crate::plan::{Managed, Plan};
 use crate::store::{ChangeIntent, ChangeStatus, NewChange, NewSnapshot, Store};
@@ -48,6 +49,9 @@ pub struct Origin {
     pub why: String,
     /// Told when the apply waits for a lockout its provider announced, and until when.
     pub waiting: Option<Waiting>,
+    /// A TTL-only write (early TTL lowering or its restore): refused when the records live or
+    /// desired are not `side`'s, so it can never change what the records say.
+    pub ttl_only: bool,
 }
 
 impl Origin {
@@ -57,6 +61,7 @@ impl Origin {
             by: "automation".into(),
             why: format!("before publishing the {side} records"),
             waiting: None,
+            ttl_only: false,
         }
     }
 }
@@ -133,6 +138,14 @@ pub async fn publish(
     let zone = &managed.zone;
     let actual = deps.provider.read(zone, &managed.keys()).await?;
     let replaced_ttl = managed.ttl_of(&actual);
+    if origin.ttl_only
+        && (managed.which_side(&actual) != Some(side) || managed.which_side(&desired) != Some(side))
+    {
+        return Err(crate::plan::PlanError::ContentWouldChange {
+            side: side.to_string(),
+        }
+        .into());
+    }
     let plan = managed.plan(desired, actual.clone())?;
     let store = &deps.store;
     let now = || deps.clock.utc();
@@ -342,9 +355,14 @@ async fn verify(deps: &ChangeDeps, managed: &Managed, desired: &[RecordSet]) -> 
     }]
 }
 
-/// The records publishing `side` means. Failback restores the records and TTLs of the snapshot
-/// taken before failover (when they are the primary's); otherwise the side's configured records,
-/// with the TTL from [`ttl_for`] (`live_ttl`: the TTL the managed records have now).
+/// The records publishing `side` means. A TTL write in flight (early TTL lowering) publishes
+/// the primary's records with the TTL it writes: lowered, or restored from the snapshot taken
+/// before the lowering when it holds the primary's records (each RRset's own TTL), else at the
+/// original TTL. Failback restores the records and TTLs of the snapshot taken before failover
+/// (when they are the primary's), none of them below the TTL live before failover (a snapshot
+/// taken while the TTL was lowered early holds the lowered one); otherwise the side's
+/// configured records, with the TTL from [`ttl_for`] (`live_ttl`: the TTL the managed records
+/// have now).
 pub async fn desired_records(
     store: &dyn Store,
     managed: &Managed,
@@ -353,27 +371,49 @@ pub async fn desired_records(
     side: Side,
     live_ttl: Option<u32>,
 ) -> Result<Vec<RecordSet>, ChangeError> {
-    if side == Side::Primary {
-        if let Some(id) = state.failover_snapshot {
-            if let Ok(Some(snap)) = store.snapshot(id).await {
-                if managed.which_side(&snap.records) == Some(Side::Primary) {
-                    let keys = managed.keys();
-                    return Ok(snap
-                        .records
-                        .into_iter()
-                        .filter(|s| keys.contains(&mxguard_core::RrsetKey::of(s)))
-                        .collect());
-                }
+    let primary_snapshot = |id: Option<i64>| async move {
+        let snap = store.snapshot(id?).await.ok()??;
+        (managed.which_side(&snap.records) == Some(Side::Primary)).then(|| {
+            let keys = managed.keys();
+            snap.records
+                .into_iter()
+                .filter(|s| keys.contains(&mxguard_core::RrsetKey::of(s)))
+                .collect::<Vec<_>>()
+        })
+    };
+    let machine = &state.machine;
+    if side == Side::Primary && machine.in_flight.is_none() {
+        match machine.ttl_write() {
+            Some(TtlWrite::Lower(ttl)) => {
+                return Ok(managed.desired(side, ttl_or(ttl, failover_ttl))?)
             }
+            Some(TtlWrite::Restore(ttl)) => {
+                if let Some(records) = primary_snapshot(state.early_ttl_snapshot).await {
+                    return Ok(records);
+                }
+                return Ok(managed.desired(side, ttl_or(ttl, failover_ttl))?);
+            }
+            None => {}
         }
     }
-    let ttl = ttl_for(
-        side,
-        failover_ttl,
-        state.machine.ttl_before_failover,
-        live_ttl,
-    );
+    if side == Side::Primary {
+        if let Some(records) = primary_snapshot(state.failover_snapshot).await {
+            let floor = machine.ttl_before_failover.and_then(|t| Ttl::new(t).ok());
+            return Ok(records
+                .into_iter()
+                .map(|s| match floor {
+                    Some(f) if s.ttl() < f => s.with_ttl(f),
+                    _ => s,
+                })
+                .collect());
+        }
+    }
+    let ttl = ttl_for(side, failover_ttl, machine.ttl_before_failover, live_ttl);
     Ok(managed.desired(side, ttl)?)
+}
+
+fn ttl_or(ttl: u32, fallback: Ttl) -> Ttl {
+    Ttl::new(ttl).unwrap_or(fallback)
 }
 
 /// The TTL to publish `side` with: the failover TTL for the backup; for the primary the TTL

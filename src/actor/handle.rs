@@ -67,7 +67,9 @@ pub(super) enum Msg {
     },
     Status(oneshot::Sender<Status>),
     Plan(Option<Side>, oneshot::Sender<Result<Plan, String>>),
-    ChangeDone(Side, Box<Result<ChangeReport, ChangeError>>),
+    /// A change ended: its side, the actor's count of changes started when it began (a TTL
+    /// write superseded by a move reports late and is ignored), its outcome.
+    ChangeDone(Side, u64, Box<Result<ChangeReport, ChangeError>>),
     /// The change in flight waits for its provider's lockout until then.
     ChangeWaiting(Side, std::time::SystemTime),
     /// An operator's revert to a snapshot holding `side`'s records (`desired`: its managed

@@ -57,7 +57,8 @@ impl Actor {
             tracing::info!(domain = %self.cfg.name, phase = ?self.state.machine.phase, "state restored");
         }
         let unfinished = loaded.unfinished;
-        match self.state.machine.in_flight {
+        // A TTL write in flight (early TTL lowering or its restore) is resumed like a move.
+        match self.state.machine.writing() {
             Some(side) => {
                 // What is live decides how the resumed change is planned: read it first.
                 self.observe().await;

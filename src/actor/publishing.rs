@@ -30,8 +30,17 @@ impl Actor {
         side: Side,
         resume: Option<crate::store::ChangeIntent>,
     ) {
-        if self.change_running || !self.leading {
+        if !self.leading {
             return;
+        }
+        if self.change_running {
+            // Only a move decided over a TTL write in flight comes here (the machine allows
+            // no other second change): the move goes first, the TTL write is stopped.
+            if self.running_ttl_write {
+                self.supersede_ttl_write();
+            } else {
+                return;
+            }
         }
         // A revert publishes its snapshot's records (and so do its retries); any other publish
         // the side's own.
@@ -44,12 +53,28 @@ impl Actor {
                     by: r.revert.by.clone(),
                     why: format!("before revert to snapshot {}", r.revert.snapshot),
                     waiting: None,
+                    ttl_only: false,
                 };
                 (r.revert.desired.clone(), origin)
             });
         let mut origin = reverting
             .as_ref()
             .map_or_else(|| Origin::automation(side), |(_, o)| o.clone());
+        let ttl_write = match self.state.machine.ttl_write() {
+            Some(w) if reverting.is_none() && self.state.machine.in_flight.is_none() => Some(w),
+            _ => None,
+        };
+        if let Some(w) = ttl_write {
+            origin.ttl_only = true;
+            origin.why = match w {
+                crate::machine::TtlWrite::Lower(ttl) => {
+                    format!("before lowering the primary's TTL to {ttl} s")
+                }
+                crate::machine::TtlWrite::Restore(ttl) => {
+                    format!("before restoring the primary's TTL to {ttl} s")
+                }
+            };
+        }
         // The timeline says when a change waits for its provider's lockout, and until when.
         let notes = self.tx.clone();
         origin.waiting = Some(super::change::Waiting(std::sync::Arc::new(move |until| {
@@ -61,14 +86,20 @@ impl Actor {
                 Ok(d) => d,
                 Err(e) => {
                     // Reported through the mailbox like any other outcome (no recursion into
-                    // `input`).
-                    let _ = self.tx.try_send(Msg::ChangeDone(side, Box::new(Err(e))));
+                    // `input`), under a number of its own (never a superseded write's).
+                    self.changes_started += 1;
+                    let generation = self.changes_started;
+                    let _ = self
+                        .tx
+                        .try_send(Msg::ChangeDone(side, generation, Box::new(Err(e))));
                     return;
                 }
             },
         };
         self.change_running = true;
+        self.running_ttl_write = ttl_write.is_some();
         self.changes_started += 1;
+        let generation = self.changes_started;
         let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
         let epoch = self.deps.fence.epoch().unwrap_or_default();
         let work =
@@ -90,8 +121,23 @@ impl Actor {
                     "the publish task failed: {e}"
                 ))),
             };
-            let _ = tx.send(Msg::ChangeDone(side, Box::new(result))).await;
+            let _ = tx
+                .send(Msg::ChangeDone(side, generation, Box::new(result)))
+                .await;
         });
+    }
+
+    /// A move was decided while a TTL write runs: that write stops where it is (its report is
+    /// ignored: `changes_started` moves on), so the move never waits for it. Its intent, if it
+    /// wrote one, stays unfinished and is abandoned at the next start; the move plans on a
+    /// fresh read of what is live, whether the TTL write landed or not.
+    fn supersede_ttl_write(&mut self) {
+        tracing::info!(domain = %self.cfg.name, "a move goes first: stopping the TTL write in flight");
+        if let Some(work) = self.publishing.take() {
+            work.abort();
+        }
+        self.change_running = false;
+        self.running_ttl_write = false;
     }
 
     /// Leadership is gone: the change in flight (if any) stops where it is. The new leader
@@ -130,8 +176,14 @@ impl Actor {
     pub(super) async fn on_change_done(
         &mut self,
         side: Side,
+        generation: u64,
         result: Result<ChangeReport, ChangeError>,
     ) {
+        if generation != self.changes_started {
+            // A TTL write a move superseded: the move's own report is the one that counts.
+            return;
+        }
+        let ttl_write = std::mem::take(&mut self.running_ttl_write);
         self.change_running = false;
         self.publishing = None;
         self.revert_ended(&result).await;
@@ -164,10 +216,16 @@ impl Actor {
         match result {
             Ok(report) => {
                 self.attempts = 0;
-                if side == Side::Backup {
-                    if let Some(id) = report.snapshot_id {
+                if ttl_write {
+                    self.ttl_write_done(&report);
+                } else if side == Side::Backup {
+                    // Lowered early, the records before the lowering hold the TTL to restore.
+                    let early = self.state.early_ttl_snapshot.take();
+                    if let Some(id) = early.or(report.snapshot_id) {
                         self.state.failover_snapshot = Some(id);
                     }
+                } else {
+                    self.state.early_ttl_snapshot = None;
                 }
                 let message = match report.change_id {
                     Some(id) => format!(
@@ -201,8 +259,43 @@ impl Actor {
                 }
                 self.track_propagation(report);
             }
+            Err(error) if ttl_write => self.on_ttl_write_failed(error).await,
             Err(error) => self.on_change_failed(side, error).await,
         }
+    }
+
+    /// The snapshot before a lowering is kept for its restore (and a failover meanwhile);
+    /// a restore ends its use. Persisted with the machine's next step (ChangeVerified).
+    fn ttl_write_done(&mut self, report: &ChangeReport) {
+        match self.state.machine.ttl_write() {
+            Some(crate::machine::TtlWrite::Lower(_)) if report.snapshot_id.is_some() => {
+                self.state.early_ttl_snapshot = report.snapshot_id;
+            }
+            Some(crate::machine::TtlWrite::Restore(_)) => self.state.early_ttl_snapshot = None,
+            _ => {}
+        }
+    }
+
+    /// A TTL write failed: not retried here (the machine says when, if ever: a TTL write never
+    /// holds up a move), counted like any failure.
+    async fn on_ttl_write_failed(&mut self, error: ChangeError) {
+        let kind = error.kind();
+        metrics::counter!("mxguard_change_failures_total", "kind" => kind).increment(1);
+        if matches!(error, ChangeError::Fenced(_)) && !self.deps.fence.is_leader() {
+            return;
+        }
+        tracing::warn!(domain = %self.cfg.name, %error, kind, "TTL write failed");
+        let error = format!("{kind}: {error}");
+        let _ = self
+            .input(
+                Input::ChangeFailed {
+                    side: Side::Primary,
+                    error,
+                },
+                "automation",
+                None,
+            )
+            .await;
     }
 
     /// A failed publish, by kind (`ChangeError::retry_in`): a fenced one is left to the leader

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::events::EventKind;
 use crate::health::Health;
-use crate::machine::{Input, Phase};
+use crate::machine::{EarlySign, Input, Phase};
 use crate::model::Side;
 use crate::monitor::RoundReport;
 use crate::vantage::{self, VantageReport};
@@ -16,6 +16,9 @@ use super::{Actor, RoundSummary};
 
 impl Actor {
     pub(super) async fn on_round(&mut self, r: RoundReport, own: VantageReport) {
+        // The primary's early signs are read before the round's verdicts move into its summary.
+        let primary_sign =
+            (r.side == Side::Primary).then(|| early_sign(&r, self.cfg.checks.recover_after));
         // Shared with every status published until the side's next round (not copied into
         // each).
         self.rounds[r.side] = Some(Arc::new(RoundSummary {
@@ -40,10 +43,29 @@ impl Actor {
             tracing::info!(domain = %self.cfg.name, vantage = %own.vantage, side = %r.side, from = ?c.from, to = ?c.to, "this vantage's verdict changed");
         }
         self.note_partition(&own).await;
+        let cut_off = own.partitioned.is_some();
         self.own[r.side] = Some(own);
         if self.leading {
             self.decide().await;
+            if let (Some(sign), false) = (primary_sign, cut_off) {
+                self.early_signs(sign).await;
+            }
         }
+    }
+
+    /// The leader's own primary round, for early TTL lowering (`src/machine.rs`): only while
+    /// it is on, or a lowered TTL waits to be restored; a vantage cut off from its resolvers
+    /// says nothing about the primary.
+    async fn early_signs(&mut self, sign: Option<EarlySign>) {
+        // Nothing lowered and no sign: nothing to decide (and no step to run — this is every
+        // primary round of every domain).
+        let lowered = self.state.machine.early_ttl.is_some();
+        if !lowered && (sign.is_none() || !self.policy.early_ttl) {
+            return;
+        }
+        let _ = self
+            .input(Input::PrimaryRound { sign }, "automation", None)
+            .await;
     }
 
     /// Followers serve reads: keep the leader's persisted state at hand (once per batch of
@@ -132,5 +154,37 @@ impl Actor {
             // Settled on the first verdicts just now: the next round decides, even unchanged.
             self.settled = unknown && self.state.machine.phase != Phase::Unknown;
         }
+    }
+}
+
+/// What a primary round says ahead of a verdict: a 4xx answer (soft), a hard failing round
+/// (being confirmed, or Down), a pass while earlier failures are not yet forgiven (a blip), or
+/// nothing (`None`: quiet, all failures forgiven after `recover_after` passes).
+pub(super) fn early_sign(r: &RoundReport, recover_after: u32) -> Option<EarlySign> {
+    let reason = || {
+        let failing: Vec<String> = r
+            .verdicts
+            .iter()
+            .filter(|v| !v.up)
+            .map(|v| format!("{}: {}", v.target, v.reason))
+            .collect();
+        if failing.is_empty() {
+            "no target's reason recorded".to_string()
+        } else {
+            failing.join("; ")
+        }
+    };
+    let h = &r.health;
+    match (r.pass, h.soft) {
+        (false, true) => Some(EarlySign::Soft { reason: reason() }),
+        (false, false) => Some(EarlySign::Hard { reason: reason() }),
+        (true, _) if h.failures > 0 => Some(EarlySign::Failed {
+            failures: h.failures,
+            reason: format!(
+                "passing again, {} of the {recover_after} passes that forgive them",
+                h.passes
+            ),
+        }),
+        (true, _) => None,
     }
 }

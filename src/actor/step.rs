@@ -68,6 +68,12 @@ impl Actor {
                     json!({"from": from, "to": to, "rounds": &rounds})
                 }
                 Effect::Event { .. } => json!({"rounds": &rounds}),
+                Effect::Ttl(c) => json!({
+                    "old_ttl": c.old_ttl,
+                    "new_ttl": c.new_ttl,
+                    "why": c.why,
+                    "rounds": &rounds,
+                }),
                 Effect::Publish { side, why, from } => {
                     tracing::info!(domain = %self.cfg.name, %side, why, snapshot = ?from, "publishing");
                     if from.is_none() {

@@ -116,7 +116,7 @@ impl<'a> Summary<'a> {
                 backup: m.backup,
             },
             overrides: override_view(&m.overrides),
-            change_in_flight: m.in_flight,
+            change_in_flight: m.writing(),
             drift: s.drift,
             last_round: s.rounds.iter().max_by_key(|r| r.at).map(|r| LastRound {
                 side: r.side,

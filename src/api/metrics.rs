@@ -290,7 +290,7 @@ pub fn render_state(statuses: &[std::sync::Arc<Status>]) -> String {
         let _ = writeln!(
             out,
             "mxguard_domain_change_in_flight{{domain=\"{d}\"}} {}",
-            u8::from(m.in_flight.is_some())
+            u8::from(m.writing().is_some())
         );
         let _ = writeln!(
             out,

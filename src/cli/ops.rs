@@ -164,6 +164,17 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
                 };
                 println!("  MTA-STS: {why}{blocked}");
             }
+            if let Some(e) = &m.early_ttl {
+                // A low TTL left behind must be visible: it costs queries, and says trouble.
+                println!(
+                    "  TTL lowered early: {} s (original {} s, restored when the primary is quiet), {:?} since {}: {}",
+                    e.lowered,
+                    e.original,
+                    e.stage,
+                    e.since.to_rfc3339(),
+                    e.why
+                );
+            }
             for e in recent.iter().rev() {
                 println!("  {}  {:<12} {}", e.at.to_rfc3339(), e.kind, e.message);
             }
@@ -436,6 +447,7 @@ pub(super) async fn revert(
             );
             },
         ))),
+        ttl_only: false,
     };
     let managed = Managed::new(&d);
     match crate::actor::change::publish(&deps, &managed, plan.side, plan.desired, None, &origin)

@@ -956,6 +956,9 @@ fn parse_domain(
             MtaStsAction::Warn
         }
     };
+    // On by default: a lowering costs two writes per episode of early signs, and without it a
+    // failover waits for the old TTL at every cache (an hour with 3,600 s).
+    let early_ttl = sec.bool("early_ttl", true, errs);
     let checks_sec = sec.child("checks", errs);
     let checks = parse_checks(checks_sec, global, errs);
     let mut authoritative = Vec::new();
@@ -1001,6 +1004,7 @@ fn parse_domain(
             "failback",
             "drift",
             "mta_sts",
+            "early_ttl",
             "checks",
             "authoritative",
         ],
@@ -1014,6 +1018,7 @@ fn parse_domain(
         failback: Failback { hold, approval },
         drift,
         mta_sts,
+        early_ttl,
         checks,
         authoritative,
         hosted_zone_id,

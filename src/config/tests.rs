@@ -41,6 +41,8 @@ fn example_is_valid() {
         crate::machine::MtaStsAction::Warn,
         "the default"
     );
+    assert!(!cfg.domains[0].early_ttl, "turned off in the example");
+    assert!(cfg.domains[1].early_ttl, "the default: on");
     assert!(cfg.server.open_readyz);
     assert!(!cfg.server.open_metrics);
     assert_eq!(cfg.cluster.vantage, "eu-west");
@@ -100,6 +102,7 @@ primary = ["10 mx1.example.net."]
 backup = ["10 mx2.example.net."]
 colour = "blue"
 mta_sts = "enforce"
+early_ttl = "yes"
 "#
     );
     let errs = errors(&text);
@@ -111,6 +114,7 @@ mta_sts = "enforce"
         r#"domains[1].provider: unknown provider "cloudfare"; defined providers: ns1"#,
         "domains[1].colour: unknown field",
         r#"domains[1].mta_sts: expected warn, block or off, got "enforce""#,
+        r#"domains[1].early_ttl: expected true or false, got "yes""#,
     ];
     for e in expect {
         assert!(

@@ -415,6 +415,9 @@ pub struct DomainConfig {
     pub drift: Drift,
     /// What a backup outside the domain's enforce-mode MTA-STS policy does to a failover.
     pub mta_sts: crate::machine::MtaStsAction,
+    /// `early_ttl`: lower the primary's TTL to `failover_ttl` at early signs of trouble, and
+    /// restore it when the primary is quiet (`src/machine.rs`); default on.
+    pub early_ttl: bool,
     pub checks: Checks,
     /// Servers that must serve a change before it counts as verified; empty: the provider's
     /// own primary (RFC 2136) or a read-back through the provider.

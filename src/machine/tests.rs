@@ -761,6 +761,8 @@ enum Gen {
     Revert(Side),
     /// A new MTA-STS evaluation: the backup refused by the policy, or not.
     MtaSts(bool),
+    /// The leader's own primary round: quiet, or one of the early signs.
+    Round(Option<u8>),
 }
 
 fn arb_health() -> impl Strategy<Value = Health> {
@@ -782,6 +784,7 @@ fn arb_gen() -> impl Strategy<Value = Gen> {
         1 => Just(Gen::Observe),
         1 => arb_side().prop_map(Gen::Revert),
         1 => any::<bool>().prop_map(Gen::MtaSts),
+        3 => proptest::option::of(0u8..3).prop_map(Gen::Round),
         1 => prop_oneof![
             Just(Command::Failover),
             Just(Command::Failback),
@@ -799,8 +802,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>(), correct_drift in any::<bool>(), mta_sts in prop_oneof![Just(MtaStsAction::Warn), Just(MtaStsAction::Block), Just(MtaStsAction::Off)]) {
-        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, correct_drift, mta_sts, ..Policy::default() };
+    fn invariants_hold(history in proptest::collection::vec(arb_gen(), 1..120), approval in any::<bool>(), correct_drift in any::<bool>(), mta_sts in prop_oneof![Just(MtaStsAction::Warn), Just(MtaStsAction::Block), Just(MtaStsAction::Off)], early_ttl in any::<bool>()) {
+        let pol = Policy { hold: Some(Duration::from_secs(600)), approval, correct_drift, mta_sts, early_ttl, failover_ttl: 60, ..Policy::default() };
         let mut last_published = Some(Side::Primary);
         let mut s = DomainState::default();
         let mut now = 0i64;
@@ -815,8 +818,8 @@ proptest! {
                     if p == Up { primary_up_since.get_or_insert(now); } else { primary_up_since = None; }
                     health(p, b)
                 }
-                Gen::Verify => match s.in_flight { Some(side) => Input::ChangeVerified { side }, None => Input::Tick },
-                Gen::Fail => match s.in_flight { Some(side) => Input::ChangeFailed { side, error: "x".into() }, None => Input::Tick },
+                Gen::Verify => match s.writing() { Some(side) => Input::ChangeVerified { side }, None => Input::Tick },
+                Gen::Fail => match s.writing() { Some(side) => Input::ChangeFailed { side, error: "x".into() }, None => Input::Tick },
                 Gen::Tick => Input::Tick,
                 Gen::Advance(d) => { now += d; Input::Tick }
                 Gen::Cmd(c) => cmd(c),
@@ -824,6 +827,11 @@ proptest! {
                 Gen::Observe => Input::Observed { published: last_published, ttl: Some(300) },
                 Gen::Revert(side) => revert(side),
                 Gen::MtaSts(refused) => Input::MtaSts { refused: refused.then(|| "not listed".to_string()) },
+                Gen::Round(sign) => Input::PrimaryRound { sign: sign.map(|k| match k {
+                    0 => EarlySign::Soft { reason: "421".into() },
+                    1 => EarlySign::Failed { failures: 1, reason: "blip".into() },
+                    _ => EarlySign::Hard { reason: "timeout".into() },
+                }) },
             };
             let drift = matches!(input, Input::Observed { published: None, .. });
             let before = s.clone();
@@ -832,8 +840,28 @@ proptest! {
                 // 1. never publish a side that is Down at the moment of the decision
                 let h = if p == Side::Primary { s.primary } else { s.backup };
                 prop_assert_ne!(h, Down, "published a Down {:?}", p);
-                // 4. at most one change in flight (a verification may end one and start the next)
+                // a TTL write (early TTL lowering or its restore) republishes the primary's own
+                // records: only with them published, in phase Primary, no override, nothing in
+                // flight, and with early_ttl on unless it restores
+                let ttl_only = p == Side::Primary && s.in_flight.is_none();
+                if ttl_only {
+                    prop_assert_eq!(before.phase, Phase::Primary);
+                    prop_assert_eq!(before.published, Some(Side::Primary));
+                    prop_assert!(before.overrides.is_none() && s.overrides.is_none());
+                    prop_assert!(before.writing().is_none(), "TTL write while a write was in flight");
+                    let restoring = matches!(s.ttl_write(), Some(TtlWrite::Restore(_)));
+                    prop_assert!(early_ttl || restoring, "lowered with early_ttl off");
+                    continue;
+                }
+                // 4. at most one change in flight (a verification may end one and start the
+                //    next; a move supersedes a TTL write)
                 prop_assert!(before.in_flight.is_none() || completes_flight, "publish while a change was in flight");
+                // the TTL to restore on failback is never a TTL lowered early
+                if let (Side::Backup, Some(e)) = (p, &before.early_ttl) {
+                    if before.published != Some(Side::Backup) {
+                        prop_assert_eq!(s.ttl_before_failover, Some(e.original));
+                    }
+                }
                 // 2. automated failback only after the whole hold, unless the backup it leaves
                 //    is not known to work
                 //    (restoring the primary's records after drift is not a failback)
@@ -1018,4 +1046,343 @@ fn states_saved_before_mta_sts_read_back() {
     let old: DomainState = serde_json::from_value(json).expect("old state");
     assert_eq!(old.mta_sts_refused, None);
     assert!(!old.mta_sts_blocked);
+}
+
+// ---- early TTL lowering ----
+
+fn early(failover_ttl: u32, on: bool) -> Policy {
+    Policy {
+        early_ttl: on,
+        failover_ttl,
+        ..policy()
+    }
+}
+
+fn soft() -> Input {
+    Input::PrimaryRound {
+        sign: Some(EarlySign::Soft {
+            reason: "mx1.example.test.: 421 try later".into(),
+        }),
+    }
+}
+
+fn quiet() -> Input {
+    Input::PrimaryRound { sign: None }
+}
+
+fn verified(side: Side) -> Input {
+    Input::ChangeVerified { side }
+}
+
+fn ttl_events(fx: &[Effect]) -> Vec<(EventKind, u32, u32)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Ttl(c) => Some((c.kind, c.old_ttl, c.new_ttl)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// On the primary (TTL 3,600 s), lowered to 60 s at t = 5 and verified at t = 6.
+fn lowered() -> DomainState {
+    let pol = early(60, true);
+    let mut s = on_primary();
+    let fx = step(&mut s, soft(), t(5), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Primary], "{fx:?}");
+    assert_eq!(s.phase, Phase::Primary, "a TTL write is no move");
+    assert_eq!(s.in_flight, None);
+    assert_eq!(s.ttl_write(), Some(TtlWrite::Lower(60)));
+    assert_eq!(s.writing(), Some(Side::Primary));
+    let e = s.early_ttl.as_ref().expect("lowering");
+    assert_eq!(
+        (e.original, e.lowered, e.stage),
+        (3600, 60, TtlStage::Lowering)
+    );
+    assert!(e.why.contains("421"), "{}", e.why);
+    let fx = step(&mut s, verified(Side::Primary), t(6), &pol);
+    assert_eq!(ttl_events(&fx), vec![(EventKind::TtlLowered, 3600, 60)]);
+    assert!(publishes(&fx).is_empty());
+    step(
+        &mut s,
+        Input::Observed {
+            published: Some(Side::Primary),
+            ttl: Some(60),
+        },
+        t(6),
+        &pol,
+    );
+    assert_eq!(
+        s.early_ttl.as_ref().map(|e| e.stage),
+        Some(TtlStage::Lowered)
+    );
+    s
+}
+
+#[test]
+fn early_ttl_lowers_once_at_the_first_sign_and_never_again_while_lowered() {
+    let pol = early(60, true);
+    let mut s = lowered();
+    for i in 0..20 {
+        let fx = step(&mut s, soft(), t(10 + i), &pol);
+        assert!(fx.is_empty(), "{fx:?}");
+    }
+    // a blip (a pass with failures not yet forgiven) lowers too; a hard round being confirmed
+    // never does (Down or a blip follows within seconds)
+    let blip = Input::PrimaryRound {
+        sign: Some(EarlySign::Failed {
+            failures: 1,
+            reason: "passing again".into(),
+        }),
+    };
+    let hard = Input::PrimaryRound {
+        sign: Some(EarlySign::Hard {
+            reason: "timeout".into(),
+        }),
+    };
+    let mut s = on_primary();
+    assert!(step(&mut s, hard, t(5), &pol).is_empty());
+    assert_eq!(s.early_ttl, None);
+    assert_eq!(
+        publishes(&step(&mut s, blip, t(6), &pol)),
+        vec![Side::Primary]
+    );
+}
+
+#[test]
+fn early_ttl_restores_after_quiet_rounds_and_the_hold_and_a_sign_restarts_the_wait() {
+    let pol = early(60, true);
+    let mut s = lowered();
+    // quiet (failures forgiven) at 100: the restore is due a hold (600 s) later
+    assert!(step(&mut s, quiet(), t(100), &pol).is_empty());
+    assert_eq!(next_deadline(&s, &pol), Some(t(700)));
+    // a sign at 400 restarts the wait; quiet again at 500 → due at 1,100
+    assert!(step(&mut s, soft(), t(400), &pol).is_empty());
+    assert_eq!(next_deadline(&s, &pol), None);
+    assert!(step(&mut s, quiet(), t(500), &pol).is_empty());
+    assert!(
+        step(&mut s, quiet(), t(700), &pol).is_empty(),
+        "quiet since 500 only"
+    );
+    assert_eq!(next_deadline(&s, &pol), Some(t(1100)));
+    assert!(step(&mut s, Input::Tick, t(1099), &pol).is_empty());
+    let fx = step(&mut s, Input::Tick, t(1100), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
+    assert_eq!(s.ttl_write(), Some(TtlWrite::Restore(3600)));
+    assert_eq!(s.in_flight, None);
+    assert_eq!(next_deadline(&s, &pol), None);
+    let fx = step(&mut s, verified(Side::Primary), t(1101), &pol);
+    assert_eq!(ttl_events(&fx), vec![(EventKind::TtlRestored, 60, 3600)]);
+    assert_eq!(s.early_ttl, None);
+    assert_eq!(s.phase, Phase::Primary);
+    assert!(
+        s.moves.is_empty(),
+        "TTL writes are not moves for the flap guard"
+    );
+}
+
+#[test]
+fn early_ttl_is_rate_limited_to_one_lowering_per_hold() {
+    let pol = early(60, true);
+    let mut s = lowered(); // lowered at 5
+                           // a failover while lowered, and an operator's failback: the episode is over
+    step(&mut s, health(Down, Up), t(20), &pol);
+    step(&mut s, verified(Side::Backup), t(21), &pol);
+    step(&mut s, health(Up, Up), t(30), &pol);
+    step(&mut s, cmd(Command::Failback), t(40), &pol);
+    step(&mut s, verified(Side::Primary), t(41), &pol);
+    step(
+        &mut s,
+        Input::Observed {
+            published: Some(Side::Primary),
+            ttl: Some(3600),
+        },
+        t(41),
+        &pol,
+    );
+    assert_eq!(s.phase, Phase::Primary);
+    assert_eq!(s.early_ttl, None);
+    // signs within the hold of the lowering at 5 lower nothing; at 605 they may again
+    assert!(publishes(&step(&mut s, soft(), t(50), &pol)).is_empty());
+    assert!(publishes(&step(&mut s, soft(), t(604), &pol)).is_empty());
+    assert_eq!(
+        publishes(&step(&mut s, soft(), t(605), &pol)),
+        vec![Side::Primary]
+    );
+}
+
+#[test]
+fn early_ttl_off_lowers_nothing_but_still_restores_a_ttl_lowered_before() {
+    let off = early(60, false);
+    let mut s = on_primary();
+    for i in 0..10 {
+        assert!(step(&mut s, soft(), t(i), &off).is_empty());
+    }
+    assert_eq!(s.early_ttl, None);
+    // lowered while it was on, then turned off: the original TTL still comes back
+    let mut s = lowered();
+    step(&mut s, quiet(), t(100), &off);
+    let fx = step(&mut s, Input::Tick, t(700), &off);
+    assert_eq!(publishes(&fx), vec![Side::Primary]);
+    assert_eq!(s.ttl_write(), Some(TtlWrite::Restore(3600)));
+}
+
+#[test]
+fn early_ttl_never_lowers_during_a_change_an_override_or_without_the_primary_published() {
+    let pol = early(60, true);
+    // a change in flight
+    let mut s = on_primary();
+    step(&mut s, cmd(Command::Failover), t(1), &pol);
+    assert_eq!(s.in_flight, Some(Side::Backup));
+    assert!(publishes(&step(&mut s, soft(), t(2), &pol)).is_empty());
+    // paused; pinned (to either side)
+    let mut s = on_primary();
+    step(&mut s, cmd(Command::Pause), t(1), &pol);
+    assert!(publishes(&step(&mut s, soft(), t(2), &pol)).is_empty());
+    let mut s = on_primary();
+    step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Primary,
+            until: t(5000),
+        }),
+        t(1),
+        &pol,
+    );
+    assert!(publishes(&step(&mut s, soft(), t(2), &pol)).is_empty());
+    // the records match neither side (edited by hand)
+    let mut s = on_primary();
+    step(
+        &mut s,
+        Input::Observed {
+            published: None,
+            ttl: Some(3600),
+        },
+        t(1),
+        &pol,
+    );
+    assert!(publishes(&step(&mut s, soft(), t(2), &pol)).is_empty());
+    // on the backup, or both Down
+    let mut s = failed_over();
+    assert!(publishes(&step(&mut s, soft(), t(30), &pol)).is_empty());
+    // the TTL already at or below the failover TTL, or not known yet
+    let mut s = on_primary();
+    step(
+        &mut s,
+        Input::Observed {
+            published: Some(Side::Primary),
+            ttl: Some(60),
+        },
+        t(1),
+        &pol,
+    );
+    assert!(publishes(&step(&mut s, soft(), t(2), &pol)).is_empty());
+    let mut s = on_primary();
+    s.published_ttl = None;
+    assert!(publishes(&step(&mut s, soft(), t(2), &pol)).is_empty());
+    // a TTL write in flight: no second one, and no restore while paused
+    let mut s = lowered();
+    step(&mut s, quiet(), t(100), &pol);
+    step(&mut s, cmd(Command::Pause), t(200), &pol);
+    assert_eq!(next_deadline(&s, &pol), None, "no restore while paused");
+    assert!(publishes(&step(&mut s, Input::Tick, t(800), &pol)).is_empty());
+    step(&mut s, cmd(Command::Resume), t(900), &pol);
+    assert_eq!(
+        publishes(&step(&mut s, Input::Tick, t(901), &pol)),
+        vec![Side::Primary]
+    );
+    assert!(publishes(&step(&mut s, soft(), t(902), &pol)).is_empty());
+    assert!(publishes(&step(&mut s, Input::Tick, t(903), &pol)).is_empty());
+}
+
+#[test]
+fn a_failover_supersedes_a_lowering_in_flight_and_fails_back_to_the_original_ttl() {
+    let pol = early(60, true);
+    let mut s = on_primary();
+    step(&mut s, soft(), t(5), &pol);
+    assert_eq!(s.ttl_write(), Some(TtlWrite::Lower(60)));
+    // the lowering may have landed: what is observed is the lowered TTL
+    s.published_ttl = Some(60);
+    // the primary goes Down before the lowering is verified: the failover does not wait
+    let fx = step(&mut s, health(Down, Up), t(6), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+    assert_eq!(s.in_flight, Some(Side::Backup));
+    assert_eq!(s.early_ttl, None);
+    assert_eq!(
+        s.ttl_before_failover,
+        Some(3600),
+        "the TTL to restore is the original, not the lowered one"
+    );
+    // the superseded lowering's late verification changes nothing
+    let before = s.clone();
+    assert!(step(&mut s, verified(Side::Primary), t(7), &pol).is_empty());
+    assert_eq!(s, before);
+    // the failback's hold is sized by the original TTL (2 × 3,600 s), not the lowered one
+    assert_eq!(Policy::default().hold_for(&s), Duration::from_secs(7200));
+
+    // a failover after the lowering was verified remembers the original too
+    let mut s = lowered();
+    step(&mut s, health(Down, Up), t(20), &pol);
+    assert_eq!(s.ttl_before_failover, Some(3600));
+    // and an operator's failover during a lowering is accepted (not "a change is in flight")
+    let mut s = on_primary();
+    step(&mut s, soft(), t(5), &pol);
+    let fx = step(&mut s, cmd(Command::Failover), t(6), &pol);
+    assert!(!rejected(&fx), "{fx:?}");
+    assert_eq!(publishes(&fx), vec![Side::Backup]);
+}
+
+#[test]
+fn a_failed_ttl_write_is_not_retried_and_never_forgets_the_original() {
+    let pol = early(60, true);
+    let mut s = on_primary();
+    step(&mut s, soft(), t(5), &pol);
+    let fx = step(
+        &mut s,
+        Input::ChangeFailed {
+            side: Side::Primary,
+            error: "transient: timeout".into(),
+        },
+        t(6),
+        &pol,
+    );
+    assert!(publishes(&fx).is_empty());
+    assert_eq!(kinds(&fx), vec![EventKind::ChangeFailed]);
+    let e = s.early_ttl.clone().expect("still remembered");
+    assert_eq!((e.original, e.stage), (3600, TtlStage::Lowered));
+    assert_eq!(s.writing(), None, "nothing in flight: a move may start");
+    // the restore fails too: tried again a hold later
+    step(&mut s, quiet(), t(100), &pol);
+    assert_eq!(
+        publishes(&step(&mut s, Input::Tick, t(700), &pol)),
+        vec![Side::Primary]
+    );
+    step(
+        &mut s,
+        Input::ChangeFailed {
+            side: Side::Primary,
+            error: "transient: timeout".into(),
+        },
+        t(701),
+        &pol,
+    );
+    assert_eq!(next_deadline(&s, &pol), Some(t(1301)));
+    assert_eq!(
+        publishes(&step(&mut s, Input::Tick, t(1301), &pol)),
+        vec![Side::Primary]
+    );
+}
+
+#[test]
+fn states_saved_before_early_ttl_read_back() {
+    let mut json = serde_json::to_value(on_primary()).expect("json");
+    let map = json.as_object_mut().expect("object");
+    map.remove("early_ttl");
+    map.remove("ttl_lowered_at");
+    let old: DomainState = serde_json::from_value(json).expect("old state");
+    assert_eq!(old.early_ttl, None);
+    assert_eq!(old.ttl_lowered_at, None);
+    let s = lowered();
+    let back: DomainState =
+        serde_json::from_value(serde_json::to_value(&s).expect("json")).expect("read back");
+    assert_eq!(back, s, "the original TTL survives a restart");
 }

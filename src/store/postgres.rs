@@ -20,6 +20,8 @@ impl PgStore {
     const CLOCK_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
     /// The snapshot a domain's state refers to (`actor::Persisted::failover_snapshot`).
     const STATE_SNAPSHOT: &str = "(state ->> 'failover_snapshot')::BIGINT";
+    /// The snapshot a domain's TTL restore reads (`actor::Persisted::early_ttl_snapshot`).
+    const STATE_EARLY_SNAPSHOT: &str = "(state ->> 'early_ttl_snapshot')::BIGINT";
     /// The names of the JSON array bound as `$1` (sqlx binds `Json` as `jsonb`).
     const NAMES: &str = "(SELECT jsonb_array_elements_text($1))";
 

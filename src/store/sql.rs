@@ -240,15 +240,17 @@ macro_rules! impl_sql_store {
                     .collect::<Result<_, _>>()?;
                 // The newest `keep` of the domain stay; of the older ones, a change's snapshot
                 // (revert and restart read it) and a state's `failover_snapshot` (failback
-                // restores it) stay too.
+                // restores it) and `early_ttl_snapshot` (a TTL restore reads it) stay too.
                 let sql = format!(
                     "DELETE FROM snapshots WHERE id IN (SELECT s.id FROM snapshots s \
                      WHERE s.domain = $1 \
                      AND s.id < (SELECT MIN(n.id) FROM (SELECT id FROM snapshots WHERE domain = $1 ORDER BY id DESC LIMIT $2) AS n) \
                      AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.snapshot_id = s.id) \
                      AND s.id NOT IN (SELECT {state} FROM domain_state WHERE {state} IS NOT NULL) \
+                     AND s.id NOT IN (SELECT {early} FROM domain_state WHERE {early} IS NOT NULL) \
                      ORDER BY s.id LIMIT $3)",
                     state = Self::STATE_SNAPSHOT,
+                    early = Self::STATE_EARLY_SNAPSHOT,
                 );
                 let mut total = 0;
                 for domain in domains {

@@ -75,6 +75,8 @@ impl SqliteStore {
     const CLOCK_MS: &str = "CAST(ROUND(unixepoch('now', 'subsec') * 1000) AS INTEGER)";
     /// The snapshot a domain's state refers to (`actor::Persisted::failover_snapshot`).
     const STATE_SNAPSHOT: &str = "json_extract(state, '$.failover_snapshot')";
+    /// The snapshot a domain's TTL restore reads (`actor::Persisted::early_ttl_snapshot`).
+    const STATE_EARLY_SNAPSHOT: &str = "json_extract(state, '$.early_ttl_snapshot')";
     /// The names of the JSON array bound as `$1`: one variable, whatever the count.
     const NAMES: &str = "(SELECT value FROM json_each($1))";
 
