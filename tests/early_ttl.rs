@@ -224,27 +224,30 @@ async fn hard_down(lab: &mut Lab, mx: &Mxguard, askers: &Askers) -> Figures {
     }
 }
 
-fn layout(early_ttl: bool) -> Layout {
-    Layout {
-        early_ttl,
-        failover_ttl: Some(FAILOVER_TTL),
-        ..Layout::default()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn soft_answers_lower_the_ttl_early_so_resolvers_follow_a_failover_within_the_failover_ttl() {
-    let mut lab = Lab::start_with(
+/// The lab with the primary's MX at the old TTL, mxguard serving and settled, and the
+/// resolvers asked throughout.
+async fn started(early_ttl: bool) -> (Lab, Mxguard, Askers) {
+    let lab = Lab::start_with(
         LabOptions {
             hold: "5s",
             mx_ttl: OLD_TTL,
         },
-        layout(true),
+        Layout {
+            early_ttl,
+            failover_ttl: Some(FAILOVER_TTL),
+            ..Layout::default()
+        },
     )
     .await;
     let mx = lab.serve(None);
     lab.settle(&mx, Duration::from_secs(60)).await;
     let askers = Askers::start(&lab);
+    (lab, mx, askers)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn soft_answers_lower_the_ttl_early_so_resolvers_follow_a_failover_within_the_failover_ttl() {
+    let (mut lab, mx, askers) = started(true).await;
     let serving = lab.primary.config().clone();
     let primary_at = |ttl: u32| format!("{PRIMARY} {ttl}");
     let serial = lab.serial().await;
@@ -324,17 +327,7 @@ async fn soft_answers_lower_the_ttl_early_so_resolvers_follow_a_failover_within_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_early_ttl_resolvers_keep_the_dead_primary_up_to_the_old_ttl() {
-    let mut lab = Lab::start_with(
-        LabOptions {
-            hold: "5s",
-            mx_ttl: OLD_TTL,
-        },
-        layout(false),
-    )
-    .await;
-    let mx = lab.serve(None);
-    lab.settle(&mx, Duration::from_secs(60)).await;
-    let askers = Askers::start(&lab);
+    let (mut lab, mx, askers) = started(false).await;
     let serial = lab.serial().await;
 
     // the same soft spell, longer than the old TTL: nothing is written
