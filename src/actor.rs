@@ -212,9 +212,7 @@ impl Actor {
                 _ = shutdown.cancelled() => break,
                 changed = leadership.changed(), if watching => watching = changed,
                 _ = inbox.ready.notified() => {
-                    for (report, own) in inbox.take() {
-                        self.on_round(report, own).await;
-                    }
+                    self.on_rounds(inbox.take()).await;
                     if !self.leading {
                         self.follow_state().await;
                     }

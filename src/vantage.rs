@@ -1,7 +1,8 @@
 //! Votes from several vantages. Each instance probes from its own network (its *vantage*) and
 //! stores its latest verdict per side; the leader combines the fresh ones:
 //!
-//! * a vantage **votes** when its report is fresh, it has a verdict (Up or Down, not Unknown)
+//! * a vantage **votes** when its report is fresh (another vantage's against the clock; this
+//!   vantage's own against its newest round — see [`Clocks`]), it has a verdict (Up or Down, not Unknown)
 //!   and it is not **partitioned** — it could reach none of its resolvers (every DNS query timed
 //!   out or failed at the network level) or none of its configured canaries;
 //! * the quorum is `vantage_quorum` when configured, else a majority of the voters;
@@ -181,11 +182,40 @@ impl Combined {
     }
 }
 
+/// The times reports are judged fresh against.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks<'a> {
+    /// Other vantages' reports are as old as the clock says.
+    pub now: DateTime<Utc>,
+    /// This vantage and the time of the newest round it has taken from its monitor. Its own
+    /// reports are judged at that round, not at `now`: an actor late to its rounds (behind a
+    /// slow store) is not its monitor gone silent, and judging its lag as silence turns a side
+    /// Unknown and back at every round — a health event each, written behind the same slow
+    /// store. A side's own report older than the other side's newest round by more than the
+    /// freshness is still stale: that side's probes stopped coming.
+    pub own: Option<(&'a str, DateTime<Utc>)>,
+}
+
+impl Clocks<'_> {
+    /// Every report judged against the clock.
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Clocks { now, own: None }
+    }
+
+    fn age(&self, r: &VantageReport) -> chrono::Duration {
+        let judged_at = match self.own {
+            Some((me, newest)) if r.vantage == me => newest,
+            _ => self.now,
+        };
+        judged_at.signed_duration_since(r.at)
+    }
+}
+
 /// Combines the reports of one side. `fresh`: how old a report may be and still vote.
 pub fn combine(
     side: Side,
     reports: &[VantageReport],
-    now: DateTime<Utc>,
+    clocks: Clocks<'_>,
     fresh: Duration,
     quorum: Option<u32>,
 ) -> Combined {
@@ -194,7 +224,7 @@ pub fn combine(
         .iter()
         .filter(|r| r.side == side)
         .map(|r| {
-            let note = if now.signed_duration_since(r.at) > fresh {
+            let note = if clocks.age(r) > fresh {
                 Some(format!("stale: last report {}", r.at.format("%H:%M:%S")))
             } else if let Some(why) = &r.partitioned {
                 Some(format!("partitioned: {why}"))
@@ -361,7 +391,7 @@ mod tests {
     }
 
     fn health(reports: &[VantageReport], quorum: Option<u32>) -> Health {
-        combine(Side::Primary, reports, now(), FRESH, quorum).health
+        combine(Side::Primary, reports, Clocks::at(now()), FRESH, quorum).health
     }
 
     use Health::{Down, Unknown, Up};
@@ -398,7 +428,7 @@ mod tests {
         assert_eq!(health(&[report("a", Down, 1, true)], None), Unknown);
         // With a healthy peer, the peer decides.
         let r = [report("a", Down, 1, true), report("b", Up, 1, false)];
-        let c = combine(Side::Primary, &r, now(), FRESH, None);
+        let c = combine(Side::Primary, &r, Clocks::at(now()), FRESH, None);
         assert_eq!((c.health, c.quorum, c.up, c.down), (Up, 1, 1, 0));
         assert!(c.votes[0]
             .note
@@ -419,7 +449,7 @@ mod tests {
             report("b", Up, 91, false),
             report("c", Unknown, 1, false),
         ];
-        let c = combine(Side::Primary, &r, now(), FRESH, None);
+        let c = combine(Side::Primary, &r, Clocks::at(now()), FRESH, None);
         assert_eq!((c.health, c.quorum), (Down, 1));
         assert_eq!(c.votes.iter().filter(|v| v.counted).count(), 1);
         assert!(c.votes[1]
@@ -427,6 +457,40 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .starts_with("stale"));
+    }
+
+    #[test]
+    fn own_reports_are_judged_at_the_newest_own_round_others_at_the_clock() {
+        // The actor takes its rounds 120 s late: its own report (100 s old by the clock) is
+        // 10 s older than the newest round it took, and votes; another vantage's report as
+        // old by the clock does not.
+        let newest = now() - chrono::Duration::seconds(90);
+        let clocks = Clocks {
+            now: now(),
+            own: Some(("a", newest)),
+        };
+        let r = [report("a", Up, 100, false), report("b", Down, 100, false)];
+        let c = combine(Side::Primary, &r, clocks, FRESH, None);
+        assert_eq!((c.health, c.up, c.down), (Up, 1, 0), "{}", c.summary());
+        assert!(c.votes[1]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("stale"));
+        // A side whose own probes stopped coming: older than the newest own round by more than
+        // the freshness, it is stale however late the actor is.
+        let clocks = Clocks {
+            now: now(),
+            own: Some(("a", now())),
+        };
+        let c = combine(
+            Side::Primary,
+            &[report("a", Up, 91, false)],
+            clocks,
+            FRESH,
+            None,
+        );
+        assert_eq!(c.health, Unknown, "{}", c.summary());
     }
 
     #[test]

@@ -98,3 +98,68 @@ async fn a_failback_hold_passes_on_the_injected_clock() {
         "stamped by the injected clock"
     );
 }
+
+/// An actor late to its rounds (its store slow, say) decides on them as of when they were
+/// probed: a round it takes long after its monitor made it does not make the other side's
+/// report look stale. A side whose rounds stop coming still goes Unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actor_behind_its_rounds_does_not_judge_its_own_reports_stale() {
+    let m = MemoryDomain::new().await;
+    let manual = Arc::new(ManualClock::new());
+    let start = DateTime::from_timestamp(1_900_000_000, 0).expect("valid time");
+    let wall = WallClock::new(manual.clone(), start);
+    let mut deps = m.deps();
+    deps.clock = wall.clone();
+    let (handle, _stop) = m.run(deps).await;
+    feed(&handle, &wall, Health::Up, Health::Up).await;
+    wait_for(&handle, "settled on the primary", |p| p == Phase::Primary).await;
+    let backup_health = |s: &mxguard::actor::Status| {
+        s.vantages
+            .iter()
+            .find(|c| c.side == Side::Backup)
+            .map(|c| c.health)
+    };
+    let health_events = || async {
+        m.events()
+            .await
+            .iter()
+            .filter(|e| e.kind == mxguard::events::EventKind::Health)
+            .count()
+    };
+    let before = health_events().await;
+
+    // Ten minutes late, the actor takes a primary round probed 5 s after the backup's last.
+    manual.advance(Duration::from_secs(600));
+    let (r, own) = round(
+        Side::Primary,
+        Health::Up,
+        start + chrono::Duration::seconds(5),
+    );
+    assert!(handle.round(r, own).await);
+    common::poll("the late round taken", Duration::from_secs(20), || {
+        let handle = handle.clone();
+        async move {
+            let s = handle.status().await.ok()?;
+            let at = s.rounds.iter().find(|r| r.side == Side::Primary)?.at;
+            (at == start + chrono::Duration::seconds(5)).then_some(())
+        }
+    })
+    .await;
+    let s = handle.status().await.expect("status");
+    assert_eq!(backup_health(&s), Some(Health::Up), "{:?}", s.vantages);
+    assert_eq!(s.state.phase, Phase::Primary);
+    assert_eq!(health_events().await, before, "no health flip from the lag");
+
+    // A primary round probed now: the backup's last round is ten minutes older, its probes
+    // stopped coming, and it is Unknown.
+    let (r, own) = round(Side::Primary, Health::Up, wall.utc());
+    assert!(handle.round(r, own).await);
+    common::poll("the backup judged stale", Duration::from_secs(20), || {
+        let handle = handle.clone();
+        async move {
+            let s = handle.status().await.ok()?;
+            (backup_health(&s) == Some(Health::Unknown)).then_some(())
+        }
+    })
+    .await;
+}

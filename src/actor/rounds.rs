@@ -15,7 +15,27 @@ use crate::vantage::{self, VantageReport};
 use super::{Actor, RoundSummary};
 
 impl Actor {
-    pub(super) async fn on_round(&mut self, r: RoundReport, own: VantageReport) {
+    /// The rounds taken from the inbox together (the newest per side) are all recorded before
+    /// the leader decides once on them: deciding after each would judge the other side on its
+    /// previous round, older by however long the actor was behind.
+    pub(super) async fn on_rounds(&mut self, batch: Vec<(RoundReport, VantageReport)>) {
+        let mut primary_sign = None;
+        for (r, own) in batch {
+            if let Some(sign) = self.on_round(r, own).await {
+                primary_sign = Some(sign);
+            }
+        }
+        if self.leading {
+            self.decide().await;
+            if let Some(sign) = primary_sign {
+                self.early_signs(sign).await;
+            }
+        }
+    }
+
+    /// Records one round; returns the primary's early sign (`Some(None)`: a quiet primary
+    /// round) unless this vantage is cut off from its resolvers, when it says nothing.
+    async fn on_round(&mut self, r: RoundReport, own: VantageReport) -> Option<Option<EarlySign>> {
         // The primary's early signs are read before the round's verdicts move into its summary.
         let primary_sign =
             (r.side == Side::Primary).then(|| early_sign(&r, self.cfg.checks.recover_after));
@@ -45,12 +65,7 @@ impl Actor {
         self.note_partition(&own).await;
         let cut_off = own.partitioned.is_some();
         self.own[r.side] = Some(own);
-        if self.leading {
-            self.decide().await;
-            if let (Some(sign), false) = (primary_sign, cut_off) {
-                self.early_signs(sign).await;
-            }
-        }
+        primary_sign.filter(|_| !cut_off)
     }
 
     /// The leader's own primary round, for early TTL lowering (`src/machine.rs`): only while
@@ -115,9 +130,17 @@ impl Actor {
                 .filter(|r| r.vantage != me),
         );
         let fresh = vantage::freshness(&self.cfg.checks);
-        let now = self.deps.clock.utc();
+        let clocks = vantage::Clocks {
+            now: self.deps.clock.utc(),
+            own: self
+                .own
+                .present()
+                .map(|r| r.at)
+                .max()
+                .map(|at| (me.as_str(), at)),
+        };
         for side in Side::BOTH {
-            let c = vantage::combine(side, &reports, now, fresh, self.deps.vantage_quorum);
+            let c = vantage::combine(side, &reports, clocks, fresh, self.deps.vantage_quorum);
             let before = self.combined[side]
                 .as_ref()
                 .map_or(Health::Unknown, |c| c.health);
