@@ -75,6 +75,9 @@ pub enum EventKind {
     /// The primary's original TTL restored after it was quiet for the hold.
     #[serde(rename = "ttl_restored")]
     TtlRestored,
+    /// A maintenance window scheduled, started, over or cancelled.
+    #[serde(rename = "maintenance")]
+    Maintenance,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -107,10 +110,13 @@ pub enum EventKind {
     /// A failover was made to a backup the policy refuses (`warn`, or an operator's move).
     #[serde(rename = "alert.mta_sts_failover")]
     MtaStsFailover,
+    /// A maintenance window could not start (its side is Down), or left a low TTL behind.
+    #[serde(rename = "alert.maintenance")]
+    MaintenanceAlert,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -127,6 +133,7 @@ impl EventKind {
         EventKind::MtaStsRestored,
         EventKind::TtlLowered,
         EventKind::TtlRestored,
+        EventKind::Maintenance,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
@@ -137,6 +144,7 @@ impl EventKind {
         EventKind::MtaSts,
         EventKind::MtaStsFailoverRefused,
         EventKind::MtaStsFailover,
+        EventKind::MaintenanceAlert,
     ];
 
     /// The name the store, the API and payloads carry.
@@ -158,6 +166,7 @@ impl EventKind {
             EventKind::MtaStsRestored => "mta_sts_restored",
             EventKind::TtlLowered => "ttl_lowered",
             EventKind::TtlRestored => "ttl_restored",
+            EventKind::Maintenance => "maintenance",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",
@@ -168,6 +177,7 @@ impl EventKind {
             EventKind::MtaSts => "alert.mta_sts",
             EventKind::MtaStsFailoverRefused => "alert.mta_sts_refused",
             EventKind::MtaStsFailover => "alert.mta_sts_failover",
+            EventKind::MaintenanceAlert => "alert.maintenance",
         }
     }
 

@@ -40,6 +40,27 @@
 //!   move): a failed lowering counts as lowered (it may have landed) and is restored later; a
 //!   failed restore is tried again after another hold.
 
+//!
+//! **Maintenance windows** ([`Maintenance`], `Command::Maintenance`): an operator schedules
+//! `side` for `[start, end)`. The rules:
+//!
+//! * **The TTL first**: when the window moves the records (the side is not the one published),
+//!   the primary's records are republished with the failover TTL one live TTL (and
+//!   [`LOWER_MARGIN`] for the write) before the start (at once if that time has passed), through the same TTL write as an early lowering but
+//!   whatever `early_ttl` says and however recently one was made — so caches hold the short
+//!   TTL when the move comes. Quiet rounds do not restore it while the window is ahead.
+//! * **The move at the start**: the side is pinned until the end and published, under the
+//!   rules of an operator's pin (a Down side is never published: the window is then dropped,
+//!   with an alert). A move the pin cannot make at once (a change in flight) is made at the
+//!   next step.
+//! * **Back after the end**: the pin expires and automation fails back through the guarded
+//!   path (hold, approval); the failback publishes the TTL that was live before the lowering.
+//!   At the first observation of the records after the primary is published again, a TTL
+//!   below the one live when the window was scheduled is alerted (`alert.maintenance`).
+//! * **Cancelable**: before the start, the window goes and a TTL it lowered is restored after
+//!   the hold like an early one; during it, the pin goes too and the failback follows the
+//!   usual guard.
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -163,7 +184,47 @@ pub struct DomainState {
     /// When the last early TTL lowering began: at most one per hold.
     #[serde(default)]
     pub ttl_lowered_at: Option<Time>,
+    /// The maintenance window scheduled or under way (module doc).
+    #[serde(default)]
+    pub maintenance: Option<Maintenance>,
 }
+
+/// A maintenance window: `side` is used from `start` until `end` (module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub side: Side,
+    pub start: Time,
+    pub end: Time,
+    pub by: String,
+    pub reason: String,
+    /// When it was scheduled.
+    pub at: Time,
+    /// The records' TTL when it was scheduled: what must be live again after it.
+    pub ttl: Option<u32>,
+    pub stage: MaintenanceStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintenanceStage {
+    /// Before the start (the TTL may be lowered already).
+    Scheduled,
+    /// Pinned to its side until the end.
+    Started,
+    /// Over: waiting for the records (and their TTL) to be back.
+    Ended,
+}
+
+impl Maintenance {
+    /// When the TTL is lowered: one live TTL before the start, and [`LOWER_MARGIN`] more for
+    /// the write itself (a cache filled just before it lands holds the old TTL from then).
+    pub fn lower_at(&self, live_ttl: u32) -> Time {
+        self.start - chrono::Duration::seconds(i64::from(live_ttl)) - LOWER_MARGIN
+    }
+}
+
+/// How much earlier than one TTL before a window's start its lowering is written.
+pub const LOWER_MARGIN: chrono::Duration = chrono::Duration::seconds(10);
 
 /// A TTL lowered early, and what restores it (module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +331,7 @@ impl Default for DomainState {
             mta_sts_blocked: false,
             early_ttl: None,
             ttl_lowered_at: None,
+            maintenance: None,
         }
     }
 }
@@ -346,8 +408,18 @@ impl Policy {
 pub enum Command {
     Failover,
     Failback,
-    Pin { side: Side, until: Time },
+    Pin {
+        side: Side,
+        until: Time,
+    },
     Unpin,
+    /// Schedule a maintenance window (module doc).
+    Maintenance {
+        side: Side,
+        start: Time,
+        end: Time,
+    },
+    CancelMaintenance,
     Pause,
     Resume,
     Approve,
@@ -521,6 +593,7 @@ impl DomainState {
 /// One step. Returns the effects to carry out, in order.
 pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -> Vec<Effect> {
     let mut fx = Vec::new();
+    let observed = matches!(input, Input::Observed { .. });
     match input {
         Input::Health { primary, backup } => {
             if primary == Health::Up && state.primary != Health::Up {
@@ -616,6 +689,7 @@ pub fn step(state: &mut DomainState, input: Input, now: Time, policy: &Policy) -
         }
     }
     expire_pin(state, now, &mut fx);
+    maintenance_step(state, observed, now, policy, &mut fx);
     automate(state, now, policy, &mut fx);
     track_incident(state, now);
     fx
@@ -1058,7 +1132,11 @@ fn restore_when_quiet(state: &mut DomainState, now: Time, policy: &Policy, fx: &
     let due = state.early_ttl.as_ref().is_some_and(|e| {
         e.stage == TtlStage::Lowered && e.quiet_since.is_some_and(|q| now >= q + hold)
     });
-    if !due || state.primary != Health::Up || !ttl_write_allowed(state) {
+    let window_ahead = state
+        .maintenance
+        .as_ref()
+        .is_some_and(|m| m.stage == MaintenanceStage::Scheduled);
+    if !due || window_ahead || state.primary != Health::Up || !ttl_write_allowed(state) {
         return;
     }
     let Some(e) = &mut state.early_ttl else {
@@ -1242,6 +1320,10 @@ fn command_step(
             }
             state.publish(side, now, fx, format!("operator {who}"), false);
         }
+        Command::Maintenance { side, start, end } => {
+            schedule_maintenance(state, side, start, end, by, reason, now, fx)
+        }
+        Command::CancelMaintenance => cancel_maintenance(state, &who, now, fx),
         Command::Unpin => match &state.overrides {
             Some(Override::Pinned { .. }) => {
                 state.overrides = None;
@@ -1312,7 +1394,297 @@ pub fn next_deadline(state: &DomainState, policy: &Policy) -> Option<Time> {
                 .ok()
                 .map(|h| q + h)
         });
-    [pin, hold, restore].into_iter().flatten().min()
+    let maintenance = state.maintenance.as_ref().and_then(|m| match m.stage {
+        MaintenanceStage::Scheduled => {
+            let lower = maintenance_lowering_due(state, m, policy)
+                .then(|| state.published_ttl.map(|ttl| m.lower_at(ttl)))
+                .flatten();
+            Some(lower.map_or(m.start, |l| l.min(m.start)))
+        }
+        MaintenanceStage::Started => Some(m.end),
+        MaintenanceStage::Ended => None,
+    });
+    let restore = restore.filter(|_| {
+        !state
+            .maintenance
+            .as_ref()
+            .is_some_and(|m| m.stage == MaintenanceStage::Scheduled)
+    });
+    [pin, hold, restore, maintenance]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// Whether the window still needs the TTL lowered before it: it moves the records, the
+/// primary's are published above the failover TTL, and nothing is lowered or being lowered.
+fn maintenance_lowering_due(state: &DomainState, m: &Maintenance, policy: &Policy) -> bool {
+    m.side == Side::Backup
+        && state.published == Some(Side::Primary)
+        && state.early_ttl.is_none()
+        && state
+            .published_ttl
+            .is_some_and(|ttl| ttl > policy.failover_ttl)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn schedule_maintenance(
+    state: &mut DomainState,
+    side: Side,
+    start: Time,
+    end: Time,
+    by: &str,
+    reason: &str,
+    now: Time,
+    fx: &mut Vec<Effect>,
+) {
+    let reject = |fx: &mut Vec<Effect>, why: String| fx.push(Effect::Rejected { reason: why });
+    if end <= start {
+        return reject(fx, format!("end {end} is not after start {start}"));
+    }
+    if end <= now {
+        return reject(fx, format!("end {end} is not in the future"));
+    }
+    if let Some(m) = &state.maintenance {
+        return reject(
+            fx,
+            format!(
+                "a maintenance window ({} from {} to {}) is already {}; cancel it first",
+                m.side,
+                m.start,
+                m.end,
+                match m.stage {
+                    MaintenanceStage::Scheduled => "scheduled",
+                    MaintenanceStage::Started => "under way",
+                    MaintenanceStage::Ended => "ending",
+                }
+            ),
+        );
+    }
+    let m = Maintenance {
+        side,
+        start,
+        end,
+        by: by.to_string(),
+        reason: reason.to_string(),
+        at: now,
+        ttl: state.published_ttl,
+        stage: MaintenanceStage::Scheduled,
+    };
+    let ttl = match state.published_ttl {
+        Some(ttl) if side == Side::Backup && state.published == Some(Side::Primary) => {
+            let at = m.lower_at(ttl);
+            if at <= now {
+                format!("; the TTL ({ttl} s) is lowered now, less than one TTL ahead: caches that fetched the records before now still hold them up to {ttl} s after the start")
+            } else {
+                format!("; the TTL ({ttl} s) is lowered at {at}, one TTL ahead")
+            }
+        }
+        _ => String::new(),
+    };
+    fx.push(Effect::Event {
+        kind: EventKind::Maintenance,
+        message: format!(
+            "maintenance window scheduled by {by}: the {side} from {start} to {end} ({reason}){ttl}"
+        ),
+    });
+    state.maintenance = Some(m);
+}
+
+fn cancel_maintenance(state: &mut DomainState, who: &str, now: Time, fx: &mut Vec<Effect>) {
+    let Some(m) = state.maintenance.take() else {
+        return fx.push(Effect::Rejected {
+            reason: "no maintenance window is scheduled".into(),
+        });
+    };
+    match m.stage {
+        MaintenanceStage::Scheduled => {
+            // A TTL lowered for the window is restored after the hold, like an early one.
+            if let Some(e) = &mut state.early_ttl {
+                e.quiet_since.get_or_insert(now);
+            }
+            fx.push(Effect::Event {
+                kind: EventKind::Maintenance,
+                message: format!(
+                    "maintenance window (the {} from {}) cancelled by {who}",
+                    m.side, m.start
+                ),
+            });
+        }
+        MaintenanceStage::Ended => fx.push(Effect::Event {
+            kind: EventKind::Maintenance,
+            message: format!(
+                "maintenance window (the {} until {}) dismissed by {who}: its records and TTL are no longer watched for",
+                m.side, m.end
+            ),
+        }),
+        MaintenanceStage::Started => {
+            if m.stage == MaintenanceStage::Started
+                && matches!(&state.overrides, Some(Override::Pinned { side, .. }) if *side == m.side)
+            {
+                state.overrides = None;
+            }
+            fx.push(Effect::Event {
+                kind: EventKind::Maintenance,
+                message: format!(
+                    "maintenance window (the {} until {}) ended early by {who}; automation resumes (a failback waits for its hold)",
+                    m.side, m.end
+                ),
+            });
+            state.maintenance = Some(Maintenance {
+                stage: MaintenanceStage::Ended,
+                ..m
+            });
+        }
+    }
+}
+
+/// The window's progress at each step (module doc): lower, start, end, and the TTL check.
+fn maintenance_step(
+    state: &mut DomainState,
+    observed: bool,
+    now: Time,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
+    let Some(m) = state.maintenance.clone() else {
+        return;
+    };
+    match m.stage {
+        MaintenanceStage::Scheduled => {
+            let lower_now = maintenance_lowering_due(state, &m, policy)
+                && state
+                    .published_ttl
+                    .is_some_and(|ttl| now >= m.lower_at(ttl))
+                && ttl_write_allowed(state);
+            if lower_now && now < m.start {
+                lower_for_maintenance(state, &m, now, policy, fx);
+            }
+            if now >= m.start {
+                start_maintenance(state, m, now, fx);
+            }
+        }
+        MaintenanceStage::Started => {
+            if now >= m.end {
+                fx.push(Effect::Event {
+                    kind: EventKind::Maintenance,
+                    message: format!(
+                        "maintenance window over at {}; automation resumes (a failback waits for its hold)",
+                        m.end
+                    ),
+                });
+                state.maintenance = Some(Maintenance {
+                    stage: MaintenanceStage::Ended,
+                    ..m
+                });
+            } else if matches!(&state.overrides, Some(Override::Pinned { side, .. }) if *side == m.side)
+                && state.published != Some(m.side)
+                && !state.change_in_flight()
+                && state.health(m.side) != Health::Down
+            {
+                // The move the start could not make at once (a change was in flight).
+                state.publish(
+                    m.side,
+                    now,
+                    fx,
+                    format!("maintenance window until {} ({})", m.end, m.reason),
+                    false,
+                );
+            }
+        }
+        MaintenanceStage::Ended => {
+            let back = state.phase == Phase::Primary
+                && state.published == Some(Side::Primary)
+                && !state.change_in_flight()
+                && state.ttl_write().is_none();
+            if !(observed && back) {
+                return;
+            }
+            state.maintenance = None;
+            match (state.published_ttl, m.ttl) {
+                (Some(live), Some(before)) if live < before => fx.push(Effect::Event {
+                    kind: EventKind::MaintenanceAlert,
+                    message: format!(
+                        "after the maintenance window the primary's records are back at TTL {live} s, below the {before} s they had before it: a low TTL left behind"
+                    ),
+                }),
+                (live, _) => fx.push(Effect::Event {
+                    kind: EventKind::Maintenance,
+                    message: format!(
+                        "after the maintenance window the primary's records are back{}",
+                        live.map(|t| format!(" at TTL {t} s")).unwrap_or_default()
+                    ),
+                }),
+            }
+        }
+    }
+}
+
+fn lower_for_maintenance(
+    state: &mut DomainState,
+    m: &Maintenance,
+    now: Time,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
+    let Some(original) = state.published_ttl else {
+        return;
+    };
+    let why = format!("maintenance window from {} ({})", m.start, m.reason);
+    state.early_ttl = Some(EarlyTtl {
+        original,
+        lowered: policy.failover_ttl,
+        stage: TtlStage::Lowering,
+        since: now,
+        why: why.clone(),
+        quiet_since: None,
+    });
+    state.ttl_lowered_at = Some(now);
+    fx.push(Effect::Publish {
+        side: Side::Primary,
+        why: format!(
+            "TTL lowered {original} → {} s ahead of the {why}",
+            policy.failover_ttl
+        ),
+        from: None,
+    });
+}
+
+fn start_maintenance(state: &mut DomainState, m: Maintenance, now: Time, fx: &mut Vec<Effect>) {
+    let side = m.side;
+    if state.health(side) == Health::Down {
+        state.maintenance = None;
+        return fx.push(Effect::Event {
+            kind: EventKind::MaintenanceAlert,
+            message: format!(
+                "maintenance window from {} not started: the {side} is Down and mxguard never publishes a Down side; the records stay as they are",
+                m.start
+            ),
+        });
+    }
+    state.overrides = Some(Override::Pinned {
+        side,
+        until: m.end,
+        by: m.by.clone(),
+        reason: format!("maintenance window: {}", m.reason),
+        at: now,
+    });
+    fx.push(Effect::Event {
+        kind: EventKind::Maintenance,
+        message: format!(
+            "maintenance window started: pinned to the {side} until {} ({})",
+            m.end, m.reason
+        ),
+    });
+    let move_now = state.published != Some(side) && !state.change_in_flight();
+    let why = format!("maintenance window until {} ({})", m.end, m.reason);
+    state.maintenance = Some(Maintenance {
+        stage: MaintenanceStage::Started,
+        ..m
+    });
+    if move_now {
+        state.publish(side, now, fx, why, false);
+    }
 }
 
 #[cfg(test)]

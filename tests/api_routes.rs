@@ -27,6 +27,8 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("POST", "/v1/domains/{domain}/failback", "operate"),
     ("PUT", "/v1/domains/{domain}/pin", "operate"),
     ("DELETE", "/v1/domains/{domain}/pin", "operate"),
+    ("POST", "/v1/domains/{domain}/maintenance", "operate"),
+    ("DELETE", "/v1/domains/{domain}/maintenance", "operate"),
     ("POST", "/v1/domains/{domain}/pause", "operate"),
     ("POST", "/v1/domains/{domain}/resume", "operate"),
     ("POST", "/v1/domains/{domain}/approve", "operate"),

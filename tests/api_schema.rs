@@ -267,6 +267,44 @@ async fn every_answer_matches_the_document() {
     };
     expect(d, &app, unpin(), StatusCode::OK).await;
     expect(d, &app, unpin(), StatusCode::CONFLICT).await;
+
+    // A maintenance window a day ahead (the status shows it), a second refused, bad times
+    // refused, cancelled, and a cancel with none.
+    let maintenance = format!("{D}/maintenance");
+    let window = |start: chrono::DateTime<Utc>, end: chrono::DateTime<Utc>| {
+        post(
+            &maintenance,
+            OPERATOR,
+            json!({
+                "side": "backup", "start": start.to_rfc3339(), "end": end.to_rfc3339(), "reason": "schema test"
+            }),
+        )
+    };
+    let day = Utc::now() + chrono::Duration::days(1);
+    let hour = chrono::Duration::hours(1);
+    expect(d, &app, window(day, day + hour), StatusCode::OK).await;
+    let status = expect(d, &app, get(D).token(READER), StatusCode::OK).await;
+    assert_eq!(
+        status.json()["state"]["maintenance"]["stage"],
+        "scheduled",
+        "{}",
+        status.text
+    );
+    expect(d, &app, window(day, day + hour), StatusCode::CONFLICT).await;
+    expect(
+        d,
+        &app,
+        window(day, day - hour),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let cancel = || {
+        Call::new(Method::DELETE, &maintenance)
+            .token(OPERATOR)
+            .json(reason.clone())
+    };
+    expect(d, &app, cancel(), StatusCode::OK).await;
+    expect(d, &app, cancel(), StatusCode::CONFLICT).await;
     let approve = format!("{D}/approve");
     let call = post(&approve, OPERATOR, reason.clone());
     expect(d, &app, call, StatusCode::CONFLICT).await;

@@ -9,13 +9,19 @@
 //! The second test is the same outage with `early_ttl = false`, for the comparison: resolvers
 //! then keep the dead primary for up to the old TTL. Both print their figures
 //! (`cargo test --test early_ttl -- --nocapture`; recorded in docs/BENCHMARKS.md).
+//!
+//! The third is a planned maintenance window, scheduled with `mxguard maintenance` through the
+//! API (`early_ttl` off: the window lowers anyway): the TTL is lowered one old TTL before the
+//! start, so every resolver holds the short TTL when the move comes at the start and follows it
+//! within the failover TTL; after the end the guarded failback restores the records at their
+//! old TTL.
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, LabOptions, Layout, Mxguard};
+use common::lab::{Lab, LabOptions, Layout, Mxguard, OPERATE_TOKEN};
 use mxguard::model::{Fqdn, RecordType};
 
 const OLD_TTL: u32 = 60;
@@ -348,4 +354,183 @@ async fn without_early_ttl_resolvers_keep_the_dead_primary_up_to_the_old_ttl() {
         figures.max()
     );
     assert!(figures.left.iter().all(|t| *t <= OLD_TTL));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_maintenance_window_lowers_the_ttl_one_ttl_ahead_moves_at_its_start_and_restores_after() {
+    let lab = Lab::start_with(
+        LabOptions {
+            hold: "5s",
+            mx_ttl: OLD_TTL,
+        },
+        Layout {
+            early_ttl: false,
+            failover_ttl: Some(FAILOVER_TTL),
+            operate_token: true,
+            ..Layout::default()
+        },
+    )
+    .await;
+    let mx = lab.serve(None);
+    lab.settle(&mx, Duration::from_secs(60)).await;
+    let askers = Askers::start(&lab);
+    let n = lab.resolvers.len();
+    let serial = lab.serial().await;
+    let token = lab.dir.path().join("operate.token");
+    std::fs::write(&token, format!("{OPERATE_TOKEN}\n")).expect("write the token file");
+    let api = format!("http://{}", mx.listen);
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let schedule = |start: chrono::DateTime<chrono::Utc>, end: chrono::DateTime<chrono::Utc>| {
+        let (start, end) = (at(start), at(end));
+        lab.cli(&[
+            "maintenance",
+            "example.test",
+            "--side",
+            "backup",
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--reason",
+            "primary MTA upgrade",
+            "--api",
+            &api,
+            "--token-file",
+            &token.display().to_string(),
+        ])
+    };
+
+    // A window that ends before it starts is refused, and changes nothing.
+    let now = chrono::Utc::now();
+    let o = schedule(
+        now + chrono::Duration::seconds(90),
+        now + chrono::Duration::seconds(60),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("is not after start"),
+        "{err}"
+    );
+
+    // The window: the move 90 s from now, 15 s long. The TTL (60 s) is lowered one TTL (and
+    // the 10 s margin) before the start: about 20 s from now.
+    let (wall, clock) = (chrono::Utc::now(), Instant::now());
+    let start = wall + chrono::Duration::seconds(90);
+    let end = start + chrono::Duration::seconds(15);
+    let o = schedule(start, end);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("maintenance window scheduled"), "{out}");
+    let start_at = clock + Duration::from_secs(90);
+    let lower_at = start_at - Duration::from_secs(u64::from(OLD_TTL) + 10);
+
+    // Lowered at its time, not before, in one write of the same records.
+    let lowered = until_served(
+        &lab,
+        &mx,
+        &format!("{PRIMARY} {FAILOVER_TTL}"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        lowered + Duration::from_secs(1) >= lower_at,
+        "lowered {:.1} s early",
+        lower_at.saturating_duration_since(lowered).as_secs_f64()
+    );
+    assert!(
+        lowered <= lower_at + Duration::from_secs(10),
+        "lowered {:.1} s late; mxguard's log:\n{}",
+        lowered.saturating_duration_since(lower_at).as_secs_f64(),
+        mx.plain_log()
+    );
+    assert_eq!(lab.serial().await, serial + 1, "one UPDATE lowers the TTL");
+
+    // The move at the start, not before; by then every resolver holds the short TTL.
+    let moved = until_served(
+        &lab,
+        &mx,
+        &format!("{BACKUP} {FAILOVER_TTL}"),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        moved + Duration::from_secs(1) >= start_at,
+        "moved {:.1} s before the start",
+        start_at.saturating_duration_since(moved).as_secs_f64()
+    );
+    let held: Vec<u32> = askers
+        .latest(n)
+        .into_iter()
+        .map(|s| s.map_or(u32::MAX, |s| s.ttl))
+        .collect();
+    assert!(
+        held.iter().all(|t| *t <= FAILOVER_TTL),
+        "resolvers' TTLs at the move: {held:?}"
+    );
+    let seen = common::poll(
+        "every resolver serving the backup",
+        Duration::from_secs(u64::from(OLD_TTL) + 60),
+        || async {
+            let first = askers.first_backup_after(n, moved);
+            first.iter().all(Option::is_some).then_some(first)
+        },
+    )
+    .await;
+    let delays: Vec<f64> = seen
+        .into_iter()
+        .map(|s| {
+            s.expect("seen")
+                .at
+                .saturating_duration_since(moved)
+                .as_secs_f64()
+        })
+        .collect();
+    println!(
+        "FIGURES maintenance: lowered {:.1} s before the start; move → every resolver serving the backup: {delays:.1?} s",
+        start_at.saturating_duration_since(lowered).as_secs_f64()
+    );
+    assert!(
+        delays.iter().all(|d| *d <= f64::from(FAILOVER_TTL) + 2.0),
+        "{delays:?}"
+    );
+
+    // After the end: the guarded failback publishes the primary at its old TTL, and the
+    // timeline says the window is over with the records back.
+    let back = until_served(
+        &lab,
+        &mx,
+        &format!("{PRIMARY} {OLD_TTL}"),
+        Duration::from_secs(90),
+    )
+    .await;
+    // (The CLI sends whole seconds: the window may begin up to 1 s before `start_at`.)
+    assert!(
+        back + Duration::from_secs(1) >= start_at + Duration::from_secs(15),
+        "failed back before the end"
+    );
+    let done = common::poll("the window closed", Duration::from_secs(60), || async {
+        let ev = lab.events().await;
+        ev.iter()
+            .any(|e| e.kind == "maintenance" && e.message.contains("back at TTL 60"))
+            .then_some(ev)
+    })
+    .await;
+    let messages: Vec<&str> = done
+        .iter()
+        .filter(|e| e.kind == "maintenance")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(
+        messages.len(),
+        4,
+        "scheduled, started, over, back: {messages:?}"
+    );
+    assert!(done.iter().all(|e| e.kind != "alert.maintenance"));
+    let rows = lab.wait_verified(&mx, 3, Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), 3, "lower, move, failback: {rows:?}");
 }

@@ -60,6 +60,22 @@ impl Reasoned for PinBody {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceBody {
+    /// The side used during the window.
+    side: Side,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    reason: String,
+}
+
+impl Reasoned for MaintenanceBody {
+    fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
 /// Sends `command` to the domain's actor; `message` says what was done, in one line.
 async fn send(
     api: &Api,
@@ -216,6 +232,72 @@ pub async fn pin(
         send(&api, &caller, &domain, command, &b.reason, message).await
     };
     api.once(&caller, &m, work).await
+}
+
+/// Schedules a maintenance window (`src/machine.rs`, "Maintenance windows").
+pub async fn maintenance(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    KnownDomain(domain): KnownDomain,
+    m: Mutation<MaintenanceBody>,
+) -> Response {
+    let work = || async {
+        let (cfg, _) = api.domain(&domain)?;
+        let b = &m.body;
+        let now = Utc::now();
+        if b.end <= b.start {
+            return Err(ApiError::Validation(format!(
+                "end {} is not after start {}",
+                rfc3339(b.end),
+                rfc3339(b.start)
+            )));
+        }
+        if b.end <= now {
+            return Err(ApiError::Validation(format!(
+                "end {} is not in the future (now {})",
+                rfc3339(b.end),
+                rfc3339(now)
+            )));
+        }
+        if b.end > now + chrono::Duration::days(PIN_MAX_DAYS) {
+            return Err(ApiError::Validation(format!(
+                "end {} is more than {PIN_MAX_DAYS} days away",
+                rfc3339(b.end)
+            )));
+        }
+        let message = format!(
+            "{} maintenance window scheduled: the {} from {} to {} {}",
+            cfg.name.without_dot(),
+            b.side,
+            rfc3339(b.start),
+            rfc3339(b.end),
+            who(&caller, &b.reason)
+        );
+        let command = Command::Maintenance {
+            side: b.side,
+            start: b.start,
+            end: b.end,
+        };
+        send(&api, &caller, &domain, command, &b.reason, message).await
+    };
+    api.once(&caller, &m, work).await
+}
+
+pub async fn cancel_maintenance(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    KnownDomain(domain): KnownDomain,
+    m: Mutation<ReasonBody>,
+) -> Response {
+    simple(
+        api,
+        caller,
+        domain,
+        m,
+        Command::CancelMaintenance,
+        "maintenance window cancelled",
+    )
+    .await
 }
 
 /// The simple commands: unpin, pause, resume, approve.

@@ -281,6 +281,18 @@ pub fn routes(config: &Config) -> Vec<Route> {
         ),
         route(
             M::POST,
+            "/v1/domains/{domain}/maintenance",
+            operate,
+            commands::maintenance,
+        ),
+        route(
+            M::DELETE,
+            "/v1/domains/{domain}/maintenance",
+            operate,
+            commands::cancel_maintenance,
+        ),
+        route(
+            M::POST,
             "/v1/domains/{domain}/pause",
             operate,
             commands::pause,

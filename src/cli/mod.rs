@@ -127,6 +127,12 @@ pub enum Command {
     Pin(remote::PinArgs),
     /// End DOMAIN's pin (through the API).
     Unpin(remote::ReasonArgs),
+    /// Schedule a maintenance window for DOMAIN (through the API): the TTL is lowered one TTL
+    /// before --start, --side is pinned and published from --start to --end, then the guarded
+    /// failback restores the records and their TTL.
+    Maintenance(remote::MaintenanceArgs),
+    /// Cancel DOMAIN's maintenance window, or end it early (through the API).
+    CancelMaintenance(remote::ReasonArgs),
     /// Stop automatic failover and failback for DOMAIN, e.g. during maintenance (through the
     /// API). Health checks go on; manual commands still work.
     Pause(remote::ReasonArgs),
@@ -316,6 +322,10 @@ pub fn main() -> ExitCode {
         Command::Failback(ref m) => with_runtime(remote::command(Request::Move("failback", m))),
         Command::Pin(ref p) => with_runtime(remote::command(Request::Pin(p))),
         Command::Unpin(ref r) => with_runtime(remote::command(Request::Simple("unpin", r))),
+        Command::Maintenance(ref m) => with_runtime(remote::command(Request::Maintenance(m))),
+        Command::CancelMaintenance(ref r) => {
+            with_runtime(remote::command(Request::Simple("cancel-maintenance", r)))
+        }
         Command::Pause(ref r) => with_runtime(remote::command(Request::Simple("pause", r))),
         Command::Resume(ref r) => with_runtime(remote::command(Request::Simple("resume", r))),
         Command::Approve(ref r) => with_runtime(remote::command(Request::Simple("approve", r))),

@@ -164,6 +164,17 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
                 };
                 println!("  MTA-STS: {why}{blocked}");
             }
+            if let Some(w) = &m.maintenance {
+                println!(
+                    "  maintenance window: the {} from {} to {}, {:?} (by {}: {})",
+                    w.side,
+                    w.start.to_rfc3339(),
+                    w.end.to_rfc3339(),
+                    w.stage,
+                    w.by,
+                    w.reason
+                );
+            }
             if let Some(e) = &m.early_ttl {
                 // A low TTL left behind must be visible: it costs queries, and says trouble.
                 println!(

@@ -45,6 +45,12 @@ pub const ACTIONS: &[Action] = &[
     action("POST", "/v1/domains/{domain}/failback", "failback"),
     action("PUT", "/v1/domains/{domain}/pin", "pin"),
     action("DELETE", "/v1/domains/{domain}/pin", "unpin"),
+    action("POST", "/v1/domains/{domain}/maintenance", "maintenance"),
+    action(
+        "DELETE",
+        "/v1/domains/{domain}/maintenance",
+        "cancel-maintenance",
+    ),
     action("POST", "/v1/domains/{domain}/pause", "pause"),
     action("POST", "/v1/domains/{domain}/resume", "resume"),
     action("POST", "/v1/domains/{domain}/approve", "approve"),
@@ -136,6 +142,22 @@ pub struct PinArgs {
     pub until: DateTime<Utc>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct MaintenanceArgs {
+    #[command(flatten)]
+    pub common: ReasonArgs,
+    /// The side to use during the window (usually the backup, while the primary is worked on).
+    #[arg(long, value_enum)]
+    pub side: SideArg,
+    /// When the move happens, RFC 3339, e.g. 2026-12-04T18:00:00Z. The TTL is lowered one TTL
+    /// before it.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_until)]
+    pub start: DateTime<Utc>,
+    /// When the window ends and the guarded failback may begin, RFC 3339.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_until)]
+    pub end: DateTime<Utc>,
+}
+
 fn parse_until(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -180,6 +202,7 @@ pub struct HealthArgs {
 pub enum Request<'a> {
     Move(&'a str, &'a MoveArgs),
     Pin(&'a PinArgs),
+    Maintenance(&'a MaintenanceArgs),
     Simple(&'a str, &'a ReasonArgs),
 }
 
@@ -413,7 +436,7 @@ fn answer(client: &Client, (status, body): (StatusCode, Value), json_out: bool) 
     }
 }
 
-/// failover, failback, pin, unpin, pause, resume, approve.
+/// failover, failback, pin, unpin, maintenance, cancel-maintenance, pause, resume, approve.
 pub async fn command(req: Request<'_>) -> ExitCode {
     let (name, common, body) = match req {
         Request::Move(name, m) => (
@@ -428,6 +451,16 @@ pub async fn command(req: Request<'_>) -> ExitCode {
                 "side": match p.side { SideArg::Primary => "primary", SideArg::Backup => "backup" },
                 "until": p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "reason": p.common.reason,
+            }),
+        ),
+        Request::Maintenance(m) => (
+            "maintenance",
+            &m.common,
+            json!({
+                "side": match m.side { SideArg::Primary => "primary", SideArg::Backup => "backup" },
+                "start": m.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "end": m.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "reason": m.common.reason,
             }),
         ),
         Request::Simple(name, r) => (name, r, json!({"reason": r.reason})),

@@ -793,6 +793,8 @@ fn arb_gen() -> impl Strategy<Value = Gen> {
             Just(Command::Resume),
             Just(Command::Approve),
             (arb_side(), -100i64..5000).prop_map(|(side, d)| Command::Pin { side, until: t(d) }),
+            (arb_side(), -100i64..3000, -10i64..3000).prop_map(|(side, start, len)| Command::Maintenance { side, start: t(start), end: t(start + len) }),
+            Just(Command::CancelMaintenance),
         ]
         .prop_map(Gen::Cmd),
     ]
@@ -810,7 +812,10 @@ proptest! {
         step(&mut s, Input::Observed { published: Some(Side::Primary), ttl: Some(300) }, t(now), &pol);
         let mut primary_up_since: Option<i64> = None;
         for g in history {
-            let operator = matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. }) | Gen::Revert(_));
+            // A maintenance window scheduled or under way is an operator's decision too.
+            let maintaining = s.maintenance.as_ref().is_some_and(|m| m.stage != MaintenanceStage::Ended)
+                || matches!(g, Gen::Cmd(Command::Maintenance { .. }));
+            let operator = maintaining || matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. } | Command::Maintenance { .. }) | Gen::Revert(_));
             let completes_flight = matches!(g, Gen::Verify) && s.in_flight.is_some();
             let g_is_cmd = matches!(g, Gen::Cmd(_) | Gen::Revert(_));
             let input = match g {
@@ -842,15 +847,17 @@ proptest! {
                 prop_assert_ne!(h, Down, "published a Down {:?}", p);
                 // a TTL write (early TTL lowering or its restore) republishes the primary's own
                 // records: only with them published, in phase Primary, no override, nothing in
-                // flight, and with early_ttl on unless it restores
+                // flight (a window's lowering may follow the verification that ended a move),
+                // and with early_ttl on unless it restores or a maintenance window lowers
                 let ttl_only = p == Side::Primary && s.in_flight.is_none();
                 if ttl_only {
-                    prop_assert_eq!(before.phase, Phase::Primary);
-                    prop_assert_eq!(before.published, Some(Side::Primary));
+                    prop_assert_eq!(s.phase, Phase::Primary);
+                    prop_assert_eq!(s.published, Some(Side::Primary));
+                    prop_assert!(before.phase == Phase::Primary || (maintaining && completes_flight), "TTL write in {:?}", before.phase);
                     prop_assert!(before.overrides.is_none() && s.overrides.is_none());
-                    prop_assert!(before.writing().is_none(), "TTL write while a write was in flight");
+                    prop_assert!(before.writing().is_none() || (maintaining && completes_flight), "TTL write while a write was in flight");
                     let restoring = matches!(s.ttl_write(), Some(TtlWrite::Restore(_)));
-                    prop_assert!(early_ttl || restoring, "lowered with early_ttl off");
+                    prop_assert!(early_ttl || restoring || maintaining, "lowered with early_ttl off");
                     continue;
                 }
                 // 4. at most one change in flight (a verification may end one and start the
@@ -1385,4 +1392,175 @@ fn states_saved_before_early_ttl_read_back() {
     let back: DomainState =
         serde_json::from_value(serde_json::to_value(&s).expect("json")).expect("read back");
     assert_eq!(back, s, "the original TTL survives a restart");
+}
+
+// ---- maintenance windows ----
+
+fn maintenance(side: Side, start: i64, end: i64) -> Input {
+    cmd(Command::Maintenance {
+        side,
+        start: t(start),
+        end: t(end),
+    })
+}
+
+fn observed(side: Side, ttl: u32) -> Input {
+    Input::Observed {
+        published: Some(side),
+        ttl: Some(ttl),
+    }
+}
+
+/// On the primary at TTL 3,600 s with a window on the backup from t = 10,000 to 20,000, run to
+/// its end and the failback: returns the state and the failback's step time.
+fn through_a_window(pol: &Policy) -> (DomainState, i64) {
+    let mut s = on_primary();
+    let fx = step(&mut s, maintenance(Side::Backup, 10_000, 20_000), t(1), pol);
+    assert_eq!(kinds(&fx), vec![EventKind::Maintenance], "{fx:?}");
+    assert!(publishes(&fx).is_empty());
+    // The TTL is lowered one live TTL (3,600 s) and the margin (10 s) before the start.
+    assert_eq!(next_deadline(&s, pol), Some(t(6_390)));
+    assert!(publishes(&step(&mut s, Input::Tick, t(6_389), pol)).is_empty());
+    let fx = step(&mut s, Input::Tick, t(6_390), pol);
+    assert_eq!(publishes(&fx), vec![Side::Primary], "{fx:?}");
+    assert_eq!(s.ttl_write(), Some(TtlWrite::Lower(60)));
+    let fx = step(&mut s, verified(Side::Primary), t(6_401), pol);
+    assert_eq!(ttl_events(&fx), vec![(EventKind::TtlLowered, 3600, 60)]);
+    step(&mut s, observed(Side::Primary, 60), t(6_401), pol);
+    // Quiet rounds do not restore it while the window is ahead.
+    step(&mut s, quiet(), t(6_500), pol);
+    assert_eq!(next_deadline(&s, pol), Some(t(10_000)));
+    assert!(publishes(&step(&mut s, quiet(), t(9_000), pol)).is_empty());
+    // The start: pinned to the backup and published.
+    let fx = step(&mut s, Input::Tick, t(10_000), pol);
+    assert_eq!(publishes(&fx), vec![Side::Backup], "{fx:?}");
+    assert!(
+        matches!(&s.overrides, Some(Override::Pinned { side: Side::Backup, until, .. }) if *until == t(20_000))
+    );
+    assert_eq!(
+        s.ttl_before_failover,
+        Some(3600),
+        "the TTL before the lowering"
+    );
+    step(&mut s, verified(Side::Backup), t(10_010), pol);
+    step(&mut s, observed(Side::Backup, 60), t(10_010), pol);
+    assert_eq!(s.phase, Phase::OnBackup);
+    // Nothing moves before the end, the primary Up all along.
+    step(&mut s, health(Up, Up), t(15_000), pol);
+    assert_eq!(s.phase, Phase::OnBackup);
+    assert_eq!(next_deadline(&s, pol), Some(t(20_000)));
+    // The end: the pin expires and the guarded failback follows (the hold has passed).
+    let fx = step(&mut s, Input::Tick, t(20_000), pol);
+    assert_eq!(publishes(&fx), vec![Side::Primary], "{fx:?}");
+    assert_eq!(
+        s.maintenance.as_ref().map(|m| m.stage),
+        Some(MaintenanceStage::Ended)
+    );
+    step(&mut s, verified(Side::Primary), t(20_010), pol);
+    (s, 20_010)
+}
+
+#[test]
+fn a_maintenance_window_lowers_the_ttl_one_ttl_ahead_moves_at_the_start_and_fails_back_after() {
+    let pol = early(60, false); // early_ttl off: the window lowers anyway
+    let (mut s, at) = through_a_window(&pol);
+    let fx = step(&mut s, observed(Side::Primary, 3600), t(at), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::Maintenance], "{fx:?}");
+    assert_eq!(s.maintenance, None);
+    assert_eq!(s.phase, Phase::Primary);
+}
+
+#[test]
+fn a_low_ttl_left_behind_after_a_window_is_alerted() {
+    let pol = early(60, false);
+    let (mut s, at) = through_a_window(&pol);
+    let fx = step(&mut s, observed(Side::Primary, 60), t(at), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::MaintenanceAlert], "{fx:?}");
+    assert_eq!(s.maintenance, None);
+}
+
+#[test]
+fn a_window_does_not_start_on_a_down_side() {
+    let pol = early(60, true);
+    let mut s = on_primary();
+    step(&mut s, maintenance(Side::Backup, 100, 200), t(1), &pol);
+    step(&mut s, health(Up, Down), t(50), &pol);
+    let fx = step(&mut s, Input::Tick, t(100), &pol);
+    assert!(publishes(&fx).iter().all(|p| *p == Side::Primary), "{fx:?}");
+    assert_eq!(alerts(&fx, EventKind::MaintenanceAlert), 1, "{fx:?}");
+    assert_eq!((s.maintenance.as_ref(), s.overrides.as_ref()), (None, None));
+}
+
+#[test]
+fn a_window_scheduled_late_lowers_at_once_and_bad_windows_are_refused() {
+    let pol = early(60, true);
+    let mut s = on_primary();
+    let before = s.clone();
+    for bad in [
+        maintenance(Side::Backup, 100, 100),
+        maintenance(Side::Backup, -100, -1),
+    ] {
+        let fx = step(&mut s, bad, t(1), &pol);
+        assert!(rejected(&fx), "{fx:?}");
+        assert_eq!(s, before);
+    }
+    // Less than one TTL ahead: lowered now, and the event says caches may still hold it.
+    let fx = step(&mut s, maintenance(Side::Backup, 600, 1_200), t(1), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Primary], "{fx:?}");
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Event { message, .. } if message.contains("lowered now"))),
+        "{fx:?}"
+    );
+    let fx = step(&mut s, maintenance(Side::Primary, 2_000, 3_000), t(2), &pol);
+    assert!(rejected(&fx), "one window at a time: {fx:?}");
+}
+
+#[test]
+fn cancelling_a_window_restores_its_ttl_after_the_hold_and_ends_its_pin() {
+    let pol = early(60, false);
+    let mut s = on_primary();
+    step(&mut s, maintenance(Side::Backup, 1_000, 5_000), t(1), &pol);
+    assert_eq!(
+        publishes(&step(&mut s, Input::Tick, t(1), &pol)),
+        Vec::<Side>::new(),
+        "lowered at the scheduling step already"
+    );
+    step(&mut s, verified(Side::Primary), t(2), &pol);
+    step(&mut s, observed(Side::Primary, 60), t(2), &pol);
+    let fx = step(&mut s, cmd(Command::CancelMaintenance), t(100), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::Maintenance]);
+    assert_eq!(s.maintenance, None);
+    // The hold (600 s) after the cancel, the TTL is restored.
+    assert_eq!(next_deadline(&s, &pol), Some(t(700)));
+    let fx = step(&mut s, Input::Tick, t(700), &pol);
+    assert_eq!(s.ttl_write(), Some(TtlWrite::Restore(3600)), "{fx:?}");
+    step(&mut s, verified(Side::Primary), t(701), &pol);
+    assert!(
+        publishes(&step(&mut s, Input::Tick, t(1_000), &pol)).is_empty(),
+        "no move at the old start"
+    );
+    // During a window: the pin goes too.
+    let mut s = on_primary();
+    step(&mut s, maintenance(Side::Backup, 10, 5_000), t(1), &pol);
+    step(&mut s, verified(Side::Primary), t(2), &pol);
+    step(&mut s, Input::Tick, t(10), &pol);
+    step(&mut s, verified(Side::Backup), t(11), &pol);
+    assert!(s.overrides.is_some());
+    step(&mut s, cmd(Command::CancelMaintenance), t(20), &pol);
+    assert_eq!(s.overrides, None);
+    assert_eq!(
+        s.maintenance.as_ref().map(|m| m.stage),
+        Some(MaintenanceStage::Ended)
+    );
+    // Over: a cancel stops waiting for the records to be back.
+    let fx = step(&mut s, cmd(Command::CancelMaintenance), t(21), &pol);
+    assert_eq!(kinds(&fx), vec![EventKind::Maintenance]);
+    assert_eq!(s.maintenance, None);
+    assert!(rejected(&step(
+        &mut s,
+        cmd(Command::CancelMaintenance),
+        t(22),
+        &pol
+    )));
 }

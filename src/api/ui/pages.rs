@@ -167,6 +167,34 @@ fn override_text(o: &Option<Override>) -> Option<String> {
     }
 }
 
+fn maintenance_text(m: &Option<crate::machine::Maintenance>) -> Option<String> {
+    use crate::machine::MaintenanceStage;
+    let m = m.as_ref()?;
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    Some(match m.stage {
+        MaintenanceStage::Scheduled => format!(
+            "the {} from {} to {} (by {}: {}); the TTL is lowered one TTL before",
+            m.side,
+            at(m.start),
+            at(m.end),
+            m.by,
+            m.reason
+        ),
+        MaintenanceStage::Started => format!(
+            "under way: the {} until {} (by {}: {})",
+            m.side,
+            at(m.end),
+            m.by,
+            m.reason
+        ),
+        MaintenanceStage::Ended => format!(
+            "over at {}: waiting for the primary's records{} to be back",
+            at(m.end),
+            m.ttl.map(|t| format!(" at TTL {t} s")).unwrap_or_default()
+        ),
+    })
+}
+
 fn hold_text(s: &Status) -> Option<String> {
     let g = s.guard.as_ref()?;
     let left = g.hold_secs.saturating_sub(g.elapsed_secs);
@@ -299,6 +327,7 @@ pub fn domain(p: &DomainPage<'_>) -> Markup {
                     dt { "Published records" } dd.records { (records_text(s)) @if s.drift { " " span.badge.down { "drift" } } }
                     dt { "Failback" } dd.hold { (hold_text(s).unwrap_or_else(|| "—".into())) }
                     dt { "Override" } dd.override { (override_text(&m.overrides).unwrap_or_else(|| "none".into())) }
+                    dt { "Maintenance" } dd.maintenance { (maintenance_text(&m.maintenance).unwrap_or_else(|| "none scheduled".into())) }
                     dt { "MTA-STS" } dd.mtasts { (mta_sts_text(s)) @if m.mta_sts_refused.is_some() { " " span.badge.down { "backup refused" } } }
                     dt { "Zone · provider · mode" } dd { (cfg.zone.without_dot()) " · " (cfg.provider) " · " (cfg.targets.mode().to_string()) }
                 }
