@@ -22,7 +22,8 @@ use crate::store::Event;
 /// Where a kind has fields, they are in the event's evidence under the names below, typed:
 /// a `transition` carries `from` and `to` ([`Phase`]); a `health` event carries `side` and the
 /// leader's `combined` verdict; `ttl_lowered` and `ttl_restored` carry `old_ttl`, `new_ttl`
-/// (seconds) and `why` ([`crate::machine::TtlChange`]).
+/// (seconds) and `why` ([`crate::machine::TtlChange`]); `drill` and `alert.drill_failed`
+/// carry the whole [`crate::drill::DrillReport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     /// The machine moved from one phase to another.
@@ -75,6 +76,10 @@ pub enum EventKind {
     /// The primary's original TTL restored after it was quiet for the hold.
     #[serde(rename = "ttl_restored")]
     TtlRestored,
+    /// A drill ran: every check a failover needs, without changing live records (or a live
+    /// failover and failback); pass or fail per step (`src/drill.rs`).
+    #[serde(rename = "drill")]
+    Drill,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -107,10 +112,13 @@ pub enum EventKind {
     /// A failover was made to a backup the policy refuses (`warn`, or an operator's move).
     #[serde(rename = "alert.mta_sts_failover")]
     MtaStsFailover,
+    /// A scheduled drill (`drill_every`) failed: a failover now would likely not work.
+    #[serde(rename = "alert.drill_failed")]
+    DrillFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -127,6 +135,7 @@ impl EventKind {
         EventKind::MtaStsRestored,
         EventKind::TtlLowered,
         EventKind::TtlRestored,
+        EventKind::Drill,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
@@ -137,6 +146,7 @@ impl EventKind {
         EventKind::MtaSts,
         EventKind::MtaStsFailoverRefused,
         EventKind::MtaStsFailover,
+        EventKind::DrillFailed,
     ];
 
     /// The name the store, the API and payloads carry.
@@ -158,6 +168,7 @@ impl EventKind {
             EventKind::MtaStsRestored => "mta_sts_restored",
             EventKind::TtlLowered => "ttl_lowered",
             EventKind::TtlRestored => "ttl_restored",
+            EventKind::Drill => "drill",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",
@@ -168,6 +179,7 @@ impl EventKind {
             EventKind::MtaSts => "alert.mta_sts",
             EventKind::MtaStsFailoverRefused => "alert.mta_sts_refused",
             EventKind::MtaStsFailover => "alert.mta_sts_failover",
+            EventKind::DrillFailed => "alert.drill_failed",
         }
     }
 

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod engine;
 pub mod events;
 pub mod health;
