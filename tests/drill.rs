@@ -7,7 +7,10 @@
 //! - the backup turned open relay: the relay step fails, the drill fails, the CLI exits 1, and
 //!   the scheduled drill (`drill_every`) raises `alert.drill_failed`, delivered to a webhook;
 //! - a live drill on a `drillable` domain fails over and back through the state machine: two
-//!   UPDATEs at `named`, both verified, the zone as it was.
+//!   UPDATEs at `named`, both verified, the zone as it was;
+//! - mode `a`: the MX host is probed (and checked against the SPF) at the backup's own address.
+//!
+//! `cargo test --test drill -- --nocapture` prints each report as `mxguard drill` shows it.
 
 mod common;
 
@@ -16,7 +19,9 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::lab::{mxguard_bin, Lab, LabOptions, Layout, Mxguard, OPERATE_TOKEN};
+use common::lab::{
+    mxguard_bin, Lab, LabMode, LabOptions, Layout, Mxguard, BACKUP_IP, OPERATE_TOKEN,
+};
 use mxguard_testpeers::{PostfixConfig, Profile};
 use serde_json::Value;
 
@@ -362,5 +367,46 @@ async fn a_live_drill_fails_over_and_back_through_the_state_machine() {
         timeline.iter().any(|e| e["reason"] == "drill: live drill"),
         "the moves carry the drill's reason: {timeline:?}"
     );
+    assert_eq!(mx.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_in_mode_a_probes_the_backups_own_addresses() {
+    // mode a: the MX host's A record moves; the backup is that host at the backup's address
+    let lab = Lab::start_with(
+        LabOptions {
+            hold: "1h",
+            mx_ttl: 300,
+        },
+        Layout {
+            mode: LabMode::A,
+            mail_auth: true,
+            operate_token: true,
+            read_token: true,
+            ..Layout::default()
+        },
+    )
+    .await;
+    let mut mx = lab.serve(None);
+    lab.settle(&mx, DEADLINE).await;
+    let (serial, published) = (lab.serial().await, lab.published().await);
+    let out = drill(&lab, &mx, &[]).await;
+    let (stdout, stderr) = text(&out);
+    println!("{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("mx.example.test. at {BACKUP_IP}:")),
+        "the host probed at the backup's address, not at what it resolves to now:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("backup mx.example.test. at {BACKUP_IP}: SPF Pass")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("mx.example.test. 30 IN A {BACKUP_IP}")),
+        "{stdout}"
+    );
+    assert_eq!(lab.serial().await, serial);
+    assert_eq!(lab.published().await, published);
     assert_eq!(mx.terminate(), Some(0));
 }
