@@ -7,10 +7,16 @@ use mxguard_core::{AccessCheck, AccessReport, ChangeSet, Missing, Outcome as Acc
 use proptest::prelude::*;
 
 use super::*;
+use crate::check::auth::{BackupSpf, PolicyRecord};
 use crate::health::{ResolverResult, TargetRound};
+use crate::model::Fqdn;
 use crate::mtasts::fetch::PolicyReport;
+use crate::mtasts::watch::MtaStsView;
+use crate::mtasts::StsMode;
 use crate::mtasts::{evaluate, Hosts, MxPattern, StsPolicy, StsRecord};
 use crate::probe::smtp::{Failure, PhaseRecord, Recipient, SmtpReport};
+use crate::probe::smtp::{FailureKind, Phase as SmtpPhase};
+use crate::probe::target::TargetEvidence;
 
 fn name(s: &str) -> Fqdn {
     Fqdn::parse(s).expect("name")
