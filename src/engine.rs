@@ -55,6 +55,9 @@ pub struct Engine {
     pub providers: BTreeMap<String, Arc<dyn DnsProvider>>,
     /// The same clients at background priority: dry runs and diffs wait behind changes.
     pub background: BTreeMap<String, Arc<dyn DnsProvider>>,
+    /// The domains with a drill running (one at a time per domain: the API's and the
+    /// schedule's share it).
+    pub drills: crate::drill::run::Running,
 }
 
 /// How often a domain reads its published records back, at most.

@@ -22,7 +22,8 @@ use crate::store::Event;
 /// Where a kind has fields, they are in the event's evidence under the names below, typed:
 /// a `transition` carries `from` and `to` ([`Phase`]); a `health` event carries `side` and the
 /// leader's `combined` verdict; `ttl_lowered` and `ttl_restored` carry `old_ttl`, `new_ttl`
-/// (seconds) and `why` ([`crate::machine::TtlChange`]).
+/// (seconds) and `why` ([`crate::machine::TtlChange`]); `drill` and `alert.drill_failed`
+/// carry the whole [`crate::drill::DrillReport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     /// The machine moved from one phase to another.
@@ -78,6 +79,10 @@ pub enum EventKind {
     /// A maintenance window scheduled, started, over or cancelled.
     #[serde(rename = "maintenance")]
     Maintenance,
+    /// A drill ran: every check a failover needs, without changing live records (or a live
+    /// failover and failback); pass or fail per step (`src/drill.rs`).
+    #[serde(rename = "drill")]
+    Drill,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -113,10 +118,13 @@ pub enum EventKind {
     /// A maintenance window could not start (its side is Down), or left a low TTL behind.
     #[serde(rename = "alert.maintenance")]
     MaintenanceAlert,
+    /// A scheduled drill (`drill_every`) failed: a failover now would likely not work.
+    #[serde(rename = "alert.drill_failed")]
+    DrillFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -134,6 +142,7 @@ impl EventKind {
         EventKind::TtlLowered,
         EventKind::TtlRestored,
         EventKind::Maintenance,
+        EventKind::Drill,
         EventKind::BothDown,
         EventKind::ChangeFailed,
         EventKind::FlapGuard,
@@ -145,6 +154,7 @@ impl EventKind {
         EventKind::MtaStsFailoverRefused,
         EventKind::MtaStsFailover,
         EventKind::MaintenanceAlert,
+        EventKind::DrillFailed,
     ];
 
     /// The name the store, the API and payloads carry.
@@ -167,6 +177,7 @@ impl EventKind {
             EventKind::TtlLowered => "ttl_lowered",
             EventKind::TtlRestored => "ttl_restored",
             EventKind::Maintenance => "maintenance",
+            EventKind::Drill => "drill",
             EventKind::BothDown => "alert.both_down",
             EventKind::ChangeFailed => "alert.change_failed",
             EventKind::FlapGuard => "alert.flap_guard",
@@ -178,6 +189,7 @@ impl EventKind {
             EventKind::MtaStsFailoverRefused => "alert.mta_sts_refused",
             EventKind::MtaStsFailover => "alert.mta_sts_failover",
             EventKind::MaintenanceAlert => "alert.maintenance",
+            EventKind::DrillFailed => "alert.drill_failed",
         }
     }
 

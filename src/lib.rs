@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod engine;
 pub mod events;
 pub mod health;
@@ -199,6 +200,22 @@ pub async fn run(
     for (name, client) in &engine.providers {
         providers.insert(name, client.clone()).await;
     }
+    let access: std::collections::BTreeMap<String, Arc<dyn access::ProviderAccess>> = registry
+        .iter()
+        .map(|(name, built)| (name.clone(), built.access.clone()))
+        .collect();
+    for (name, checks) in &access {
+        providers.insert_access(name, checks.clone()).await;
+    }
+    // Drills on each domain's `drill_every`, on the leader.
+    tasks.spawn(drill::schedule::run(
+        config.domains.clone(),
+        engine.clone(),
+        store.clone(),
+        access,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
     for (name, client) in &engine.background {
         providers.insert_background(name, client.clone()).await;
     }

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use mxguard_core::{diff, ChangeSet, RData, RrsetKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{DomainConfig, Targets};
 use crate::model::{Fqdn, MxRecord, RecordSet, RecordType, Side, Ttl};
@@ -36,7 +36,7 @@ pub enum PlanError {
     ContentWouldChange { side: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub desired: Vec<RecordSet>,
     pub actual: Vec<RecordSet>,

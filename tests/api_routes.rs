@@ -32,6 +32,7 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("POST", "/v1/domains/{domain}/pause", "operate"),
     ("POST", "/v1/domains/{domain}/resume", "operate"),
     ("POST", "/v1/domains/{domain}/approve", "operate"),
+    ("POST", "/v1/domains/{domain}/drill", "operate"),
     ("GET", "/v1/snapshots", "read"),
     ("POST", "/v1/snapshots", "operate"),
     ("GET", "/v1/snapshots/{id}", "read"),

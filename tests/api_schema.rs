@@ -107,8 +107,9 @@ fn app_with(t: &api::TestApi, engine: Engine, providers: Providers) -> Router {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_answer_matches_the_document() {
     let mut doc = Doc::load();
+    // Drills probe through the domain's resolvers: none answers here, at once.
     let text = format!(
-        "[server]\nexpensive_per_token = 1\n{}",
+        "[server]\nexpensive_per_token = 1\n{}\n[checks]\nresolvers = [\"127.0.0.1:9\"]\nresolver_quorum = 1\ntimeout = \"300ms\"\n",
         api::config_text(true)
     );
     let (t, held) = api::start_with_text(&text).await;
@@ -350,6 +351,33 @@ async fn every_answer_matches_the_document() {
     .await;
     settled(&handle, "failed back", Phase::Primary).await;
 
+    // A drill: its report, recorded in the timeline (no SMTP host, resolver or provider
+    // credentials here: the drill fails, a 200 all the same); live refused without `drillable`.
+    let drill = format!("{D}/drill");
+    let ran = expect(
+        d,
+        &app,
+        post(&drill, OPERATOR, reason.clone()),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ran.json()["report"]["result"], "fail", "{}", ran.text);
+    let live = json!({"reason": "schema test", "live": true});
+    let refused = expect(d, &app, post(&drill, OPERATOR, live), StatusCode::CONFLICT).await;
+    assert!(refused.text.contains("drillable"), "{}", refused.text);
+    let call = post("/v1/domains/nope.test/drill", OPERATOR, reason.clone());
+    expect(d, &app, call, StatusCode::NOT_FOUND).await;
+    let call = post(&drill, OPERATOR, json!({"reason": "x", "live": "yes"}));
+    expect(d, &app, call, StatusCode::UNPROCESSABLE_ENTITY).await;
+    // the `drill` event's evidence against its schema
+    let all = format!("{events}?limit=1000");
+    let timeline = expect(d, &app, get(&all).token(READER), StatusCode::OK).await;
+    assert!(
+        timeline.text.contains("\"kind\":\"drill\""),
+        "{}",
+        timeline.text
+    );
+
     let incidents = format!("{D}/incidents");
     let list = expect(d, &app, get(&incidents).token(READER), StatusCode::OK).await;
     let id = list.json()["incidents"][0]["id"]
@@ -468,7 +496,7 @@ async fn every_answer_matches_the_document() {
     let providers = Providers::default();
     providers.insert("mem", empty.clone()).await;
     let f = app_with(&t, engine, providers);
-    for path in [&pause, &failover, &revert] {
+    for path in [&pause, &failover, &revert, &drill] {
         let reply = expect(
             d,
             &f,
@@ -578,7 +606,19 @@ async fn request_schemas_reject_what_the_server_refuses() {
     let pause = pause.as_str();
     let take = body_schema("/v1/snapshots", "post");
     let take = take.as_str();
+    let drill = body_schema("/v1/domains/{domain}/drill", "post");
+    let drill = drill.as_str();
     let cases: Vec<(&str, &str, Value)> = vec![
+        (
+            "/v1/domains/example.test/drill",
+            drill,
+            json!({"reason": "ok", "live": "yes"}),
+        ),
+        (
+            "/v1/domains/example.test/drill",
+            drill,
+            json!({"reason": "ok", "dry_run": true}),
+        ),
         (
             "/v1/domains/example.test/pause",
             pause,

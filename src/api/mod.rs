@@ -8,6 +8,7 @@ mod auth;
 mod body;
 mod commands;
 mod domains;
+mod drill;
 mod error;
 mod health;
 mod idempotency;
@@ -33,6 +34,7 @@ use tower_http::trace::TraceLayer;
 
 pub use self::auth::{Access, Caller};
 pub use self::error::{ApiError, PROBLEM_BASE};
+use crate::access::ProviderAccess;
 use crate::actor::ActorHandle;
 use crate::config::{Config, DomainConfig, Scope};
 use crate::engine::{Engine, EngineError};
@@ -61,6 +63,8 @@ pub struct Providers {
     background: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn DnsProvider>>>>,
     /// What the providers' access checks found failing (`/readyz`).
     access: crate::access::watch::AccessStatus,
+    /// Each provider's access checks (a drill's write check), by name.
+    checks: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn ProviderAccess>>>>,
 }
 
 impl Providers {
@@ -80,6 +84,29 @@ impl Providers {
             .lock()
             .await
             .insert(name.to_string(), provider);
+    }
+
+    /// Uses `access` for `[providers.NAME]`'s access checks.
+    pub async fn insert_access(&self, name: &str, access: Arc<dyn ProviderAccess>) {
+        self.checks.lock().await.insert(name.to_string(), access);
+    }
+
+    /// `[providers.NAME]`'s access checks; built from the config on first use when none was
+    /// put in (`serve` puts in the registry's, which share the clients' admission).
+    async fn access_for(
+        &self,
+        config: &Config,
+        name: &str,
+    ) -> Result<Arc<dyn ProviderAccess>, String> {
+        let mut map = self.checks.lock().await;
+        if let Some(a) = map.get(name) {
+            return Ok(a.clone());
+        }
+        let built = crate::providers::ProviderRegistry::one(config, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        map.insert(name.to_string(), built.access.clone());
+        Ok(built.access)
     }
 
     /// The background client, else the client itself.
@@ -309,6 +336,7 @@ pub fn routes(config: &Config) -> Vec<Route> {
             operate,
             commands::approve,
         ),
+        route(M::POST, "/v1/domains/{domain}/drill", operate, drill::drill).expensive(),
         route(M::GET, "/v1/snapshots", read, snapshots::list),
         route(M::POST, "/v1/snapshots", operate, snapshots::take).expensive(),
         route(M::GET, "/v1/snapshots/{id}", read, snapshots::get),

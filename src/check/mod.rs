@@ -4,7 +4,7 @@
 //! domain's MTA-STS policy and TLS-RPT record with whether compliant senders would deliver to
 //! each backup (`src/mtasts.rs`).
 
-mod auth;
+pub mod auth;
 mod render;
 
 use std::collections::BTreeMap;

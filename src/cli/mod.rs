@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod check;
+mod drill;
 mod generate;
 mod incidents;
 mod ops;
@@ -145,6 +146,11 @@ pub enum Command {
     /// DOMAIN's incidents from the running service's API: when each began and ended, how long
     /// each step took, who did what; `--markdown` prints a postmortem draft.
     Incidents(incidents::IncidentsArgs),
+    /// Drill DOMAIN through the running service's API: every check a failover needs (the
+    /// backup's postmaster RCPT and relay refusal, SPF/DMARC/DKIM, MTA-STS, the provider's write
+    /// permission, the plan) without changing live records, or `--live` a real failover and
+    /// failback; prints the report; exit 1 when the drill fails.
+    Drill(drill::DrillArgs),
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -331,6 +337,7 @@ pub fn main() -> ExitCode {
         Command::Approve(ref r) => with_runtime(remote::command(Request::Simple("approve", r))),
         Command::Events(ref e) => with_runtime(remote::events(e)),
         Command::Incidents(ref i) => with_runtime(incidents::incidents(i)),
+        Command::Drill(ref d) => with_runtime(drill::drill(d)),
         Command::Health(ref h) => match health_url(h, cli.config) {
             Ok(url) => with_runtime(remote::health(h, url)),
             Err(code) => code,

@@ -54,6 +54,7 @@ pub const ACTIONS: &[Action] = &[
     action("POST", "/v1/domains/{domain}/pause", "pause"),
     action("POST", "/v1/domains/{domain}/resume", "resume"),
     action("POST", "/v1/domains/{domain}/approve", "approve"),
+    action("POST", "/v1/domains/{domain}/drill", "drill"),
     action("GET", "/v1/domains/{domain}/events", "events"),
     action("GET", "/v1/domains/{domain}/incidents", "incidents"),
     action(

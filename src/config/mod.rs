@@ -989,6 +989,7 @@ fn parse_domain(
             .map_err(|why| errs.push(sec.field("hosted_zone_id"), why))
             .ok()
     });
+    let drill = parse_drill(&mut sec, errs);
     sec.finish(
         errs,
         &[
@@ -1007,6 +1008,9 @@ fn parse_domain(
             "early_ttl",
             "checks",
             "authoritative",
+            "drill_every",
+            "drillable",
+            "dkim_selectors",
         ],
     );
     Some(DomainConfig {
@@ -1022,7 +1026,49 @@ fn parse_domain(
         checks,
         authoritative,
         hosted_zone_id,
+        drill,
     })
+}
+
+/// `drill_every`, `drillable` and `dkim_selectors` of a domain.
+fn parse_drill(sec: &mut Section, errs: &mut Errors) -> DrillSettings {
+    let every = sec.has("drill_every").then(|| {
+        sec.duration(
+            "drill_every",
+            Duration::from_secs(1),
+            // a year as humantime writes it ("1year")
+            Duration::from_secs(31_557_600),
+            90 * DAY,
+            errs,
+        )
+    });
+    let drillable = sec.bool("drillable", false, errs);
+    let mut dkim_selectors = Vec::new();
+    for (i, s) in sec
+        .strings("dkim_selectors", errs)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        // a selector is one or more DNS labels in front of `_domainkey.`
+        let ok = !s.is_empty()
+            && !s.starts_with('.')
+            && !s.ends_with('.')
+            && Fqdn::parse(&format!("{s}._domainkey.invalid")).is_ok();
+        if ok {
+            dkim_selectors.push(s);
+        } else {
+            errs.push(
+                format!("{}[{i}]", sec.field("dkim_selectors")),
+                format!("expected a DKIM selector such as \"s1\" (DNS labels), got {s:?}"),
+            );
+        }
+    }
+    DrillSettings {
+        every,
+        drillable,
+        dkim_selectors,
+    }
 }
 
 /// A Route 53 hosted zone id as the console shows it (`Z0123456789ABCDEFGHIJ`), with or

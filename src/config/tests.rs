@@ -42,6 +42,19 @@ fn example_is_valid() {
         "the default"
     );
     assert!(!cfg.domains[0].early_ttl, "turned off in the example");
+    assert_eq!(
+        cfg.domains[0].drill,
+        DrillSettings {
+            every: Some(Duration::from_secs(90 * 86400)),
+            drillable: false,
+            dkim_selectors: vec!["s1".into()],
+        }
+    );
+    assert_eq!(
+        cfg.domains[1].drill,
+        DrillSettings::default(),
+        "no drills by default"
+    );
     assert!(cfg.domains[1].early_ttl, "the default: on");
     assert!(cfg.server.open_readyz);
     assert!(!cfg.server.open_metrics);
@@ -123,6 +136,46 @@ early_ttl = "yes"
         );
     }
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn drill_settings_are_checked_and_their_errors_name_the_field_and_the_file() {
+    let domain = |extra: &str| {
+        format!(
+            "{PROVIDER}\n[[domains]]\nname = \"example.com\"\nprovider = \"ns1\"\nprimary = [\"10 mx1.example.com.\"]\nbackup = [\"10 mx2.example.com.\"]\n{extra}"
+        )
+    };
+    let cfg = parse(&domain(
+        "drill_every = \"2h\"\ndrillable = true\ndkim_selectors = [\"s1\", \"2024.mail\"]\n",
+    ))
+    .expect("valid");
+    let d = &cfg.domains[0].drill;
+    assert_eq!(d.every, Some(Duration::from_secs(7200)));
+    assert!(d.drillable);
+    assert_eq!(d.dkim_selectors, ["s1", "2024.mail"]);
+    let errs = errors(&domain(
+        "drill_every = \"sometimes\"\ndrillable = \"yes\"\ndkim_selectors = [\"\", \"a b\"]\n",
+    ));
+    let expect = [
+        r#"domains[0].drill_every: expected a duration between 1s and 1year"#,
+        r#"domains[0].drillable: expected true or false, got "yes""#,
+        r#"domains[0].dkim_selectors[0]: expected a DKIM selector"#,
+        r#"domains[0].dkim_selectors[1]: expected a DKIM selector"#,
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    let rendered = parse(&domain("drill_every = \"0s\"\n"))
+        .expect_err("too short")
+        .to_string();
+    assert!(
+        rendered.starts_with("mxguard.toml: domains[0].drill_every: "),
+        "{rendered}"
+    );
 }
 
 #[test]

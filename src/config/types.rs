@@ -425,4 +425,18 @@ pub struct DomainConfig {
     /// Route 53: the hosted zone's id (a public and a private zone may share a name); `None`:
     /// found by name.
     pub hosted_zone_id: Option<String>,
+    /// Drills (`src/drill.rs`): how often `serve` runs one, whether a live one is allowed, the
+    /// DKIM selectors it checks.
+    pub drill: DrillSettings,
+}
+
+/// A domain's drill settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrillSettings {
+    /// `drill_every`: `serve` drills the domain this often (never live); `None`: only on demand.
+    pub every: Option<Duration>,
+    /// `drillable`: a live drill (a real failover and failback) may be asked for.
+    pub drillable: bool,
+    /// `dkim_selectors`: the DKIM keys a drill looks up (`SELECTOR._domainkey.DOMAIN`).
+    pub dkim_selectors: Vec<String>,
 }

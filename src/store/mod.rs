@@ -117,6 +117,30 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// The newest event of `kind` in `domain`'s timeline (the last drill, for the schedule).
+    /// This default pages through the timeline (test doubles); the SQL stores ask once.
+    async fn last_event(
+        &self,
+        domain: &Fqdn,
+        kind: crate::events::EventKind,
+    ) -> Result<Option<Event>, StoreError> {
+        const PAGE: u32 = 1000;
+        let (mut after, mut last) = (None, None);
+        loop {
+            let page = self.events(domain, after, PAGE).await?;
+            let full = page.len() as u32 == PAGE;
+            for e in page {
+                after = Some(e.id);
+                if e.kind == kind {
+                    last = Some(e);
+                }
+            }
+            if !full {
+                return Ok(last);
+            }
+        }
+    }
+
     // --- snapshots ---
 
     async fn save_snapshot(&self, snapshot: &NewSnapshot) -> Result<Snapshot, StoreError>;

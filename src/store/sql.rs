@@ -478,6 +478,16 @@ macro_rules! impl_sql_store {
                 rows.iter().map(Self::event_row).collect()
             }
 
+            async fn last_event(&self, domain: &mxguard_core::Fqdn, kind: $crate::events::EventKind) -> Result<Option<$crate::store::Event>, $crate::store::StoreError> {
+                // the (domain, id) index, read backwards from the newest
+                let row = sqlx::query("SELECT * FROM events WHERE domain = $1 AND kind = $2 ORDER BY id DESC LIMIT 1")
+                    .bind(domain.as_str())
+                    .bind(kind.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::event_row).transpose()
+            }
+
             async fn save_snapshot(&self, s: &$crate::store::NewSnapshot) -> Result<$crate::store::Snapshot, $crate::store::StoreError> {
                 let s = s.clone();
                 self.write(move |c| Box::pin(async move { Self::insert_snapshot(&mut *c, &s).await }))

@@ -200,7 +200,16 @@ pub struct Layout {
     pub early_ttl: bool,
     /// The failover TTL instead of the provider's usual one (30 s; 60 at Cloudflare).
     pub failover_ttl: Option<u32>,
+    /// SPF (allowing both MTAs), DMARC and an ed25519 DKIM key at `lab._domainkey` in
+    /// example.test (no `mx_zone`), and `dkim_selectors = ["lab"]` on the domain: what a
+    /// drill's `mail_auth` step reads.
+    pub mail_auth: bool,
+    /// More lines for the lab domain's `[[domains]]` entry, e.g. `drill_every = "3s"`.
+    pub domain_extra: String,
 }
+
+/// The SPF record [`Layout::mail_auth`] publishes: both MTAs may send for example.test.
+pub const LAB_SPF: &str = "v=spf1 ip4:127.0.0.20 ip4:127.0.0.21 -all";
 
 /// [`Layout::mta_sts`].
 #[derive(Clone, Debug)]
@@ -237,6 +246,8 @@ impl Default for Layout {
             mta_sts: None,
             early_ttl: false,
             failover_ttl: None,
+            mail_auth: false,
+            domain_extra: String::new(),
         }
     }
 }
@@ -276,6 +287,11 @@ impl Lab {
                     let name = shared_domain(i);
                     let label = name.trim_end_matches(".example.test");
                     records.push_str(&format!("{label} {} IN MX 10 mx1\n", opts.mx_ttl));
+                }
+                if layout.mail_auth {
+                    records.push_str(&format!(
+                        "@ 300 IN TXT \"{LAB_SPF}\"\n_dmarc 300 IN TXT \"v=DMARC1; p=reject; rua=mailto:dmarc@example.test\"\nlab._domainkey 300 IN TXT \"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"\n"
+                    ));
                 }
                 if layout.mta_sts.is_some() {
                     records.push_str(&format!(
@@ -418,7 +434,8 @@ failback = {{ hold = "{hold}" }}
 drift = "{drift}"
 mta_sts = "{mta_sts}"
 early_ttl = {early_ttl}
-{authoritative}"#,
+{authoritative}{dkim}{domain_extra}
+"#,
             resolvers = resolver_list.join(", "),
             ca = ca.cert_path().display(),
             hold = opts.hold,
@@ -433,6 +450,12 @@ early_ttl = {early_ttl}
             mta_sts = layout.mta_sts.as_ref().map_or("off", |m| m.setting),
             quorum = layout.resolver_quorum,
             early_ttl = layout.early_ttl,
+            dkim = if layout.mail_auth {
+                "dkim_selectors = [\"lab\"]\n"
+            } else {
+                ""
+            },
+            domain_extra = layout.domain_extra,
         );
         for i in 0..layout.shared_domains {
             text.push_str(&format!(
