@@ -144,6 +144,7 @@ fn smtp(failure: Option<Failure>, rcpt: Option<(u16, bool)>, relay: Option<u16>)
         phases,
         starttls_offered: Some(true),
         certificate: None,
+        chain: vec![],
         latency_ms: 30,
         recipients: rcpt
             .map(|(code, ok)| Recipient {
