@@ -342,7 +342,9 @@ impl Evaluation {
                     h.host
                 ));
             }
-            if let Verdict::NotChecked(why) = &h.verdict {
+            // A host judged on its TLSA alone (a drill's primaries) was not meant to be probed.
+            let looked = !h.addresses.is_empty() || matches!(h.tlsa, TlsaFound::Failed { .. });
+            if let (Verdict::NotChecked(why), true) = (&h.verdict, looked) {
                 notes.push(format!("{role} {}: DANE not checked: {why}", h.host));
             }
             if h.role == Side::Backup && primary_uses_dane && h.tlsa == TlsaFound::None {
