@@ -160,7 +160,7 @@ pub enum Presented {
 
 /// What a DANE sender would do with one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "verdict", content = "detail")]
+#[serde(rename_all = "snake_case", tag = "result", content = "detail")]
 pub enum Verdict {
     /// A usable record matched the presented chain (the record, as text).
     Matches(String),
@@ -253,13 +253,20 @@ pub fn spki_sha256(der: &[u8]) -> Result<String, String> {
     Ok(hex(&Sha256::digest(cert.public_key().raw)))
 }
 
+/// The verdict at one probed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AtAddress {
+    pub address: String,
+    pub verdict: Verdict,
+}
+
 /// One host's DANE picture: its TLSA and the verdict at each probed address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostDane {
     pub host: Fqdn,
     pub role: Side,
     pub tlsa: TlsaFound,
-    pub addresses: Vec<(String, Verdict)>,
+    pub addresses: Vec<AtAddress>,
     /// The worst of the addresses' verdicts (a sender may connect to any of them).
     pub verdict: Verdict,
 }
@@ -272,16 +279,16 @@ impl HostDane {
         tlsa: TlsaFound,
         presented: Vec<(String, Presented)>,
     ) -> HostDane {
-        let addresses: Vec<(String, Verdict)> = presented
+        let addresses: Vec<AtAddress> = presented
             .into_iter()
-            .map(|(a, p)| {
-                let v = judge(&tlsa, &p);
-                (a, v)
+            .map(|(address, p)| AtAddress {
+                address,
+                verdict: judge(&tlsa, &p),
             })
             .collect();
         let verdict = addresses
             .iter()
-            .map(|(_, v)| v.clone())
+            .map(|a| a.verdict.clone())
             .max_by_key(Verdict::rank)
             .unwrap_or_else(|| judge(&tlsa, &Presented::NotSeen("no address probed".into())));
         HostDane {
@@ -320,10 +327,10 @@ impl Evaluation {
         let mut notes = Vec::new();
         for h in &hosts {
             let role = h.role.as_str();
-            for (addr, v) in h.addresses.iter().filter(|(_, v)| v.refused()) {
+            for a in h.addresses.iter().filter(|a| a.verdict.refused()) {
                 problems.push(format!(
-                    "{role} {} at {addr}: DANE senders would defer mail to it: {v}",
-                    h.host
+                    "{role} {} at {}: DANE senders would defer mail to it: {}",
+                    h.host, a.address, a.verdict
                 ));
             }
             if h.addresses.is_empty() && h.verdict.refused() {

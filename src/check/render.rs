@@ -195,8 +195,8 @@ fn render_dane(o: &mut String, r: &CheckReport) {
             crate::dane::TlsaFound::Failed { why } => format!("TLSA lookup failed: {why}"),
         };
         let _ = writeln!(o, "  {role:<7} {:<36} {tlsa}", h.host.to_string());
-        for (addr, v) in &h.addresses {
-            let _ = writeln!(o, "          at {addr}: {v}");
+        for a in &h.addresses {
+            let _ = writeln!(o, "          at {}: {}", a.address, a.verdict);
         }
         if h.addresses.is_empty() {
             let _ = writeln!(o, "          {}", h.verdict);

@@ -301,8 +301,8 @@ pub fn dane(ev: &crate::dane::Evaluation) -> Found {
             findings.push(format!("primary {}: {state}", h.host));
             continue;
         }
-        for (addr, v) in &h.addresses {
-            findings.push(format!("backup {} at {addr}: {v}", h.host));
+        for a in &h.addresses {
+            findings.push(format!("backup {} at {}: {}", h.host, a.address, a.verdict));
         }
         if h.addresses.is_empty() {
             findings.push(format!("backup {}: {}", h.host, h.verdict));
