@@ -110,6 +110,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
     let prober = Prober {
         resolvers: clients.clone(),
         smtp: SmtpPolicy {
+            keep_chain: true,
             port: req.port,
             timeout: req.timeout,
             // As `serve` would judge it with these timeouts at the default interval.

@@ -182,6 +182,7 @@ async fn probe_backups(cfg: &DomainConfig) -> Result<Vec<TargetEvidence>, String
         dns: SharedDns::unlimited(),
         reuse: Rules::ALWAYS_ASK,
         smtp: SmtpPolicy {
+            keep_chain: true,
             port: c.smtp_port,
             timeout: c.timeout,
             deadline: Some(crate::vantage::probe_deadline(c)),
