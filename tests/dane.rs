@@ -5,6 +5,7 @@
 //! - a `3 1 1` record with the SHA-256 of the backup's SPKI: `mxguard check` exits 0 showing
 //!   the match (and that the unsigned lab zone is not DNSSEC-validated), `mxguard drill`'s
 //!   `dane` step passes;
+//! - TLSA published for a backup that offers no STARTTLS: `mxguard check` exits 1 naming it;
 //! - the same record with a wrong hash: `mxguard check` exits 1 naming the mismatch (and the
 //!   right hash), `mxguard drill` fails its `dane` step and exits 1.
 //!
@@ -55,6 +56,7 @@ async fn check_shows_a_matching_backup_tlsa_and_exits_0() {
         check_lab::SPF_WITH_BACKUP,
         Profile::Mx,
         matching_tlsa,
+        true,
     )
     .await;
     let out = check_lab::run(&lab.args(&[])).await;
@@ -77,9 +79,13 @@ async fn check_shows_a_matching_backup_tlsa_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_a_backup_tlsa_mismatch_and_exits_1() {
-    let lab =
-        check_lab::CheckLab::start_with_tlsa(check_lab::SPF_WITH_BACKUP, Profile::Mx, wrong_tlsa)
-            .await;
+    let lab = check_lab::CheckLab::start_with_tlsa(
+        check_lab::SPF_WITH_BACKUP,
+        Profile::Mx,
+        wrong_tlsa,
+        true,
+    )
+    .await;
     let out = check_lab::run(&lab.args(&[])).await;
     println!("{}", String::from_utf8_lossy(&out.stdout));
     let (code, report) = lab.check_json().await;
@@ -97,6 +103,28 @@ async fn check_reports_a_backup_tlsa_mismatch_and_exits_1() {
     // the primary publishes no TLSA: nothing said about it beyond its verdict
     assert!(
         problems.iter().all(|p| !p.contains("mx1.example.test")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_a_backup_with_tlsa_but_no_starttls_and_exits_1() {
+    let lab = check_lab::CheckLab::start_with_tlsa(
+        check_lab::SPF_WITH_BACKUP,
+        Profile::Mx,
+        matching_tlsa,
+        false,
+    )
+    .await;
+    let (code, report) = lab.check_json().await;
+    assert_eq!(code, 1, "{report:#}");
+    let b = backup_dane(&report);
+    assert_eq!(b["verdict"]["result"], "no_start_tls", "{b:#}");
+    let problems = check_lab::problems(&report);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("DANE senders would defer") && p.contains("STARTTLS not offered")),
         "{problems:?}"
     );
 }

@@ -30,15 +30,17 @@ pub struct CheckLab {
 impl CheckLab {
     /// Starts everything; `spf` is the domain's SPF record, `backup` the backup's profile.
     pub async fn start(spf: &str, backup: Profile) -> CheckLab {
-        CheckLab::start_with_tlsa(spf, backup, |_| String::new()).await
+        CheckLab::start_with_tlsa(spf, backup, |_| String::new(), true).await
     }
 
     /// As [`CheckLab::start`], with more zone lines made from the backup's certificate (PEM),
-    /// issued before the zone is served: `tests/dane.rs` publishes TLSA for it.
+    /// issued before the zone is served: `tests/dane.rs` publishes TLSA for it. Without
+    /// `backup_starttls` the backup offers no STARTTLS.
     pub async fn start_with_tlsa(
         spf: &str,
         backup: Profile,
         zone_extra: impl Fn(&str) -> String,
+        backup_starttls: bool,
     ) -> CheckLab {
         let ca = Ca::new().expect("CA");
         let backup_cert = ca
@@ -77,6 +79,11 @@ impl CheckLab {
         .expect("config")
         .with_cert(backup_cert)
         .with_domain("example.test");
+        let backup = if backup_starttls {
+            backup
+        } else {
+            backup.without_starttls()
+        };
         let mut mtas = Postfix::start_all(vec![primary, backup])
             .await
             .expect("postfix must start");
