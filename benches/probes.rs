@@ -201,6 +201,7 @@ fn pki() -> Pki {
 
 fn policy(port: u16, starttls: StartTls, ca: &std::path::Path) -> SmtpPolicy {
     SmtpPolicy {
+        keep_chain: false,
         port,
         timeout: Duration::from_secs(3),
         deadline: None,

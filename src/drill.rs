@@ -9,10 +9,14 @@
 //! - **A step fails** when it found something a failover would trip on, **passes** when it
 //!   looked and found nothing, and is **not checked** when it could not look (it says why).
 //! - **The drill passes** only when every required step passed: `backup_rcpt`,
-//!   `backup_relay`, `mail_auth`, `mta_sts`, `provider_write` and `plan`, and for a live drill
+//!   `backup_relay`, `mail_auth`, `mta_sts`, `dane`, `provider_write` and `plan`, and for a live drill
 //!   `live_failover` and `live_failback`. A required step that is missing or not checked fails
 //!   the drill: a drill that could not look has not shown that the failover would work.
-//! - **`dane` is always not checked** (TLSA is not built) and never decides the result.
+//! - **`dane`**: fails when every DANE sender would defer mail to a backup host: it publishes
+//!   TLSA at `_25._tcp.HOST` and no usable record matches the certificate an address
+//!   presented, or it does not offer STARTTLS (`src/dane.rs`, RFC 7672); not checked when a
+//!   backup's TLSA lookup failed or its TLS session was not seen with TLSA published; passes
+//!   otherwise. A backup without TLSA behind primaries that publish it is noted (a downgrade).
 //! - **`backup_rcpt`**: every backup host resolves at the resolver quorum and at least one of
 //!   its addresses accepts `RCPT TO:<postmaster@DOMAIN>` (stricter than the health verdict,
 //!   where one Up host is enough: a drill reports every host that would turn senders away).
@@ -80,7 +84,6 @@ impl StepKind {
     /// Whether the drill needs this step to pass (see the module's rules).
     pub fn required(self, live: bool) -> bool {
         match self {
-            StepKind::Dane => false,
             StepKind::LiveFailover | StepKind::LiveFailback => live,
             _ => true,
         }

@@ -252,6 +252,7 @@ impl Engine {
                             interval: c.interval,
                         },
                         smtp: SmtpPolicy {
+                            keep_chain: false,
                             port: c.smtp_port,
                             timeout: c.timeout,
                             deadline: Some(vantage::probe_deadline(c)),

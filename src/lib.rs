@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dane;
 pub mod demo;
 pub mod drill;
 pub mod engine;

@@ -2,7 +2,8 @@
 //! What each resolver says about the MX set and its hosts, each address's SMTP dialogue and
 //! certificate, SPF / DMARC / DKIM, whether each backup passes the domain's SPF, and the
 //! domain's MTA-STS policy and TLS-RPT record with whether compliant senders would deliver to
-//! each backup (`src/mtasts.rs`).
+//! each backup (`src/mtasts.rs`), and each host's TLSA with whether DANE senders would deliver
+//! to it (`src/dane.rs`).
 
 pub mod auth;
 mod render;
@@ -80,6 +81,8 @@ pub struct CheckReport {
     pub dkim: Vec<PolicyRecord>,
     pub backup_spf: Vec<BackupSpf>,
     pub mta_sts: MtaStsCheck,
+    /// Each target's TLSA and what a DANE sender would do with it (`src/dane.rs`).
+    pub dane: crate::dane::Evaluation,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub ok: bool,
@@ -107,6 +110,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
     let prober = Prober {
         resolvers: clients.clone(),
         smtp: SmtpPolicy {
+            keep_chain: true,
             port: req.port,
             timeout: req.timeout,
             // As `serve` would judge it with these timeouts at the default interval.
@@ -327,6 +331,11 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
     }
     let mta_sts = MtaStsCheck { report, evaluation };
 
+    // 5. DANE: each target's TLSA against what each of its addresses presented.
+    let dane = dane(&clients, &targets).await;
+    problems.extend(dane.problems.iter().cloned());
+    warnings.extend(dane.notes.iter().cloned());
+
     Ok(CheckReport {
         domain: req.domain.clone(),
         checked_at: now,
@@ -341,10 +350,26 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         dkim,
         backup_spf,
         mta_sts,
+        dane,
         ok: problems.is_empty(),
         problems,
         warnings,
     })
+}
+
+/// Looks up every target's TLSA and judges it against the target's SMTP reports.
+async fn dane(clients: &[DnsClient], targets: &[TargetView]) -> crate::dane::Evaluation {
+    let hosts = join_all(targets.iter().map(|t| async move {
+        let tlsa = crate::dane::lookup::tlsa(clients, &t.host).await;
+        let presented = t
+            .smtp
+            .iter()
+            .map(|r| (r.address.to_string(), crate::dane::lookup::presented(r)))
+            .collect();
+        crate::dane::HostDane::judge(t.host.clone(), t.role, tlsa, presented)
+    }))
+    .await;
+    crate::dane::Evaluation::new(hosts)
 }
 
 fn describe_mx(a: &DnsAnswer) -> String {

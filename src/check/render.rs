@@ -103,6 +103,7 @@ pub fn render_table(r: &CheckReport) -> String {
         let _ = writeln!(o, "  backup {} {} in SPF: {}", b.host, b.address, b.result);
     }
     render_mta_sts(&mut o, r);
+    render_dane(&mut o, r);
     if let Some(ttl) = r.mx_ttl {
         let _ = writeln!(o, "\nMX TTL: {ttl} s");
     }
@@ -169,6 +170,36 @@ fn render_mta_sts(o: &mut String, r: &CheckReport) {
         }
         (None, None) => {
             let _ = writeln!(o, "  TLS-RPT: none");
+        }
+    }
+}
+
+fn render_dane(o: &mut String, r: &CheckReport) {
+    let _ = writeln!(o, "\nDANE (TLSA at _25._tcp.HOST):");
+    for h in &r.dane.hosts {
+        let role = h.role.as_str();
+        let tlsa = match &h.tlsa {
+            crate::dane::TlsaFound::None => "no TLSA".to_string(),
+            crate::dane::TlsaFound::Records {
+                records,
+                authenticated,
+            } => {
+                let shown: Vec<String> = records.iter().map(|t| t.to_string()).collect();
+                let ad = if *authenticated {
+                    "DNSSEC-validated"
+                } else {
+                    "not DNSSEC-validated"
+                };
+                format!("TLSA {} ({ad})", shown.join(", "))
+            }
+            crate::dane::TlsaFound::Failed { why } => format!("TLSA lookup failed: {why}"),
+        };
+        let _ = writeln!(o, "  {role:<7} {:<36} {tlsa}", h.host.to_string());
+        for a in &h.addresses {
+            let _ = writeln!(o, "          at {}: {}", a.address, a.verdict);
+        }
+        if h.addresses.is_empty() {
+            let _ = writeln!(o, "          {}", h.verdict);
         }
     }
 }

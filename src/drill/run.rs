@@ -130,7 +130,12 @@ pub async fn run(cfg: &DomainConfig, deps: &Deps, ask: &Ask) -> DrillReport {
     };
     steps.push(found.step(StepKind::MtaSts, t.elapsed()));
 
-    steps.push(super::dane().step(StepKind::Dane, Duration::ZERO));
+    let t = Instant::now();
+    let found = match &probed {
+        Ok(ev) => super::dane(&dane(cfg, ev).await),
+        Err(e) => Found::not_checked(format!("the backup was not probed: {e}")),
+    };
+    steps.push(found.step(StepKind::Dane, t.elapsed()));
 
     let t = Instant::now();
     let found = match &deps.access {
@@ -177,6 +182,7 @@ async fn probe_backups(cfg: &DomainConfig) -> Result<Vec<TargetEvidence>, String
         dns: SharedDns::unlimited(),
         reuse: Rules::ALWAYS_ASK,
         smtp: SmtpPolicy {
+            keep_chain: true,
             port: c.smtp_port,
             timeout: c.timeout,
             deadline: Some(crate::vantage::probe_deadline(c)),
@@ -204,6 +210,43 @@ async fn probe_backups(cfg: &DomainConfig) -> Result<Vec<TargetEvidence>, String
         .collect();
     let now = Utc::now();
     Ok(join_all(specs.iter().map(|s| prober.probe_target(s, now))).await)
+}
+
+/// The TLSA of every primary host (whether the domain uses DANE) and of every backup host,
+/// the backup's judged against what each probed address presented.
+async fn dane(cfg: &DomainConfig, evidence: &[TargetEvidence]) -> crate::dane::Evaluation {
+    use crate::dane::{lookup, HostDane};
+    let c = &cfg.checks;
+    let clients: Vec<DnsClient> = c
+        .resolvers
+        .iter()
+        .map(|r| DnsClient::resolver(*r, c.timeout))
+        .collect();
+    let managed = Managed::new(cfg);
+    let primaries = join_all(managed.hosts(Side::Primary).into_iter().map(|host| {
+        let clients = &clients;
+        async move {
+            let tlsa = lookup::tlsa(clients, &host).await;
+            // not probed here: only whether they publish TLSA matters to the backup's verdict
+            HostDane::judge(host, Side::Primary, tlsa, Vec::new())
+        }
+    }))
+    .await;
+    let backups = join_all(evidence.iter().map(|ev| {
+        let clients = &clients;
+        async move {
+            let host = ev.round.target.clone();
+            let tlsa = lookup::tlsa(clients, &host).await;
+            let presented = ev
+                .smtp
+                .iter()
+                .map(|r| (r.address.to_string(), lookup::presented(r)))
+                .collect();
+            HostDane::judge(host, Side::Backup, tlsa, presented)
+        }
+    }))
+    .await;
+    crate::dane::Evaluation::new(primaries.into_iter().chain(backups).collect())
 }
 
 /// SPF, DMARC and DKIM through the first resolver, and the backup's addresses against the SPF.

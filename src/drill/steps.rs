@@ -280,9 +280,64 @@ pub fn mta_sts(view: &MtaStsView) -> Found {
     }
 }
 
-/// `dane`: not built.
-pub fn dane() -> Found {
-    Found::not_checked("DANE (TLSA records for the backup) is not built in mxguard: not checked")
+/// `dane`: fails when DANE senders would defer mail to a backup (its TLSA matches no
+/// certificate it presents, or it publishes TLSA without offering STARTTLS); not checked when
+/// a backup's TLSA or TLS session could not be seen; passes otherwise, a backup without TLSA
+/// behind DANE primaries (a downgrade) noted among the findings.
+pub fn dane(ev: &crate::dane::Evaluation) -> Found {
+    use crate::dane::Verdict;
+    let backups: Vec<&crate::dane::HostDane> = ev.backups().collect();
+    if backups.is_empty() {
+        return Found::not_checked("no backup host to look up");
+    }
+    let mut findings: Vec<String> = Vec::new();
+    for h in &ev.hosts {
+        if h.role == Side::Primary {
+            let state = if h.publishes() {
+                "publishes TLSA"
+            } else {
+                "publishes no TLSA"
+            };
+            findings.push(format!("primary {}: {state}", h.host));
+            continue;
+        }
+        for a in &h.addresses {
+            findings.push(format!("backup {} at {}: {}", h.host, a.address, a.verdict));
+        }
+        if h.addresses.is_empty() {
+            findings.push(format!("backup {}: {}", h.host, h.verdict));
+        }
+    }
+    findings.extend(ev.notes.iter().cloned());
+    let refused: Vec<String> = backups
+        .iter()
+        .filter(|h| h.verdict.refused())
+        .map(|h| {
+            format!(
+                "DANE senders would defer mail to backup {}: {}",
+                h.host, h.verdict
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Found::new(Outcome::Fail, refused.join("; "), findings);
+    }
+    if let Some(h) = backups
+        .iter()
+        .find(|h| matches!(h.verdict, Verdict::NotChecked(_)))
+    {
+        return Found::new(
+            Outcome::NotChecked,
+            format!("backup {}: {}", h.host, h.verdict),
+            findings,
+        );
+    }
+    let summary = if backups.iter().all(|h| !h.publishes()) {
+        "no backup publishes TLSA: DANE senders deliver to it with opportunistic TLS"
+    } else {
+        "DANE senders would deliver to every backup: its TLSA matches (or none is usable)"
+    };
+    Found::new(Outcome::Pass, summary, findings)
 }
 
 /// `provider_write`: the provider's write check that changes nothing.

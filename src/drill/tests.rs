@@ -30,15 +30,9 @@ fn ok_step(step: StepKind) -> Step {
     Found::new(Outcome::Pass, "ok", vec![]).step(step, Duration::from_millis(1))
 }
 
-/// Every step of a drill passing, DANE not checked.
+/// Every step of a drill passing.
 fn passing(live: bool) -> Vec<Step> {
-    StepKind::all(live)
-        .into_iter()
-        .map(|k| match k {
-            StepKind::Dane => dane().step(k, Duration::ZERO),
-            k => ok_step(k),
-        })
-        .collect()
+    StepKind::all(live).into_iter().map(ok_step).collect()
 }
 
 fn with(mut steps: Vec<Step>, kind: StepKind, outcome: Outcome) -> Vec<Step> {
@@ -55,12 +49,7 @@ fn a_drill_passes_only_when_every_required_step_passed() {
     for kind in StepKind::all(true) {
         for outcome in [Outcome::Fail, Outcome::NotChecked] {
             let steps = with(passing(true), kind, outcome);
-            let want = if kind == StepKind::Dane && outcome == Outcome::NotChecked {
-                DrillResult::Pass
-            } else {
-                DrillResult::Fail
-            };
-            assert_eq!(judge(&steps, true), want, "{kind} {outcome:?}");
+            assert_eq!(judge(&steps, true), DrillResult::Fail, "{kind} {outcome:?}");
         }
     }
     // a required step missing: the drill did not look
@@ -69,10 +58,10 @@ fn a_drill_passes_only_when_every_required_step_passed() {
     assert_eq!(judge(&steps, false), DrillResult::Fail);
     // a live drill without its moves did not show them
     assert_eq!(judge(&passing(false), true), DrillResult::Fail);
-    // DANE is never required
+    // DANE is required like the others
     let mut steps = passing(false);
     steps.retain(|s| s.step != StepKind::Dane);
-    assert_eq!(judge(&steps, false), DrillResult::Pass);
+    assert_eq!(judge(&steps, false), DrillResult::Fail);
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
@@ -85,7 +74,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 
 proptest! {
     /// Whatever the steps found: the drill passes exactly when no step failed and every
-    /// required one passed; DANE not checked never changes the result.
+    /// required one passed.
     #[test]
     fn the_result_follows_the_steps(live: bool, outcomes in proptest::collection::vec(outcome(), 9)) {
         let steps: Vec<Step> = StepKind::all(live)
@@ -144,6 +133,7 @@ fn smtp(failure: Option<Failure>, rcpt: Option<(u16, bool)>, relay: Option<u16>)
         phases,
         starttls_offered: Some(true),
         certificate: None,
+        chain: vec![],
         latency_ms: 30,
         recipients: rcpt
             .map(|(code, ok)| Recipient {
@@ -352,7 +342,78 @@ fn mta_sts_fails_when_an_enforce_policy_refuses_the_backup_or_cannot_be_read() {
     assert_eq!(f.outcome, Outcome::Fail, "{f:?}");
     let testing = policy(StsMode::Testing, &["mx1.example.test"]);
     assert_eq!(mta_sts(&view(Some(testing), None)).outcome, Outcome::Pass);
-    assert_eq!(dane().outcome, Outcome::NotChecked);
+}
+
+/// A backup whose TLSA matches / does not match / is absent, behind primaries with or without.
+#[test]
+fn dane_fails_a_backup_dane_senders_would_refuse_and_notes_a_downgrade() {
+    use crate::dane::{Evaluation, HostDane, Presented, Tlsa, TlsaFound};
+    let leaf = rcgen::generate_simple_self_signed(vec!["backup.example.test".to_string()])
+        .expect("cert")
+        .cert
+        .der()
+        .to_vec();
+    let spki_hash = crate::dane::spki_sha256(&leaf).expect("spki");
+    let data: Vec<u8> = (0..spki_hash.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&spki_hash[i..i + 2], 16).expect("hex"))
+        .collect();
+    let tlsa = |data: Vec<u8>| TlsaFound::Records {
+        records: vec![Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data,
+        }],
+        authenticated: false,
+    };
+    let backup = |found: TlsaFound, p: Presented| {
+        HostDane::judge(
+            name("backup.example.test"),
+            Side::Backup,
+            found,
+            vec![("127.0.0.21:25".into(), p)],
+        )
+    };
+    let primary =
+        |found: TlsaFound| HostDane::judge(name("mx1.example.test"), Side::Primary, found, vec![]);
+    let chain = Presented::Chain(vec![leaf.clone()]);
+
+    let ok = dane(&Evaluation::new(vec![
+        primary(tlsa(data.clone())),
+        backup(tlsa(data.clone()), chain.clone()),
+    ]));
+    assert_eq!(ok.outcome, Outcome::Pass, "{ok:?}");
+
+    let wrong = dane(&Evaluation::new(vec![
+        primary(TlsaFound::None),
+        backup(tlsa(vec![0; 32]), chain.clone()),
+    ]));
+    assert_eq!(wrong.outcome, Outcome::Fail, "{wrong:?}");
+    assert!(wrong.summary.contains("MISMATCH"), "{wrong:?}");
+
+    let plain = dane(&Evaluation::new(vec![
+        primary(TlsaFound::None),
+        backup(tlsa(data.clone()), Presented::NoStartTls),
+    ]));
+    assert_eq!(plain.outcome, Outcome::Fail, "{plain:?}");
+
+    let downgrade = dane(&Evaluation::new(vec![
+        primary(tlsa(data.clone())),
+        backup(TlsaFound::None, chain.clone()),
+    ]));
+    assert_eq!(downgrade.outcome, Outcome::Pass, "{downgrade:?}");
+    assert!(
+        downgrade.findings.iter().any(|f| f.contains("downgrades")),
+        "{downgrade:?}"
+    );
+
+    let unseen = dane(&Evaluation::new(vec![backup(
+        tlsa(data),
+        Presented::NotSeen("connection refused".into()),
+    )]));
+    assert_eq!(unseen.outcome, Outcome::NotChecked, "{unseen:?}");
+    assert_eq!(dane(&Evaluation::new(vec![])).outcome, Outcome::NotChecked);
 }
 
 fn access(write: AccessOutcome) -> AccessReport {
@@ -476,7 +537,6 @@ fn the_report_reads_as_a_table_and_one_line() {
     let text = render(&report);
     assert!(text.contains("drill example.test: FAIL"), "{text}");
     assert!(text.contains("FAIL         backup_relay"), "{text}");
-    assert!(text.contains("NOT CHECKED  dane"), "{text}");
     assert!(
         report.message().starts_with(
             "drill of example.test FAILED in 412 ms (by ops: quarterly): backup_relay failed"

@@ -92,6 +92,7 @@ fn smtp_report(spec: &TargetSpec, refused: &[String]) -> SmtpReport {
         phases: vec![],
         starttls_offered: Some(true),
         certificate: None,
+        chain: vec![],
         latency_ms: 1,
         recipients,
     }

@@ -157,6 +157,20 @@ impl DnsClient {
         answer
     }
 
+    /// The whole reply to `rtype` at `name`, for types the model does not carry (TLSA), with
+    /// the AD bit set in the query (RFC 6840 §5.7) so that a validating resolver says in its
+    /// answer whether it validated it. Errors are timeouts and transport failures.
+    pub async fn query_message(&self, name: &Fqdn, rtype: WireType) -> Result<Message, String> {
+        let work = async {
+            let mut request = self.request_wire(name, rtype)?;
+            request.metadata.authentic_data = true;
+            self.send(&request, &mut false).await
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| format!("timeout after {:?} asking {}", self.timeout, self.server))?
+    }
+
     async fn exchange(
         &self,
         name: &Fqdn,
@@ -164,20 +178,28 @@ impl DnsClient {
         via_tcp: &mut bool,
     ) -> Result<Message, String> {
         let request = self.request(name, rtype)?;
+        self.send(&request, via_tcp).await
+    }
+
+    async fn send(&self, request: &Message, via_tcp: &mut bool) -> Result<Message, String> {
         let bytes = request.to_vec().map_err(|e| e.to_string())?;
         // An answer larger than the UDP buffer is asked again over TCP, as a truncated one is.
-        let reply = self.udp(&bytes, &request).await?;
+        let reply = self.udp(&bytes, request).await?;
         if let Some(reply) = reply.filter(|r| !r.metadata.truncation) {
             return Ok(reply);
         }
         *via_tcp = true;
-        self.tcp(&bytes, &request).await
+        self.tcp(&bytes, request).await
     }
 
     fn request(&self, name: &Fqdn, rtype: RecordType) -> Result<Message, String> {
+        self.request_wire(name, wire_type(rtype))
+    }
+
+    fn request_wire(&self, name: &Fqdn, rtype: WireType) -> Result<Message, String> {
         let qname = Name::from_ascii(name.as_str()).map_err(|e| e.to_string())?;
         let mut msg = Message::query();
-        msg.add_query(Query::query(qname, wire_type(rtype)));
+        msg.add_query(Query::query(qname, rtype));
         msg.metadata.recursion_desired = self.recursion;
         let mut edns = Edns::new();
         edns.set_max_payload(EDNS_PAYLOAD);

@@ -40,6 +40,9 @@ pub struct SmtpPolicy {
     pub tls: Arc<rustls::ClientConfig>,
     /// RCPT checks; `None` skips them.
     pub rcpt: Option<RcptCheck>,
+    /// Keep the peer's DER chain in the report (`SmtpReport::chain`) for DANE: `check` and
+    /// drills do; `serve` does not, since its reports are cloned per domain every round.
+    pub keep_chain: bool,
 }
 
 /// RCPT checks: one session carries those of every domain that shares the host, in
@@ -188,6 +191,11 @@ pub struct SmtpReport {
     pub phases: Vec<PhaseRecord>,
     pub starttls_offered: Option<bool>,
     pub certificate: Option<CertificateInfo>,
+    /// The peer's chain as presented (DER, leaf first), for DANE (`crate::dane`), when
+    /// [`SmtpPolicy::keep_chain`]: not serialized (the `certificate` facts are what reports
+    /// show).
+    #[serde(skip)]
+    pub chain: Vec<Vec<u8>>,
     pub latency_ms: u64,
     /// The postmaster RCPT of each domain checked in this session. `pass` and `failure` are
     /// the host's alone (a host that refuses one domain's postmaster still serves the others);
@@ -231,6 +239,7 @@ impl SmtpReport {
             phases,
             starttls_offered: self.starttls_offered,
             certificate: self.certificate.clone(),
+            chain: self.chain.clone(),
             latency_ms: self.latency_ms,
             recipients: mine.cloned().into_iter().collect(),
         }
@@ -322,6 +331,7 @@ pub async fn probe(
             phases: Vec::new(),
             starttls_offered: None,
             certificate: None,
+            chain: Vec::new(),
             latency_ms: 0,
             recipients: Vec::new(),
         },
@@ -611,6 +621,12 @@ impl Session<'_> {
             .protocol_version()
             .map(|v| format!("{v:?}"))
             .unwrap_or_default();
+        if self.policy.keep_chain {
+            self.report.chain = session
+                .peer_certificates()
+                .map(|c| c.iter().map(|der| der.as_ref().to_vec()).collect())
+                .unwrap_or_default();
+        }
         let cert = session
             .peer_certificates()
             .and_then(|c| c.first())

@@ -314,6 +314,7 @@ mod tests {
             phases: vec![],
             starttls_offered: Some(true),
             certificate: None,
+            chain: vec![],
             latency_ms: 3,
             recipients,
         }

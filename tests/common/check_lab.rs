@@ -30,11 +30,28 @@ pub struct CheckLab {
 impl CheckLab {
     /// Starts everything; `spf` is the domain's SPF record, `backup` the backup's profile.
     pub async fn start(spf: &str, backup: Profile) -> CheckLab {
+        CheckLab::start_with_tlsa(spf, backup, |_| String::new(), true).await
+    }
+
+    /// As [`CheckLab::start`], with more zone lines made from the backup's certificate (PEM),
+    /// issued before the zone is served: `tests/dane.rs` publishes TLSA for it. Without
+    /// `backup_starttls` the backup offers no STARTTLS.
+    pub async fn start_with_tlsa(
+        spf: &str,
+        backup: Profile,
+        zone_extra: impl Fn(&str) -> String,
+        backup_starttls: bool,
+    ) -> CheckLab {
+        let ca = Ca::new().expect("CA");
+        let backup_cert = ca
+            .leaf(&["backup.example.test"], mxguard_testpeers::CertKind::Valid)
+            .expect("backup certificate");
         let records = format!(
             "@ 300 IN MX 10 mx1\n@ 300 IN TXT \"{spf}\"\n\
              _dmarc 300 IN TXT \"v=DMARC1; p=reject; rua=mailto:dmarc@example.test\"\n\
              sel._domainkey 300 IN TXT \"{DKIM}\"\n\
-             mx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n"
+             mx1 300 IN A {PRIMARY_IP}\nbackup 300 IN A {BACKUP_IP}\n{}",
+            zone_extra(&backup_cert.cert_pem)
         );
         let named = Named::start(&[Zone::new("example.test", &records)], None)
             .await
@@ -44,7 +61,6 @@ impl CheckLab {
             Unbound::start("example.test", named.addr(), UnboundOptions::default())
         );
         let resolvers = vec![u1.expect("unbound"), u2.expect("unbound")];
-        let ca = Ca::new().expect("CA");
         let ips: Vec<IpAddr> = [PRIMARY_IP, BACKUP_IP]
             .iter()
             .map(|s| s.parse().expect("ip"))
@@ -61,7 +77,13 @@ impl CheckLab {
             }
         }
         .expect("config")
+        .with_cert(backup_cert)
         .with_domain("example.test");
+        let backup = if backup_starttls {
+            backup
+        } else {
+            backup.without_starttls()
+        };
         let mut mtas = Postfix::start_all(vec![primary, backup])
             .await
             .expect("postfix must start");

@@ -206,6 +206,9 @@ pub struct Layout {
     pub mail_auth: bool,
     /// More lines for the lab domain's `[[domains]]` entry, e.g. `drill_every = "3s"`.
     pub domain_extra: String,
+    /// More example.test zone lines (no `mx_zone`) made from the backup's certificate (PEM),
+    /// which is issued before the zone is served: `tests/dane.rs` publishes its TLSA.
+    pub backup_zone_extra: Option<fn(&str) -> String>,
 }
 
 /// The SPF record [`Layout::mail_auth`] publishes: both MTAs may send for example.test.
@@ -248,6 +251,7 @@ impl Default for Layout {
             failover_ttl: None,
             mail_auth: false,
             domain_extra: String::new(),
+            backup_zone_extra: None,
         }
     }
 }
@@ -264,6 +268,10 @@ impl Lab {
             algorithm: "hmac-sha256".into(),
             secret_b64: SECRET.into(),
         };
+        let ca = Ca::new().expect("ca");
+        let backup_cert = ca
+            .leaf(&["backup.example.test", A_HOST], CertKind::Valid)
+            .expect("cert");
         let mut zones = Vec::new();
         let mx_host = match layout.mx_zone {
             None => {
@@ -298,6 +306,9 @@ impl Lab {
                         "mta-sts 300 IN A 127.0.0.1\n_mta-sts 300 IN TXT \"v=STSv1; id=lab1\"\n_smtp._tls 300 IN TXT \"v=TLSRPTv1; rua={LAB_TLSRPT}\"\n"
                     ));
                 }
+                if let Some(extra) = layout.backup_zone_extra {
+                    records.push_str(&extra(&backup_cert.cert_pem));
+                }
                 zones.push(Zone::new("example.test", &records));
                 "mx1.example.test".to_string()
             }
@@ -330,7 +341,6 @@ impl Lab {
             );
         }
         let servfail = RcodeServer::start(ResponseCode::ServFail).expect("SERVFAIL server");
-        let ca = Ca::new().expect("ca");
         let ips: Vec<IpAddr> = [PRIMARY_IP, BACKUP_IP]
             .iter()
             .map(|s| s.parse().expect("ip"))
@@ -344,10 +354,7 @@ impl Lab {
         let backup_cfg =
             PostfixConfig::mx(&ca, "backup.example.test", SocketAddr::new(ips[1], port))
                 .expect("cfg")
-                .with_cert(
-                    ca.leaf(&["backup.example.test", A_HOST], CertKind::Valid)
-                        .expect("cert"),
-                )
+                .with_cert(backup_cert)
                 .with_domain("example.test");
         let mut mtas = Postfix::start_all(vec![primary_cfg, backup_cfg])
             .await

@@ -45,6 +45,7 @@ pub fn fqdn(s: &str) -> Fqdn {
 /// A policy for `port` trusting `ca` (besides the system roots), with `timeout` per phase.
 pub fn policy(ca: &Ca, port: u16, starttls: StartTls, timeout: Duration) -> SmtpPolicy {
     SmtpPolicy {
+        keep_chain: false,
         port,
         timeout,
         deadline: None,

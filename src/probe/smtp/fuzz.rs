@@ -323,6 +323,7 @@ async fn probe_scripted(
         })
     };
     let policy = SmtpPolicy {
+        keep_chain: false,
         port: addr.port(),
         timeout: Duration::from_secs(10),
         deadline: Some(Duration::from_secs(30)),
