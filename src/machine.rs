@@ -1107,21 +1107,36 @@ fn lower(
         return;
     }
     let why = sign.describe();
+    let publish = format!(
+        "early TTL lowering {original} → {} s: {why}",
+        policy.failover_ttl
+    );
+    start_lowering(state, original, why, publish, now, policy, fx);
+}
+
+/// Starts a TTL lowering (early or for a maintenance window): remembered with its original
+/// TTL before the write, which republishes the primary's records at the failover TTL.
+fn start_lowering(
+    state: &mut DomainState,
+    original: u32,
+    why: String,
+    publish: String,
+    now: Time,
+    policy: &Policy,
+    fx: &mut Vec<Effect>,
+) {
     state.early_ttl = Some(EarlyTtl {
         original,
         lowered: policy.failover_ttl,
         stage: TtlStage::Lowering,
         since: now,
-        why: why.clone(),
+        why,
         quiet_since: None,
     });
     state.ttl_lowered_at = Some(now);
     fx.push(Effect::Publish {
         side: Side::Primary,
-        why: format!(
-            "early TTL lowering {original} → {} s: {why}",
-            policy.failover_ttl
-        ),
+        why: publish,
         from: None,
     });
 }
@@ -1631,23 +1646,11 @@ fn lower_for_maintenance(
         return;
     };
     let why = format!("maintenance window from {} ({})", m.start, m.reason);
-    state.early_ttl = Some(EarlyTtl {
-        original,
-        lowered: policy.failover_ttl,
-        stage: TtlStage::Lowering,
-        since: now,
-        why: why.clone(),
-        quiet_since: None,
-    });
-    state.ttl_lowered_at = Some(now);
-    fx.push(Effect::Publish {
-        side: Side::Primary,
-        why: format!(
-            "TTL lowered {original} → {} s ahead of the {why}",
-            policy.failover_ttl
-        ),
-        from: None,
-    });
+    let publish = format!(
+        "TTL lowered {original} → {} s ahead of the {why}",
+        policy.failover_ttl
+    );
+    start_lowering(state, original, why, publish, now, policy, fx);
 }
 
 fn start_maintenance(state: &mut DomainState, m: Maintenance, now: Time, fx: &mut Vec<Effect>) {

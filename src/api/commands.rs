@@ -96,6 +96,24 @@ async fn send(
     })))
 }
 
+/// `field` (a pin's or a window's end) must be in the future and at most [`PIN_MAX_DAYS`] away.
+fn ahead(field: &str, t: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), ApiError> {
+    if t <= now {
+        return Err(ApiError::Validation(format!(
+            "{field} {} is not in the future (now {})",
+            rfc3339(t),
+            rfc3339(now)
+        )));
+    }
+    if t > now + chrono::Duration::days(PIN_MAX_DAYS) {
+        return Err(ApiError::Validation(format!(
+            "{field} {} is more than {PIN_MAX_DAYS} days away",
+            rfc3339(t)
+        )));
+    }
+    Ok(())
+}
+
 fn who(caller: &Caller, reason: &str) -> String {
     format!("by {}: {reason}", caller.name)
 }
@@ -205,19 +223,7 @@ pub async fn pin(
         let (cfg, _) = api.domain(&domain)?;
         let b = &m.body;
         let now = Utc::now();
-        if b.until <= now {
-            return Err(ApiError::Validation(format!(
-                "until {} is not in the future (now {})",
-                rfc3339(b.until),
-                rfc3339(now)
-            )));
-        }
-        if b.until > now + chrono::Duration::days(PIN_MAX_DAYS) {
-            return Err(ApiError::Validation(format!(
-                "until {} is more than {PIN_MAX_DAYS} days away",
-                rfc3339(b.until)
-            )));
-        }
+        ahead("until", b.until, now)?;
         let message = format!(
             "{} pinned to {} until {} {}",
             cfg.name.without_dot(),
@@ -252,19 +258,7 @@ pub async fn maintenance(
                 rfc3339(b.start)
             )));
         }
-        if b.end <= now {
-            return Err(ApiError::Validation(format!(
-                "end {} is not in the future (now {})",
-                rfc3339(b.end),
-                rfc3339(now)
-            )));
-        }
-        if b.end > now + chrono::Duration::days(PIN_MAX_DAYS) {
-            return Err(ApiError::Validation(format!(
-                "end {} is more than {PIN_MAX_DAYS} days away",
-                rfc3339(b.end)
-            )));
-        }
+        ahead("end", b.end, now)?;
         let message = format!(
             "{} maintenance window scheduled: the {} from {} to {} {}",
             cfg.name.without_dot(),
