@@ -19,6 +19,7 @@ pub mod error;
 mod handle;
 mod leading;
 mod loader;
+pub mod mirrors;
 mod mtasts;
 mod publishing;
 mod reconcile;
@@ -79,6 +80,15 @@ pub struct Actor {
     /// The change running is a TTL write (early TTL lowering or its restore): a move decided
     /// meanwhile supersedes it.
     running_ttl_write: bool,
+    /// The change running publishes again at the providers behind (`mirrors`): a move decided
+    /// meanwhile supersedes it, and its outcome never reaches the machine.
+    running_catch_up: bool,
+    /// The providers of a zone served by several that have not taken the published side.
+    behind: Option<mirrors::Behind>,
+    /// Each provider's answer to the latest reconcile read (several providers only).
+    views: Vec<mirrors::ProviderView>,
+    /// The providers serving neither side, reported once per episode.
+    mirror_drift: std::collections::BTreeSet<String>,
     /// The provider lockout (its end, in Unix seconds) the timeline already said the change
     /// in flight waits for.
     waiting_noted: Option<i64>,
@@ -161,6 +171,10 @@ impl Actor {
             read_alerted: false,
             change_running: false,
             running_ttl_write: false,
+            running_catch_up: false,
+            behind: None,
+            views: Vec::new(),
+            mirror_drift: Default::default(),
             waiting_noted: None,
             publishing: None,
             changes_started: 0,
@@ -228,7 +242,9 @@ impl Actor {
                 _ = retry => {
                     self.retry_at = None;
                     if let Some(side) = self.state.machine.in_flight {
-                        self.start_change(side, None).await;
+                        self.start_change(side, Vec::new()).await;
+                    } else {
+                        self.start_catch_up().await;
                     }
                 }
                 _ = clock.sleep_until(next_read) => {
@@ -268,13 +284,12 @@ impl Actor {
             Msg::ChangeWaiting(side, until) => self.on_change_waiting(side, until).await,
             Msg::Revert { revert, reply } => self.on_revert(revert, reply).await,
             Msg::MtaSts(view) => self.on_mta_sts(*view).await,
-            Msg::Observed { changes, live } => {
+            Msg::Observed { changes, reads } => {
                 self.observing = false;
-                match *live {
-                    // A change started since the read began: what it saw may be gone.
-                    Ok(_) if changes != self.changes_started || self.change_running => {}
-                    Ok(live) => self.on_observed(live).await,
-                    Err(e) => self.on_read_failed(&e).await,
+                // A change started since the read began: what it saw may be gone.
+                let stale = changes != self.changes_started || self.change_running;
+                if !stale || reads.iter().all(|(_, r)| r.is_err()) {
+                    self.on_read_all(reads).await;
                 }
             }
         }

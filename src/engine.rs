@@ -79,7 +79,7 @@ fn reconcile_periods(config: &Config, providers: &ProviderRegistry) -> BTreeMap<
         let cost: u32 = config
             .domains
             .iter()
-            .filter(|d| &d.provider == name)
+            .filter(|d| d.uses(name))
             .map(|d| built.client.read_cost(&Managed::new(d).keys()))
             .sum();
         let period = reconcile_period(cost, rate, Duration::ZERO);
@@ -267,11 +267,28 @@ impl Engine {
                     })
                 })
                 .clone();
-            let authoritative = if d.authoritative.is_empty() {
-                provider.primary.into_iter().collect()
-            } else {
-                d.authoritative.clone()
+            let verify_at = |name: &str, built: &BuiltProvider| {
+                let configured = d.authoritative_for(name);
+                if configured.is_empty() {
+                    built.primary.into_iter().collect()
+                } else {
+                    configured
+                }
             };
+            let authoritative = verify_at(&d.provider, provider);
+            let mut mirrors = Vec::new();
+            for name in &d.mirrors {
+                let built = providers
+                    .get(name)
+                    .ok_or_else(|| derr(format!("unknown provider {name}")))?;
+                mirrors.push(crate::actor::mirrors::Mirror {
+                    name: name.clone(),
+                    client: built.client.clone(),
+                    observer: built.observer.clone(),
+                    background: built.background.clone(),
+                    authoritative: verify_at(name, built),
+                });
+            }
             let verifier = Verifier {
                 authoritative,
                 resolvers: c.resolvers.clone(),
@@ -285,14 +302,16 @@ impl Engine {
                 provider: provider.client.clone(),
                 observer: provider.observer.clone(),
                 background: provider.background.clone(),
-                reconcile: reconcile
-                    .get(&d.provider)
-                    .map_or(c.reconcile_interval, |p| c.reconcile_interval.max(*p)),
+                reconcile: d
+                    .providers()
+                    .filter_map(|p| reconcile.get(p))
+                    .fold(c.reconcile_interval, |a, p| a.max(*p)),
                 verifier,
                 fence: leadership.clone(),
                 vantage_quorum: config.cluster.vantage_quorum,
                 board: board.clone(),
                 provider_name: d.provider.clone(),
+                mirrors,
                 events: engine.events.clone(),
                 clock: crate::clock::WallClock::default(),
             };
@@ -335,7 +354,7 @@ impl Engine {
                 forward.offer_round(report, own)
             });
             monitors.add_sink(d.name.clone(), targets(d, &managed), settings, prober, sink);
-            tracing::info!(domain = %d.name, provider = %d.provider, mode = %d.targets.mode(), "domain controller started");
+            tracing::info!(domain = %d.name, provider = %d.provider, mirrors = ?d.mirrors, mode = %d.targets.mode(), "domain controller started");
             engine.domains.insert(d.name.clone(), handle);
         }
         monitors.spawn(shutdown, tasks);

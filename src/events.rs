@@ -83,6 +83,9 @@ pub enum EventKind {
     /// failover and failback); pass or fail per step (`src/drill.rs`).
     #[serde(rename = "drill")]
     Drill,
+    /// A provider of a zone served by several serves the published side again (`mirrors`).
+    #[serde(rename = "provider_caught_up")]
+    ProviderCaughtUp,
     /// Both sides are Down; the published records are kept.
     #[serde(rename = "alert.both_down")]
     BothDown,
@@ -115,6 +118,10 @@ pub enum EventKind {
     /// A failover was made to a backup the policy refuses (`warn`, or an operator's move).
     #[serde(rename = "alert.mta_sts_failover")]
     MtaStsFailover,
+    /// A provider of a zone served by several did not take a change the others took: it
+    /// still serves the other side, and is retried.
+    #[serde(rename = "alert.provider_behind")]
+    ProviderBehind,
     /// A maintenance window could not start (its side is Down), or left a low TTL behind.
     #[serde(rename = "alert.maintenance")]
     MaintenanceAlert,
@@ -124,7 +131,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 30] = [
+    pub const ALL: [EventKind; 32] = [
         EventKind::Transition,
         EventKind::Health,
         EventKind::Change,
@@ -153,6 +160,8 @@ impl EventKind {
         EventKind::MtaSts,
         EventKind::MtaStsFailoverRefused,
         EventKind::MtaStsFailover,
+        EventKind::ProviderCaughtUp,
+        EventKind::ProviderBehind,
         EventKind::MaintenanceAlert,
         EventKind::DrillFailed,
     ];
@@ -189,6 +198,8 @@ impl EventKind {
             EventKind::MtaStsFailoverRefused => "alert.mta_sts_refused",
             EventKind::MtaStsFailover => "alert.mta_sts_failover",
             EventKind::MaintenanceAlert => "alert.maintenance",
+            EventKind::ProviderCaughtUp => "provider_caught_up",
+            EventKind::ProviderBehind => "alert.provider_behind",
             EventKind::DrillFailed => "alert.drill_failed",
         }
     }

@@ -53,7 +53,7 @@ impl ProviderRegistry {
         let mut built = BTreeMap::new();
         let mut budgets = Budgets::default();
         for (name, p) in &config.providers {
-            if config.domains.iter().any(|d| &d.provider == name) {
+            if config.domains.iter().any(|d| d.uses(name)) {
                 let b = build_provider(name, p, config, &mut budgets).await?;
                 built.insert(name.clone(), b);
             }
@@ -231,7 +231,7 @@ async fn build_provider(
                 config = config.with_credentials(mxguard_route53::Credentials::Profile(p.clone()));
             }
             // Zones whose domains name their hosted zone are never looked up by name.
-            for d in domains.iter().filter(|d| d.provider == name) {
+            for d in domains.iter().filter(|d| d.uses(name)) {
                 if let Some(id) = &d.hosted_zone_id {
                     config = config.with_hosted_zone_id(d.zone.clone(), id.clone());
                 }

@@ -98,10 +98,12 @@ pub struct Sink {
 pub fn targets(config: &Config, registry: &ProviderRegistry) -> Vec<Target> {
     let mut by_zone: BTreeMap<(String, Fqdn), Vec<Fqdn>> = BTreeMap::new();
     for d in &config.domains {
-        by_zone
-            .entry((d.provider.clone(), d.zone.clone()))
-            .or_default()
-            .push(d.name.clone());
+        for p in d.providers() {
+            by_zone
+                .entry((p.clone(), d.zone.clone()))
+                .or_default()
+                .push(d.name.clone());
+        }
     }
     by_zone
         .into_iter()

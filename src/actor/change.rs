@@ -35,6 +35,9 @@ pub struct ChangeDeps {
     /// The other vantages' latest reports (empty on a single instance).
     pub board: crate::recorder::Board,
     pub provider_name: String,
+    /// The other providers serving the zone (`providers = [...]`): every change goes to each
+    /// too (`super::mirrors`). Empty for a domain with one provider.
+    pub mirrors: Vec<super::mirrors::Mirror>,
     /// Where recorded events are published for notifications.
     pub events: crate::events::EventBus,
     /// The time every decision and record is stamped with, and what the actor sleeps on.
@@ -87,6 +90,9 @@ pub struct ChangeReport {
     pub authoritative: Vec<Visible>,
     /// The TTL the replaced records had (how long caches may keep them).
     pub replaced_ttl: Option<u32>,
+    /// For a zone served by several providers: what the change did at each (empty with one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<super::mirrors::ProviderOutcome>,
 }
 
 /// Test hooks at exact points of a publish. `MXGUARD_FAILPOINT=name` pauses forever there, so
@@ -238,6 +244,7 @@ pub async fn publish(
         plan,
         authoritative,
         replaced_ttl,
+        providers: Vec::new(),
     })
 }
 

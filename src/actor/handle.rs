@@ -83,7 +83,8 @@ pub(super) enum Msg {
     /// A reconcile read came back; `changes` is the count of changes started when it began.
     Observed {
         changes: u64,
-        live: Box<Result<Vec<RecordSet>, mxguard_core::ProviderError>>,
+        /// Each provider's read, the first provider's first.
+        reads: super::mirrors::Reads,
     },
 }
 

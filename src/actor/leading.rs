@@ -62,8 +62,8 @@ impl Actor {
             Some(side) => {
                 // What is live decides how the resumed change is planned: read it first.
                 self.observe().await;
-                let resume = unfinished.into_iter().last();
-                if let Some(c) = &resume {
+                // Each provider resumes its own (a zone served by several has one per provider).
+                if let Some(c) = unfinished.last() {
                     self.event(
                         EventKind::Change,
                         format!(
@@ -74,7 +74,7 @@ impl Actor {
                     )
                     .await;
                 }
-                self.start_change(side, resume).await;
+                self.start_change(side, unfinished).await;
             }
             None => {
                 for c in unfinished {

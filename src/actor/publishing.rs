@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use super::change::{desired_records, publish, ChangeError, ChangeReport, Origin};
+use super::change::{desired_records, ChangeError, ChangeReport, Origin};
+use super::mirrors::publish_everywhere;
 use crate::events::EventKind;
 use crate::machine::Input;
 use crate::model::{RecordSet, Side};
@@ -28,7 +29,7 @@ impl Actor {
     pub(super) async fn start_change(
         &mut self,
         side: Side,
-        resume: Option<crate::store::ChangeIntent>,
+        resume: Vec<crate::store::ChangeIntent>,
     ) {
         if !self.leading {
             return;
@@ -36,7 +37,7 @@ impl Actor {
         if self.change_running {
             // Only a move decided over a TTL write in flight comes here (the machine allows
             // no other second change): the move goes first, the TTL write is stopped.
-            if self.running_ttl_write {
+            if self.running_ttl_write || self.running_catch_up {
                 self.supersede_ttl_write();
             } else {
                 return;
@@ -96,16 +97,28 @@ impl Actor {
                 }
             },
         };
-        self.change_running = true;
         self.running_ttl_write = ttl_write.is_some();
+        self.spawn_publish(side, self.deps.clone(), desired, resume, origin);
+    }
+
+    /// Runs the publish of `side` at `deps`' providers in a child task, which reports back
+    /// through the mailbox under a number of its own.
+    pub(super) fn spawn_publish(
+        &mut self,
+        side: Side,
+        deps: super::change::ChangeDeps,
+        desired: Vec<RecordSet>,
+        resume: Vec<crate::store::ChangeIntent>,
+        origin: Origin,
+    ) {
+        self.change_running = true;
         self.changes_started += 1;
         let generation = self.changes_started;
-        let (deps, managed, tx) = (self.deps.clone(), self.managed.clone(), self.tx.clone());
+        let (managed, tx) = (self.managed.clone(), self.tx.clone());
         let epoch = self.deps.fence.epoch().unwrap_or_default();
-        let work =
-            tokio::spawn(
-                async move { publish(&deps, &managed, side, desired, resume, &origin).await },
-            );
+        let work = tokio::spawn(async move {
+            publish_everywhere(&deps, &managed, side, desired, resume, &origin).await
+        });
         // Kept so that losing the lease stops the change where it waits (the provider's
         // queue, its rate limit, a retry's backoff) instead of leaving it to the fence.
         self.publishing = Some(work.abort_handle());
@@ -138,6 +151,7 @@ impl Actor {
         }
         self.change_running = false;
         self.running_ttl_write = false;
+        self.running_catch_up = false;
     }
 
     /// Leadership is gone: the change in flight (if any) stops where it is. The new leader
@@ -184,8 +198,15 @@ impl Actor {
             return;
         }
         let ttl_write = std::mem::take(&mut self.running_ttl_write);
+        let catch_up = std::mem::take(&mut self.running_catch_up);
         self.change_running = false;
         self.publishing = None;
+        if catch_up {
+            if self.leading {
+                self.catch_up_done(side, result).await;
+            }
+            return;
+        }
         self.revert_ended(&result).await;
         if let Err(error @ ChangeError::Fenced(_)) = &result {
             if !self.leading || !self.deps.fence.is_leader() {
@@ -257,6 +278,7 @@ impl Actor {
                     };
                     let _ = self.input(observed, "automation", None).await;
                 }
+                self.note_providers(side, &report).await;
                 self.track_propagation(report);
             }
             Err(error) if ttl_write => self.on_ttl_write_failed(error).await,

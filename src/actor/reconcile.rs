@@ -43,15 +43,8 @@ impl Actor {
         if !self.leading {
             return;
         }
-        match self
-            .deps
-            .observer
-            .read(&self.managed.zone, &self.managed.keys())
-            .await
-        {
-            Ok(live) => self.on_observed(live).await,
-            Err(e) => self.on_read_failed(&e).await,
-        }
+        let reads = self.read_all(false).await;
+        self.on_read_all(reads).await;
     }
 
     /// The periodic reconcile: reads in a child task at background priority (after any
@@ -64,32 +57,15 @@ impl Actor {
         self.observing = true;
         // Not knowing what is published, automation cannot act: that read is as urgent as a
         // change's. Otherwise it is a check, and waits behind the changes of other domains.
-        let provider = if self.state.machine.published.is_none() {
-            self.deps.observer.clone()
-        } else {
-            self.deps.background.clone()
-        };
-        let (provider, zone, keys, tx, changes) = (
-            provider,
-            self.managed.zone.clone(),
-            self.managed.keys(),
+        let background = self.state.machine.published.is_some();
+        let (read, tx, changes) = (
+            self.read_all(background),
             self.tx.clone(),
             self.changes_started,
         );
         tokio::spawn(async move {
-            // As for a publish: a panicking read is reported, or no read would start again.
-            let read = tokio::spawn(async move { provider.read(&zone, &keys).await });
-            let live = read.await.unwrap_or_else(|e| {
-                Err(mxguard_core::ProviderError::Transient(format!(
-                    "the reconcile read failed: {e}"
-                )))
-            });
-            let _ = tx
-                .send(Msg::Observed {
-                    changes,
-                    live: Box::new(live),
-                })
-                .await;
+            let reads = read.await;
+            let _ = tx.send(Msg::Observed { changes, reads }).await;
         });
     }
 

@@ -12,6 +12,7 @@ use crate::model::{Fqdn, Side};
 use crate::mtasts::watch::MtaStsView;
 use crate::vantage::Combined;
 
+use super::mirrors::ProviderView;
 use super::Actor;
 
 /// A domain's status for the API and CLI.
@@ -27,6 +28,10 @@ pub struct Status {
     pub vantages: Vec<Arc<Combined>>,
     /// The latest look at the domain's MTA-STS policy (`None`: `mta_sts = "off"`, or not yet).
     pub mta_sts: Option<Arc<MtaStsView>>,
+    /// A zone served by several providers: what each serves at the latest read, and which are
+    /// behind the published side (empty with one provider).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +63,7 @@ impl Status {
             drift: false,
             vantages: Vec::new(),
             mta_sts: None,
+            providers: Vec::new(),
         }
     }
 }
@@ -87,6 +93,33 @@ impl Actor {
             drift: self.drift,
             vantages: self.combined.present().cloned().collect(),
             mta_sts: self.mta_sts.clone(),
+            providers: self.provider_views(),
         }
+    }
+}
+
+impl Actor {
+    /// Each provider of a zone served by several: the latest read, with what is behind now.
+    fn provider_views(&self) -> Vec<ProviderView> {
+        if self.deps.mirrors.is_empty() {
+            return Vec::new();
+        }
+        self.deps
+            .provider_names()
+            .into_iter()
+            .map(|provider| {
+                let read = self.views.iter().find(|v| v.provider == provider);
+                ProviderView {
+                    serves: read.and_then(|v| v.serves),
+                    read_error: read.and_then(|v| v.read_error.clone()),
+                    behind: self
+                        .behind
+                        .as_ref()
+                        .and_then(|b| b.providers.get(&provider).cloned()),
+                    checked_at: read.and_then(|v| v.checked_at),
+                    provider,
+                }
+            })
+            .collect()
     }
 }

@@ -80,7 +80,7 @@ impl Actor {
                         self.revert = None;
                     }
                     self.attempts = 0;
-                    self.start_change(*side, None).await;
+                    self.start_change(*side, Vec::new()).await;
                     continue;
                 }
                 Effect::Rejected { .. } => continue,

@@ -424,6 +424,21 @@ pub(super) async fn revert(
     };
     // No controller runs (checked above): the same publish as the controller's, fenced by the
     // store's lease epoch, so an instance that starts meanwhile and takes the lease stops it.
+    // Every provider serving the zone gets the revert, as from the controller.
+    let mut mirrors = Vec::new();
+    for name in &d.mirrors {
+        let client = match crate::providers::provider_client(&c.config, name).await {
+            Ok(p) => p,
+            Err(e) => return fail(1, e),
+        };
+        mirrors.push(crate::actor::mirrors::Mirror {
+            name: name.clone(),
+            client: client.clone(),
+            observer: client.clone(),
+            background: client,
+            authoritative: d.authoritative_for(name),
+        });
+    }
     let deps = crate::actor::change::ChangeDeps {
         store: c.store.clone(),
         provider: provider.clone(),
@@ -431,7 +446,7 @@ pub(super) async fn revert(
         background: provider.clone(),
         reconcile: std::time::Duration::from_secs(60),
         verifier: crate::verify::Verifier {
-            authoritative: d.authoritative.clone(),
+            authoritative: d.authoritative_for(&d.provider),
             resolvers: Vec::new(),
             query_timeout: d.checks.timeout,
             // no resolvers are polled here
@@ -443,6 +458,7 @@ pub(super) async fn revert(
         vantage_quorum: None,
         board: crate::recorder::Board::default(),
         provider_name: d.provider.clone(),
+        mirrors,
         events: crate::events::EventBus::default(),
         clock: crate::clock::WallClock::default(),
     };
@@ -461,8 +477,15 @@ pub(super) async fn revert(
         ttl_only: false,
     };
     let managed = Managed::new(&d);
-    match crate::actor::change::publish(&deps, &managed, plan.side, plan.desired, None, &origin)
-        .await
+    match crate::actor::mirrors::publish_everywhere(
+        &deps,
+        &managed,
+        plan.side,
+        plan.desired,
+        Vec::new(),
+        &origin,
+    )
+    .await
     {
         Ok(report) => {
             let change = report

@@ -286,17 +286,22 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
         let Some(id) = d.hosted_zone_id.as_deref() else {
             continue;
         };
-        match zone_ids.get(&(d.provider.as_str(), &d.zone)) {
-            Some((j, other)) if *other != id => errs.push(
-                format!("domains[{i}].hosted_zone_id"),
-                format!(
-                    "zone {} of provider {:?} is already hosted zone {other} (domains[{j}]); a public and a private zone with one name need a [providers.NAME] entry each",
-                    d.zone, d.provider
+        let route53 = d
+            .providers()
+            .filter(|p| matches!(providers.get(*p), Some(ProviderConfig::Route53 { .. })));
+        for p in route53 {
+            match zone_ids.get(&(p.as_str(), &d.zone)) {
+                Some((j, other)) if *other != id => errs.push(
+                    format!("domains[{i}].hosted_zone_id"),
+                    format!(
+                        "zone {} of provider {p:?} is already hosted zone {other} (domains[{j}]); a public and a private zone with one name need a [providers.NAME] entry each",
+                        d.zone
+                    ),
                 ),
-            ),
-            Some(_) => {}
-            None => {
-                zone_ids.insert((d.provider.as_str(), &d.zone), (i, id));
+                Some(_) => {}
+                None => {
+                    zone_ids.insert((p.as_str(), &d.zone), (i, id));
+                }
             }
         }
     }
@@ -825,23 +830,8 @@ fn parse_domain(
             .map_err(|e| errs.push(sec.field("name"), e.to_string()))
             .ok()
     });
-    let provider = sec.required_string("provider", errs);
-    if let Some(p) = &provider {
-        if !providers.contains_key(p) {
-            let known: Vec<&str> = providers.keys().map(String::as_str).collect();
-            errs.push(
-                sec.field("provider"),
-                format!(
-                    "unknown provider {p:?}; defined providers: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-        }
-    }
+    let named = domain_providers(&mut sec, providers, errs);
+    let provider = named.as_ref().map(|n| n[0].clone());
     let zone = match sec.string("zone", errs) {
         None => name.clone(),
         Some(z) => Fqdn::parse(&z)
@@ -976,9 +966,25 @@ fn parse_domain(
             ),
         }
     }
+    let several = named.as_ref().is_some_and(|n| n.len() > 1);
+    if several && !authoritative.is_empty() {
+        errs.push(
+            sec.field("authoritative"),
+            "a domain served by several providers names each provider's servers in authoritative_at = { NAME = [\"ip:port\"] }",
+        );
+    }
+    let authoritative_at = parse_authoritative_at(&mut sec, named.as_deref(), errs);
     let hosted_zone_id = sec.string("hosted_zone_id", errs).and_then(|id| {
-        let configured = provider.as_ref().and_then(|p| providers.get(p));
-        if configured.is_some_and(|p| !matches!(p, ProviderConfig::Route53 { .. })) {
+        let configured: Vec<&ProviderConfig> = named
+            .iter()
+            .flatten()
+            .filter_map(|p| providers.get(p))
+            .collect();
+        if !configured.is_empty()
+            && !configured
+                .iter()
+                .any(|p| matches!(p, ProviderConfig::Route53 { .. }))
+        {
             errs.push(
                 sec.field("hosted_zone_id"),
                 "only used with a provider of kind = \"route53\"",
@@ -995,6 +1001,7 @@ fn parse_domain(
         &[
             "name",
             "provider",
+            "providers",
             "zone",
             "hosted_zone_id",
             "mode",
@@ -1008,6 +1015,7 @@ fn parse_domain(
             "early_ttl",
             "checks",
             "authoritative",
+            "authoritative_at",
             "drill_every",
             "drillable",
             "dkim_selectors",
@@ -1016,6 +1024,7 @@ fn parse_domain(
     Some(DomainConfig {
         name: name?,
         provider: provider?,
+        mirrors: named?.split_off(1),
         zone: zone?,
         targets: targets?,
         failover_ttl,
@@ -1025,9 +1034,119 @@ fn parse_domain(
         early_ttl,
         checks,
         authoritative,
+        authoritative_at,
         hosted_zone_id,
         drill,
     })
+}
+
+/// `provider = "NAME"`, or `providers = ["A", "B"]` for a zone served by several providers at
+/// once (all of them in the zone's NS set): the names, the first one's first.
+fn domain_providers(
+    sec: &mut Section,
+    providers: &BTreeMap<String, ProviderConfig>,
+    errs: &mut Errors,
+) -> Option<Vec<String>> {
+    let (field, names) = match (sec.has("provider"), sec.has("providers")) {
+        (true, true) => {
+            errs.push(
+                sec.field("providers"),
+                "set provider (one) or providers (several), not both",
+            );
+            sec.take("provider");
+            sec.take("providers");
+            return None;
+        }
+        (false, false) => {
+            errs.push(
+                sec.field("provider"),
+                "missing; this field is required (or providers = [\"A\", \"B\"] for a zone served by several providers)",
+            );
+            return None;
+        }
+        (true, false) => ("provider", vec![sec.string("provider", errs)?]),
+        (false, true) => {
+            let names = sec.strings("providers", errs)?;
+            if names.len() < 2 {
+                errs.push(
+                    sec.field("providers"),
+                    "lists at least two providers; a domain with one says provider = \"NAME\"",
+                );
+                return None;
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                errs.push(
+                    sec.field("providers"),
+                    format!("names {twice:?} twice; each provider serving the zone once"),
+                );
+                return None;
+            }
+            ("providers", names)
+        }
+    };
+    let mut known = true;
+    for (i, p) in names.iter().enumerate() {
+        if providers.contains_key(p) {
+            continue;
+        }
+        known = false;
+        let defined: Vec<&str> = providers.keys().map(String::as_str).collect();
+        let path = if field == "provider" {
+            sec.field(field)
+        } else {
+            format!("{}[{i}]", sec.field(field))
+        };
+        errs.push(
+            path,
+            format!(
+                "unknown provider {p:?}; defined providers: {}",
+                if defined.is_empty() {
+                    "none".to_string()
+                } else {
+                    defined.join(", ")
+                }
+            ),
+        );
+    }
+    known.then_some(names)
+}
+
+/// `authoritative_at = { NAME = ["ip:port"], … }`: per provider of the domain, the servers
+/// that must serve a change to it before it counts as verified there (a provider without an
+/// entry: its own primary, or a read-back through its API).
+fn parse_authoritative_at(
+    sec: &mut Section,
+    named: Option<&[String]>,
+    errs: &mut Errors,
+) -> BTreeMap<String, Vec<SocketAddr>> {
+    let mut out = BTreeMap::new();
+    if !sec.has("authoritative_at") {
+        return out;
+    }
+    let mut at = sec.child("authoritative_at", errs);
+    let Some(named) = named else {
+        return out;
+    };
+    for p in named {
+        let Some(list) = at.strings(p, errs) else {
+            continue;
+        };
+        let mut addrs = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            match parse_server_addr(a) {
+                Some(addr) => addrs.push(addr),
+                None => errs.push(
+                    format!("{}[{i}]", at.field(p)),
+                    format!("expected \"ip\" or \"ip:port\", got {a:?}"),
+                ),
+            }
+        }
+        out.insert(p.clone(), addrs);
+    }
+    let names: Vec<&str> = named.iter().map(String::as_str).collect();
+    at.finish(errs, &names);
+    out
 }
 
 /// `drill_every`, `drillable` and `dkim_selectors` of a domain.

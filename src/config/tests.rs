@@ -748,3 +748,79 @@ fn dns_budget_settings_have_defaults_and_name_each_mistake_with_the_file() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_zone_served_by_two_providers_names_both_and_each_ones_servers() {
+    let text = format!(
+        r#"{ROUTE53}
+[[domains]]
+name = "example.com"
+providers = ["ns1", "aws"]
+hosted_zone_id = "Z0123456789ABC"
+authoritative_at = {{ ns1 = ["127.0.0.1:5353"] }}
+primary = ["10 mx1.example.com."]
+backup = ["10 mx2.example.net."]
+"#
+    );
+    let cfg = parse(&text).expect("valid");
+    let d = &cfg.domains[0];
+    assert_eq!(d.provider, "ns1");
+    assert_eq!(d.mirrors, ["aws"]);
+    assert!(d.uses("aws") && d.uses("ns1") && !d.uses("cf"));
+    assert_eq!(
+        d.authoritative_for("ns1"),
+        ["127.0.0.1:5353".parse::<std::net::SocketAddr>().unwrap()]
+    );
+    assert!(d.authoritative_for("aws").is_empty());
+    assert_eq!(d.hosted_zone_id.as_deref(), Some("Z0123456789ABC"));
+}
+
+#[test]
+fn two_providers_are_checked_and_errors_name_the_field() {
+    let domain = |lines: &str| {
+        format!(
+            "{ROUTE53}\n[[domains]]\nname = \"example.com\"\n{lines}\nprimary = [\"10 mx1.example.com.\"]\nbackup = [\"10 mx2.example.net.\"]\n"
+        )
+    };
+    let cases = [
+        (
+            "provider = \"ns1\"\nproviders = [\"ns1\", \"aws\"]",
+            "domains[0].providers: set provider (one) or providers (several), not both",
+        ),
+        (
+            "providers = [\"ns1\"]",
+            "domains[0].providers: lists at least two providers",
+        ),
+        (
+            "providers = [\"ns1\", \"ns1\"]",
+            "domains[0].providers: names \"ns1\" twice",
+        ),
+        (
+            "providers = [\"ns1\", \"cf\"]",
+            "domains[0].providers[1]: unknown provider \"cf\"; defined providers: aws, ns1",
+        ),
+        (
+            "providers = [\"ns1\", \"aws\"]\nauthoritative = [\"127.0.0.1\"]",
+            "domains[0].authoritative: a domain served by several providers names each provider's servers in authoritative_at",
+        ),
+        (
+            "providers = [\"ns1\", \"aws\"]\nauthoritative_at = { cf = [\"127.0.0.1\"] }",
+            "domains[0].authoritative_at.cf: unknown field; expected one of: ns1, aws",
+        ),
+        (
+            "providers = [\"ns1\", \"aws\"]\nauthoritative_at = { aws = [\"nowhere\"] }",
+            "domains[0].authoritative_at.aws[0]: expected \"ip\" or \"ip:port\"",
+        ),
+        (
+            "",
+            "domains[0].provider: missing; this field is required (or providers",
+        ),
+    ];
+    for (lines, want) in cases {
+        let errs = errors(&domain(lines));
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{lines:?}: missing {want:?} in {errs:#?}"
+        );
+    }
+}

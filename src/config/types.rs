@@ -407,7 +407,11 @@ pub enum Drift {
 #[derive(Debug, Clone)]
 pub struct DomainConfig {
     pub name: Fqdn,
+    /// The provider holding the zone (`provider`, or the first of `providers`).
     pub provider: String,
+    /// The other providers serving the same zone (`providers = [...]` after the first): every
+    /// change is written to each too (`src/actor/mirrors.rs`).
+    pub mirrors: Vec<String>,
     pub zone: Fqdn,
     pub targets: Targets,
     pub failover_ttl: Ttl,
@@ -422,12 +426,37 @@ pub struct DomainConfig {
     /// Servers that must serve a change before it counts as verified; empty: the provider's
     /// own primary (RFC 2136) or a read-back through the provider.
     pub authoritative: Vec<SocketAddr>,
+    /// `authoritative_at`: per provider of a domain with several, the servers that must serve
+    /// a change to it (a provider without an entry: its own primary or a read-back).
+    pub authoritative_at: std::collections::BTreeMap<String, Vec<SocketAddr>>,
     /// Route 53: the hosted zone's id (a public and a private zone may share a name); `None`:
     /// found by name.
     pub hosted_zone_id: Option<String>,
     /// Drills (`src/drill.rs`): how often `serve` runs one, whether a live one is allowed, the
     /// DKIM selectors it checks.
     pub drill: DrillSettings,
+}
+
+impl DomainConfig {
+    /// Every provider serving the domain's zone: `provider` first, then the mirrors.
+    pub fn providers(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.provider).chain(&self.mirrors)
+    }
+
+    /// The servers a change at `provider` is verified at (`authoritative_at`, else, for the
+    /// first provider, `authoritative`); empty: its own primary or a read-back.
+    pub fn authoritative_for(&self, provider: &str) -> Vec<SocketAddr> {
+        match self.authoritative_at.get(provider) {
+            Some(at) => at.clone(),
+            None if provider == self.provider => self.authoritative.clone(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether `name` is one of the providers serving the domain's zone.
+    pub fn uses(&self, name: &str) -> bool {
+        self.providers().any(|p| p == name)
+    }
 }
 
 /// A domain's drill settings.

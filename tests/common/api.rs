@@ -180,6 +180,7 @@ pub fn memory_deps(
         vantage_quorum: None,
         board: Default::default(),
         provider_name: provider.to_string(),
+        mirrors: Vec::new(),
         events: events.clone(),
         clock: Default::default(),
     }
