@@ -38,6 +38,9 @@ use crate::plan::Managed;
 use crate::store::ChangeIntent;
 use crate::verify::Visible;
 
+/// The longest wait between two catch-ups of a provider behind for a transient reason.
+pub const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One more provider serving a domain's zone, its clients as the registry built them.
 #[derive(Clone)]
 pub struct Mirror {
@@ -336,7 +339,12 @@ impl Actor {
             .collect();
         behind.providers = failed.clone();
         behind.attempts += 1;
-        let wait = error.retry_in(behind.attempts);
+        // A provider's API outage lasts hours: the catch-up asks at least once a minute, so it
+        // follows the recovery within a minute rather than the change backoff's five.
+        let wait = error.retry_in(behind.attempts).map(|w| match error {
+            ChangeError::Transient(_) | ChangeError::NotVisible(_) => w.min(CATCH_UP_EVERY),
+            _ => w,
+        });
         let serving: Vec<String> = self
             .deps
             .provider_names()

@@ -191,6 +191,9 @@ pub fn full(s: &Status, cfg: &DomainConfig) -> Value {
         map.insert("rounds".into(), json!(rounds));
         map.insert("vantages".into(), json!(s.vantages));
         map.insert("mta_sts".into(), json!(s.mta_sts));
+        if !s.providers.is_empty() {
+            map.insert("providers".into(), json!(s.providers));
+        }
         map.insert("state".into(), json!(s.state));
     }
     v

@@ -114,6 +114,8 @@ pub struct Lab {
     pub layout: Layout,
     /// The Cloudflare fake's nameserver ([`Layout::cloudflare_nameserver`]).
     pub cf_nameserver: Option<mxguard_testpeers::cloudflare::FakeNameserver>,
+    /// The second provider serving the zone ([`Layout::mirror`]), `mirror` in the config.
+    pub mirror: Option<Peer>,
 }
 
 pub struct LabOptions {
@@ -209,6 +211,9 @@ pub struct Layout {
     /// More example.test zone lines (no `mx_zone`) made from the backup's certificate (PEM),
     /// which is issued before the zone is served: `tests/dane.rs` publishes its TLSA.
     pub backup_zone_extra: Option<fn(&str) -> String>,
+    /// A second provider serving the same zone (Cloudflare or Route 53, not the one of
+    /// `provider`): the domain says `providers = ["lab", "mirror"]`.
+    pub mirror: Option<LabProvider>,
 }
 
 /// The SPF record [`Layout::mail_auth`] publishes: both MTAs may send for example.test.
@@ -252,6 +257,7 @@ impl Default for Layout {
             mail_auth: false,
             domain_extra: String::new(),
             backup_zone_extra: None,
+            mirror: None,
         }
     }
 }
@@ -376,20 +382,27 @@ impl Lab {
             _ => None,
         };
         let c = layout.checks;
-        let provider_section = match &peer {
-            Peer::Rfc2136 => format!(
-                "kind = \"rfc2136\"\nserver = \"{}\"\ntsig_name = \"mxguard-test\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_env = \"MXGUARD_TEST_TSIG\"\n",
-                named.addr()
-            ),
-            Peer::Cloudflare(fake) => format!(
-                "kind = \"cloudflare\"\napi_token_env = \"MXGUARD_TEST_CF_TOKEN\"\napi_url = \"{}\"\n",
-                fake.base_url
-            ),
-            Peer::Route53 { proxy, .. } => format!(
-                "kind = \"route53\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
-                proxy.url
-            ),
+        let mirror = match layout.mirror {
+            Some(kind) => {
+                assert!(
+                    kind != layout.provider && kind != LabProvider::Rfc2136,
+                    "a mirror: Cloudflare or Route 53, not the lab's own provider"
+                );
+                let as_lab = Layout {
+                    provider: kind,
+                    ..layout.clone()
+                };
+                Some(start_peer(&as_lab, &mx_host, opts.mx_ttl).await.0)
+            }
+            None => None,
         };
+        let mut provider_section = provider_section(&peer, named.addr());
+        if let Some(m) = &mirror {
+            provider_section.push_str(&format!(
+                "\n[providers.mirror]\n{}",
+                self::provider_section(m, named.addr())
+            ));
+        }
         let targets = match layout.mode {
             LabMode::Mx => format!(
                 "primary = [\"10 {mx_host}.\"]\nbackup = [\"10 backup.example.test.\"]\n"
@@ -400,7 +413,7 @@ impl Lab {
         };
         // named serves the records only when it is the provider; otherwise mxguard verifies
         // by reading them back from the provider.
-        let authoritative = match &peer {
+        let mut authoritative = match &peer {
             Peer::Rfc2136 => format!("authoritative = [\"{}\"]\n", named.addr()),
             // Route 53: the domain names its hosted zone, as operators with a public and a
             // private zone of one name must
@@ -413,6 +426,18 @@ impl Lab {
                 None => String::new(),
             },
         };
+        let mut providers_line = "provider = \"lab\"\n".to_string();
+        if let Some(m) = &mirror {
+            providers_line = "providers = [\"lab\", \"mirror\"]\n".to_string();
+            // each provider's own servers: the fake's nameserver for Cloudflare, a read-back
+            // through the API for Route 53 (moto serves no DNS)
+            authoritative = authoritative
+                .replace("authoritative = ", "authoritative_at = { lab = ")
+                .replace("]\n", "] }\n");
+            if let Peer::Route53 { zone_id, .. } = m {
+                authoritative.push_str(&format!("hosted_zone_id = \"{zone_id}\"\n"));
+            }
+        }
         let mut text = format!(
             r#"
 [providers.lab]
@@ -435,8 +460,7 @@ ehlo_name = "mxguard.test"
 
 [[domains]]
 name = "example.test"
-provider = "lab"
-{targets}failover_ttl = {failover_ttl}
+{providers_line}{targets}failover_ttl = {failover_ttl}
 failback = {{ hold = "{hold}" }}
 drift = "{drift}"
 mta_sts = "{mta_sts}"
@@ -510,6 +534,7 @@ early_ttl = {early_ttl}
             servfail,
             layout,
             cf_nameserver,
+            mirror,
         }
     }
 
@@ -668,6 +693,23 @@ early_ttl = {early_ttl}
 
 /// Starts the provider peer `layout` asks for, holding the managed records as `named` does
 /// (the primary's, with `ttl`), and returns it with the failover TTL to configure.
+/// The `[providers.NAME]` lines that reach `peer`.
+fn provider_section(peer: &Peer, named: SocketAddr) -> String {
+    match peer {
+        Peer::Rfc2136 => format!(
+            "kind = \"rfc2136\"\nserver = \"{named}\"\ntsig_name = \"mxguard-test\"\ntsig_algorithm = \"hmac-sha256\"\ntsig_secret_env = \"MXGUARD_TEST_TSIG\"\n"
+        ),
+        Peer::Cloudflare(fake) => format!(
+            "kind = \"cloudflare\"\napi_token_env = \"MXGUARD_TEST_CF_TOKEN\"\napi_url = \"{}\"\n",
+            fake.base_url
+        ),
+        Peer::Route53 { proxy, .. } => format!(
+            "kind = \"route53\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+            proxy.url
+        ),
+    }
+}
+
 async fn start_peer(layout: &Layout, mx_host: &str, ttl: u32) -> (Peer, u32) {
     match layout.provider {
         LabProvider::Rfc2136 => (Peer::Rfc2136, 30),
@@ -838,8 +880,18 @@ impl Lab {
     /// The managed RRset as the provider holds it now, as sorted "RDATA TTL" strings (empty
     /// while it cannot be read): `named`'s answer, the fake's records, moto's record sets.
     pub async fn published(&self) -> Vec<String> {
+        self.published_at(&self.peer).await
+    }
+
+    /// What the second provider ([`Layout::mirror`]) holds, as [`Lab::published`] shows it.
+    pub async fn mirror_published(&self) -> Vec<String> {
+        self.published_at(self.mirror.as_ref().expect("the lab has a mirror"))
+            .await
+    }
+
+    async fn published_at(&self, peer: &Peer) -> Vec<String> {
         let (name, rtype) = self.managed();
-        let mut out: Vec<String> = match &self.peer {
+        let mut out: Vec<String> = match peer {
             Peer::Rfc2136 => {
                 let client = mxguard::probe::dns::DnsClient::authoritative(
                     self.named.addr(),
@@ -879,13 +931,26 @@ impl Lab {
     /// Writes the provider carried out so far: `named`'s SOA serial (one per UPDATE), the
     /// fake's successful changes, the change batches moto applied.
     pub async fn writes(&self) -> u64 {
-        match &self.peer {
-            Peer::Rfc2136 => u64::from(self.serial().await),
+        writes_at(&self.peer, self).await
+    }
+
+    /// Writes the second provider ([`Layout::mirror`]) carried out so far.
+    pub async fn mirror_writes(&self) -> u64 {
+        writes_at(self.mirror.as_ref().expect("the lab has a mirror"), self).await
+    }
+}
+
+async fn writes_at(peer: &Peer, lab: &Lab) -> u64 {
+    {
+        match peer {
+            Peer::Rfc2136 => u64::from(lab.serial().await),
             Peer::Cloudflare(fake) => fake.writes() as u64,
             Peer::Route53 { proxy, .. } => proxy.done(Op::ChangeRecordSets) as u64,
         }
     }
+}
 
+impl Lab {
     /// The provider's API starts failing every change: `named` stops; the fake answers the
     /// batch endpoint 503; the proxy answers `ChangeResourceRecordSets` 503 in moto's place.
     pub async fn provider_outage(&mut self) {
