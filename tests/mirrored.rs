@@ -153,6 +153,12 @@ async fn a_failover_moves_at_route53_while_cloudflare_answers_5xx_and_cloudflare
         status[1].0 == "mirror" && status[1].1.is_none(),
         "{status:?}"
     );
+    let shown = lab.cli(&["status", "example.test"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("providers: lab, mirror — behind since"),
+        "{shown}"
+    );
     assert_eq!(
         lab.writes().await,
         cf_writes,
@@ -187,6 +193,12 @@ async fn a_failover_moves_at_route53_while_cloudflare_answers_5xx_and_cloudflare
     })
     .await;
     assert_eq!(lab.writes().await, cf_writes + 1, "one write at Cloudflare");
+    let shown = lab.cli(&["status", "example.test"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("providers: lab, mirror (none behind)"),
+        "{shown}"
+    );
     assert_eq!(lab.mirror_writes().await, r53_writes + 1);
     // verified at the fake's nameserver, by DNS
     let caught = lab
@@ -253,5 +265,54 @@ async fn a_restart_after_sigkill_resumes_each_providers_own_intent() {
     assert_eq!(after, ids, "the same intents completed, no new ones");
     assert_eq!(lab.writes().await, cf_writes + 1);
     assert_eq!(lab.mirror_writes().await, r53_writes + 1);
+    assert_eq!(mx.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_finds_the_provider_left_behind_and_catches_it_up() {
+    let mut lab = start("1h").await;
+    let mut mx = lab.serve(None);
+    lab.settle(&mx, DEADLINE).await;
+    let backup = lab.backup_at(lab.failover_ttl);
+    let cf_writes = lab.writes().await;
+    cloudflare(&lab).inject(Route::Any, Fault::Status(503), usize::MAX);
+    lab.primary.stop().await.expect("stop the primary MTA");
+    wait_until(&lab, &mx, "Cloudflare reported behind", || async {
+        lab.mirror_published().await == backup && count(&lab, "alert.provider_behind").await == 1
+    })
+    .await;
+    assert_eq!(mx.terminate(), Some(0));
+
+    // Nothing about the lag is kept: the restarted service's first read of both providers
+    // finds Cloudflare on the primary while the published side is the backup.
+    cloudflare(&lab).clear_faults();
+    let mut mx = lab.serve(None);
+    wait_until(
+        &lab,
+        &mx,
+        "Cloudflare caught up after the restart",
+        || async {
+            lab.published().await == backup && count(&lab, "provider_caught_up").await == 1
+        },
+    )
+    .await;
+    let events = lab.events().await;
+    let found = events
+        .iter()
+        .filter(|e| e.kind == "alert.provider_behind")
+        .nth(1)
+        .expect("the restarted service's own alert");
+    assert!(
+        found.message.contains("lab: serves the primary records"),
+        "{}",
+        found.message
+    );
+    assert_eq!(lab.writes().await, cf_writes + 1, "one write at Cloudflare");
+    assert_eq!(
+        count(&lab, "change").await,
+        1,
+        "no second failover: {:#?}",
+        kinds(&events)
+    );
     assert_eq!(mx.terminate(), Some(0));
 }

@@ -40,6 +40,8 @@ impl Actor {
         } else if !leader && self.leading {
             self.leading = false;
             self.retry_at = None;
+            // The next leader's reconcile read finds the providers behind again.
+            self.behind = None;
             self.combined = BySide::default();
             self.stop_publishing();
             tracing::warn!(domain = %self.cfg.name, "not the leader any more; automation stops here (followers probe and store their vantage's verdicts)");

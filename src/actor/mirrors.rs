@@ -517,6 +517,11 @@ impl Actor {
             })
             .collect();
         self.views = views;
+        for (provider, read) in &reads {
+            if let (Err(e), true) = (read, reads.len() > 1) {
+                tracing::warn!(domain = %self.cfg.name, %provider, error = %e, "cannot read the published records at this provider");
+            }
+        }
         let live = match &reads[i].1 {
             Ok(live) => live.clone(),
             Err(_) => return,
@@ -562,8 +567,16 @@ impl Actor {
         let already = self.behind.as_ref().is_some_and(|b| {
             b.side == published && lagging.keys().all(|p| b.providers.contains_key(p))
         });
-        if lagging.is_empty() || already {
+        // Known and its retry armed: nothing to add (a retry lost to a failed TTL write or a
+        // move is armed again here).
+        if lagging.is_empty() || (already && self.retry_at.is_some()) {
             return;
+        }
+        // Those behind already whose read failed this time stay behind.
+        if let Some(b) = self.behind.as_ref().filter(|b| b.side == published) {
+            for (p, why) in &b.providers {
+                lagging.entry(p.clone()).or_insert_with(|| why.clone());
+            }
         }
         let error = ChangeError::Transient("found behind by the reconcile read".into());
         self.fell_behind(published, lagging, &error).await;

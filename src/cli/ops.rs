@@ -164,6 +164,26 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
                 };
                 println!("  MTA-STS: {why}{blocked}");
             }
+            if !d.mirrors.is_empty() {
+                let names: Vec<&str> = d.providers().map(String::as_str).collect();
+                // The newest word on a provider lagging: behind until caught up.
+                let lag = events.iter().rev().find(|e| {
+                    matches!(
+                        e.kind,
+                        crate::events::EventKind::ProviderBehind
+                            | crate::events::EventKind::ProviderCaughtUp
+                    )
+                });
+                match lag {
+                    Some(e) if e.kind == crate::events::EventKind::ProviderBehind => println!(
+                        "  providers: {} — behind since {}: {}",
+                        names.join(", "),
+                        e.at.to_rfc3339(),
+                        e.message
+                    ),
+                    _ => println!("  providers: {} (none behind)", names.join(", ")),
+                }
+            }
             if let Some(w) = &m.maintenance {
                 println!(
                     "  maintenance window: the {} from {} to {}, {:?} (by {}: {})",
