@@ -271,6 +271,18 @@ async fn a_restart_after_sigkill_resumes_each_providers_own_intent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_finds_the_provider_left_behind_and_catches_it_up() {
     let mut lab = start("1h").await;
+    // `providers check` reads the zone at each provider.
+    let checked = lab.cli(&["providers", "check"]);
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{out}");
+    for name in ["lab", "mirror"] {
+        assert!(
+            out.contains(&format!(
+                "example.test.  provider {name}: OK, zone example.test. readable, publishes the primary records"
+            )),
+            "{out}"
+        );
+    }
     let mut mx = lab.serve(None);
     lab.settle(&mx, DEADLINE).await;
     let backup = lab.backup_at(lab.failover_ttl);

@@ -111,6 +111,10 @@ async fn domains_sharing_two_postfix_hosts_are_probed_once_per_host_and_all_fail
     let n = shared_domains();
     let total = n as i64 + 1; // and example.test itself
     let interval = Duration::from_secs(3);
+    // The deadlines grow with the domains: settling and failing over are paced by the
+    // provider's budget, one read and one write per domain.
+    let scale = (total as f64 / 2001.0).max(1.0);
+    let deadline = |secs: u64| Duration::from_secs(secs).mul_f64(scale);
     let mut lab = Lab::start_with(
         LabOptions {
             hold: "1h",
@@ -135,14 +139,7 @@ async fn domains_sharing_two_postfix_hosts_are_probed_once_per_host_and_all_fail
     let mut mx = lab.serve(None);
 
     // Every domain settles on the primary with both sides Up: no false BothDown, no failover.
-    let settled = wait_for(
-        &lab,
-        &mut mx,
-        total,
-        ("primary", "up", "up"),
-        Duration::from_secs(300),
-    )
-    .await;
+    let settled = wait_for(&lab, &mut mx, total, ("primary", "up", "up"), deadline(300)).await;
     eprintln!("{total} domains settled {settled:?} after start");
 
     // Their first reads of what is published, all in one zone and asked together, were
@@ -218,12 +215,11 @@ async fn domains_sharing_two_postfix_hosts_are_probed_once_per_host_and_all_fail
         &mut mx,
         total,
         ("on_backup", "down", "up"),
-        Duration::from_secs(600),
+        deadline(600),
     )
     .await;
     eprintln!("{total} domains on the backup {took:?} after the primary stopped");
-    lab.wait_verified(&mx, total as usize, Duration::from_secs(300))
-        .await;
+    lab.wait_verified(&mx, total as usize, deadline(300)).await;
     let client =
         mxguard::probe::dns::DnsClient::authoritative(lab.named.addr(), Duration::from_secs(2));
     for name in [

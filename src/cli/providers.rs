@@ -26,21 +26,23 @@ pub(super) async fn providers_check(file: Option<PathBuf>, write: bool) -> ExitC
     // One client per provider, as `serve` builds it (one budget for all its domains).
     let mut built: BTreeMap<String, Result<BuiltProvider, String>> = BTreeMap::new();
     let (mut failed, mut misconfigured) = (false, false);
-    for d in &config.domains {
-        if !built.contains_key(&d.provider) {
-            let b = ProviderRegistry::one(&config, &d.provider)
+    // A zone served by several providers is checked at each.
+    for (d, name) in config
+        .domains
+        .iter()
+        .flat_map(|d| d.providers().map(move |p| (d, p)))
+    {
+        if !built.contains_key(name) {
+            let b = ProviderRegistry::one(&config, name)
                 .await
                 .map_err(|e| e.to_string());
-            built.insert(d.provider.clone(), b);
+            built.insert(name.clone(), b);
         }
-        let provider = match built.get(&d.provider) {
+        let provider = match built.get(name) {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
                 misconfigured = true;
-                println!(
-                    "{}  provider {}: FAIL (configuration): {e}",
-                    d.name, d.provider
-                );
+                println!("{}  provider {}: FAIL (configuration): {e}", d.name, name);
                 continue;
             }
             None => continue,
@@ -56,17 +58,12 @@ pub(super) async fn providers_check(file: Option<PathBuf>, write: bool) -> ExitC
                     });
                 println!(
                     "{}  provider {}: OK, zone {} readable, publishes {side}",
-                    d.name, d.provider, d.zone
+                    d.name, name, d.zone
                 );
             }
             Err(e) => {
                 failed = true;
-                println!(
-                    "{}  provider {}: FAIL ({}): {e}",
-                    d.name,
-                    d.provider,
-                    missing(&e)
-                );
+                println!("{}  provider {}: FAIL ({}): {e}", d.name, name, missing(&e));
             }
         }
         let report = if write {
