@@ -40,6 +40,26 @@ pub(super) const LOAD_CHUNK: usize = 2_000;
 /// Observations are inserted in chunks small enough for SQLite's parameter limit.
 pub(super) const OBSERVATION_CHUNK: usize = 500;
 
+/// Vantage reports per statement: 5 binds each, well inside SQLite's parameter limit.
+pub(super) const VANTAGE_CHUNK: usize = 1_000;
+
+/// `rows` with one row per (domain, vantage, side), the last given winning as a row per
+/// statement would: PostgreSQL refuses one statement that updates a row twice.
+pub(super) fn latest_per_key(rows: &[crate::store::VantageRow]) -> Vec<crate::store::VantageRow> {
+    let mut at: std::collections::HashMap<(&str, &str, &str), usize> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        at.insert((r.domain.as_str(), r.vantage.as_str(), r.side.as_str()), i);
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            at.get(&(r.domain.as_str(), r.vantage.as_str(), r.side.as_str())) == Some(i)
+        })
+        .map(|(_, r)| r.clone())
+        .collect()
+}
+
 /// Rows deleted per write when pruning. SQLite has one writer: a first prune of a big table in
 /// one `DELETE` (a million observations, a year of events) would hold it for seconds, with
 /// every actor's state write and audit event queued behind it. A write per batch lets the
@@ -728,20 +748,23 @@ macro_rules! impl_sql_store {
             }
 
             async fn put_vantage_reports(&self, rows: &[$crate::store::VantageRow]) -> Result<(), $crate::store::StoreError> {
-                let rows = rows.to_vec();
+                let rows = $crate::store::sql::latest_per_key(rows);
                 self.write(move |c| Box::pin(async move {
-                    for r in &rows {
-                        sqlx::query(
-                            "INSERT INTO vantage_reports (domain, vantage, side, at_ms, report) VALUES ($1, $2, $3, $4, $5) \
-                             ON CONFLICT (domain, vantage, side) DO UPDATE SET at_ms = excluded.at_ms, report = excluded.report",
-                        )
-                        .bind(r.domain.as_str())
-                        .bind(&r.vantage)
-                        .bind(&r.side)
-                        .bind($crate::store::sql::ms(r.at))
-                        .bind(sqlx::types::Json(&r.report))
-                        .execute(&mut *c)
-                        .await?;
+                    // A statement per chunk, not per row: a batch is every domain's report of a
+                    // second, and a round trip each was most of its cost on PostgreSQL.
+                    for chunk in rows.chunks($crate::store::sql::VANTAGE_CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO vantage_reports (domain, vantage, side, at_ms, report) ",
+                        );
+                        q.push_values(chunk, |mut b, r| {
+                            b.push_bind(r.domain.as_str().to_string())
+                                .push_bind(r.vantage.clone())
+                                .push_bind(r.side.clone())
+                                .push_bind($crate::store::sql::ms(r.at))
+                                .push_bind(sqlx::types::Json(r.report.clone()));
+                        });
+                        q.push(" ON CONFLICT (domain, vantage, side) DO UPDATE SET at_ms = excluded.at_ms, report = excluded.report");
+                        q.build().execute(&mut *c).await?;
                     }
                     Ok(())
                 }))
