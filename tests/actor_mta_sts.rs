@@ -43,6 +43,7 @@ fn view(m: &MemoryDomain, mx: &str) -> MtaStsView {
             tlsrpt_error: None,
         },
         evaluation: Some(evaluation),
+        dane: None,
     }
 }
 
