@@ -340,6 +340,15 @@ async fn serve_block_refuses_the_failover_to_a_backup_whose_tlsa_does_not_match(
         "{:?}",
         kinds(&lab).await
     );
+    // and `mxguard status` says it
+    let out = lab.cli(&["status", "example.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  DANE: the backup MX backup.example.test (MISMATCH")
+            && text.contains("(a failover was refused for it)"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
