@@ -12,7 +12,9 @@
 //!   finding is in the status and alerted before any outage, and stopping the primary MTA does
 //!   not move the MX (named still serves the primary) and alerts the refused failover; with
 //!   `warn` the failover is made with the critical warning; with the matching record the
-//!   failover is made with no MTA-STS/DANE event at all.
+//!   failover is made with no MTA-STS/DANE event at all;
+//! - `mxguard config check --mta-sts` prints the backup's DANE verdict and, for the wrong hash,
+//!   the warning that automated failovers to it will be refused.
 //!
 //! `cargo test --test dane -- --nocapture` prints the check and drill output.
 
@@ -293,11 +295,16 @@ fn status_backup(mta_sts: &Value) -> &Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_block_refuses_the_failover_to_a_backup_whose_tlsa_does_not_match() {
     let mut lab = serve_lab(wrong_tlsa, "block").await;
+    let started = Instant::now();
     let mx = lab.serve(None);
     lab.settle(&mx, DEADLINE).await;
 
     // the finding, before any outage: in the status and alerted
     let status = wait_for_dane(&lab, &mx).await;
+    println!(
+        "DANE look in the status {:?} after serve started",
+        started.elapsed()
+    );
     assert_eq!(status["setting"], "block");
     assert!(status["policy"].is_null(), "no MTA-STS policy: {status:#}");
     let b = status_backup(&status);
@@ -311,8 +318,13 @@ async fn serve_block_refuses_the_failover_to_a_backup_whose_tlsa_does_not_match(
     );
 
     // the outage: the primary goes Down, the backup is Up, and the failover is refused
+    let stopped = Instant::now();
     lab.primary.stop().await.expect("stop primary MTA");
     let refused = wait_for_event(&lab, &mx, "alert.mta_sts_refused").await;
+    println!(
+        "failover refused {:?} after the primary MTA stopped",
+        stopped.elapsed()
+    );
     assert!(
         refused.contains("failover refused")
             && refused.contains("DANE")
@@ -389,4 +401,44 @@ async fn serve_fails_over_to_a_backup_whose_tlsa_matches_without_any_event() {
     lab.wait_for_mx(&mx, BACKUP_MX, DEADLINE).await;
     let k = kinds(&lab).await;
     assert!(!k.iter().any(|k| k.contains("mta_sts")), "{k:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_prints_the_backup_dane_verdict_and_warns_of_a_mismatch() {
+    let (wrong, matching) = tokio::join!(
+        serve_lab(wrong_tlsa, "block"),
+        serve_lab(matching_tlsa, "warn")
+    );
+    let check = |lab: &Lab| {
+        let config = lab.config.display().to_string();
+        let out = lab.cli(&["config", "check", &config, "--mta-sts"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        println!("{text}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "findings are not errors: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+
+    let text = check(&wrong);
+    assert!(
+        text.contains("example.test: DANE backup backup.example.test: MISMATCH"),
+        "{text}"
+    );
+    assert!(
+        text.contains("example.test: warning: DANE: the backup MX backup.example.test (MISMATCH")
+            && text.contains("automated failovers to it will be refused"),
+        "{text}"
+    );
+
+    let text = check(&matching);
+    assert!(
+        text.contains("example.test: DANE backup backup.example.test: TLSA 3 1 1")
+            && text.contains("matches the certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("warning:"), "{text}");
 }
