@@ -13,6 +13,8 @@
 //!   not move the MX (named still serves the primary) and alerts the refused failover; with
 //!   `warn` the failover is made with the critical warning; with the matching record the
 //!   failover is made with no MTA-STS/DANE event at all;
+//! - mode `a` (one host name, `_25._tcp.mx` with a wrong hash): the backup is probed at its own
+//!   address, not at what the name resolves to, and the failover under `block` is refused;
 //! - `mxguard config check --mta-sts` prints the backup's DANE verdict and, for the wrong hash,
 //!   the warning that automated failovers to it will be refused.
 //!
@@ -24,7 +26,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{mxguard_bin, Lab, LabOptions, Layout, Mxguard, OPERATE_TOKEN};
+use common::lab::{
+    mxguard_bin, Lab, LabMode, LabOptions, Layout, Mxguard, BACKUP_IP, OPERATE_TOKEN, PRIMARY_IP,
+};
 use mxguard_testpeers::Profile;
 use serde_json::Value;
 
@@ -219,12 +223,17 @@ const BACKUP_MX: &str = "10 backup.example.test.";
 /// A lab whose backup publishes the TLSA `zone_extra` makes, and whose domain has
 /// `mta_sts = setting` and no MTA-STS policy: DANE alone decides.
 async fn serve_lab(zone_extra: fn(&str) -> String, setting: &str) -> Lab {
+    serve_lab_in(LabMode::Mx, zone_extra, setting).await
+}
+
+async fn serve_lab_in(mode: LabMode, zone_extra: fn(&str) -> String, setting: &str) -> Lab {
     let lab = Lab::start_with(
         LabOptions {
             hold: "1h",
             mx_ttl: 300,
         },
         Layout {
+            mode,
             read_token: true,
             backup_zone_extra: Some(zone_extra),
             ..Layout::default()
@@ -284,12 +293,21 @@ async fn kinds(lab: &Lab) -> Vec<String> {
 
 /// The backup's host in the status's `mta_sts.dane.hosts`.
 fn status_backup(mta_sts: &Value) -> &Value {
+    status_host(mta_sts, "backup.example.test.")
+}
+
+fn status_host<'a>(mta_sts: &'a Value, host: &str) -> &'a Value {
     mta_sts["dane"]["hosts"]
         .as_array()
         .expect("mta_sts.dane.hosts")
         .iter()
-        .find(|h| h["host"] == "backup.example.test." && h["role"] == "backup")
-        .unwrap_or_else(|| panic!("no backup in mta_sts.dane.hosts: {mta_sts:#}"))
+        .find(|h| h["host"] == host && h["role"] == "backup")
+        .unwrap_or_else(|| panic!("no backup {host} in mta_sts.dane.hosts: {mta_sts:#}"))
+}
+
+/// Mode `a`: the TLSA of the one host name, with a hash no certificate has.
+fn wrong_tlsa_at_the_a_host(_: &str) -> String {
+    format!("_25._tcp.mx 300 IN TLSA 3 1 1 {}\n", "ab".repeat(32))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -441,4 +459,51 @@ async fn config_check_prints_the_backup_dane_verdict_and_warns_of_a_mismatch() {
         "{text}"
     );
     assert!(!text.contains("warning:"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_in_mode_a_judges_the_backup_at_its_own_address_and_block_refuses_it() {
+    let mut lab = serve_lab_in(LabMode::A, wrong_tlsa_at_the_a_host, "block").await;
+    let mx = lab.serve(None);
+    lab.settle(&mx, DEADLINE).await;
+    let primary_only = |published: Vec<String>| {
+        !published.is_empty()
+            && published
+                .iter()
+                .all(|r| r.starts_with(&format!("{PRIMARY_IP} ")))
+    };
+    assert!(
+        primary_only(lab.published().await),
+        "{:?}",
+        lab.published().await
+    );
+
+    // the name resolves to the primary now; the backup is probed at its own address
+    let status = wait_for_dane(&lab, &mx).await;
+    let b = status_host(&status, "mx.example.test.");
+    let addresses = b["addresses"].as_array().expect("addresses");
+    assert!(!addresses.is_empty(), "{b:#}");
+    for a in addresses {
+        assert!(
+            a["address"]
+                .as_str()
+                .is_some_and(|x| x.starts_with(&format!("{BACKUP_IP}:"))),
+            "{b:#}"
+        );
+        assert_eq!(a["verdict"]["result"], "mismatch", "{b:#}");
+    }
+    wait_for_event(&lab, &mx, "alert.mta_sts").await;
+
+    lab.primary.stop().await.expect("stop primary MTA");
+    let refused = wait_for_event(&lab, &mx, "alert.mta_sts_refused").await;
+    assert!(
+        refused.contains("DANE: the backup MX mx.example.test (MISMATCH"),
+        "{refused}"
+    );
+    assert!(
+        primary_only(lab.published().await),
+        "still the primary: {:?}",
+        lab.published().await
+    );
+    assert!(lab.changes().await.is_empty(), "no change intent");
 }
