@@ -2,7 +2,8 @@
 //! found at `_25._tcp.<host>` (`lookup` asks the configured resolvers) and what the host
 //! presented in the SMTP probe (`probe::smtp`: STARTTLS offered, the peer's DER chain) go in,
 //! a verdict per host and the domain's problems and notes come out. Reported by
-//! `mxguard check` and the drill's `dane` step.
+//! `mxguard check` and the drill's `dane` step; `serve` looks at it with each MTA-STS look
+//! (`watch`) and decides failovers on [`Evaluation::backup_refused`].
 //!
 //! Rules:
 //! - **No TLSA** (NXDOMAIN / NODATA) at the host: DANE senders fall back to opportunistic
@@ -28,6 +29,7 @@
 pub mod lookup;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::fmt;
 
@@ -372,5 +374,32 @@ impl Evaluation {
     /// The backups' hosts.
     pub fn backups(&self) -> impl Iterator<Item = &HostDane> {
         self.hosts.iter().filter(|h| h.role == Side::Backup)
+    }
+
+    /// Why every DANE sender would defer mail to the backup side, or `None` (what `serve`'s
+    /// failover decision uses). A DANE sender that fails one address tries the host's others
+    /// and then the side's other hosts (RFC 7672), so the side is refused only when
+    /// every backup address it could reach is refused: each probed address, or a host's own
+    /// verdict when none was probed. A backup not checked, or with no TLSA, is not refused.
+    pub fn backup_refused(&self) -> Option<String> {
+        let backups: Vec<&HostDane> = self.backups().collect();
+        let refused = |h: &&HostDane| {
+            if h.addresses.is_empty() {
+                h.verdict.refused()
+            } else {
+                h.addresses.iter().all(|a| a.verdict.refused())
+            }
+        };
+        if backups.is_empty() || !backups.iter().all(refused) {
+            return None;
+        }
+        let each: Vec<String> = backups
+            .iter()
+            .map(|h| format!("{} ({})", h.host.without_dot(), h.verdict))
+            .collect();
+        Some(format!(
+            "DANE: the backup MX {}: every DANE sender (RFC 7672) would defer mail to it",
+            each.join("; ")
+        ))
     }
 }

@@ -66,7 +66,7 @@ pub enum EventKind {
     #[serde(rename = "provider_access_restored")]
     ProviderAccessRestored,
     /// Compliant senders would deliver to the backup again (its MTA-STS policy lists it or no
-    /// longer enforces).
+    /// longer enforces, and a DANE sender can use one of its addresses).
     #[serde(rename = "mta_sts_restored")]
     MtaStsRestored,
     /// The primary's records republished unchanged with the failover TTL at early signs of
@@ -108,14 +108,16 @@ pub enum EventKind {
     /// needs for the zone (found at start, not at the first failover).
     #[serde(rename = "alert.provider_access")]
     ProviderAccess,
-    /// The domain's enforce-mode MTA-STS policy does not list the backup: compliant senders
-    /// would refuse it after a failover.
+    /// Compliant senders would refuse the backup after a failover: the domain's enforce-mode
+    /// MTA-STS policy does not list it, or every DANE sender would defer mail to it (its TLSA
+    /// matches no certificate it presents, or it offers no STARTTLS).
     #[serde(rename = "alert.mta_sts")]
     MtaSts,
-    /// `mta_sts = "block"`: an automated failover to a backup the policy refuses was not made.
+    /// `mta_sts = "block"`: an automated failover to a backup compliant senders refuse was not
+    /// made.
     #[serde(rename = "alert.mta_sts_refused")]
     MtaStsFailoverRefused,
-    /// A failover was made to a backup the policy refuses (`warn`, or an operator's move).
+    /// A failover was made to a backup compliant senders refuse (`warn`, or an operator's move).
     #[serde(rename = "alert.mta_sts_failover")]
     MtaStsFailover,
     /// A provider of a zone served by several did not take a change the others took: it

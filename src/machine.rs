@@ -169,9 +169,10 @@ pub struct DomainState {
     /// dedup key from it after a restart; absent in states saved before it existed.
     #[serde(default)]
     pub incident: Option<Incident>,
-    /// Why compliant senders would refuse the backup under the domain's enforce-mode MTA-STS
-    /// policy (`src/mtasts.rs`), as last evaluated; `None`: they would deliver to it, or the
-    /// domain has no such policy, or `mta_sts = "off"`.
+    /// Why compliant senders would refuse the backup — the domain's enforce-mode MTA-STS
+    /// policy does not list it (`src/mtasts.rs`), or every DANE sender would defer mail to it
+    /// (`src/dane.rs`) — as last evaluated; `None`: they would deliver to it, or
+    /// `mta_sts = "off"`.
     #[serde(default)]
     pub mta_sts_refused: Option<String>,
     /// Under `mta_sts = "block"`: an automated failover was refused for it while the primary
@@ -558,7 +559,7 @@ impl DomainState {
                 fx.push(Effect::Event {
                     kind: EventKind::MtaStsFailover,
                     message: format!(
-                        "failing over ({why}) to a backup that compliant senders refuse: {refused}; their mail queues and then bounces until the primary is back or the policy lists the backup"
+                        "failing over ({why}) to a backup that compliant senders refuse: {refused}; their mail queues and then bounces until the primary is back or the backup passes (listed by the policy, its TLSA matching)"
                     ),
                 });
             }
@@ -963,8 +964,8 @@ fn correct_drift(
     });
 }
 
-/// A new MTA-STS evaluation: alerts when the backup starts being refused, notes when it passes
-/// again. Ignored with `mta_sts = "off"`.
+/// A new MTA-STS and DANE evaluation (`mtasts::watch`): alerts when the backup starts being
+/// refused, notes when it passes again. Ignored with `mta_sts = "off"`.
 fn mta_sts_step(
     state: &mut DomainState,
     refused: Option<String>,
@@ -993,7 +994,7 @@ fn mta_sts_step(
             state.mta_sts_blocked = false;
             fx.push(Effect::Event {
                 kind: EventKind::MtaStsRestored,
-                message: "compliant senders would deliver to the backup again: the domain's MTA-STS policy lists it, or no longer enforces".into(),
+                message: "compliant senders would deliver to the backup again: the domain's MTA-STS policy lists it or no longer enforces, and DANE senders can use it".into(),
             });
         }
         _ => {}
@@ -1001,8 +1002,8 @@ fn mta_sts_step(
     state.mta_sts_refused = refused;
 }
 
-/// Under `mta_sts = "block"`, true when the backup is refused by the domain's MTA-STS policy:
-/// the automated failover is not made, and an alert (once per episode) names why.
+/// Under `mta_sts = "block"`, true when compliant senders refuse the backup (MTA-STS or
+/// DANE): the automated failover is not made, and an alert (once per episode) names why.
 fn mta_sts_blocks(state: &mut DomainState, policy: &Policy, fx: &mut Vec<Effect>) -> bool {
     if policy.mta_sts != MtaStsAction::Block {
         return false;

@@ -1,7 +1,8 @@
 //! A domain's actor and its MTA-STS finding, with no network: the view `serve`'s watcher would
 //! hand it is handed directly, probe rounds are fed in, and the records live in the in-memory
 //! provider. The finding reaches the machine (and the timeline) only through the actor, so this
-//! is the wiring between `mtasts::watch` and `machine.rs`.
+//! is the wiring between `mtasts::watch` and `machine.rs`. A DANE finding rides in the same view
+//! (`MtaStsView::dane`) and takes the same path.
 
 mod common;
 
@@ -43,6 +44,47 @@ fn view(m: &MemoryDomain, mx: &str) -> MtaStsView {
             tlsrpt_error: None,
         },
         evaluation: Some(evaluation),
+        dane: None,
+    }
+}
+
+/// What the watcher hands the actor for a domain with no MTA-STS policy whose backup publishes
+/// TLSA and offers no STARTTLS (`refused`), or publishes no TLSA (the record removed).
+fn dane_view(m: &MemoryDomain, refused: bool) -> MtaStsView {
+    use mxguard::dane::{Evaluation, HostDane, Presented, Tlsa, TlsaFound};
+    let (tlsa, presented) = if refused {
+        let tlsa = TlsaFound::Records {
+            records: vec![Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![7; 32],
+            }],
+            authenticated: true,
+        };
+        (tlsa, vec![("127.0.0.21:25".into(), Presented::NoStartTls)])
+    } else {
+        (TlsaFound::None, Vec::new())
+    };
+    let backup = HostDane::judge(
+        mxguard::model::Fqdn::parse("backup.example.test").expect("name"),
+        Side::Backup,
+        tlsa,
+        presented,
+    );
+    MtaStsView {
+        setting: m.domain.mta_sts,
+        checked_at: Utc::now(),
+        report: PolicyReport {
+            record: None,
+            policy: None,
+            cached: false,
+            error: None,
+            tlsrpt: None,
+            tlsrpt_error: None,
+        },
+        evaluation: None,
+        dane: Some(Evaluation::new(vec![backup])),
     }
 }
 
@@ -143,4 +185,40 @@ async fn off_clears_a_finding_persisted_under_an_earlier_setting() {
     .await;
     let k = kinds(&m).await;
     assert!(!k.contains(&"alert.mta_sts_failover".to_string()), "{k:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_holds_the_primary_while_dane_senders_would_refuse_the_backup() {
+    let mut m = MemoryDomain::new().await;
+    m.domain.mta_sts = MtaStsAction::Block;
+    let (handle, _stop) = m.run(m.deps()).await;
+    feed(&handle, Health::Up, Health::Up).await;
+    wait_state(&handle, "settled", |s| s.phase == Phase::Primary).await;
+
+    assert!(handle.mta_sts(dane_view(&m, true)).await);
+    wait_state(&handle, "the finding", |s| {
+        s.mta_sts_refused
+            .as_deref()
+            .is_some_and(|w| w.starts_with("DANE: the backup MX backup.example.test"))
+    })
+    .await;
+    feed(&handle, Health::Down, Health::Up).await;
+    wait_state(&handle, "refused", |s| s.mta_sts_blocked).await;
+    assert_eq!(m.dns.mx(), vec![format!("{PRIMARY_MX} 300")]);
+
+    // the backup's TLSA removed: nothing for DANE senders to refuse, the failover is made
+    assert!(handle.mta_sts(dane_view(&m, false)).await);
+    wait_state(&handle, "failed over", |s| {
+        s.phase == Phase::OnBackup && s.in_flight.is_none()
+    })
+    .await;
+    assert_eq!(m.dns.mx(), vec![format!("{BACKUP_MX} 30")]);
+    let k = kinds(&m).await;
+    assert_eq!(
+        k.iter()
+            .filter(|k| k.contains("mta_sts"))
+            .collect::<Vec<_>>(),
+        ["alert.mta_sts", "alert.mta_sts_refused", "mta_sts_restored"],
+        "{k:?}"
+    );
 }

@@ -244,9 +244,10 @@ pub enum ConfigCommand {
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// Also fetch each domain's MTA-STS policy (through its resolvers, over HTTPS) and
-        /// report a backup that compliant senders would refuse. Off by default: the plain
-        /// check needs no network.
+        /// Also fetch each domain's MTA-STS policy (through its resolvers, over HTTPS), look up
+        /// its backup's TLSA (probing a backup that publishes it, for DANE) and report a backup
+        /// that compliant senders would refuse. Off by default: the plain check needs no
+        /// network.
         #[arg(long)]
         mta_sts: bool,
     },
@@ -392,8 +393,9 @@ fn config_check(file: &Path, mta_sts: bool) -> ExitCode {
     }
 }
 
-/// `config check --mta-sts`: each domain's policy and what it says of the backup. Findings are
-/// printed, not errors: the exit stays 0 (the configuration is valid).
+/// `config check --mta-sts`: each domain's policy and its backup's DANE (the look `serve`
+/// makes, `mtasts::watch`), and what they say of the backup. Findings are printed, not
+/// errors: the exit stays 0 (the configuration is valid).
 async fn config_check_mta_sts(cfg: Config) -> ExitCode {
     use crate::machine::MtaStsAction;
     use crate::mtasts::{fetch::Fetcher, watch::MtaStsView};
@@ -412,7 +414,8 @@ async fn config_check_mta_sts(cfg: Config) -> ExitCode {
                 continue;
             }
         };
-        let view = MtaStsView::look(&fetcher, d).await;
+        let mut view = MtaStsView::look(&fetcher, d).await;
+        view.dane = Some(crate::dane::watch::look(d, fetcher.tls.clone()).await);
         match (&view.report.policy, &view.report.record) {
             (Some(p), _) => {
                 let mx: Vec<&str> = p.mx.iter().map(|x| x.as_str()).collect();
@@ -435,6 +438,19 @@ async fn config_check_mta_sts(cfg: Config) -> ExitCode {
         }
         for note in view.evaluation.iter().flat_map(|e| e.notes.iter()) {
             println!("{}: note: {note}", d.name.without_dot());
+        }
+        if let Some(dane) = &view.dane {
+            for h in dane.backups() {
+                println!(
+                    "{}: DANE backup {}: {}",
+                    d.name.without_dot(),
+                    h.host.without_dot(),
+                    h.verdict
+                );
+            }
+            for note in &dane.notes {
+                println!("{}: note: {note}", d.name.without_dot());
+            }
         }
         if let Some(why) = view.refused() {
             let then = match d.mta_sts {

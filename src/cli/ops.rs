@@ -162,7 +162,13 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
                 } else {
                     ""
                 };
-                println!("  MTA-STS: {why}{blocked}");
+                // a DANE-only reason names itself (`mtasts::watch::MtaStsView::refused`)
+                let label = if why.starts_with("DANE:") {
+                    ""
+                } else {
+                    "MTA-STS: "
+                };
+                println!("  {label}{why}{blocked}");
             }
             if !d.mirrors.is_empty() {
                 let names: Vec<&str> = d.providers().map(String::as_str).collect();

@@ -269,3 +269,74 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_backup_side_is_refused_only_when_every_backup_address_is() {
+    let c = chain();
+    let good = rec(3, 1, 1, Sha256::digest(spki(&c.leaf)).to_vec());
+    let wrong = rec(3, 1, 1, vec![7; 32]);
+    let other = Fqdn::parse("backup2.example.test").expect("name");
+    let at = |p: Presented| vec![("127.0.0.21:25".to_string(), p)];
+    let leaf = || Presented::Chain(vec![c.leaf.clone()]);
+    let mismatched = HostDane::judge(host(), Side::Backup, found(vec![wrong.clone()]), at(leaf()));
+    let no_starttls = HostDane::judge(
+        other.clone(),
+        Side::Backup,
+        found(vec![good.clone()]),
+        at(Presented::NoStartTls),
+    );
+
+    // every backup host refused: the reason names DANE, each host and its verdict
+    let why = Evaluation::new(vec![mismatched.clone(), no_starttls.clone()])
+        .backup_refused()
+        .expect("refused");
+    assert!(why.starts_with("DANE: "), "{why}");
+    assert!(why.contains("backup.example.test (MISMATCH"), "{why}");
+    assert!(
+        why.contains("backup2.example.test (TLSA published but STARTTLS not offered)"),
+        "{why}"
+    );
+
+    // one backup host a DANE sender can use keeps the side deliverable
+    for fine in [
+        HostDane::judge(
+            other.clone(),
+            Side::Backup,
+            found(vec![good.clone()]),
+            at(leaf()),
+        ),
+        HostDane::judge(other.clone(), Side::Backup, TlsaFound::None, Vec::new()),
+        HostDane::judge(
+            other.clone(),
+            Side::Backup,
+            TlsaFound::Failed {
+                why: "SERVFAIL".into(),
+            },
+            Vec::new(),
+        ),
+        HostDane::judge(
+            other.clone(),
+            Side::Backup,
+            found(vec![good.clone()]),
+            at(Presented::NotSeen("connection refused".into())),
+        ),
+    ] {
+        let ev = Evaluation::new(vec![mismatched.clone(), fine.clone()]);
+        assert_eq!(ev.backup_refused(), None, "{:?}", fine.verdict);
+    }
+
+    // one address that matches keeps a host deliverable, though its worst address is a problem
+    let split = HostDane::judge(
+        host(),
+        Side::Backup,
+        found(vec![good]),
+        vec![("a".into(), Presented::NoStartTls), ("b".into(), leaf())],
+    );
+    let ev = Evaluation::new(vec![split]);
+    assert_eq!(ev.problems.len(), 1);
+    assert_eq!(ev.backup_refused(), None);
+
+    // the primaries do not count, and no backup is no refusal
+    let primary = HostDane::judge(host(), Side::Primary, found(vec![wrong]), at(leaf()));
+    assert_eq!(Evaluation::new(vec![primary]).backup_refused(), None);
+}

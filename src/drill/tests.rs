@@ -314,6 +314,7 @@ fn view(policy: Option<StsPolicy>, error: Option<&str>) -> MtaStsView {
             tlsrpt: None,
             tlsrpt_error: None,
         },
+        dane: None,
     }
 }
 

@@ -260,3 +260,87 @@ proptest! {
         }
     }
 }
+
+/// One backup host publishing TLSA, seen at one address as `presented`.
+fn dane_backup(presented: crate::dane::Presented) -> crate::dane::Evaluation {
+    use crate::dane::{HostDane, Tlsa, TlsaFound};
+    let tlsa = TlsaFound::Records {
+        records: vec![Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![7; 32],
+        }],
+        authenticated: false,
+    };
+    crate::dane::Evaluation::new(vec![HostDane::judge(
+        fq("backup.example.com"),
+        crate::model::Side::Backup,
+        tlsa,
+        vec![("127.0.0.21:25".into(), presented)],
+    )])
+}
+
+fn watch_view(
+    policy: Option<StsPolicy>,
+    dane: Option<crate::dane::Evaluation>,
+) -> watch::MtaStsView {
+    let hosts = Hosts::Mx {
+        primary: vec![fq("mx1.example.com")],
+        backup: vec![fq("backup.example.com")],
+    };
+    watch::MtaStsView {
+        setting: crate::machine::MtaStsAction::Block,
+        checked_at: chrono::Utc::now(),
+        evaluation: policy.as_ref().map(|p| evaluate(p, &hosts)),
+        report: fetch::PolicyReport {
+            record: policy.as_ref().map(|_| StsRecord { id: "1".into() }),
+            policy,
+            cached: false,
+            error: None,
+            tlsrpt: None,
+            tlsrpt_error: None,
+        },
+        dane,
+    }
+}
+
+#[test]
+fn the_view_refuses_the_backup_for_mta_sts_dane_or_both_in_one_reason() {
+    use crate::dane::Presented;
+    let unlisted = parse_policy(ENFORCE).expect("policy");
+    let refused_dane = || Some(dane_backup(Presented::NoStartTls));
+
+    assert_eq!(watch_view(None, None).refused(), None);
+    let sts = watch_view(Some(unlisted.clone()), None)
+        .refused()
+        .expect("MTA-STS refuses");
+    assert!(sts.contains("MTA-STS policy"), "{sts}");
+
+    let dane = watch_view(None, refused_dane())
+        .refused()
+        .expect("DANE refuses");
+    assert!(
+        dane.starts_with(
+            "DANE: the backup MX backup.example.com (TLSA published but STARTTLS not offered)"
+        ),
+        "{dane}"
+    );
+
+    let both = watch_view(Some(unlisted), refused_dane())
+        .refused()
+        .expect("both refuse");
+    assert_eq!(both, format!("{sts}; {dane}"));
+
+    // not checked is never a refusal, and is looked at again within five minutes
+    let unseen = watch_view(
+        None,
+        Some(dane_backup(Presented::NotSeen("refused".into()))),
+    );
+    assert_eq!(unseen.refused(), None);
+    assert_eq!(unseen.refresh_in(), std::time::Duration::from_secs(300));
+    assert_eq!(
+        watch_view(None, refused_dane()).refresh_in(),
+        std::time::Duration::from_secs(3600)
+    );
+}

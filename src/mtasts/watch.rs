@@ -4,6 +4,11 @@
 //! actor, which shows it in the status and feeds the finding to the machine (alert when the
 //! backup starts being refused, `mta_sts_restored` when it passes again; the failover decision
 //! in `machine.rs`).
+//!
+//! Each look also evaluates DANE for the backup (`dane::watch`): its TLSA against the chain it
+//! presents. "Compliant senders would refuse the backup" is one finding for both — a policy
+//! that does not list it, or TLSA that no backup address matches — so the machine's one gate
+//! (`mta_sts = "block" | "warn"`) decides either.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +33,9 @@ pub struct MtaStsView {
     pub report: PolicyReport,
     /// `None` without a policy in force.
     pub evaluation: Option<Evaluation>,
+    /// The backup's DANE picture, looked at with the policy (`None`: not looked at — a
+    /// drill's `mta_sts` step, which has a `dane` step of its own).
+    pub dane: Option<crate::dane::Evaluation>,
 }
 
 impl MtaStsView {
@@ -40,14 +48,37 @@ impl MtaStsView {
             checked_at: Utc::now(),
             report,
             evaluation,
+            dane: None,
         }
     }
 
-    /// Why compliant senders would refuse the backup (what the machine is told).
+    /// Why compliant senders would refuse the backup (what the machine is told): the MTA-STS
+    /// policy's reason, DANE's, or both.
     pub fn refused(&self) -> Option<String> {
-        self.evaluation
+        let sts = self
+            .evaluation
             .as_ref()
-            .and_then(|e| e.backup_refused.clone())
+            .and_then(|e| e.backup_refused.clone());
+        let dane = self
+            .dane
+            .as_ref()
+            .and_then(crate::dane::Evaluation::backup_refused);
+        match (sts, dane) {
+            (Some(s), Some(d)) => Some(format!("{s}; {d}")),
+            (s, d) => s.or(d),
+        }
+    }
+
+    /// When to look again: the policy's refresh, and five minutes when a DANE backup could
+    /// not be judged (a backup MTA down at start is judged once it is back).
+    pub fn refresh_in(&self) -> Duration {
+        let wait = self.report.refresh_in();
+        match &self.dane {
+            Some(d) if crate::dane::watch::backup_unchecked(d) => {
+                wait.min(Duration::from_secs(300))
+            }
+            _ => wait,
+        }
     }
 }
 
@@ -66,7 +97,9 @@ pub async fn run(
     loop {
         let look = async {
             let _turn = looks.acquire().await;
-            MtaStsView::look(&fetcher, &cfg).await
+            let mut view = MtaStsView::look(&fetcher, &cfg).await;
+            view.dane = Some(crate::dane::watch::look(&cfg, fetcher.tls.clone()).await);
+            view
         };
         let view = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -75,7 +108,14 @@ pub async fn run(
         if let Some(e) = &view.report.error {
             tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");
         }
-        let wait = view.report.refresh_in();
+        if let Some(why) = view
+            .dane
+            .as_ref()
+            .and_then(crate::dane::Evaluation::backup_refused)
+        {
+            tracing::warn!(domain = %cfg.name, %why, "DANE senders would refuse the backup");
+        }
+        let wait = view.refresh_in();
         if !handle.mta_sts(view).await {
             return;
         }

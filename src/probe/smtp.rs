@@ -40,8 +40,9 @@ pub struct SmtpPolicy {
     pub tls: Arc<rustls::ClientConfig>,
     /// RCPT checks; `None` skips them.
     pub rcpt: Option<RcptCheck>,
-    /// Keep the peer's DER chain in the report (`SmtpReport::chain`) for DANE: `check` and
-    /// drills do; `serve` does not, since its reports are cloned per domain every round.
+    /// Keep the peer's DER chain in the report (`SmtpReport::chain`) for DANE: `check`,
+    /// drills and `serve`'s DANE look (`dane::watch`) do; `serve`'s health rounds do not, since
+    /// their reports are cloned per domain every round.
     pub keep_chain: bool,
 }
 
