@@ -818,6 +818,7 @@ proptest! {
             let operator = maintaining || matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. } | Command::Maintenance { .. }) | Gen::Revert(_));
             let completes_flight = matches!(g, Gen::Verify) && s.in_flight.is_some();
             let g_is_cmd = matches!(g, Gen::Cmd(_) | Gen::Revert(_));
+            let g_kind = match &g { Gen::Cmd(c) => Some(c.clone()), _ => None };
             let input = match g {
                 Gen::Health(p, b) => {
                     if p == Up { primary_up_since.get_or_insert(now); } else { primary_up_since = None; }
@@ -854,9 +855,11 @@ proptest! {
                     prop_assert_eq!(s.phase, Phase::Primary);
                     prop_assert_eq!(s.published, Some(Side::Primary));
                     prop_assert!(before.phase == Phase::Primary || (maintaining && completes_flight), "TTL write in {:?}", before.phase);
-                    // (a pin that expired in this step no longer holds it back)
+                    // (a pin that expired in this step, or an operator lifted in it, no longer
+                    // holds it back: `an_unpin_may_let_a_due_maintenance_lowering_go_in_the_same_step`)
                     let pin_expired = matches!(&before.overrides, Some(Override::Pinned { until, .. }) if *until <= t(now));
-                    prop_assert!((before.overrides.is_none() || pin_expired) && s.overrides.is_none());
+                    let lifted = matches!(g_kind, Some(Command::Unpin | Command::Resume));
+                    prop_assert!((before.overrides.is_none() || pin_expired || lifted) && s.overrides.is_none());
                     prop_assert!(before.writing().is_none() || (maintaining && completes_flight), "TTL write while a write was in flight");
                     let restoring = matches!(s.ttl_write(), Some(TtlWrite::Restore(_)));
                     prop_assert!(early_ttl || restoring || maintaining, "lowered with early_ttl off");
@@ -1565,4 +1568,61 @@ fn cancelling_a_window_restores_its_ttl_after_the_hold_and_ends_its_pin() {
         t(22),
         &pol
     )));
+}
+
+#[test]
+fn an_unpin_may_let_a_due_maintenance_lowering_go_in_the_same_step() {
+    // Found by the proptest: a pin that holds back a window's lowering (due already: the
+    // window starts within one TTL), lifted by an operator, lets it go at once.
+    let pol = Policy {
+        hold: Some(Duration::from_secs(600)),
+        failover_ttl: 60,
+        ..Policy::default()
+    };
+    let mut s = DomainState::default();
+    let now = 1784;
+    step(
+        &mut s,
+        Input::Observed {
+            published: Some(Side::Primary),
+            ttl: Some(300),
+        },
+        t(0),
+        &pol,
+    );
+    step(
+        &mut s,
+        cmd(Command::Pin {
+            side: Side::Primary,
+            until: t(now + 1),
+        }),
+        t(now),
+        &pol,
+    );
+    step(&mut s, revert(Side::Primary), t(now), &pol);
+    if let Some(side) = s.writing() {
+        step(&mut s, Input::ChangeVerified { side }, t(now), &pol);
+    }
+    let fx = step(
+        &mut s,
+        cmd(Command::Maintenance {
+            side: Side::Backup,
+            start: t(now + 1),
+            end: t(now + 2),
+        }),
+        t(now),
+        &pol,
+    );
+    assert!(
+        publishes(&fx).is_empty(),
+        "nothing written under the pin: {fx:?}"
+    );
+    let fx = step(&mut s, cmd(Command::Unpin), t(now), &pol);
+    assert_eq!(publishes(&fx), vec![Side::Primary], "{fx:?}");
+    assert!(s.overrides.is_none());
+    assert!(
+        matches!(s.ttl_write(), Some(TtlWrite::Lower(60))),
+        "{:?}",
+        s.early_ttl
+    );
 }
