@@ -12,16 +12,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::future::join_all;
-use tokio::sync::Semaphore;
 
 use super::{lookup, Evaluation, HostDane, TlsaFound};
 use crate::config::DomainConfig;
 use crate::model::Side;
 use crate::plan::Managed;
-use crate::probe::budget::SharedDns;
 use crate::probe::dns::DnsClient;
-use crate::probe::reuse::Rules;
-use crate::probe::smtp::SmtpPolicy;
 use crate::probe::target::{Prober, TargetSpec};
 
 /// SMTP sessions one look holds at once (a domain has a few backup addresses; looks are
@@ -38,24 +34,7 @@ pub async fn look(cfg: &DomainConfig, tls: Arc<rustls::ClientConfig>) -> Evaluat
         .iter()
         .map(|r| DnsClient::resolver(*r, c.timeout))
         .collect();
-    let prober = Prober {
-        resolvers: clients.clone(),
-        dns: SharedDns::unlimited(),
-        reuse: Rules::ALWAYS_ASK,
-        smtp: SmtpPolicy {
-            keep_chain: true,
-            port: c.smtp_port,
-            timeout: c.timeout,
-            deadline: Some(crate::vantage::probe_deadline(c)),
-            starttls: c.starttls,
-            ehlo_name: c.ehlo_name.clone(),
-            cert_min_days: c.cert_min_days,
-            tls,
-            rcpt: None,
-        },
-        global: Arc::new(Semaphore::new(SESSIONS_PER_LOOK)),
-        max_addresses: c.max_addresses as usize,
-    };
+    let prober = Prober::one_look(c, tls, SESSIONS_PER_LOOK);
     let managed = Managed::new(cfg);
     let clients = &clients;
     let primaries = join_all(

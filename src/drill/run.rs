@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::future::join_all;
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use super::{DrillReport, Found, Header, Outcome, Step, StepKind, Trigger};
 use crate::access::ProviderAccess;
@@ -26,10 +25,8 @@ use crate::model::{Fqdn, Side};
 use crate::mtasts::fetch::Fetcher;
 use crate::mtasts::watch::MtaStsView;
 use crate::plan::{Managed, Plan};
-use crate::probe::budget::SharedDns;
 use crate::probe::dns::DnsClient;
-use crate::probe::reuse::Rules;
-use crate::probe::smtp::{RcptCheck, SmtpPolicy};
+use crate::probe::smtp::RcptCheck;
 use crate::probe::target::{Prober, TargetEvidence, TargetSpec};
 use crate::store::{Event, NewEvent, Store, StoreError};
 
@@ -173,28 +170,11 @@ pub async fn run(cfg: &DomainConfig, deps: &Deps, ask: &Ask) -> DrillReport {
 /// check whatever `rcpt_checks` says (a failover needs both), every resolver asked afresh.
 async fn probe_backups(cfg: &DomainConfig) -> Result<Vec<TargetEvidence>, String> {
     let c = &cfg.checks;
-    let prober = Prober {
-        resolvers: c
-            .resolvers
-            .iter()
-            .map(|r| DnsClient::resolver(*r, c.timeout))
-            .collect(),
-        dns: SharedDns::unlimited(),
-        reuse: Rules::ALWAYS_ASK,
-        smtp: SmtpPolicy {
-            keep_chain: true,
-            port: c.smtp_port,
-            timeout: c.timeout,
-            deadline: Some(crate::vantage::probe_deadline(c)),
-            starttls: c.starttls,
-            ehlo_name: c.ehlo_name.clone(),
-            cert_min_days: c.cert_min_days,
-            tls: crate::probe::tls::client_config(c.ca_file.as_deref())?,
-            rcpt: None,
-        },
-        global: Arc::new(Semaphore::new(16)),
-        max_addresses: c.max_addresses as usize,
-    };
+    let prober = Prober::one_look(
+        c,
+        crate::probe::tls::client_config(c.ca_file.as_deref())?,
+        16,
+    );
     let managed = Managed::new(cfg);
     // mode a: the host at the backup's own addresses, never at what it resolves to now
     let addresses = managed.addresses(Side::Backup);

@@ -41,6 +41,40 @@ pub struct Prober {
     pub max_addresses: usize,
 }
 
+impl Prober {
+    /// A prober for one look outside the monitor's rounds (drills, DANE's look): `checks`'
+    /// resolvers asked every time, no query budget, the presented chain kept, no RCPT, at
+    /// most `sessions` SMTP sessions at once.
+    pub fn one_look(
+        c: &crate::config::Checks,
+        tls: Arc<rustls::ClientConfig>,
+        sessions: usize,
+    ) -> Prober {
+        Prober {
+            resolvers: c
+                .resolvers
+                .iter()
+                .map(|r| DnsClient::resolver(*r, c.timeout))
+                .collect(),
+            dns: SharedDns::unlimited(),
+            reuse: Rules::ALWAYS_ASK,
+            smtp: SmtpPolicy {
+                keep_chain: true,
+                port: c.smtp_port,
+                timeout: c.timeout,
+                deadline: Some(crate::vantage::probe_deadline(c)),
+                starttls: c.starttls,
+                ehlo_name: c.ehlo_name.clone(),
+                cert_min_days: c.cert_min_days,
+                tls,
+                rcpt: None,
+            },
+            global: Arc::new(Semaphore::new(sessions)),
+            max_addresses: c.max_addresses as usize,
+        }
+    }
+}
+
 /// What to probe: one MX host of one side.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
