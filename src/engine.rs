@@ -58,6 +58,9 @@ pub struct Engine {
     /// The domains with a drill running (one at a time per domain: the API's and the
     /// schedule's share it).
     pub drills: crate::drill::run::Running,
+    /// The resolvers' query budgets (`[checks] max_qps`) and the hosts' last answers: the
+    /// probes, verification, MTA-STS and DANE looks and drills all spend the same.
+    pub dns: SharedDns,
 }
 
 /// How often a domain reads its published records back, at most.
@@ -202,6 +205,7 @@ impl Engine {
             Arc::new(TokioClock),
             Arc::new(SeededJitter::from_entropy()),
         );
+        engine.dns = dns.clone();
         // One loader for every domain: their state is read in batches, not one query each.
         let loader = Loader::new(store.clone());
         for d in &config.domains {

@@ -182,7 +182,7 @@ pub async fn run(
         );
         let fetcher = match fetchers.get(&key) {
             Some(f) => f.clone(),
-            None => match mtasts::fetch::Fetcher::for_checks(&d.checks) {
+            None => match mtasts::fetch::Fetcher::for_checks(&d.checks, engine.dns.clone()) {
                 Ok(f) => fetchers.entry(key).or_insert(f).clone(),
                 Err(e) => {
                     tracing::error!(domain = %d.name, error = %e, "MTA-STS check not started: the TLS client cannot be built");

@@ -3,9 +3,11 @@
 //! counting resolver at `max_qps = 10`: every domain settles, no wall-clock second sees more
 //! than max_qps queries (plus one A/AAAA pair whose answer crossed into the next second), and
 //! once settled the hosts' answers are reused for `dns_interval` instead of being asked every
-//! round. Domains are on `named` (RFC 2136) and the MTAs are Postfix; the resolver is
-//! `testpeers::dns::CountingResolver`, which answers the hosts' A (and NODATA for AAAA) and
-//! counts its answers per second.
+//! round. The MTA-STS and DANE looks of every domain (the default `mta_sts = "warn"`) ask the
+//! same resolver from its spare budget, and a host's TLSA is asked once for all the domains
+//! that use it. Domains are on `named` (RFC 2136) and the MTAs are Postfix; the resolver is
+//! `testpeers::dns::CountingResolver`, which answers the hosts' A (and NODATA for AAAA, and
+//! NXDOMAIN for the TXT and TLSA names) and counts its answers per second and per question.
 //!
 //! `MXGUARD_DNS_BUDGET_DOMAINS` sets how many domains (default 200).
 
@@ -17,6 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lab::{mxguard_bin, Mxguard, READ_TOKEN, SECRET};
+use hickory_proto::rr::RecordType;
 use mxguard_testpeers::{
     dns::CountingResolver,
     free_port, free_port_on,
@@ -187,7 +190,7 @@ dns_interval = "{dns_interval}s"
     );
     for i in 0..n {
         config.push_str(&format!(
-            "\n[[domains]]\nname = \"{name}\"\nzone = \"example.test\"\nprovider = \"lab\"\nprimary = [\"10 {mx}.\"]\nbackup = [\"10 backup.example.test.\"]\nfailover_ttl = 30\nmta_sts = \"off\"\nauthoritative = [\"{named}\"]\n",
+            "\n[[domains]]\nname = \"{name}\"\nzone = \"example.test\"\nprovider = \"lab\"\nprimary = [\"10 {mx}.\"]\nbackup = [\"10 backup.example.test.\"]\nfailover_ttl = 30\nauthoritative = [\"{named}\"]\n",
             name = domain(i),
             mx = host(i),
             named = named.addr(),
@@ -251,6 +254,38 @@ dns_interval = "{dns_interval}s"
         dns_counters(&mx, resolver.addr())
     })
     .await;
+
+    // The MTA-STS and DANE looks (mta_sts = "warn", the default) ask each domain's two TXT
+    // records and each host's TLSA on the same resolver, from the spare budget: wait until
+    // every domain has been looked at, so the per-second counts below cover them too.
+    let txt_wanted = 2 * n;
+    let looked = Instant::now();
+    while resolver.asked_type(RecordType::TXT) < txt_wanted {
+        assert!(
+            looked.elapsed() < Duration::from_secs(600),
+            "{} of {txt_wanted} MTA-STS / TLS-RPT TXT queries after 10 minutes",
+            resolver.asked_type(RecordType::TXT)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let looks_took = looked.elapsed();
+    // A host's TLSA is asked once per look period for all the domains that use it: the
+    // backup, shared by every domain, is not asked once per domain.
+    let backup_tlsa = resolver.asked("_25._tcp.backup.example.test", RecordType::TLSA);
+    let tlsa = resolver.asked_type(RecordType::TLSA);
+    eprintln!(
+        "MTA-STS looks of {n} domains done {:.0} s after the window ({} TXT, {tlsa} TLSA, {backup_tlsa} for the shared backup)",
+        looks_took.as_secs_f64(),
+        resolver.asked_type(RecordType::TXT)
+    );
+    assert!(
+        (1..=3).contains(&backup_tlsa),
+        "the shared backup's TLSA was asked {backup_tlsa} times for {n} domains"
+    );
+    assert!(
+        tlsa <= 3 * hosts,
+        "{tlsa} TLSA queries for {hosts} hosts: not shared between the domains"
+    );
 
     let per_second = resolver.per_second();
     let busiest = resolver.busiest_second().unwrap_or_default();

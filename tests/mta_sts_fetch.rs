@@ -145,6 +145,8 @@ impl Setup {
             dns_timeout: Duration::from_secs(2),
             tls: mxguard::probe::tls::client_config(Some(ca.cert_path())).expect("tls"),
             cache: Arc::new(PolicyCache::default()),
+            dns: mxguard::probe::budget::SharedDns::unlimited(),
+            dane: Default::default(),
             port,
         };
         Setup {

@@ -62,6 +62,7 @@ pub async fn drill(
                 .await,
             store: api.app.store.clone(),
             events: api.app.engine.events.clone(),
+            dns: api.app.engine.dns.clone(),
         };
         let ask = Ask {
             trigger: Trigger::Operator,

@@ -293,6 +293,8 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
         dns_timeout: req.timeout,
         tls: prober.smtp.tls.clone(),
         cache: Arc::default(),
+        dns: crate::probe::budget::SharedDns::unlimited(),
+        dane: Default::default(),
         port: crate::mtasts::fetch::port_from_env(),
     };
     let report = fetcher.look(&req.domain).await;
@@ -360,7 +362,12 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
 /// Looks up every target's TLSA and judges it against the target's SMTP reports.
 async fn dane(clients: &[DnsClient], targets: &[TargetView]) -> crate::dane::Evaluation {
     let hosts = join_all(targets.iter().map(|t| async move {
-        let tlsa = crate::dane::lookup::tlsa(clients, &t.host).await;
+        let tlsa = crate::dane::lookup::tlsa(
+            &crate::probe::budget::SharedDns::unlimited(),
+            clients,
+            &t.host,
+        )
+        .await;
         let presented = t
             .smtp
             .iter()

@@ -407,15 +407,16 @@ async fn config_check_mta_sts(cfg: Config) -> ExitCode {
             );
             continue;
         }
-        let fetcher = match Fetcher::for_checks(&d.checks) {
-            Ok(f) => f,
-            Err(e) => {
-                println!("{}: MTA-STS not checked: {e}", d.name.without_dot());
-                continue;
-            }
-        };
+        let fetcher =
+            match Fetcher::for_checks(&d.checks, crate::probe::budget::SharedDns::unlimited()) {
+                Ok(f) => f,
+                Err(e) => {
+                    println!("{}: MTA-STS not checked: {e}", d.name.without_dot());
+                    continue;
+                }
+            };
         let mut view = MtaStsView::look(&fetcher, d).await;
-        view.dane = Some(crate::dane::watch::look(d, fetcher.tls.clone()).await);
+        view.dane = Some(crate::dane::watch::look(d, &fetcher).await);
         match (&view.report.policy, &view.report.record) {
             (Some(p), _) => {
                 let mx: Vec<&str> = p.mx.iter().map(|x| x.as_str()).collect();

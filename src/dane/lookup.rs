@@ -6,6 +6,7 @@ use hickory_proto::rr::{RData as WireData, RecordType as WireType};
 
 use super::{Presented, Tlsa, TlsaFound};
 use crate::model::Fqdn;
+use crate::probe::budget::SharedDns;
 use crate::probe::dns::DnsClient;
 use crate::probe::smtp::SmtpReport;
 
@@ -16,13 +17,15 @@ pub fn tlsa_name(host: &Fqdn) -> Result<Fqdn, String> {
 
 /// Asks each resolver in turn until one answers NOERROR or NXDOMAIN; the failures of all of
 /// them otherwise (a sender that cannot look its TLSA up defers, so this is not "no TLSA").
-pub async fn tlsa(resolvers: &[DnsClient], host: &Fqdn) -> TlsaFound {
+/// Each query takes the spare part of its resolver's budget in `dns`.
+pub async fn tlsa(dns: &SharedDns, resolvers: &[DnsClient], host: &Fqdn) -> TlsaFound {
     let name = match tlsa_name(host) {
         Ok(n) => n,
         Err(e) => return TlsaFound::Failed { why: e },
     };
     let mut errors = Vec::new();
     for r in resolvers {
+        dns.background(r.server, 1).await;
         match r.query_message(&name, WireType::TLSA).await {
             Err(e) => errors.push(format!("{}: {e}", r.server)),
             Ok(msg) => match msg.metadata.response_code {

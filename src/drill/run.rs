@@ -25,6 +25,7 @@ use crate::model::{Fqdn, Side};
 use crate::mtasts::fetch::Fetcher;
 use crate::mtasts::watch::MtaStsView;
 use crate::plan::{Managed, Plan};
+use crate::probe::budget::SharedDns;
 use crate::probe::dns::DnsClient;
 use crate::probe::smtp::RcptCheck;
 use crate::probe::target::{Prober, TargetEvidence, TargetSpec};
@@ -54,6 +55,8 @@ pub struct Deps {
     pub access: Result<Arc<dyn ProviderAccess>, String>,
     pub store: Arc<dyn Store>,
     pub events: EventBus,
+    /// The resolvers' query budgets: the drill's lookups take their spare part.
+    pub dns: SharedDns,
 }
 
 /// The domains with a drill running, so that two never run at once on one domain (an
@@ -121,7 +124,7 @@ pub async fn run(cfg: &DomainConfig, deps: &Deps, ask: &Ask) -> DrillReport {
     steps.push(found.step(StepKind::MailAuth, t.elapsed()));
 
     let t = Instant::now();
-    let found = match Fetcher::for_checks(&cfg.checks) {
+    let found = match Fetcher::for_checks(&cfg.checks, deps.dns.clone()) {
         Ok(fetcher) => super::mta_sts(&MtaStsView::look(&fetcher, cfg).await),
         Err(e) => Found::not_checked(format!("the MTA-STS policy was not fetched: {e}")),
     };
@@ -129,7 +132,7 @@ pub async fn run(cfg: &DomainConfig, deps: &Deps, ask: &Ask) -> DrillReport {
 
     let t = Instant::now();
     let found = match &probed {
-        Ok(ev) => super::dane(&dane(cfg, ev).await),
+        Ok(ev) => super::dane(&dane(cfg, ev, &deps.dns).await),
         Err(e) => Found::not_checked(format!("the backup was not probed: {e}")),
     };
     steps.push(found.step(StepKind::Dane, t.elapsed()));
@@ -174,6 +177,7 @@ async fn probe_backups(cfg: &DomainConfig) -> Result<Vec<TargetEvidence>, String
         c,
         crate::probe::tls::client_config(c.ca_file.as_deref())?,
         16,
+        None,
     );
     let managed = Managed::new(cfg);
     // mode a: the host at the backup's own addresses, never at what it resolves to now
@@ -194,7 +198,11 @@ async fn probe_backups(cfg: &DomainConfig) -> Result<Vec<TargetEvidence>, String
 
 /// The TLSA of every primary host (whether the domain uses DANE) and of every backup host,
 /// the backup's judged against what each probed address presented.
-async fn dane(cfg: &DomainConfig, evidence: &[TargetEvidence]) -> crate::dane::Evaluation {
+async fn dane(
+    cfg: &DomainConfig,
+    evidence: &[TargetEvidence],
+    dns: &SharedDns,
+) -> crate::dane::Evaluation {
     use crate::dane::{lookup, HostDane};
     let c = &cfg.checks;
     let clients: Vec<DnsClient> = c
@@ -206,7 +214,7 @@ async fn dane(cfg: &DomainConfig, evidence: &[TargetEvidence]) -> crate::dane::E
     let primaries = join_all(managed.hosts(Side::Primary).into_iter().map(|host| {
         let clients = &clients;
         async move {
-            let tlsa = lookup::tlsa(clients, &host).await;
+            let tlsa = lookup::tlsa(dns, clients, &host).await;
             // not probed here: only whether they publish TLSA matters to the backup's verdict
             HostDane::judge(host, Side::Primary, tlsa, Vec::new())
         }
@@ -216,7 +224,7 @@ async fn dane(cfg: &DomainConfig, evidence: &[TargetEvidence]) -> crate::dane::E
         let clients = &clients;
         async move {
             let host = ev.round.target.clone();
-            let tlsa = lookup::tlsa(clients, &host).await;
+            let tlsa = lookup::tlsa(dns, clients, &host).await;
             let presented = ev
                 .smtp
                 .iter()

@@ -103,6 +103,7 @@ pub async fn run(
                 .ok_or_else(|| format!("provider {} was not built", cfg.provider)),
             store: store.clone(),
             events: engine.events.clone(),
+            dns: engine.dns.clone(),
         };
         let (cfg, stop) = (cfg.clone(), shutdown.clone());
         tasks.spawn(async move {

@@ -11,6 +11,8 @@
 //!   the TXT record is gone or unreadable, a cached policy still in its `max_age` stays in
 //!   force (senders keep using it, §5.1). mxguard's cache starts with the process: a sender
 //!   may hold an older policy for longer.
+//! - Every DNS query takes the spare part of its resolver's query budget (`probe::budget`),
+//!   so that the looks of many domains at once never crowd out the probes.
 //!
 //! Tests serve the policy on a loopback port: [`Fetcher::port`], which [`Fetcher::for_checks`]
 //! takes from [`TEST_PORT_ENV`] (for tests of the binary) and otherwise sets to 443. It is for
@@ -25,6 +27,7 @@ use serde::Serialize;
 
 use super::{parse_policy, parse_sts_record, parse_tlsrpt, StsPolicy, StsRecord, TlsRpt};
 use crate::model::{Fqdn, RData, RecordType};
+use crate::probe::budget::SharedDns;
 use crate::probe::dns::{resolution_error, resolve_addresses, DnsClient, DnsStatus};
 
 /// Test-only: fetch policies from this port instead of 443.
@@ -104,14 +107,22 @@ pub struct Fetcher {
     pub dns_timeout: Duration,
     pub tls: Arc<rustls::ClientConfig>,
     pub cache: Arc<PolicyCache>,
+    /// The resolvers' query budgets: every lookup takes the spare budget
+    /// ([`SharedDns::background`]); `serve`'s is the probes', a one-shot command's unlimited.
+    pub dns: SharedDns,
+    /// The hosts' DANE looks, shared by the domains this fetcher serves.
+    pub dane: crate::dane::watch::HostLooks,
     /// 443; another port only in tests ([`TEST_PORT_ENV`]).
     pub port: u16,
 }
 
 impl Fetcher {
-    /// A fetcher for a domain's checks (its resolvers, timeout and `ca_file`).
-    pub fn for_checks(checks: &crate::config::Checks) -> Result<Fetcher, String> {
+    /// A fetcher for a domain's checks (its resolvers, timeout and `ca_file`), its lookups
+    /// within `dns`'s budgets.
+    pub fn for_checks(checks: &crate::config::Checks, dns: SharedDns) -> Result<Fetcher, String> {
         Ok(Fetcher {
+            dns,
+            dane: Default::default(),
             resolvers: checks.resolvers.clone(),
             dns_timeout: checks.timeout,
             tls: crate::probe::tls::client_config(checks.ca_file.as_deref())?,
@@ -124,6 +135,7 @@ impl Fetcher {
     async fn txt(&self, name: &Fqdn) -> Result<Vec<String>, String> {
         let mut failures = Vec::new();
         for server in &self.resolvers {
+            self.dns.background(*server, 1).await;
             let answer = DnsClient::resolver(*server, self.dns_timeout)
                 .query(name, RecordType::Txt)
                 .await;
@@ -218,6 +230,7 @@ impl Fetcher {
         let mut failures = Vec::new();
         for server in &self.resolvers {
             let client = DnsClient::resolver(*server, self.dns_timeout);
+            self.dns.background(*server, 2).await;
             let (found, answers) = resolve_addresses(&client, &host).await;
             if !found.is_empty() {
                 addrs = found;

@@ -13,6 +13,13 @@
 //!   mass failover's thousands of propagation checks then queue no further ahead than a poll,
 //!   and the probe rounds (which may wait half their deadline) still find tokens.
 //!
+//! * Background lookups (MTA-STS TXT records and policy hosts, TLSA records: looked at once
+//!   per domain at start and at each policy refresh) take only the tokens the next
+//!   [`BACKGROUND_AHEAD`] holds and otherwise try again a little later
+//!   ([`SharedDns::background`]): they never queue far ahead of a probe round, so 100,000
+//!   domains' first looks spread over the spare budget instead of starving the probes (or
+//!   flooding resolvers that have no budget of their own).
+//!
 //! Queries sent and asks skipped for the budget are counted per resolver
 //! ([`metrics`](super::metrics)).
 
@@ -27,6 +34,12 @@ use super::dns::{self, DnsAnswer, DnsClient};
 use super::metrics;
 use super::reuse::{self, Decision, Last, Rules};
 use crate::model::Fqdn;
+
+/// How far ahead a background lookup may take a resolver's tokens.
+pub const BACKGROUND_AHEAD: Duration = Duration::from_millis(250);
+/// How long a background lookup waits before it looks for a token again (plus up to as much
+/// again of jitter, so that waiting lookups do not all come back in the same instant).
+const BACKGROUND_RETRY: Duration = Duration::from_millis(500);
 
 /// A host's A and AAAA from one resolver: its addresses and both answers.
 pub type Resolution = (Vec<IpAddr>, Vec<DnsAnswer>);
@@ -51,6 +64,14 @@ struct Inner {
 struct Remembered {
     last: Last,
     resolution: Resolution,
+}
+
+/// No budget (as [`SharedDns::unlimited`]): what a one-shot command and a default `Engine`
+/// hold.
+impl Default for SharedDns {
+    fn default() -> Self {
+        SharedDns::unlimited()
+    }
 }
 
 impl std::fmt::Debug for SharedDns {
@@ -133,6 +154,28 @@ impl SharedDns {
         }
         metrics::dns_sent(server, n);
         true
+    }
+
+    /// Waits until `n` queries to `server` fit within [`BACKGROUND_AHEAD`] and takes them:
+    /// the spare budget, however long that takes (a background lookup has no deadline; its
+    /// caller's shutdown or timeout cancels the wait). Asks skipped meanwhile are not counted
+    /// as skipped: they are asked, later.
+    pub async fn background(&self, server: SocketAddr, n: u32) {
+        let Some(bucket) = self.bucket(server) else {
+            metrics::dns_sent(server, n);
+            return;
+        };
+        loop {
+            if let Ok(wait) = bucket.reserve(n, BACKGROUND_AHEAD) {
+                if !wait.is_zero() {
+                    self.inner.clock.sleep(wait).await;
+                }
+                metrics::dns_sent(server, n);
+                return;
+            }
+            let again = BACKGROUND_RETRY.mul_f64(1.0 + self.inner.jitter.fraction());
+            self.inner.clock.sleep(again).await;
+        }
     }
 
     /// `host`'s A and AAAA from `client`'s resolver for a round: reused or asked under `rules`

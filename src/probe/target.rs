@@ -42,22 +42,35 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// A prober for one look outside the monitor's rounds (drills, DANE's look): `checks`'
-    /// resolvers asked every time, no query budget, the presented chain kept, no RCPT, at
-    /// most `sessions` SMTP sessions at once.
+    /// A prober for one look outside the monitor's rounds (drills, DANE's look): the
+    /// presented chain kept, no RCPT, at most `sessions` SMTP sessions at once. Without `dns`
+    /// `checks`' resolvers are asked every time with no budget (a drill, a one-shot command);
+    /// with `serve`'s, hosts' answers are shared with the probes and reused under `checks`'
+    /// `dns_interval`, and what is asked is within the budget.
     pub fn one_look(
         c: &crate::config::Checks,
         tls: Arc<rustls::ClientConfig>,
         sessions: usize,
+        dns: Option<SharedDns>,
     ) -> Prober {
+        let (dns, reuse) = match dns {
+            None => (SharedDns::unlimited(), Rules::ALWAYS_ASK),
+            Some(dns) => (
+                dns,
+                Rules {
+                    dns_interval: c.dns_interval,
+                    interval: c.interval,
+                },
+            ),
+        };
         Prober {
             resolvers: c
                 .resolvers
                 .iter()
                 .map(|r| DnsClient::resolver(*r, c.timeout))
                 .collect(),
-            dns: SharedDns::unlimited(),
-            reuse: Rules::ALWAYS_ASK,
+            dns,
+            reuse,
             smtp: SmtpPolicy {
                 keep_chain: true,
                 port: c.smtp_port,

@@ -190,6 +190,7 @@ impl RcodeServer {
 pub struct CountingResolver {
     responder: UdpResponder,
     per_second: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>>,
+    per_question: Arc<std::sync::Mutex<std::collections::HashMap<(String, RecordType), usize>>>,
     resent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -212,6 +213,10 @@ impl CountingResolver {
         let counts = per_second.clone();
         let resent: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let resends = resent.clone();
+        let per_question: Arc<
+            std::sync::Mutex<std::collections::HashMap<(String, RecordType), usize>>,
+        > = Arc::default();
+        let questions = per_question.clone();
         let seen: std::sync::Mutex<std::collections::HashSet<(u16, String, RecordType)>> =
             Default::default();
         let responder = UdpResponder::start("counting-resolver", move |query| {
@@ -244,13 +249,18 @@ impl CountingResolver {
             }
             let first = seen.lock().unwrap_or_else(|p| p.into_inner()).insert((
                 query.metadata.id,
-                asked,
+                asked.clone(),
                 q.query_type(),
             ));
             if !first {
                 resends.fetch_add(1, Ordering::SeqCst);
                 return Some(reply);
             }
+            *questions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((asked, q.query_type()))
+                .or_default() += 1;
             let second = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -264,6 +274,7 @@ impl CountingResolver {
         Ok(CountingResolver {
             responder,
             per_second,
+            per_question,
             resent,
         })
     }
@@ -288,6 +299,29 @@ impl CountingResolver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Queries (resends not counted) for `name` (without the trailing dot, any case) and
+    /// `rtype` answered so far.
+    pub fn asked(&self, name: &str, rtype: RecordType) -> usize {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.per_question
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(name, rtype))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Queries (resends not counted) of `rtype` answered so far, whatever their name.
+    pub fn asked_type(&self, rtype: RecordType) -> usize {
+        self.per_question
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((_, t), _)| *t == rtype)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The most queries answered within one wall-clock second, and that second.

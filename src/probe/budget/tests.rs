@@ -154,3 +154,43 @@ async fn each_resolver_has_its_own_budget_and_reservations_queue_in_order() {
         .await;
     assert_eq!(waits, [true, true, true, true, false]);
 }
+
+#[tokio::test]
+async fn background_lookups_take_only_the_spare_budget_and_never_queue_ahead_of_rounds() {
+    let clock = ManualClock::new();
+    let dns = SharedDns::new(4, Arc::new(clock.clone()), Arc::new(FixedJitter(0.0)));
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 53));
+    let t0 = clock.elapsed();
+    let at = || clock.elapsed() - t0;
+    // A probe round promises the next two seconds' tokens (8 at 4/s, the first now) while a
+    // background lookup asks at the same moment, and a second round asks at 1 s.
+    let round =
+        futures::future::join_all((0..8).map(|_| dns.reserve(server, 1, Duration::from_secs(2))));
+    let background = async {
+        dns.background(server, 1).await;
+        at()
+    };
+    let later_round = async {
+        clock.sleep(Duration::from_secs(1)).await;
+        let ok = dns.reserve(server, 1, Duration::from_secs(2)).await;
+        (ok, at())
+    };
+    let (round, background_at, (later_ok, later_at)) = clock
+        .drive(async { tokio::join!(round, background, later_round) })
+        .await;
+    assert!(round.iter().all(|ok| *ok));
+    assert!(
+        background_at >= Duration::from_millis(1750),
+        "the background lookup went at {background_at:?}, before the round's tokens ran out"
+    );
+    // the background lookup had promised nothing when the second round asked: the round's
+    // token is the first after the first round's (2.0 s), not after the lookup's
+    assert!(later_ok);
+    assert_eq!(later_at, Duration::from_secs(2));
+    assert!(
+        background_at > later_at,
+        "the round went first: {later_at:?} vs {background_at:?}"
+    );
+    // with no budget a background lookup goes at once
+    SharedDns::unlimited().background(server, 3).await;
+}
