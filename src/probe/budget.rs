@@ -13,12 +13,14 @@
 //!   mass failover's thousands of propagation checks then queue no further ahead than a poll,
 //!   and the probe rounds (which may wait half their deadline) still find tokens.
 //!
-//! * Background lookups (MTA-STS TXT records and policy hosts, TLSA records: looked at once
-//!   per domain at start and at each policy refresh) take only the tokens the next
-//!   [`BACKGROUND_AHEAD`] holds and otherwise try again a little later
-//!   ([`SharedDns::background`]): they never queue far ahead of a probe round, so 100,000
-//!   domains' first looks spread over the spare budget instead of starving the probes (or
-//!   flooding resolvers that have no budget of their own).
+//! * Background lookups (MTA-STS TXT records and policy hosts, TLSA records, drills: looked at
+//!   once per domain at start and at each policy refresh) have a share of their own,
+//!   [`BACKGROUND_SHARE`] of `max_qps` (a second bucket per resolver), and take a token of the
+//!   resolver's budget only when one is free at that moment, never one promised ahead
+//!   ([`SharedDns::background`]). 100,000 domains' first looks then spread over hours of
+//!   spare budget rather than crowding out the rounds: with the looks allowed to take every
+//!   spare token, the resolvers' buckets stayed empty and each confirmation round waited
+//!   for its tokens, which put seconds on a shared host's outage at 100,000 domains.
 //!
 //! Queries sent and asks skipped for the budget are counted per resolver
 //! ([`metrics`](super::metrics)).
@@ -35,11 +37,11 @@ use super::metrics;
 use super::reuse::{self, Decision, Last, Rules};
 use crate::model::Fqdn;
 
-/// How far ahead a background lookup may take a resolver's tokens.
-pub const BACKGROUND_AHEAD: Duration = Duration::from_millis(250);
-/// How long a background lookup waits before it looks for a token again (plus up to as much
-/// again of jitter, so that waiting lookups do not all come back in the same instant).
-const BACKGROUND_RETRY: Duration = Duration::from_millis(500);
+/// The part of each resolver's `max_qps` that background lookups may take at most.
+pub const BACKGROUND_SHARE: f64 = 0.25;
+/// How long a background lookup waits before it looks for a free token again (plus up to as
+/// much again of jitter, so that waiting lookups do not all come back in the same instant).
+const BACKGROUND_RETRY: Duration = Duration::from_millis(100);
 
 /// A host's A and AAAA from one resolver: its addresses and both answers.
 pub type Resolution = (Vec<IpAddr>, Vec<DnsAnswer>);
@@ -53,9 +55,13 @@ pub struct SharedDns {
 struct Inner {
     /// `None`: no budget (the one-shot `check` command, tests of single probes).
     limit: Option<RateLimit>,
+    /// The background lookups' share of `limit`.
+    share: Option<RateLimit>,
     clock: Arc<dyn Clock>,
     jitter: Arc<dyn Jitter>,
     buckets: Mutex<HashMap<SocketAddr, Arc<TokenBucket>>>,
+    /// The background lookups' share of each resolver's budget.
+    background: Mutex<HashMap<SocketAddr, Arc<TokenBucket>>>,
     answers: Mutex<HashMap<(SocketAddr, Fqdn), Remembered>>,
 }
 
@@ -93,25 +99,34 @@ impl SharedDns {
     pub fn new(max_qps: u32, clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>) -> SharedDns {
         // max_qps ≥ 1 is validated with the configuration; a zero here means no budget.
         let limit = RateLimit::new(f64::from(max_qps), 1).ok();
-        SharedDns::build(limit, clock, jitter)
+        let share = RateLimit::new(f64::from(max_qps) * BACKGROUND_SHARE, 1).ok();
+        SharedDns::build(limit, share, clock, jitter)
     }
 
     /// No budget and nothing reused: every ask is sent at once.
     pub fn unlimited() -> SharedDns {
         SharedDns::build(
             None,
+            None,
             Arc::new(mxguard_core::TokioClock),
             Arc::new(mxguard_core::FixedJitter(0.0)),
         )
     }
 
-    fn build(limit: Option<RateLimit>, clock: Arc<dyn Clock>, jitter: Arc<dyn Jitter>) -> Self {
+    fn build(
+        limit: Option<RateLimit>,
+        share: Option<RateLimit>,
+        clock: Arc<dyn Clock>,
+        jitter: Arc<dyn Jitter>,
+    ) -> Self {
         SharedDns {
             inner: Arc::new(Inner {
                 limit,
+                share,
                 clock,
                 jitter,
                 buckets: Mutex::default(),
+                background: Mutex::default(),
                 answers: Mutex::default(),
             }),
         }
@@ -156,26 +171,49 @@ impl SharedDns {
         true
     }
 
-    /// Waits until `n` queries to `server` fit within [`BACKGROUND_AHEAD`] and takes them:
-    /// the spare budget, however long that takes (a background lookup has no deadline; its
-    /// caller's shutdown or timeout cancels the wait). Asks skipped meanwhile are not counted
-    /// as skipped: they are asked, later.
+    /// Waits for `n` queries to `server` within the background share and, for each, a token
+    /// of the resolver's budget that is free now, however long that takes (a background lookup
+    /// has no deadline; its caller's shutdown or timeout cancels the wait). A round asking
+    /// meanwhile waits at most one token's time (`1 / max_qps`) more for it.
     pub async fn background(&self, server: SocketAddr, n: u32) {
         let Some(bucket) = self.bucket(server) else {
             metrics::dns_sent(server, n);
             return;
         };
-        loop {
-            if let Ok(wait) = bucket.reserve(n, BACKGROUND_AHEAD) {
-                if !wait.is_zero() {
-                    self.inner.clock.sleep(wait).await;
+        if let Some(share) = self.background_bucket(server) {
+            loop {
+                match share.reserve(n, Duration::from_secs(3600)) {
+                    Ok(wait) => {
+                        if !wait.is_zero() {
+                            self.inner.clock.sleep(wait).await;
+                        }
+                        break;
+                    }
+                    Err(wait) => {
+                        self.inner
+                            .clock
+                            .sleep(wait.min(Duration::from_secs(3600)))
+                            .await
+                    }
                 }
-                metrics::dns_sent(server, n);
-                return;
             }
-            let again = BACKGROUND_RETRY.mul_f64(1.0 + self.inner.jitter.fraction());
-            self.inner.clock.sleep(again).await;
         }
+        for _ in 0..n {
+            while bucket.reserve(1, Duration::ZERO).is_err() {
+                let again = BACKGROUND_RETRY.mul_f64(1.0 + self.inner.jitter.fraction());
+                self.inner.clock.sleep(again).await;
+            }
+        }
+        metrics::dns_sent(server, n);
+    }
+
+    fn background_bucket(&self, server: SocketAddr) -> Option<Arc<TokenBucket>> {
+        let share = self.inner.share?;
+        let mut buckets = lock(&self.inner.background);
+        let bucket = buckets
+            .entry(server)
+            .or_insert_with(|| Arc::new(TokenBucket::new(share, self.inner.clock.clone())));
+        Some(bucket.clone())
     }
 
     /// `host`'s A and AAAA from `client`'s resolver for a round: reused or asked under `rules`
