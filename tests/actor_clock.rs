@@ -126,7 +126,23 @@ async fn an_actor_behind_its_rounds_does_not_judge_its_own_reports_stale() {
             .filter(|e| e.kind == mxguard::events::EventKind::Health)
             .count()
     };
+    // The primary's round alone may settle the phase: wait for the backup's verdict too, so
+    // that the count below holds both sides' first health events.
+    common::poll("both sides Up", Duration::from_secs(20), || {
+        let handle = handle.clone();
+        async move {
+            let s = handle.status().await.ok()?;
+            let up = |side: Side| {
+                s.vantages
+                    .iter()
+                    .any(|c| c.side == side && c.health == Health::Up)
+            };
+            (up(Side::Primary) && up(Side::Backup)).then_some(())
+        }
+    })
+    .await;
     let before = health_events().await;
+    assert_eq!(before, 2, "one health event per side");
 
     // Ten minutes late, the actor takes a primary round probed 5 s after the backup's last.
     manual.advance(Duration::from_secs(600));
