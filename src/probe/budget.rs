@@ -143,13 +143,23 @@ impl SharedDns {
         }
     }
 
-    fn bucket(&self, server: SocketAddr) -> Option<Arc<TokenBucket>> {
-        let limit = self.inner.limit?;
-        let mut buckets = lock(&self.inner.buckets);
+    /// `server`'s bucket in `buckets` at `limit`, made at its first use; `None` without one.
+    fn bucket_in(
+        &self,
+        buckets: &Mutex<HashMap<SocketAddr, Arc<TokenBucket>>>,
+        limit: Option<RateLimit>,
+        server: SocketAddr,
+    ) -> Option<Arc<TokenBucket>> {
+        let limit = limit?;
+        let mut buckets = lock(buckets);
         let bucket = buckets
             .entry(server)
             .or_insert_with(|| Arc::new(TokenBucket::new(limit, self.inner.clock.clone())));
         Some(bucket.clone())
+    }
+
+    fn bucket(&self, server: SocketAddr) -> Option<Arc<TokenBucket>> {
+        self.bucket_in(&self.inner.buckets, self.inner.limit, server)
     }
 
     /// Reserves `n` queries to `server` if they can be sent within `latest`, waits for them and
@@ -208,12 +218,7 @@ impl SharedDns {
     }
 
     fn background_bucket(&self, server: SocketAddr) -> Option<Arc<TokenBucket>> {
-        let share = self.inner.share?;
-        let mut buckets = lock(&self.inner.background);
-        let bucket = buckets
-            .entry(server)
-            .or_insert_with(|| Arc::new(TokenBucket::new(share, self.inner.clock.clone())));
-        Some(bucket.clone())
+        self.bucket_in(&self.inner.background, self.inner.share, server)
     }
 
     /// `host`'s A and AAAA from `client`'s resolver for a round: reused or asked under `rules`
