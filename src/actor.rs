@@ -45,7 +45,7 @@ use crate::vantage::{Combined, VantageReport};
 
 use self::commands::RevertInFlight;
 pub use self::handle::{not_leader, ActorError, ActorHandle, CommandReply, Revert, RevertDone};
-use self::handle::{Inbox, Msg};
+use self::handle::{Inbox, Mailbox, Msg};
 pub use self::loader::{Loaded, Loader};
 pub use self::reconcile::DRY_RUN_TIMEOUT;
 pub use self::status::{Guard, RoundSummary, Status};
@@ -117,8 +117,8 @@ pub struct Actor {
     settled: bool,
     /// A read failure that retries do not fix was alerted (once per episode).
     read_alerted: bool,
-    tx: mpsc::Sender<Msg>,
-    rx: mpsc::Receiver<Msg>,
+    tx: Mailbox,
+    rx: mpsc::Receiver<Box<Msg>>,
     shown: tokio::sync::watch::Sender<Arc<Status>>,
 }
 
@@ -136,7 +136,7 @@ impl Actor {
         deps: ChangeDeps,
         loader: Arc<Loader>,
     ) -> (Actor, ActorHandle) {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = Mailbox::new(64);
         let managed = Managed::new(&cfg);
         let policy = Policy {
             hold: cfg.failback.hold,
@@ -200,62 +200,76 @@ impl Actor {
         &self.deps.store
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        // The first read is at recovery; the periodic ones start at a random point of the
-        // period, so a thousand domains started together do not read together.
-        let period = self.deps.reconcile;
-        let fraction = mxguard_core::Jitter::fraction(&mxguard_core::SeededJitter::from_entropy());
-        let offset = period.mul_f64(fraction).max(Duration::from_secs(1));
-        let clock = self.deps.clock.clone();
-        let mut next_read = clock.now() + offset;
-        let mut leadership = self.deps.fence.clone();
-        let inbox = self.inbox.clone();
-        let mut watching = true;
-        loop {
-            self.follow_leadership().await;
-            // A deadline already ticked (e.g. a hold waiting for approval) is not armed again.
-            let deadline = machine::next_deadline(&self.state.machine, &self.policy)
-                .filter(|_| self.leading)
-                .filter(|d| Some(*d) != self.ticked);
-            // Every wait is on the injected clock: a test's ManualClock drives holds, retries
-            // and reads without sleeping.
-            let never = || -> mxguard_core::clock::Sleep { Box::pin(std::future::pending()) };
-            let tick = deadline.map_or_else(never, |d| clock.sleep_until_utc(d));
-            let retry = self.retry_at.map_or_else(never, |at| clock.sleep_until(at));
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                changed = leadership.changed(), if watching => watching = changed,
-                _ = inbox.ready.notified() => {
-                    self.on_rounds(inbox.take()).await;
-                    if !self.leading {
-                        self.follow_state().await;
+    /// Runs the actor until `shutdown` or until every handle is dropped. The body is an `async
+    /// move` block rather than an `async fn`: an `async fn` keeps its arguments twice (as
+    /// arguments and as locals), and the actor is 2 KB held for the domain's life.
+    #[allow(clippy::manual_async_fn)] // the argument kept once, see above
+    pub fn run(
+        mut self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            // The first read is at recovery; the periodic ones start at a random point of the
+            // period, so a thousand domains started together do not read together.
+            let period = self.deps.reconcile;
+            let fraction =
+                mxguard_core::Jitter::fraction(&mxguard_core::SeededJitter::from_entropy());
+            let offset = period.mul_f64(fraction).max(Duration::from_secs(1));
+            let clock = self.deps.clock.clone();
+            let mut next_read = clock.now() + offset;
+            let mut leadership = self.deps.fence.clone();
+            let inbox = self.inbox.clone();
+            let mut watching = true;
+            // The heavy steps below are boxed: this future lives as long as the domain is watched,
+            // and inline it would be sized by its largest step (6.5 KB a domain, held while idle).
+            loop {
+                if self.deps.fence.is_leader() != self.leading {
+                    Box::pin(self.follow_leadership()).await;
+                }
+                // A deadline already ticked (e.g. a hold waiting for approval) is not armed again.
+                let deadline = machine::next_deadline(&self.state.machine, &self.policy)
+                    .filter(|_| self.leading)
+                    .filter(|d| Some(*d) != self.ticked);
+                // Every wait is on the injected clock: a test's ManualClock drives holds, retries
+                // and reads without sleeping.
+                let never = || -> mxguard_core::clock::Sleep { Box::pin(std::future::pending()) };
+                let tick = deadline.map_or_else(never, |d| clock.sleep_until_utc(d));
+                let retry = self.retry_at.map_or_else(never, |at| clock.sleep_until(at));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = leadership.changed(), if watching => watching = changed,
+                    _ = inbox.ready.notified() => {
+                        Box::pin(self.on_rounds(inbox.take())).await;
+                        if !self.leading {
+                            Box::pin(self.follow_state()).await;
+                        }
+                    }
+                    msg = self.rx.recv() => match msg {
+                        Some(msg) => Box::pin(self.handle(*msg)).await,
+                        None => break,
+                    },
+                    _ = tick => {
+                        self.ticked = machine::next_deadline(&self.state.machine, &self.policy);
+                        let _ = Box::pin(self.input(Input::Tick, "automation", None)).await;
+                    }
+                    _ = retry => {
+                        self.retry_at = None;
+                        if let Some(side) = self.state.machine.in_flight {
+                            Box::pin(self.start_change(side, Vec::new())).await;
+                        } else {
+                            Box::pin(self.start_catch_up()).await;
+                        }
+                    }
+                    _ = clock.sleep_until(next_read) => {
+                        // Missed reads are not caught up: the next is a period after this one.
+                        next_read = clock.now() + period;
+                        self.start_observe();
                     }
                 }
-                msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
-                    None => break,
-                },
-                _ = tick => {
-                    self.ticked = machine::next_deadline(&self.state.machine, &self.policy);
-                    let _ = self.input(Input::Tick, "automation", None).await;
-                }
-                _ = retry => {
-                    self.retry_at = None;
-                    if let Some(side) = self.state.machine.in_flight {
-                        self.start_change(side, Vec::new()).await;
-                    } else {
-                        self.start_catch_up().await;
-                    }
-                }
-                _ = clock.sleep_until(next_read) => {
-                    // Missed reads are not caught up: the next is a period after this one.
-                    next_read = clock.now() + period;
-                    self.start_observe();
-                }
+                self.show();
             }
-            self.show();
+            tracing::info!(domain = %self.cfg.name, "domain controller stopped");
         }
-        tracing::info!(domain = %self.cfg.name, "domain controller stopped");
     }
 
     async fn handle(&mut self, msg: Msg) {
@@ -293,5 +307,37 @@ impl Actor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    //! What an idle domain costs: at 100,000 domains every byte of these is 100 KB, held for
+    //! the process's life (docs/BENCHMARKS.md, issue 17's memory budget).
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, F: FnOnce(A, B) -> Fut, Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn future_size5<A, B, C, D, E, F: FnOnce(A, B, C, D, E) -> Fut, Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn an_idle_domains_tasks_hold_little_more_than_the_actor() {
+        let actor = std::mem::size_of::<super::Actor>();
+        let run = future_size(super::Actor::run);
+        // the actor once, plus the loop's waits; its steps are boxed while they run (an
+        // inline step or the argument kept twice doubled this: 6.5 KB)
+        assert!(
+            run <= actor + 1024,
+            "the actor's future is {run} B for a {actor} B actor"
+        );
+        let mta_sts = future_size5(crate::mtasts::watch::run);
+        assert!(
+            mta_sts <= 1024,
+            "a domain's MTA-STS task is {mta_sts} B while it waits"
+        );
     }
 }

@@ -191,7 +191,7 @@ pub async fn run(
             },
         };
         tasks.spawn(mtasts::watch::run(
-            d.clone(),
+            Arc::new(d.clone()),
             fetcher,
             looks.clone(),
             handle.clone(),

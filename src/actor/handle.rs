@@ -107,11 +107,44 @@ pub struct RevertDone {
     pub message: String,
 }
 
+/// The sending side of an actor's mailbox. Messages travel boxed: tokio allocates a channel's
+/// first block (32 slots) with the channel and keeps it for the channel's life, and 32 inline
+/// messages are 3 KiB per domain, for mailboxes that rarely hold one.
+#[derive(Clone)]
+pub(super) struct Mailbox(mpsc::Sender<Box<Msg>>);
+
+impl Mailbox {
+    /// A mailbox of `capacity` messages and its receiving side.
+    pub(super) fn new(capacity: usize) -> (Mailbox, mpsc::Receiver<Box<Msg>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Mailbox(tx), rx)
+    }
+
+    /// Waits for room; `Err` once the actor has stopped.
+    pub(super) async fn send(&self, msg: Msg) -> Result<(), Gone> {
+        self.0.send(Box::new(msg)).await.map_err(|_| Gone)
+    }
+
+    /// Whether the actor has stopped.
+    pub(super) fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    /// Sends if there is room now; `false` when full or the actor has stopped.
+    pub(super) fn try_send(&self, msg: Msg) -> bool {
+        self.0.try_send(Box::new(msg)).is_ok()
+    }
+}
+
+/// The actor behind a mailbox has stopped.
+#[derive(Debug)]
+pub(super) struct Gone;
+
 /// How the API and CLI talk to a domain's actor.
 #[derive(Clone)]
 pub struct ActorHandle {
     pub domain: Fqdn,
-    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) tx: Mailbox,
     pub(super) inbox: Arc<Inbox>,
     /// The status the actor last published (after each message, round or deadline).
     pub(super) shown: watch::Receiver<Arc<Status>>,
@@ -273,7 +306,7 @@ mod tests {
     }
 
     /// A handle whose actor never runs.
-    fn handle(tx: mpsc::Sender<Msg>) -> ActorHandle {
+    fn handle(tx: Mailbox) -> ActorHandle {
         let domain = Fqdn::parse("example.test").expect("name");
         ActorHandle {
             shown: watch::channel(Arc::new(Status::new(domain.clone()))).1,
@@ -285,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_actor_gets_the_latest_round_per_side_not_a_backlog() {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = Mailbox::new(1);
         let handle = handle(tx);
         // 100 rounds per side arrive while the actor is busy elsewhere
         for i in 0..100 {
@@ -310,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn rounds_are_refused_once_the_actor_has_stopped() {
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = Mailbox::new(1);
         let handle = handle(tx);
         drop(rx);
         let (r, own) = round(Side::Primary, Health::Up, 0);

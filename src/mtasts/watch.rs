@@ -87,43 +87,54 @@ pub const LOOKS_AT_ONCE: usize = 16;
 
 /// Runs one domain's check until `shutdown` (or its actor stops), with `fetcher` (shared by the
 /// domains with the same checks), one look at a time among the holders of `looks`.
-pub async fn run(
-    cfg: DomainConfig,
+/// An `async move` block rather than an `async fn`, which would keep its arguments twice:
+/// 100,000 of these wait at once.
+#[allow(clippy::manual_async_fn)] // the argument kept once, see above
+pub fn run(
+    cfg: Arc<DomainConfig>,
     fetcher: Fetcher,
     looks: Arc<Semaphore>,
     handle: ActorHandle,
     shutdown: CancellationToken,
-) {
-    loop {
-        // Boxed: the look (DNS, HTTPS, SMTP futures) is kilobytes, and inline it would size
-        // every domain's idle task by it; 16 looks run at once, 100,000 tasks wait.
-        let look = Box::pin(async {
-            let _turn = looks.acquire().await;
-            let mut view = MtaStsView::look(&fetcher, &cfg).await;
-            view.dane = Some(crate::dane::watch::look(&cfg, &fetcher).await);
-            view
-        });
-        let view = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            view = look => view,
-        };
-        if let Some(e) = &view.report.error {
-            tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");
-        }
-        if let Some(why) = view
-            .dane
-            .as_ref()
-            .and_then(crate::dane::Evaluation::backup_refused)
-        {
-            tracing::warn!(domain = %cfg.name, %why, "DANE senders would refuse the backup");
-        }
-        let wait = view.refresh_in();
-        if !handle.mta_sts(view).await {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        loop {
+            // The turn is taken before the look is built: 16 looks run at once while every other
+            // domain's task waits, and each waiting look would hold its kilobytes.
+            let turn = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                turn = looks.acquire() => turn,
+            };
+            // Boxed: the look (DNS, HTTPS, SMTP futures) is kilobytes, and inline it would size
+            // every domain's idle task by it.
+            let look = Box::pin(async {
+                let mut view = MtaStsView::look(&fetcher, &cfg).await;
+                view.dane = Some(crate::dane::watch::look(&cfg, &fetcher).await);
+                view
+            });
+            let view = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                view = look => view,
+            };
+            drop(turn);
+            if let Some(e) = &view.report.error {
+                tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");
+            }
+            if let Some(why) = view
+                .dane
+                .as_ref()
+                .and_then(crate::dane::Evaluation::backup_refused)
+            {
+                tracing::warn!(domain = %cfg.name, %why, "DANE senders would refuse the backup");
+            }
+            let wait = view.refresh_in();
+            if !Box::pin(handle.mta_sts(view)).await {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+            }
         }
     }
 }
