@@ -120,9 +120,12 @@ impl Mailbox {
         (Mailbox(tx), rx)
     }
 
-    /// Waits for room; `Err` once the actor has stopped.
-    pub(super) async fn send(&self, msg: Msg) -> Result<(), Gone> {
-        self.0.send(Box::new(msg)).await.map_err(|_| Gone)
+    /// Waits for room; [`ActorError::Gone`] once the actor has stopped.
+    pub(super) async fn send(&self, msg: Msg) -> Result<(), ActorError> {
+        self.0
+            .send(Box::new(msg))
+            .await
+            .map_err(|_| ActorError::Gone)
     }
 
     /// Whether the actor has stopped.
@@ -135,10 +138,6 @@ impl Mailbox {
         self.0.try_send(Box::new(msg)).is_ok()
     }
 }
-
-/// The actor behind a mailbox has stopped.
-#[derive(Debug)]
-pub(super) struct Gone;
 
 /// How the API and CLI talk to a domain's actor.
 #[derive(Clone)]
@@ -184,7 +183,7 @@ impl ActorHandle {
             reason: reason.into(),
             reply,
         };
-        self.tx.send(msg).await.map_err(|_| ActorError::Gone)?;
+        self.tx.send(msg).await?;
         rx.await.map_err(|_| ActorError::Gone)?
     }
 
@@ -197,10 +196,7 @@ impl ActorHandle {
     /// The status now, asked of the actor (it answers between steps).
     pub async fn status(&self) -> Result<Status, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Status(reply))
-            .await
-            .map_err(|_| ActorError::Gone)?;
+        self.tx.send(Msg::Status(reply)).await?;
         rx.await.map_err(|_| ActorError::Gone)
     }
 
@@ -216,10 +212,7 @@ impl ActorHandle {
 
     async fn plan_side(&self, side: Option<Side>) -> Result<Result<Plan, String>, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Plan(side, reply))
-            .await
-            .map_err(|_| ActorError::Gone)?;
+        self.tx.send(Msg::Plan(side, reply)).await?;
         rx.await.map_err(|_| ActorError::Gone)
     }
 
@@ -227,10 +220,7 @@ impl ActorHandle {
     /// apply, verify); answers when the change is verified or has failed.
     pub async fn revert(&self, revert: Revert) -> Result<RevertDone, ActorError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Revert { revert, reply })
-            .await
-            .map_err(|_| ActorError::Gone)?;
+        self.tx.send(Msg::Revert { revert, reply }).await?;
         rx.await.map_err(|_| ActorError::Gone)?
     }
 
