@@ -26,6 +26,7 @@ mod reconcile;
 mod rounds;
 mod status;
 mod step;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,7 @@ use self::handle::{Inbox, Mailbox, Msg};
 pub use self::loader::{Loaded, Loader};
 pub use self::reconcile::DRY_RUN_TIMEOUT;
 pub use self::status::{Guard, RoundSummary, Status};
+pub use self::writer::Writer;
 
 /// What is persisted per domain: the machine's state plus the snapshot to restore on failback.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,6 +71,8 @@ pub struct Actor {
     deps: ChangeDeps,
     /// Reads the persisted state in batches with the other actors on the same store.
     loader: Arc<Loader>,
+    /// Writes its state and timeline in batches with the other actors on the same store.
+    writer: Arc<Writer>,
     state: Persisted,
     inbox: Arc<Inbox>,
     /// An operator's revert being published.
@@ -122,19 +126,37 @@ pub struct Actor {
     shown: tokio::sync::watch::Sender<Arc<Status>>,
 }
 
+/// What the actors on one store share so that their store traffic goes in batches: the reads
+/// of their state ([`Loader`]) and the writes of their state and timeline ([`Writer`]).
+#[derive(Clone)]
+pub struct Batching {
+    pub loader: Arc<Loader>,
+    pub writer: Arc<Writer>,
+}
+
+impl Batching {
+    pub fn new(store: Arc<dyn Store>) -> Batching {
+        Batching {
+            loader: Loader::new(store.clone()),
+            writer: Writer::new(store),
+        }
+    }
+}
+
 impl Actor {
-    /// An actor with a loader of its own: its reads are not batched with other domains'.
+    /// An actor with batching of its own: its reads and writes are not batched with other
+    /// domains'.
     pub fn new(cfg: DomainConfig, deps: ChangeDeps) -> (Actor, ActorHandle) {
-        let loader = Loader::new(deps.store.clone());
-        Actor::with_loader(cfg, deps, loader)
+        let batching = Batching::new(deps.store.clone());
+        Actor::batched(cfg, deps, &batching)
     }
 
-    /// An actor that loads its state through `loader`, shared with the other domains' actors
-    /// on the same store, so their loads are read in batches.
-    pub fn with_loader(
+    /// An actor that reads and writes its state through `batching`, shared with the other
+    /// domains' actors on the same store.
+    pub fn batched(
         cfg: DomainConfig,
         deps: ChangeDeps,
-        loader: Arc<Loader>,
+        batching: &Batching,
     ) -> (Actor, ActorHandle) {
         let (tx, rx) = Mailbox::new(64);
         let managed = Managed::new(&cfg);
@@ -161,7 +183,8 @@ impl Actor {
             managed,
             policy,
             deps,
-            loader,
+            loader: batching.loader.clone(),
+            writer: batching.writer.clone(),
             state: Persisted::default(),
             inbox,
             revert: None,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actor::change::ChangeDeps;
-use crate::actor::{Actor, ActorHandle, Loader};
+use crate::actor::{Actor, ActorHandle, Batching};
 use crate::config::{Config, DomainConfig, RcptChecks, StoreKind};
 use crate::health::Thresholds;
 use crate::lease::Leadership;
@@ -206,8 +206,9 @@ impl Engine {
             Arc::new(SeededJitter::from_entropy()),
         );
         engine.dns = dns.clone();
-        // One loader for every domain: their state is read in batches, not one query each.
-        let loader = Loader::new(store.clone());
+        // One loader and writer for every domain: their state is read, and their state and
+        // timeline written, in batches, not one query each.
+        let batching = Batching::new(store.clone());
         for d in &config.domains {
             let derr = |why: String| EngineError::Domain {
                 domain: d.name.to_string(),
@@ -331,7 +332,7 @@ impl Engine {
                 },
                 resolver_quorum: c.resolver_quorum,
             };
-            let (actor, handle) = Actor::with_loader(d.clone(), deps, loader.clone());
+            let (actor, handle) = Actor::batched(d.clone(), deps, &batching);
             tasks.spawn(actor.run(shutdown.clone()));
             let forward = handle.clone();
             let (recorder, me, canaries) = (

@@ -1156,6 +1156,175 @@ async fn batch_story_postgres() {
     db.drop_db().await;
 }
 
+/// Writing in batches: states saved and events appended many at a call, as the actors' shared
+/// writer does. Each save keeps its own compare-and-swap answer, a stale epoch writes nothing,
+/// and each event gets its own id and reads back as appended.
+async fn batch_write_story(url: StoreUrl) {
+    use store::StateSave;
+    const N: usize = 1_500;
+    let s = open(&url).await;
+    let e = s
+        .acquire_lease(&claim("writes", Takeover::IfExpired), LeaseClock::STORE)
+        .await
+        .unwrap()
+        .epoch;
+    let name = |i: usize| Fqdn::parse(&format!("w{i}.Batch.test")).unwrap();
+    let save = |i: usize, version: Option<i64>, at: i64| StateSave {
+        domain: name(i),
+        state: json!({"n": i, "at": at}),
+        expected_version: version,
+        at: t(at),
+    };
+    assert!(s.save_states(Vec::new(), e).await.is_empty());
+
+    // First saves, more than a statement's worth: every one is version 1.
+    let first = s
+        .save_states((0..N).map(|i| save(i, None, 0)).collect(), e)
+        .await;
+    assert_eq!(first.len(), N);
+    assert!(
+        first.iter().all(|r| matches!(r, Ok(1))),
+        "{:?}",
+        first.iter().find(|r| !matches!(r, Ok(1)))
+    );
+
+    // Then: updates at the version read, one stale update, one first save of a domain that
+    // has a row, and a new domain; each answered on its own, in order.
+    let mut next: Vec<StateSave> = (0..1_200).map(|i| save(i, Some(1), 5)).collect();
+    next.push(save(1_300, Some(7), 5));
+    next.push(save(1_301, None, 5));
+    next.push(save(N, None, 5));
+    let answers = s.save_states(next, e).await;
+    assert_eq!(answers.len(), 1_203);
+    assert!(answers[..1_200].iter().all(|r| matches!(r, Ok(2))));
+    assert!(
+        matches!(&answers[1_200], Err(StoreError::Conflict(m)) if m.contains("w1300.batch.test")),
+        "a stale version is a conflict: {:?}",
+        answers[1_200]
+    );
+    assert!(
+        matches!(&answers[1_201], Err(StoreError::Conflict(_))),
+        "{:?}",
+        answers[1_201]
+    );
+    assert!(matches!(answers[1_202], Ok(1)));
+    let states = s
+        .load_states(&(0..=N).map(name).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(states.len(), N + 1);
+    for i in [0, 999, 1_000, 1_199] {
+        let row = &states[&name(i)];
+        assert_eq!(
+            (row.version, row.updated_at, row.state["at"].clone()),
+            (2, t(5), json!(5))
+        );
+    }
+    for i in [1_200, 1_300, 1_301] {
+        let row = &states[&name(i)];
+        assert_eq!(
+            (row.version, row.state["at"].clone()),
+            (1, json!(0)),
+            "{i} is as it was"
+        );
+    }
+
+    // A stale epoch: every save is fenced and none is written.
+    let fenced = s
+        .save_states(vec![save(0, Some(2), 9), save(N + 1, None, 9)], e + 1)
+        .await;
+    assert!(
+        fenced
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::Fenced(_)))),
+        "{fenced:?}"
+    );
+    assert_eq!(s.load_state(&name(0)).await.unwrap().unwrap().version, 2);
+    assert!(s.load_state(&name(N + 1)).await.unwrap().is_none());
+
+    // Events: more than a statement's worth, two of them alike in every field.
+    assert!(s.append_events(Vec::new()).await.is_empty());
+    let event = |i: usize| NewEvent {
+        domain: name(i % 7),
+        at: t(20 + (i % 3) as i64),
+        kind: mxguard::events::EventKind::Health,
+        actor: "automation".into(),
+        reason: i.is_multiple_of(2).then(|| format!("reason {i}")),
+        message: format!("event {i}"),
+        evidence: json!({"i": i}),
+    };
+    let mut events: Vec<NewEvent> = (0..1_100).map(event).collect();
+    let alike = NewEvent {
+        message: "alike".into(),
+        evidence: json!({}),
+        ..event(3)
+    };
+    events.push(alike.clone());
+    events.push(alike);
+    let stored: Vec<store::Event> = s
+        .append_events(events.clone())
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(stored.len(), events.len());
+    let mut ids: Vec<i64> = stored.iter().map(|e| e.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "an id each");
+    for (asked, got) in events.iter().zip(&stored) {
+        assert_eq!(
+            (
+                &got.domain,
+                got.at,
+                got.kind,
+                &got.actor,
+                &got.reason,
+                &got.message,
+                &got.evidence
+            ),
+            (
+                &asked.domain,
+                asked.at,
+                asked.kind,
+                &asked.actor,
+                &asked.reason,
+                &asked.message,
+                &asked.evidence
+            )
+        );
+    }
+    // What is read back by id is what each answer said.
+    for got in stored.iter().step_by(97).chain(stored.last()) {
+        let read = s.events(&got.domain, Some(got.id - 1), 1).await.unwrap();
+        assert_eq!(
+            read.first(),
+            Some(got),
+            "event {} reads back as answered",
+            got.id
+        );
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn batch_write_story_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = StoreUrl::parse(&format!(
+        "sqlite://{}",
+        dir.path().join("writes.db").display()
+    ))
+    .unwrap();
+    batch_write_story(url).await;
+}
+
+#[tokio::test]
+async fn batch_write_story_postgres() {
+    let db = common::fresh_pg_database("batchw").await;
+    batch_write_story(db.url.clone()).await;
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn sqlite_store_uses_wal() {
     let dir = tempfile::tempdir().unwrap();

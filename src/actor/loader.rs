@@ -36,7 +36,7 @@ struct Ask {
     reply: oneshot::Sender<Result<Loaded, StoreError>>,
 }
 
-/// One per store, shared by its actors (`Actor::with_loader`). Its task starts at the first
+/// One per store, shared by its actors (`actor::Batching`). Its task starts at the first
 /// ask and ends when the last holder drops the loader.
 pub struct Loader {
     store: Arc<dyn Store>,

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::events::EventKind;
 use crate::machine::{self, Effect, Input};
-use crate::store::{NewEvent, StoreError};
+use crate::store::{NewEvent, StateSave, StoreError};
 
 use super::{not_leader, Actor, ActorError};
 
@@ -34,17 +34,13 @@ impl Actor {
         if next != self.state {
             let value =
                 serde_json::to_value(&next).map_err(|e| ActorError::Store(e.to_string()))?;
-            match self
-                .store()
-                .save_state(
-                    &self.cfg.name,
-                    &value,
-                    self.version,
-                    epoch,
-                    self.deps.clock.utc(),
-                )
-                .await
-            {
+            let save = StateSave {
+                domain: self.cfg.name.clone(),
+                state: value,
+                expected_version: self.version,
+                at: self.deps.clock.utc(),
+            };
+            match self.writer.save_state(save, epoch).await {
                 Ok(v) => {
                     self.version = Some(v);
                     self.state = next;
@@ -127,10 +123,11 @@ impl Actor {
 
     /// Appends to the timeline, then publishes on the event bus (with the machine's state).
     pub(super) async fn record(&self, ev: NewEvent) {
-        match self.store().append_event(&ev).await {
+        let kind = ev.kind;
+        match self.writer.append_event(ev).await {
             Ok(stored) => self.deps.events.publish(stored, self.state.machine.clone()),
             Err(e) => {
-                tracing::error!(domain = %self.cfg.name, kind = %ev.kind, error = %e, "event not recorded")
+                tracing::error!(domain = %self.cfg.name, %kind, error = %e, "event not recorded")
             }
         }
     }

@@ -91,6 +91,22 @@ pub trait Store: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<i64, StoreError>;
 
+    /// Each of `saves` written as [`Store::save_state`] would, under one fence check and in
+    /// one write (a statement per few hundred), so thousands of actors saving at once cost a
+    /// handful of writes. The answers are in `saves`' order: the new version, that domain's
+    /// `Conflict`, or, when the write as a whole fails (`Fenced`, `Unavailable`), its error for
+    /// every save. A domain appears at most once.
+    async fn save_states(&self, saves: Vec<StateSave>, epoch: i64) -> Vec<Result<i64, StoreError>> {
+        let mut out = Vec::with_capacity(saves.len());
+        for s in saves {
+            out.push(
+                self.save_state(&s.domain, &s.state, s.expected_version, epoch, s.at)
+                    .await,
+            );
+        }
+        out
+    }
+
     // --- probe observations (bounded by retention) ---
 
     async fn record_observations(&self, obs: &[Observation]) -> Result<(), StoreError>;
@@ -108,6 +124,16 @@ pub trait Store: Send + Sync {
     // --- the audit timeline ---
 
     async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError>;
+
+    /// `events` appended in one write (a statement per few hundred), answered in their order;
+    /// when the write fails, its error is every event's answer.
+    async fn append_events(&self, events: Vec<NewEvent>) -> Vec<Result<Event, StoreError>> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in &events {
+            out.push(self.append_event(e).await);
+        }
+        out
+    }
 
     /// Events of `domain` with id greater than `after` (oldest first), at most `limit`.
     async fn events(

@@ -40,6 +40,12 @@ pub(super) const LOAD_CHUNK: usize = 2_000;
 /// Observations are inserted in chunks small enough for SQLite's parameter limit.
 pub(super) const OBSERVATION_CHUNK: usize = 500;
 
+/// Events per statement when appending in batches: 7 binds each, inside SQLite's limit.
+pub(super) const EVENT_CHUNK: usize = 500;
+
+/// State writes per statement when saving in batches: 4 binds each.
+pub(super) const STATE_CHUNK: usize = 1_000;
+
 /// Vantage reports per statement: 5 binds each, well inside SQLite's parameter limit.
 pub(super) const VANTAGE_CHUNK: usize = 1_000;
 
@@ -408,6 +414,79 @@ macro_rules! impl_sql_store {
                 .await
             }
 
+            async fn save_states(
+                &self,
+                saves: Vec<$crate::store::StateSave>,
+                epoch: i64,
+            ) -> Vec<Result<i64, $crate::store::StoreError>> {
+                use sqlx::Row;
+                let n = saves.len();
+                if n == 0 {
+                    return Vec::new();
+                }
+                let written = self.write(move |c| Box::pin(async move {
+                    Self::fence(&mut *c, epoch).await?;
+                    // the new version of each domain written, by name
+                    let mut done: std::collections::HashMap<String, i64> =
+                        std::collections::HashMap::with_capacity(saves.len());
+                    let (first, next): (Vec<&$crate::store::StateSave>, Vec<&$crate::store::StateSave>) =
+                        saves.iter().partition(|s| s.expected_version.is_none());
+                    for chunk in first.chunks($crate::store::sql::STATE_CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO domain_state (domain, state, version, updated_at_ms) ",
+                        );
+                        q.push_values(chunk, |mut b, s| {
+                            b.push_bind(s.domain.as_str())
+                                .push_bind(sqlx::types::Json(&s.state))
+                                .push_bind(1_i64)
+                                .push_bind($crate::store::sql::ms(s.at));
+                        });
+                        q.push(" ON CONFLICT (domain) DO NOTHING RETURNING domain, version");
+                        for r in q.build().fetch_all(&mut *c).await? {
+                            done.insert(r.try_get("domain")?, r.try_get("version")?);
+                        }
+                    }
+                    // A row written only where its version is still the one its writer read:
+                    // the compare-and-swap of `save_state`, for a chunk at a time. The
+                    // VALUES list's columns are `column1…` in both databases.
+                    for chunk in next.chunks($crate::store::sql::STATE_CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "UPDATE domain_state SET state = v.column2, version = version + 1, \
+                             updated_at_ms = v.column4 FROM (",
+                        );
+                        q.push_values(chunk, |mut b, s| {
+                            b.push_bind(s.domain.as_str())
+                                .push_bind(sqlx::types::Json(&s.state))
+                                .push_bind(s.expected_version.unwrap_or_default())
+                                .push_bind($crate::store::sql::ms(s.at));
+                        });
+                        q.push(
+                            ") AS v WHERE domain = v.column1 AND version = v.column3 \
+                             RETURNING domain, version",
+                        );
+                        for r in q.build().fetch_all(&mut *c).await? {
+                            done.insert(r.try_get("domain")?, r.try_get("version")?);
+                        }
+                    }
+                    Ok(saves
+                        .iter()
+                        .map(|s| {
+                            done.get(s.domain.as_str()).copied().ok_or_else(|| {
+                                $crate::store::StoreError::Conflict(format!(
+                                    "state of {} was changed by another writer (expected version {:?})",
+                                    s.domain, s.expected_version
+                                ))
+                            })
+                        })
+                        .collect::<Vec<_>>())
+                }))
+                .await;
+                match written {
+                    Ok(each) => each,
+                    Err(e) => vec![Err(e); n],
+                }
+            }
+
             async fn record_observations(&self, obs: &[$crate::store::Observation]) -> Result<(), $crate::store::StoreError> {
                 let obs = obs.to_vec();
                 self.write(move |c| Box::pin(async move {
@@ -486,6 +565,71 @@ macro_rules! impl_sql_store {
                     Self::event_row(&row)
                 }))
                 .await
+            }
+
+            async fn append_events(&self, events: Vec<$crate::store::NewEvent>) -> Vec<Result<$crate::store::Event, $crate::store::StoreError>> {
+                use sqlx::Row;
+                let n = events.len();
+                if n == 0 {
+                    return Vec::new();
+                }
+                let stored = self.write(move |c| Box::pin(async move {
+                    // Neither database promises RETURNING's order, so each row's id goes back to
+                    // its event by what identifies it; events alike in all of that are
+                    // interchangeable and take their ids in order.
+                    type Key = (String, i64, String, String);
+                    let mut ids: std::collections::HashMap<Key, std::collections::VecDeque<i64>> =
+                        std::collections::HashMap::with_capacity(events.len());
+                    for chunk in events.chunks($crate::store::sql::EVENT_CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO events (domain, at_ms, kind, actor, reason, message, evidence) ",
+                        );
+                        q.push_values(chunk, |mut b, e| {
+                            b.push_bind(e.domain.as_str())
+                                .push_bind($crate::store::sql::ms(e.at))
+                                .push_bind(e.kind.as_str())
+                                .push_bind(e.actor.as_str())
+                                .push_bind(e.reason.as_deref())
+                                .push_bind(e.message.as_str())
+                                .push_bind(sqlx::types::Json(&e.evidence));
+                        });
+                        q.push(" RETURNING id, domain, at_ms, kind, message");
+                        let mut rows = Vec::with_capacity(chunk.len());
+                        for r in q.build().fetch_all(&mut *c).await? {
+                            let key: Key = (r.try_get("domain")?, r.try_get("at_ms")?, r.try_get("kind")?, r.try_get("message")?);
+                            rows.push((r.try_get::<i64, _>("id")?, key));
+                        }
+                        rows.sort_unstable_by_key(|(id, _)| *id);
+                        for (id, key) in rows {
+                            ids.entry(key).or_default().push_back(id);
+                        }
+                    }
+                    events
+                        .into_iter()
+                        .map(|e| {
+                            let at = $crate::store::sql::ms(e.at);
+                            let key: Key = (e.domain.as_str().to_string(), at, e.kind.as_str().to_string(), e.message);
+                            let id = ids.get_mut(&key).and_then(|q| q.pop_front()).ok_or_else(|| {
+                                $crate::store::StoreError::Corrupt(format!("event of {} not returned by its insert", e.domain))
+                            })?;
+                            Ok($crate::store::Event {
+                                id,
+                                domain: e.domain,
+                                at: $crate::store::sql::time(at)?,
+                                kind: e.kind,
+                                actor: e.actor,
+                                reason: e.reason,
+                                message: key.3,
+                                evidence: e.evidence,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, $crate::store::StoreError>>()
+                }))
+                .await;
+                match stored {
+                    Ok(each) => each.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e); n],
+                }
             }
 
             async fn events(&self, domain: &mxguard_core::Fqdn, after: Option<i64>, limit: u32) -> Result<Vec<$crate::store::Event>, $crate::store::StoreError> {

@@ -33,6 +33,16 @@ pub struct Observation {
     pub observed_at: DateTime<Utc>,
 }
 
+/// One domain's state to write, as [`Store::save_state`](super::Store::save_state) takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSave {
+    pub domain: Fqdn,
+    pub state: serde_json::Value,
+    /// The version the writer last read (`None`: no row yet).
+    pub expected_version: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     pub domain: Fqdn,
