@@ -817,6 +817,8 @@ proptest! {
                 || matches!(g, Gen::Cmd(Command::Maintenance { .. }));
             let operator = maintaining || matches!(g, Gen::Cmd(Command::Failover | Command::Failback | Command::Pin { .. } | Command::Maintenance { .. }) | Gen::Revert(_));
             let completes_flight = matches!(g, Gen::Verify) && s.in_flight.is_some();
+            // a verification ends the write in flight, a move or a TTL write alike
+            let completes_write = matches!(g, Gen::Verify) && s.writing().is_some();
             let g_is_cmd = matches!(g, Gen::Cmd(_) | Gen::Revert(_));
             let g_kind = match &g { Gen::Cmd(c) => Some(c.clone()), _ => None };
             let input = match g {
@@ -860,7 +862,7 @@ proptest! {
                     let pin_expired = matches!(&before.overrides, Some(Override::Pinned { until, .. }) if *until <= t(now));
                     let lifted = matches!(g_kind, Some(Command::Unpin | Command::Resume));
                     prop_assert!((before.overrides.is_none() || pin_expired || lifted) && s.overrides.is_none());
-                    prop_assert!(before.writing().is_none() || (maintaining && completes_flight), "TTL write while a write was in flight");
+                    prop_assert!(before.writing().is_none() || (maintaining && completes_write), "TTL write while a write was in flight");
                     let restoring = matches!(s.ttl_write(), Some(TtlWrite::Restore(_)));
                     prop_assert!(early_ttl || restoring || maintaining, "lowered with early_ttl off");
                     continue;
