@@ -65,7 +65,8 @@ pub struct Persisted {
 }
 
 pub struct Actor {
-    cfg: DomainConfig,
+    /// Shared with the parsed configuration, the domain's watches and the API.
+    cfg: Arc<DomainConfig>,
     managed: Managed,
     policy: Policy,
     deps: ChangeDeps,
@@ -146,7 +147,7 @@ impl Batching {
 impl Actor {
     /// An actor with batching of its own: its reads and writes are not batched with other
     /// domains'.
-    pub fn new(cfg: DomainConfig, deps: ChangeDeps) -> (Actor, ActorHandle) {
+    pub fn new(cfg: impl Into<Arc<DomainConfig>>, deps: ChangeDeps) -> (Actor, ActorHandle) {
         let batching = Batching::new(deps.store.clone());
         Actor::batched(cfg, deps, &batching)
     }
@@ -154,10 +155,11 @@ impl Actor {
     /// An actor that reads and writes its state through `batching`, shared with the other
     /// domains' actors on the same store.
     pub fn batched(
-        cfg: DomainConfig,
+        cfg: impl Into<Arc<DomainConfig>>,
         deps: ChangeDeps,
         batching: &Batching,
     ) -> (Actor, ActorHandle) {
+        let cfg: Arc<DomainConfig> = cfg.into();
         let (tx, rx) = Mailbox::new(64);
         let managed = Managed::new(&cfg);
         let policy = Policy {

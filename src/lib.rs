@@ -191,7 +191,7 @@ pub async fn run(
             },
         };
         tasks.spawn(mtasts::watch::run(
-            Arc::new(d.clone()),
+            d.clone(),
             fetcher,
             looks.clone(),
             handle.clone(),

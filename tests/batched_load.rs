@@ -299,7 +299,7 @@ async fn actors_recovering_together_load_in_batches() {
     let config = Config::parse("memory.toml", &common::api::config_text(false)).expect("config");
     let dns = Arc::new(common::api::lab_dns());
     let events = mxguard::events::EventBus::default();
-    let template = config.domains[0].clone();
+    let template = (*config.domains[0]).clone();
     let deps = common::api::memory_deps(&store, &dns, &leadership, &events, &template.provider);
     let batching = Batching::new(store.clone());
     let shutdown = CancellationToken::new();

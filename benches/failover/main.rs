@@ -42,6 +42,8 @@ struct Args {
     shared_domains: Vec<usize>,
     hosts: usize,
     per_domain: usize,
+    /// `[checks] max_qps` of the own-hosts lab (its 2 resolvers are the lab's own Unbounds).
+    max_qps: u32,
     secs: u64,
     domains: usize,
     window: u64,
@@ -72,6 +74,7 @@ fn parse() -> Result<Args, String> {
         shared_domains: Vec::new(),
         hosts: 200,
         per_domain: 2,
+        max_qps: 2_000,
         secs: 30,
         domains: 1_000,
         window: 30,
@@ -96,6 +99,7 @@ fn parse() -> Result<Args, String> {
             "--shared-domains" => a.shared_domains = list(&value("--shared-domains")?)?,
             "--hosts" => a.hosts = (num(value("--hosts")?)? as usize).max(2),
             "--per-domain" => a.per_domain = num(value("--per-domain")?)? as usize,
+            "--max-qps" => a.max_qps = (num(value("--max-qps")?)? as u32).max(1),
             "--secs" => a.secs = num(value("--secs")?)?,
             "--domains" => a.domains = num(value("--domains")?)? as usize,
             "--window" => a.window = num(value("--window")?)?.clamp(1, 300),
@@ -155,6 +159,7 @@ async fn main() {
                     match scale::run(&scale::Opts {
                         targets: args.targets.clone(),
                         per_domain: args.per_domain,
+                        max_qps: args.max_qps,
                         secs: args.secs,
                     })
                     .await

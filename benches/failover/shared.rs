@@ -137,8 +137,8 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
              failover_ttl = 30\nauthoritative = [\"NAMED\"]\n"
         );
     }
-    let lab =
-        crate::scale::Lab::start(dir.path(), &records, &domain_lines, port, &ca, TOKEN).await?;
+    let lab = crate::scale::Lab::start(dir.path(), &records, &domain_lines, port, &ca, TOKEN, None)
+        .await?;
     let config = lab.config.clone();
 
     let started = Instant::now();

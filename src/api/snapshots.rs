@@ -73,6 +73,7 @@ impl Api {
             .domains
             .iter()
             .find(|d| d.name == s.domain)
+            .map(|d| &**d)
             .ok_or_else(|| {
                 ApiError::Refused(format!(
                     "snapshot {} belongs to {}, which is no longer configured",

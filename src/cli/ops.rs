@@ -56,6 +56,7 @@ impl Ctx {
             .domains
             .iter()
             .find(|d| d.name == fqdn)
+            .map(|d| &**d)
             .ok_or_else(|| {
                 let known: Vec<&str> = self
                     .config
@@ -111,7 +112,7 @@ pub(super) async fn status(file: Option<PathBuf>, domain: Option<String>, json: 
             Ok(d) => vec![d],
             Err(code) => return code,
         },
-        None => c.config.domains.iter().collect(),
+        None => c.config.domains.iter().map(|d| &**d).collect(),
     };
     let lease = match c.store.lease().await {
         Ok(l) => l,

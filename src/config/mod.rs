@@ -265,10 +265,11 @@ fn from_table(table: Table, errs: &mut Errors) -> Config {
     let checks_sec = root.child("checks", errs);
     let checks = parse_checks(checks_sec, &Checks::default(), errs);
 
-    let domains: Vec<DomainConfig> = root
+    let domains: Vec<std::sync::Arc<DomainConfig>> = root
         .tables("domains", errs)
         .into_iter()
         .filter_map(|sec| parse_domain(sec, &checks, &providers, errs))
+        .map(std::sync::Arc::new)
         .collect();
     let mut seen = BTreeSet::new();
     for (i, d) in domains.iter().enumerate() {

@@ -166,7 +166,7 @@ const NOTIFY_KEYS: [&str; 8] = [
 pub(super) fn parse_notify(
     mut sec: Section,
     listen: SocketAddr,
-    domains: &[DomainConfig],
+    domains: &[std::sync::Arc<DomainConfig>],
     errs: &mut Errors,
 ) -> NotifyConfig {
     let none = NotifyConfig::none(listen);
@@ -232,7 +232,7 @@ pub(super) fn parse_notify(
 
 fn parse_target(
     mut sec: Section,
-    domains: &[DomainConfig],
+    domains: &[std::sync::Arc<DomainConfig>],
     errs: &mut Errors,
 ) -> Option<NotifyTarget> {
     let kind = sec.required_string("kind", errs)?;
@@ -334,7 +334,7 @@ fn parse_target(
 /// `domains = [...]`: names of `[[domains]]`; absent means all. `Some(None)` is "all".
 fn parse_domains(
     sec: &mut Section,
-    domains: &[DomainConfig],
+    domains: &[std::sync::Arc<DomainConfig>],
     errs: &mut Errors,
 ) -> Option<Option<Vec<Fqdn>>> {
     let Some(list) = sec.strings("domains", errs) else {

@@ -34,14 +34,14 @@ const RETRY: Duration = Duration::from_secs(5);
 
 /// Runs the schedule of every domain in `domains` that has `drill_every`, until `shutdown`.
 pub async fn run(
-    domains: Vec<DomainConfig>,
+    domains: Vec<Arc<DomainConfig>>,
     engine: Engine,
     store: Arc<dyn Store>,
     access: BTreeMap<String, Arc<dyn ProviderAccess>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let scheduled: Vec<(DomainConfig, Duration)> = domains
+    let scheduled: Vec<(Arc<DomainConfig>, Duration)> = domains
         .into_iter()
         .filter_map(|d| d.drill.every.map(|every| (d, every)))
         .collect();

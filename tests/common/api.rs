@@ -210,7 +210,7 @@ impl MemoryDomain {
         dns.hand_edit_mx(PRIMARY_MX, 300);
         let leadership = sole_leader(&*store).await;
         MemoryDomain {
-            domain: config.domains[0].clone(),
+            domain: (*config.domains[0]).clone(),
             store,
             dns,
             leadership,

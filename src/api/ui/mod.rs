@@ -132,7 +132,7 @@ async fn index(State(api): State<Api>, headers: HeaderMap) -> Response {
         .iter()
         .filter_map(|cfg| {
             let handle = api.app.engine.domains.get(&cfg.name)?;
-            Some((cfg, handle.latest()))
+            Some((&**cfg, handle.latest()))
         })
         .collect();
     html(StatusCode::OK, pages::list(&who, &rows, now))
