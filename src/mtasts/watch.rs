@@ -10,12 +10,15 @@
 //! that does not list it, or TLSA that no backup address matches — so the machine's one gate
 //! (`mta_sts = "block" | "warn"`) decides either.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::{Fetcher, PolicyReport};
@@ -85,56 +88,94 @@ impl MtaStsView {
 /// Looks at policies in flight at once, across every domain.
 pub const LOOKS_AT_ONCE: usize = 16;
 
-/// Runs one domain's check until `shutdown` (or its actor stops), with `fetcher` (shared by the
-/// domains with the same checks), one look at a time among the holders of `looks`.
-/// An `async move` block rather than an `async fn`, which would keep its arguments twice:
-/// 100,000 of these wait at once.
-#[allow(clippy::manual_async_fn)] // the argument kept once, see above
-pub fn run(
-    cfg: Arc<DomainConfig>,
-    fetcher: Fetcher,
-    looks: Arc<Semaphore>,
-    handle: ActorHandle,
-    shutdown: CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        loop {
-            // The turn is taken before the look is built: 16 looks run at once while every other
-            // domain's task waits, and each waiting look would hold its kilobytes.
-            let turn = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                turn = looks.acquire() => turn,
+/// One domain watched: its configuration, the fetcher of its checks, its actor.
+pub struct Watched {
+    pub cfg: Arc<DomainConfig>,
+    /// Shared by the domains with the same checks (TLS client, policy cache, DANE looks).
+    pub fetcher: Arc<Fetcher>,
+    pub handle: ActorHandle,
+}
+
+/// Runs every domain's check until `shutdown`: each domain looked at once at start (in the
+/// order given) and again at its refresh, `looks_at_once` looks at a time, each handed to the
+/// domain's actor; a domain whose actor has stopped is not looked at again.
+///
+/// One task for all domains, with a queue of when each is due, rather than a task per domain:
+/// at 100,000 domains the tasks, each waiting for its turn or its refresh, were 90 MB
+/// (docs/BENCHMARKS.md); an entry here is a few dozen bytes.
+pub async fn run(domains: Vec<Watched>, looks_at_once: usize, shutdown: CancellationToken) {
+    let start = Instant::now();
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
+        (0..domains.len()).map(|i| Reverse((start, i))).collect();
+    let mut looking: JoinSet<(usize, Option<Duration>)> = JoinSet::new();
+    let looks_at_once = looks_at_once.max(1);
+    loop {
+        let now = Instant::now();
+        while looking.len() < looks_at_once {
+            let Some(&Reverse((at, i))) = due.peek() else {
+                break;
             };
-            // Boxed: the look (DNS, HTTPS, SMTP futures) is kilobytes, and inline it would size
-            // every domain's idle task by it.
-            let look = Box::pin(async {
-                let mut view = MtaStsView::look(&fetcher, &cfg).await;
-                view.dane = Some(crate::dane::watch::look(&cfg, &fetcher).await);
-                view
-            });
-            let view = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                view = look => view,
-            };
-            drop(turn);
-            if let Some(e) = &view.report.error {
-                tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");
+            if at > now {
+                break;
             }
-            if let Some(why) = view
-                .dane
-                .as_ref()
-                .and_then(crate::dane::Evaluation::backup_refused)
-            {
-                tracing::warn!(domain = %cfg.name, %why, "DANE senders would refuse the backup");
-            }
-            let wait = view.refresh_in();
-            if !Box::pin(handle.mta_sts(view)).await {
+            due.pop();
+            let w = &domains[i];
+            looking.spawn(look_and_tell(
+                w.cfg.clone(),
+                w.fetcher.clone(),
+                w.handle.clone(),
+                i,
+            ));
+        }
+        if looking.is_empty() && due.is_empty() {
+            return;
+        }
+        // the next domain due, once a look's place is free
+        let next = (looking.len() < looks_at_once)
+            .then(|| due.peek().map(|Reverse((at, _))| *at))
+            .flatten();
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                looking.abort_all();
                 return;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
-            }
+            Some(done) = looking.join_next(), if !looking.is_empty() => match done {
+                Ok((i, Some(wait))) => {
+                    due.push(Reverse((Instant::now() + wait.max(Duration::from_secs(1)), i)));
+                }
+                // the domain's actor has stopped
+                Ok((_, None)) => {}
+                Err(e) if e.is_panic() => {
+                    tracing::error!(error = %e, "an MTA-STS look panicked; the domain is not looked at again");
+                }
+                Err(_) => {}
+            },
+            _ = sleep_until(next.unwrap_or(now)), if next.is_some() => {}
         }
     }
+}
+
+/// One look at domain `i`, handed to its actor: when to look again, `None` when the actor has
+/// stopped.
+async fn look_and_tell(
+    cfg: Arc<DomainConfig>,
+    fetcher: Arc<Fetcher>,
+    handle: ActorHandle,
+    i: usize,
+) -> (usize, Option<Duration>) {
+    let mut view = MtaStsView::look(&fetcher, &cfg).await;
+    view.dane = Some(crate::dane::watch::look(&cfg, &fetcher).await);
+    if let Some(e) = &view.report.error {
+        tracing::warn!(domain = %cfg.name, error = %e, cached = view.report.cached, "MTA-STS policy not fetched");
+    }
+    if let Some(why) = view
+        .dane
+        .as_ref()
+        .and_then(crate::dane::Evaluation::backup_refused)
+    {
+        tracing::warn!(domain = %cfg.name, %why, "DANE senders would refuse the backup");
+    }
+    let wait = view.refresh_in();
+    let alive = handle.mta_sts(view).await;
+    (i, alive.then_some(wait))
 }
