@@ -111,18 +111,23 @@ async fn save_batch(store: &dyn Store, mut batch: Vec<Save>) {
         let (saves, replies): (Vec<StateSave>, Vec<Reply<i64>>) =
             now.into_iter().map(|s| (s.save, s.reply)).unzip();
         let answers = store.save_states(saves, epoch).await;
-        if answers.len() != replies.len() {
-            // not what the store promises; every save is told rather than left waiting
-            let e = StoreError::Unavailable("the store answered a batch of saves short".into());
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-            continue;
+        answer(replies, answers, "saves");
+    }
+}
+
+/// Sends each waiter its answer, in order. A store that answers a batch short (not what it
+/// promises) has every waiter told rather than left waiting; a waiter that stopped waiting
+/// (its actor shut down) needs no answer.
+fn answer<T>(replies: Vec<Reply<T>>, answers: Vec<Result<T, StoreError>>, what: &str) {
+    if answers.len() != replies.len() {
+        let e = StoreError::Unavailable(format!("the store answered a batch of {what} short"));
+        for reply in replies {
+            let _ = reply.send(Err(e.clone()));
         }
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // an actor that stopped waiting (shut down) needs no answer
-            let _ = reply.send(answer);
-        }
+        return;
+    }
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
     }
 }
 
@@ -138,16 +143,6 @@ async fn write_appends(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Append>) {
 async fn append_batch(store: &dyn Store, batch: Vec<Append>) {
     let (events, replies): (Vec<NewEvent>, Vec<Reply<Event>>) =
         batch.into_iter().map(|a| (a.event, a.reply)).unzip();
-    let n = events.len();
     let answers = store.append_events(events).await;
-    if answers.len() != n {
-        let e = StoreError::Unavailable("the store answered a batch of events short".into());
-        for reply in replies {
-            let _ = reply.send(Err(e.clone()));
-        }
-        return;
-    }
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
-    }
+    answer(replies, answers, "events");
 }
