@@ -96,10 +96,10 @@ impl Actor {
             reason: revert.reason.clone(),
         };
         let (by, reason) = (revert.by.clone(), revert.reason.clone());
-        self.revert = Some(RevertInFlight {
+        self.revert = Some(Box::new(RevertInFlight {
             revert,
             reply: Some(reply),
-        });
+        }));
         let outcome = self.input(input, &by, Some(&reason)).await;
         let refused = match outcome {
             Err(e) => Some(e),

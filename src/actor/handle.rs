@@ -1,10 +1,12 @@
-//! How the API, the CLI and the monitor talk to a domain's actor: commands and reverts on a
-//! channel, answered by oneshot replies; probe rounds in an inbox that keeps the newest per side.
+//! How the API, the CLI and the monitor talk to a domain's actor: commands and reverts in a
+//! bounded mailbox, answered by oneshot replies; probe rounds in the same mailbox, which keeps
+//! only the newest per side.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
 
 use super::change::{ChangeError, ChangeReport};
 use crate::lease::RoleReport;
@@ -107,35 +109,144 @@ pub struct RevertDone {
     pub message: String,
 }
 
-/// The sending side of an actor's mailbox. Messages travel boxed: tokio allocates a channel's
-/// first block (32 slots) with the channel and keeps it for the channel's life, and 32 inline
-/// messages are 3 KiB per domain, for mailboxes that rarely hold one.
+/// An actor's mailbox: its messages (at most `capacity` waiting; a sender waits for room) and
+/// the newest probe round per side, behind one lock and one wake-up. It is one small
+/// allocation per domain, held for the domain's life: a tokio channel was 800 B (its
+/// cache-padded ends and its first block of slots) for mailboxes that rarely hold a message.
+///
+/// Rounds are not queued: an actor that falls behind (a slow store, a busy machine) decides
+/// on the newest verdicts rather than working through old ones — which would look stale when
+/// it got to them, and fill memory with rounds meanwhile.
+pub(super) struct Inbox {
+    held: Mutex<Held>,
+    /// Wakes the actor for a message or a round (a wake-up given while it is busy is kept).
+    ready: Notify,
+    /// Room for messages: a sender takes a permit, the actor gives it back when it takes the
+    /// message. Closed when the actor stops, so that waiting senders hear it.
+    room: Semaphore,
+}
+
+#[derive(Default)]
+struct Held {
+    /// A round waiting is boxed: the mailbox is mostly empty.
+    rounds: BySide<Option<Box<(RoundReport, VantageReport)>>>,
+    mail: VecDeque<Box<Msg>>,
+    /// The actor has stopped.
+    closed: bool,
+}
+
+impl Inbox {
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The sending side of an actor's mailbox (the API's, the monitor's and its own child tasks').
 #[derive(Clone)]
-pub(super) struct Mailbox(mpsc::Sender<Box<Msg>>);
+pub(super) struct Mailbox(Arc<Inbox>);
+
+/// The actor's side of its mailbox. Dropping it (the actor stopped) closes the mailbox: the
+/// messages waiting are dropped (their callers hear [`ActorError::Gone`]), and so is whatever
+/// is sent later.
+pub(super) struct Receiver(Arc<Inbox>);
 
 impl Mailbox {
-    /// A mailbox of `capacity` messages and its receiving side.
-    pub(super) fn new(capacity: usize) -> (Mailbox, mpsc::Receiver<Box<Msg>>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Mailbox(tx), rx)
+    /// A mailbox for `capacity` messages and its receiving side.
+    pub(super) fn new(capacity: usize) -> (Mailbox, Receiver) {
+        let inbox = Arc::new(Inbox {
+            held: Mutex::default(),
+            ready: Notify::new(),
+            room: Semaphore::new(capacity),
+        });
+        (Mailbox(inbox.clone()), Receiver(inbox))
     }
 
     /// Waits for room; [`ActorError::Gone`] once the actor has stopped.
     pub(super) async fn send(&self, msg: Msg) -> Result<(), ActorError> {
-        self.0
-            .send(Box::new(msg))
-            .await
-            .map_err(|_| ActorError::Gone)
-    }
-
-    /// Whether the actor has stopped.
-    pub(super) fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        let permit = self.0.room.acquire().await.map_err(|_| ActorError::Gone)?;
+        permit.forget();
+        self.post(msg)
     }
 
     /// Sends if there is room now; `false` when full or the actor has stopped.
     pub(super) fn try_send(&self, msg: Msg) -> bool {
-        self.0.try_send(Box::new(msg)).is_ok()
+        match self.0.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.post(msg).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queues a message its sender has made room for.
+    fn post(&self, msg: Msg) -> Result<(), ActorError> {
+        let mut held = self.0.held();
+        if held.closed {
+            return Err(ActorError::Gone);
+        }
+        held.mail.push_back(Box::new(msg));
+        drop(held);
+        self.0.ready.notify_one();
+        Ok(())
+    }
+
+    /// Replaces the side's round the actor has not taken yet; `None` once the actor has
+    /// stopped, else whether a round was replaced.
+    fn offer_round(&self, report: RoundReport, own: VantageReport) -> Option<bool> {
+        let side = report.side;
+        let mut held = self.0.held();
+        if held.closed {
+            return None;
+        }
+        let replaced = held.rounds[side].replace(Box::new((report, own))).is_some();
+        drop(held);
+        self.0.ready.notify_one();
+        Some(replaced)
+    }
+}
+
+impl Receiver {
+    /// Until a message or a round is waiting (at once if one came while the actor was busy).
+    pub(super) async fn ready(&self) {
+        self.0.ready.notified().await
+    }
+
+    /// The oldest message waiting.
+    pub(super) fn next_message(&self) -> Option<Msg> {
+        let msg = self.0.held().mail.pop_front()?;
+        self.0.room.add_permits(1);
+        Some(*msg)
+    }
+
+    /// The rounds waiting, the newest per side.
+    pub(super) fn take_rounds(&self) -> Vec<(RoundReport, VantageReport)> {
+        self.0.held().rounds.take().map(|round| *round).collect()
+    }
+
+    /// Whether a message is still waiting (the actor takes one per wake-up, so that its
+    /// deadlines and reads are not held up behind a queue of messages).
+    pub(super) fn more_mail(&self) -> bool {
+        !self.0.held().mail.is_empty()
+    }
+
+    /// Wakes the actor again.
+    pub(super) fn wake(&self) {
+        self.0.ready.notify_one();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let waiting = {
+            let mut held = self.0.held();
+            held.closed = true;
+            held.rounds = BySide::default();
+            std::mem::take(&mut held.mail)
+        };
+        self.0.room.close();
+        // Dropped outside the lock: each carries a reply its caller is waiting on.
+        drop(waiting);
     }
 }
 
@@ -144,29 +255,8 @@ impl Mailbox {
 pub struct ActorHandle {
     pub domain: Fqdn,
     pub(super) tx: Mailbox,
-    pub(super) inbox: Arc<Inbox>,
     /// The status the actor last published (after each message, round or deadline).
     pub(super) shown: watch::Receiver<Arc<Status>>,
-}
-
-/// The latest probe round per side, not yet taken by the actor. Rounds are not queued: an
-/// actor that falls behind (a slow store, a busy machine) decides on the newest verdicts
-/// rather than working through old ones — which would look stale when it got to them, and
-/// fill memory with rounds meanwhile.
-#[derive(Default)]
-pub(super) struct Inbox {
-    pub(super) latest: std::sync::Mutex<BySide<Option<(RoundReport, VantageReport)>>>,
-    pub(super) ready: tokio::sync::Notify,
-}
-
-impl Inbox {
-    pub(super) fn take(&self) -> Vec<(RoundReport, VantageReport)> {
-        let mut latest = self
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        latest.take().collect()
-    }
 }
 
 impl ActorHandle {
@@ -239,22 +329,15 @@ impl ActorHandle {
     /// [`ActorHandle::round`] without waiting (it never needs to): what the monitor's sink
     /// calls inside a host's round.
     pub fn offer_round(&self, report: RoundReport, own: VantageReport) -> bool {
-        if self.tx.is_closed() {
-            return false;
+        match self.tx.offer_round(report, own) {
+            None => false,
+            Some(replaced) => {
+                if replaced {
+                    metrics::counter!("mxguard_rounds_superseded_total").increment(1);
+                }
+                true
+            }
         }
-        let side = report.side;
-        let replaced = self
-            .inbox
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)[side]
-            .replace((report, own))
-            .is_some();
-        if replaced {
-            metrics::counter!("mxguard_rounds_superseded_total").increment(1);
-        }
-        self.inbox.ready.notify_one();
-        true
     }
 }
 
@@ -302,13 +385,12 @@ mod tests {
             shown: watch::channel(Arc::new(Status::new(domain.clone()))).1,
             domain,
             tx,
-            inbox: Arc::default(),
         }
     }
 
     #[tokio::test]
     async fn a_busy_actor_gets_the_latest_round_per_side_not_a_backlog() {
-        let (tx, _rx) = Mailbox::new(1);
+        let (tx, rx) = Mailbox::new(1);
         let handle = handle(tx);
         // 100 rounds per side arrive while the actor is busy elsewhere
         for i in 0..100 {
@@ -319,16 +401,16 @@ mod tests {
             }
         }
         // one wake-up is pending, and it finds one round per side: the newest
-        tokio::time::timeout(Duration::from_secs(1), handle.inbox.ready.notified())
+        tokio::time::timeout(Duration::from_secs(1), rx.ready())
             .await
             .expect("the actor is woken");
-        let got = handle.inbox.take();
+        let got = rx.take_rounds();
         assert_eq!(got.len(), 2);
         for (r, own) in &got {
             assert_eq!(r.at.timestamp(), 1_800_000_099, "{:?}", r.side);
             assert_eq!(own.health, Health::Down);
         }
-        assert!(handle.inbox.take().is_empty(), "taken once");
+        assert!(rx.take_rounds().is_empty(), "taken once");
     }
 
     #[tokio::test]

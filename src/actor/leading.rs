@@ -28,14 +28,16 @@ impl Actor {
                     tracing::error!(domain = %self.cfg.name, error = %e, "cannot load the domain's state; automation waits (retried at the next round)")
                 }
             }
+            // The steps after the load are boxed: every actor waits in the load at once at
+            // start, and inline they would size that wait (1.8 KB a domain).
             if self.leading {
-                self.sync_mta_sts().await;
+                Box::pin(self.sync_mta_sts()).await;
             }
             if self.leading && self.own.present().next().is_some() {
                 // A takeover decides on the votes known now rather than at the next health
                 // change. Right after a start (no round of its own yet) it waits for its first
                 // round: deciding on no votes would feed Unknown and restart a failback hold.
-                self.decide().await;
+                Box::pin(self.decide()).await;
             }
         } else if !leader && self.leading {
             self.leading = false;
@@ -50,8 +52,13 @@ impl Actor {
 
     /// Loads the persisted state and resumes what a crash interrupted.
     pub(super) async fn recover(&mut self) -> Result<(), StoreError> {
-        let epoch = self.deps.fence.epoch().unwrap_or_default();
         let loaded = self.loader.recovery(&self.cfg.name).await?;
+        Box::pin(self.resume(loaded)).await
+    }
+
+    /// Takes up the loaded state and resumes an unfinished change.
+    async fn resume(&mut self, loaded: super::Loaded) -> Result<(), StoreError> {
+        let epoch = self.deps.fence.epoch().unwrap_or_default();
         if let Some(row) = loaded.state {
             self.state = serde_json::from_value(row.state)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;

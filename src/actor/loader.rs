@@ -4,6 +4,10 @@
 //! than one per domain. At a start or a takeover with thousands of domains that is a handful of
 //! queries instead of thousands, and reading every domain's unfinished changes once per batch
 //! instead of once per domain.
+//!
+//! The queue of asks is unbounded, and bounded by the actors: each has one ask out at a time
+//! and waits for its answer (a bounded send kept the wait for room in every waiting actor's
+//! future, and at a start every actor waits here at once).
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -40,7 +44,7 @@ struct Ask {
 /// ask and ends when the last holder drops the loader.
 pub struct Loader {
     store: Arc<dyn Store>,
-    asks: OnceLock<mpsc::Sender<Ask>>,
+    asks: OnceLock<mpsc::UnboundedSender<Ask>>,
 }
 
 impl Loader {
@@ -64,7 +68,7 @@ impl Loader {
 
     async fn ask(&self, domain: &Fqdn, changes: bool) -> Result<Loaded, StoreError> {
         let asks = self.asks.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(BATCH);
+            let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(collect(self.store.clone(), rx));
             tx
         });
@@ -75,14 +79,14 @@ impl Loader {
             reply,
         };
         let lost = || StoreError::Unavailable("the state loader stopped".into());
-        asks.send(ask).await.map_err(|_| lost())?;
+        asks.send(ask).map_err(|_| lost())?;
         answer.await.map_err(|_| lost())?
     }
 }
 
 /// Gathers asks into batches and serves one batch at a time: asks arriving while a batch is
 /// read wait in the channel and make the next batch, so a busy store sees fewer, larger reads.
-async fn collect(store: Arc<dyn Store>, mut asks: mpsc::Receiver<Ask>) {
+async fn collect(store: Arc<dyn Store>, mut asks: mpsc::UnboundedReceiver<Ask>) {
     while let Some(first) = asks.recv().await {
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + WINDOW;

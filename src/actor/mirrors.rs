@@ -318,14 +318,16 @@ impl Actor {
         error: &ChangeError,
     ) {
         let now = self.deps.clock.utc();
-        let behind = self.behind.get_or_insert_with(|| Behind {
-            side,
-            providers: BTreeMap::new(),
-            attempts: 0,
-            since: now,
+        let behind = self.behind.get_or_insert_with(|| {
+            Box::new(Behind {
+                side,
+                providers: BTreeMap::new(),
+                attempts: 0,
+                since: now,
+            })
         });
         if behind.side != side {
-            *behind = Behind {
+            **behind = Behind {
                 side,
                 providers: BTreeMap::new(),
                 attempts: 0,
@@ -456,7 +458,7 @@ impl Actor {
         tracing::info!(domain = %self.cfg.name, %side, providers = ?names, "publishing again at the providers behind");
         self.running_catch_up = true;
         let origin = Origin::automation(side);
-        self.spawn_publish(side, deps, desired, Vec::new(), origin);
+        self.spawn_publish(side, Arc::new(deps), desired, Vec::new(), origin);
     }
 
     /// A catch-up ended: the providers that took it are caught up, the rest retried.

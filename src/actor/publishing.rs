@@ -1,6 +1,8 @@
 //! The actor's side of a publish: the change runs in a child task (`change::publish`) and
 //! reports back; failures are retried by kind; propagation to resolvers is tracked afterwards.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::change::{desired_records, ChangeError, ChangeReport, Origin};
@@ -106,7 +108,7 @@ impl Actor {
     pub(super) fn spawn_publish(
         &mut self,
         side: Side,
-        deps: super::change::ChangeDeps,
+        deps: Arc<super::change::ChangeDeps>,
         desired: Vec<RecordSet>,
         resume: Vec<crate::store::ChangeIntent>,
         origin: Origin,

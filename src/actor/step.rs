@@ -76,7 +76,8 @@ impl Actor {
                         self.revert = None;
                     }
                     self.attempts = 0;
-                    self.start_change(*side, Vec::new()).await;
+                    // Boxed: a step waits on the store, and this rare branch would size it.
+                    Box::pin(self.start_change(*side, Vec::new())).await;
                     continue;
                 }
                 Effect::Rejected { .. } => continue,
