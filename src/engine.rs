@@ -209,6 +209,8 @@ impl Engine {
         // One loader and writer for every domain: their state is read, and their state and
         // timeline written, in batches, not one query each.
         let batching = Batching::new(store.clone());
+        // This vantage's name, one copy for every domain's sink.
+        let me: Arc<str> = config.cluster.vantage.as_str().into();
         let mut shared_deps: BTreeMap<String, Arc<ChangeDeps>> = BTreeMap::new();
         for d in &config.domains {
             let derr = |why: String| EngineError::Domain {
@@ -356,30 +358,34 @@ impl Engine {
             };
             let (actor, handle) = Actor::batched(d.clone(), deps, &batching);
             tasks.spawn(actor.run(shutdown.clone()));
-            let forward = handle.clone();
-            let (recorder, me, canaries) = (
-                recorder.clone(),
-                config.cluster.vantage.clone(),
-                canaries.clone(),
-            );
-            let heartbeat = vantage::freshness(&d.checks) / 3;
-            let stored: std::sync::Mutex<crate::model::BySide<Option<VantageReport>>> =
-                Default::default();
+            let (forward, me, canaries) = (handle.clone(), me.clone(), canaries.clone());
             // Each round goes from the host's round straight to the actor's inbox (which keeps
-            // the newest per side): no queue and no task per domain.
-            let sink: RoundSink = Box::new(move |report| {
-                let down = canaries.borrow().clone();
-                let own = VantageReport::from_round(&me, &report, down.as_deref());
-                if shared {
+            // the newest per side): no queue and no task per domain. Only a shared store keeps
+            // the last report stored per side (the sink is held for the domain's life).
+            let sink: RoundSink = if shared {
+                let recorder = recorder.clone();
+                let heartbeat = vantage::freshness(&d.checks) / 3;
+                let stored: std::sync::Mutex<crate::model::BySide<Option<VantageReport>>> =
+                    Default::default();
+                Box::new(move |report| {
+                    let down = canaries.borrow().clone();
+                    let own = VantageReport::from_round(&me, &report, down.as_deref());
                     let mut stored = stored.lock().unwrap_or_else(|p| p.into_inner());
                     let last = &mut stored[report.side];
                     if vantage::worth_storing(last.as_ref(), &own, heartbeat) {
                         record_round(&recorder, &report, &own);
                         *last = Some(own.clone());
                     }
-                }
-                forward.offer_round(report, own)
-            });
+                    drop(stored);
+                    forward.offer_round(report, own)
+                })
+            } else {
+                Box::new(move |report| {
+                    let down = canaries.borrow().clone();
+                    let own = VantageReport::from_round(&me, &report, down.as_deref());
+                    forward.offer_round(report, own)
+                })
+            };
             monitors.add_sink(d.name.clone(), targets(d, &managed), settings, prober, sink);
             tracing::info!(domain = %d.name, provider = %d.provider, mirrors = ?d.mirrors, mode = %d.targets.mode(), "domain controller started");
             engine.domains.insert(d.name.clone(), handle);

@@ -18,6 +18,7 @@
 //!   host that asks to be left alone makes it worse.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -71,7 +72,8 @@ pub struct TargetVerdict {
     /// Down in this round, but only softly: one of its addresses answered 4xx (senders reaching
     /// it queue their mail rather than bounce it).
     pub soft: bool,
-    pub reason: String,
+    /// Shared by every domain using the target: the host's verdict is made once per round.
+    pub reason: Arc<str>,
 }
 
 pub fn target_verdict(round: &TargetRound, resolver_quorum: u32) -> TargetVerdict {
@@ -80,7 +82,7 @@ pub fn target_verdict(round: &TargetRound, resolver_quorum: u32) -> TargetVerdic
         target: round.target.clone(),
         up,
         soft: !up && resolved as u32 >= resolver_quorum && round.addresses.iter().any(|a| a.soft),
-        reason,
+        reason: reason.into(),
     };
     if (resolved as u32) < resolver_quorum {
         let failures: Vec<String> = round

@@ -85,15 +85,16 @@ pub struct VantageReport {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
-    pub target: String,
+    pub target: Fqdn,
     pub up: bool,
-    pub reason: String,
+    /// Shared with the host's verdict and every domain using the host (not copied per round).
+    pub reason: Arc<str>,
 }
 
 impl From<&TargetVerdict> for Verdict {
     fn from(v: &TargetVerdict) -> Self {
         Verdict {
-            target: v.target.to_string(),
+            target: v.target.clone(),
             up: v.up,
             reason: v.reason.clone(),
         }
@@ -382,7 +383,7 @@ mod tests {
         );
         let mut target_down = later(15);
         target_down.verdicts = vec![Verdict {
-            target: "mx1.example.com".into(),
+            target: Fqdn::parse("mx1.example.com").expect("a name"),
             up: false,
             reason: "refused".into(),
         }]

@@ -394,7 +394,7 @@ async fn saves_and_events_at_once_are_written_in_batches() {
             tokio::spawn(async move {
                 let save = StateSave {
                     domain: name(i),
-                    state: serde_json::json!({"n": i}),
+                    state: serde_json::json!({"n": i}).into(),
                     expected_version: None,
                     at: Utc::now(),
                 };
@@ -407,7 +407,7 @@ async fn saves_and_events_at_once_are_written_in_batches() {
                         actor: "automation".into(),
                         reason: None,
                         message: format!("event of {i}"),
-                        evidence: serde_json::json!({"n": i}),
+                        evidence: serde_json::json!({"n": i}).into(),
                     })
                     .await;
                 (i, version, event)

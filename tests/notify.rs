@@ -680,7 +680,7 @@ impl Bench {
             actor: "automation".into(),
             reason: None,
             message: message.into(),
-            evidence,
+            evidence: evidence.into(),
         };
         let stored = self.store.append_event(&ev).await.expect("append");
         self.bus.publish(stored.clone(), state.clone());

@@ -88,7 +88,7 @@ async fn banner_554_is_down_for_mail_although_tcp_connects() {
     let v = target_verdict(&round, 1);
     assert!(!v.up, "{v:?}");
     assert_eq!(
-        v.reason,
+        v.reason.to_string(),
         format!(
             "127.0.0.1: permanent rejection (5xx) in banner: {}",
             f.detail
@@ -547,7 +547,7 @@ async fn verdict_one_resolver_stopped_target_still_up() {
     let v = target_verdict(&ev.round, 2);
     assert!(v.up, "{v:?} {ev:#?}");
     assert_eq!(
-        v.reason,
+        v.reason.to_string(),
         format!("127.0.0.1 passed: {}", ev.smtp[0].summary())
     );
     assert!(v.reason.contains("SMTP ok, TLS ok"), "{v:?}");
@@ -592,7 +592,7 @@ async fn verdict_two_resolvers_servfail_target_down_naming_the_quorum() {
     let v = target_verdict(&ev.round, 2);
     assert!(!v.up, "{v:?}");
     assert_eq!(
-        v.reason,
+        v.reason.to_string(),
         format!(
             "resolved by 1 of 3 resolvers, quorum is 2 ({}: A SERVFAIL, AAAA SERVFAIL; {}: A SERVFAIL, AAAA SERVFAIL)",
             sf1.addr(),

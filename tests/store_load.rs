@@ -87,7 +87,7 @@ async fn actor_start(s: Arc<dyn Store>, i: usize, epoch: i64, slowest: Slowest) 
                 actor: "automation".into(),
                 reason: None,
                 message: format!("{step}: up"),
-                evidence: json!({"step": step, "rounds": [{"side": step, "pass": true}], "padding": "y".repeat(600)}),
+                evidence: json!({"step": step, "rounds": [{"side": step, "pass": true}], "padding": "y".repeat(600)}).into(),
             };
             if let Err(e) = timed(&slowest, s.append_event(&ev)).await {
                 errors.push(format!("append_event {step}: {e}"));

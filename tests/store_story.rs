@@ -113,7 +113,7 @@ async fn story(url: StoreUrl) {
                     actor: "automation".into(),
                     reason: None,
                     message: format!("writer {w} event {i}"),
-                    evidence: json!({"writer": w, "i": i}),
+                    evidence: json!({"writer": w, "i": i}).into(),
                 })
                 .await
                 .unwrap();
@@ -137,7 +137,7 @@ async fn story(url: StoreUrl) {
             actor: "chatops".into(),
             reason: Some("provider incident #123".into()),
             message: "pinned to backup".into(),
-            evidence: json!({"pin": "backup"}),
+            evidence: json!({"pin": "backup"}).into(),
         })
         .await
         .unwrap();
@@ -478,7 +478,7 @@ async fn prune_story(url: StoreUrl) {
             actor: "chatops".into(),
             reason: None,
             message: message.into(),
-            evidence: json!({}),
+            evidence: json!({}).into(),
         })
         .await
         .unwrap();
@@ -1171,7 +1171,7 @@ async fn batch_write_story(url: StoreUrl) {
     let name = |i: usize| Fqdn::parse(&format!("w{i}.Batch.test")).unwrap();
     let save = |i: usize, version: Option<i64>, at: i64| StateSave {
         domain: name(i),
-        state: json!({"n": i, "at": at}),
+        state: json!({"n": i, "at": at}).into(),
         expected_version: version,
         at: t(at),
     };
@@ -1251,12 +1251,12 @@ async fn batch_write_story(url: StoreUrl) {
         actor: "automation".into(),
         reason: i.is_multiple_of(2).then(|| format!("reason {i}")),
         message: format!("event {i}"),
-        evidence: json!({"i": i}),
+        evidence: json!({"i": i}).into(),
     };
     let mut events: Vec<NewEvent> = (0..1_100).map(event).collect();
     let alike = NewEvent {
         message: "alike".into(),
-        evidence: json!({}),
+        evidence: json!({}).into(),
         ..event(3)
     };
     events.push(alike.clone());
@@ -1290,7 +1290,7 @@ async fn batch_write_story(url: StoreUrl) {
                 &asked.actor,
                 &asked.reason,
                 &asked.message,
-                &asked.evidence
+                &asked.evidence.value()
             )
         );
     }

@@ -208,7 +208,7 @@ async fn note(sink: &Sink, target: &Target, report: &AccessReport) {
             actor: "automation".into(),
             reason: None,
             message: message.clone(),
-            evidence: evidence.clone(),
+            evidence: evidence.clone().into(),
         };
         match sink.store.append_event(&ev).await {
             Ok(stored) => {

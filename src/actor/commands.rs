@@ -140,7 +140,7 @@ impl Actor {
                     actor: by.clone(),
                     reason: Some(reason.clone()),
                     message: format!("reverted to snapshot {id} ({change})"),
-                    evidence: json!({"snapshot": id, "change": report.change_id, "changes": report.plan.changes}),
+                    evidence: json!({"snapshot": id, "change": report.change_id, "changes": report.plan.changes}).into(),
                 };
                 self.record(ev).await;
                 Ok(RevertDone {

@@ -23,9 +23,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use mxguard_core::{DnsProvider, ProviderError};
 use serde::Serialize;
 use serde_json::json;
@@ -253,19 +255,42 @@ impl Actor {
         &self,
         background: bool,
     ) -> impl std::future::Future<Output = Reads> + Send + 'static {
-        let members = self.deps.members();
+        // Each provider's name and client, not a copy of the deps per provider: at a start
+        // every domain's first read is out at once.
+        let client = |observer: &Arc<dyn DnsProvider>, background_client: &Arc<dyn DnsProvider>| {
+            if background {
+                background_client.clone()
+            } else {
+                observer.clone()
+            }
+        };
+        let readers: Vec<(String, Arc<dyn DnsProvider>)> = std::iter::once((
+            self.deps.provider_name.clone(),
+            client(&self.deps.observer, &self.deps.background),
+        ))
+        .chain(
+            self.deps
+                .mirrors
+                .iter()
+                .map(|m| (m.name.clone(), client(&m.observer, &m.background))),
+        )
+        .collect();
         let (zone, keys) = (self.managed.zone.clone(), self.managed.keys());
         async move {
-            let reads = members.into_iter().map(|m| {
-                let (zone, keys) = (zone.clone(), keys.clone());
+            let reads = readers.into_iter().map(|(name, client)| {
+                let (zone, keys) = (&zone, &keys);
                 async move {
-                    let client = if background { m.background } else { m.observer };
-                    // As for a publish: a panicking read is reported, or no read would start again.
-                    let read = tokio::spawn(async move { client.read(&zone, &keys).await });
-                    let live = read.await.unwrap_or_else(|e| {
-                        Err(ProviderError::Transient(format!("the read failed: {e}")))
-                    });
-                    (m.provider_name, live)
+                    // As for a publish: a panicking read is reported, or no read would start
+                    // again.
+                    let live = AssertUnwindSafe(client.read(zone, keys))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ProviderError::Transient(
+                                "the read failed: the provider client panicked".into(),
+                            ))
+                        });
+                    (name, live)
                 }
             });
             futures::future::join_all(reads).await

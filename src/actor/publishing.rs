@@ -223,7 +223,7 @@ impl Actor {
                     message: format!(
                         "instance {me} did not apply its change publishing the {side} records: {error}"
                     ),
-                    evidence: json!({"side": side, "error": error}),
+                    evidence: json!({"side": side, "error": error}).into(),
                 };
                 self.record(ev).await;
             }
@@ -403,7 +403,7 @@ impl Actor {
                     report.side,
                     summary.join(", ")
                 ),
-                evidence: json!({"change": report.change_id, "resolvers": seen}),
+                evidence: json!({"change": report.change_id, "resolvers": seen}).into(),
             };
             if let Ok(stored) = store.append_event(&ev).await {
                 bus.publish(stored, state);

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::events::EventKind;
 use crate::machine::{self, Effect, Input};
-use crate::store::{NewEvent, StateSave, StoreError};
+use crate::store::{JsonText, NewEvent, StateSave, StoreError};
 
 use super::{not_leader, Actor, ActorError};
 
@@ -32,11 +32,10 @@ impl Actor {
             return Ok(fx);
         }
         if next != self.state {
-            let value =
-                serde_json::to_value(&next).map_err(|e| ActorError::Store(e.to_string()))?;
+            let state = JsonText::of(&next).map_err(|e| ActorError::Store(e.to_string()))?;
             let save = StateSave {
                 domain: self.cfg.name.clone(),
-                state: value,
+                state,
                 expected_version: self.version,
                 at: self.deps.clock.utc(),
             };
@@ -97,7 +96,7 @@ impl Actor {
                 actor: actor.to_string(),
                 reason: reason.map(str::to_string),
                 message,
-                evidence,
+                evidence: evidence.into(),
             };
             self.record(ev).await;
         }
@@ -117,7 +116,7 @@ impl Actor {
             actor: "automation".into(),
             reason: None,
             message,
-            evidence,
+            evidence: evidence.into(),
         };
         self.record(ev).await;
     }

@@ -238,7 +238,7 @@ pub async fn run(req: &CheckRequest, now: DateTime<Utc>) -> Result<CheckReport, 
             role: spec.side,
             preference: *pref,
             up: verdict.up,
-            reason: verdict.reason,
+            reason: verdict.reason.to_string(),
             resolvers: ev.round.resolvers,
             smtp: ev.smtp,
         });

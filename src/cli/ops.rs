@@ -525,7 +525,7 @@ pub(super) async fn revert(
                 actor: "cli".into(),
                 reason: Some(reason.clone()),
                 message: format!("reverted to snapshot {id} ({change})"),
-                evidence: serde_json::json!({"snapshot": id, "change": report.change_id, "changes": report.plan.changes}),
+                evidence: serde_json::json!({"snapshot": id, "change": report.change_id, "changes": report.plan.changes}).into(),
             };
             if let Err(e) = c.store.append_event(&ev).await {
                 eprintln!("mxguard: the revert was applied but its event was not recorded: {e}");

@@ -442,7 +442,7 @@ pub async fn record(deps: &Deps, report: &DrillReport) -> Result<Event, StoreErr
         actor,
         reason,
         message: report.message(),
-        evidence,
+        evidence: evidence.into(),
     };
     let stored = deps.store.append_event(&ev).await?;
     let state = deps.handle.latest().state.clone();

@@ -292,7 +292,7 @@ async fn fast_confirmation_detects_within_half_an_interval_plus_confirmations() 
     );
     let down = primary.last().unwrap();
     assert_eq!(down.change.as_ref().map(|c| c.to), Some(Health::Down));
-    assert_eq!(down.verdicts[0].reason, "192.0.2.1: 554 banner");
+    assert_eq!(&*down.verdicts[0].reason, "192.0.2.1: 554 banner");
 }
 
 #[tokio::test]
@@ -556,7 +556,7 @@ async fn one_domains_refused_rcpt_fails_only_that_domain_while_the_host_is_up() 
     let b = backups(&seen[1]);
     assert!(b.iter().all(|r| !r.pass), "{b:?}");
     assert_eq!(
-        b.last().unwrap().verdicts[0].reason,
+        &*b.last().unwrap().verdicts[0].reason,
         "192.0.2.1: permanent rejection (5xx) in rcpt_postmaster: 550 5.1.1 unknown"
     );
     for other in [&seen[0], &seen[2]] {

@@ -191,7 +191,8 @@ impl Worker {
                 "event_kind": e.kind,
                 "attempts": f.attempts,
                 "error": f.error,
-            }),
+            })
+            .into(),
         };
         if let Err(err) = self.cx.store.append_event(&ev).await {
             tracing::error!(target = %self.name, error = %err, "notify_failed event not recorded");

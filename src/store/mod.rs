@@ -100,7 +100,7 @@ pub trait Store: Send + Sync {
         let mut out = Vec::with_capacity(saves.len());
         for s in saves {
             out.push(
-                self.save_state(&s.domain, &s.state, s.expected_version, epoch, s.at)
+                self.save_state(&s.domain, &s.state.value(), s.expected_version, epoch, s.at)
                     .await,
             );
         }

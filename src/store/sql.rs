@@ -437,7 +437,7 @@ macro_rules! impl_sql_store {
                         );
                         q.push_values(chunk, |mut b, s| {
                             b.push_bind(s.domain.as_str())
-                                .push_bind(sqlx::types::Json(&s.state))
+                                .push_bind(sqlx::types::Json(s.state.raw()))
                                 .push_bind(1_i64)
                                 .push_bind($crate::store::sql::ms(s.at));
                         });
@@ -456,7 +456,7 @@ macro_rules! impl_sql_store {
                         );
                         q.push_values(chunk, |mut b, s| {
                             b.push_bind(s.domain.as_str())
-                                .push_bind(sqlx::types::Json(&s.state))
+                                .push_bind(sqlx::types::Json(s.state.raw()))
                                 .push_bind(s.expected_version.unwrap_or_default())
                                 .push_bind($crate::store::sql::ms(s.at));
                         });
@@ -559,7 +559,7 @@ macro_rules! impl_sql_store {
                     .bind(&e.actor)
                     .bind(&e.reason)
                     .bind(&e.message)
-                    .bind(sqlx::types::Json(&e.evidence))
+                    .bind(sqlx::types::Json(e.evidence.raw()))
                     .fetch_one(&mut *c)
                     .await?;
                     Self::event_row(&row)
@@ -591,7 +591,7 @@ macro_rules! impl_sql_store {
                                 .push_bind(e.actor.as_str())
                                 .push_bind(e.reason.as_deref())
                                 .push_bind(e.message.as_str())
-                                .push_bind(sqlx::types::Json(&e.evidence));
+                                .push_bind(sqlx::types::Json(e.evidence.raw()));
                         });
                         q.push(" RETURNING id, domain, at_ms, kind, message");
                         let mut rows = Vec::with_capacity(chunk.len());
@@ -620,7 +620,7 @@ macro_rules! impl_sql_store {
                                 actor: e.actor,
                                 reason: e.reason,
                                 message: key.3,
-                                evidence: e.evidence,
+                                evidence: e.evidence.value(),
                             })
                         })
                         .collect::<Result<Vec<_>, $crate::store::StoreError>>()

@@ -331,7 +331,7 @@ impl NotifyLab {
             target: Fqdn::parse(target).expect("target"),
             up,
             soft: false,
-            reason: reason.to_string(),
+            reason: reason.into(),
         };
         let report = RoundReport {
             domain: self.domain(),
