@@ -381,6 +381,13 @@ mod footprint {
             recording <= 400,
             "an actor waiting for its event to be written holds {recording} B"
         );
+        // and its first read reports back from a task of its own: the message waits for room
+        // boxed (304 B before)
+        let sending = future_size(super::handle::Mailbox::send);
+        assert!(
+            sending <= 160,
+            "a message waiting for room in a mailbox holds {sending} B"
+        );
         // one task watches every domain's MTA-STS policy; a domain is an entry in its list
         let mta_sts = std::mem::size_of::<crate::mtasts::watch::Watched>();
         assert!(

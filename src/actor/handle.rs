@@ -161,11 +161,19 @@ impl Mailbox {
         (Mailbox(inbox.clone()), Receiver(inbox))
     }
 
-    /// Waits for room; [`ActorError::Gone`] once the actor has stopped.
-    pub(super) async fn send(&self, msg: Msg) -> Result<(), ActorError> {
-        let permit = self.0.room.acquire().await.map_err(|_| ActorError::Gone)?;
-        permit.forget();
-        self.post(msg)
+    /// Waits for room; [`ActorError::Gone`] once the actor has stopped. The message is boxed
+    /// before the wait, so a sender waiting (every domain's first read reporting back at a
+    /// start) holds a pointer, not the message.
+    pub(super) fn send(
+        &self,
+        msg: Msg,
+    ) -> impl std::future::Future<Output = Result<(), ActorError>> + Send + '_ {
+        let msg = Box::new(msg);
+        async move {
+            let permit = self.0.room.acquire().await.map_err(|_| ActorError::Gone)?;
+            permit.forget();
+            self.post(msg)
+        }
     }
 
     /// Sends if there is room now; `false` when full or the actor has stopped.
@@ -173,19 +181,19 @@ impl Mailbox {
         match self.0.room.try_acquire() {
             Ok(permit) => {
                 permit.forget();
-                self.post(msg).is_ok()
+                self.post(Box::new(msg)).is_ok()
             }
             Err(_) => false,
         }
     }
 
     /// Queues a message its sender has made room for.
-    fn post(&self, msg: Msg) -> Result<(), ActorError> {
+    fn post(&self, msg: Box<Msg>) -> Result<(), ActorError> {
         let mut held = self.0.held();
         if held.closed {
             return Err(ActorError::Gone);
         }
-        held.mail.push_back(Box::new(msg));
+        held.mail.push_back(msg);
         drop(held);
         self.0.ready.notify_one();
         Ok(())
