@@ -401,15 +401,20 @@ async fn main() {
 
     let mut refuse = Vec::new();
     let mut banner = Vec::new();
-    // Faults at seeded-random moments between 5 and 10 s after the monitor starts.
+    // Faults at seeded-random moments between 5 and 10 s after the monitor starts, in pairs:
+    // both kinds of fault at the same moment of the same rounds (the same jitter seed), so the
+    // two medians differ by what the fault does, not by where the moments fell.
     let spread = SeededJitter::new(2026);
-    let trials: Vec<_> = (0..TRIALS)
-        .map(|i| {
-            let fault = if i % 2 == 0 { REFUSE } else { BANNER_554 };
+    let trials: Vec<_> = (0..TRIALS / 2)
+        .flat_map(|pair| {
             let delay = Duration::from_secs(5)
                 + Duration::from_secs(5).mul_f64(mxguard_core::Jitter::fraction(&spread));
-            let ca = pki.ca_file.path().to_path_buf();
-            tokio::spawn(async move { (fault, detection_trial(fault, i, delay, dns, ca).await) })
+            [REFUSE, BANNER_554].map(|fault| {
+                let ca = pki.ca_file.path().to_path_buf();
+                tokio::spawn(
+                    async move { (fault, detection_trial(fault, pair, delay, dns, ca).await) },
+                )
+            })
         })
         .collect();
     for t in trials {

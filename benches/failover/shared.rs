@@ -68,12 +68,30 @@ pub async fn run(opts: &Opts) -> Res<Value> {
             r["mxguard_cpu_percent"].as_f64().unwrap_or(f64::NAN),
             r["smtp_sessions_per_s"].as_f64().unwrap_or(f64::NAN),
             r["outage_domains"],
-            secs("outage_decided_last_s"),
+            decided_cell(r),
             secs("outage_change_last_s"),
         );
         crate::util::print_warnings_row(r, 9);
     }
     Ok(json!(results))
+}
+
+/// The last decision, and where the outage fell in p0's rounds: a decision is at best the
+/// round that takes p0 Down, which comes (fail_after − 1) confirmations after its first failing
+/// round, itself anywhere within an interval of the outage.
+fn decided_cell(r: &Value) -> String {
+    let s = |k: &str| r[k].as_f64();
+    match (
+        s("outage_decided_last_s"),
+        s("outage_first_failing_round_s"),
+        s("outage_down_round_s"),
+    ) {
+        (Some(last), Some(first), Some(down)) => format!(
+            "{last:.1} s (p0's first failing round {first:.1} s, its Down round {down:.1} s)"
+        ),
+        (Some(last), _, _) => format!("{last:.1} s"),
+        _ => "not reached".to_string(),
+    }
 }
 
 /// Phases of every domain, by name, from one `GET /v1/domains`.
@@ -231,6 +249,18 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
             changed_at.extend(after("change"));
         }
     }
+    // Where the outage fell in p0's rounds, from the observations recorded once per host
+    // round (each stamped when its round ended): its first failing round, and the round that
+    // took it Down (the `fail_after`-th failing one, after the confirmations).
+    let (mut first_failing, mut down_round) = (None, None);
+    if verified.is_some() {
+        let store = mx.store().await?;
+        let rounds = p0_rounds(store.as_ref(), outage_at).await?;
+        let failing: Vec<f64> = rounds.iter().filter(|r| r.1).map(|r| r.0).collect();
+        first_failing = failing.first().copied();
+        down_round = failing.get(FAIL_AFTER - 1).copied();
+        eprintln!("  p0's rounds after the outage (s, failed): {rounds:?}");
+    }
     let p = |v: &[f64], q: f64| (crate::util::percentile(v, q) * 10.0).round() / 10.0;
     eprintln!(
         "  from the timelines: decided median {} s, last {} s ({} domains); change verified median {} s, last {} s",
@@ -264,6 +294,8 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
         "outage_decided_after_s": decided.map(|s| round(s.as_secs_f64())),
         "outage_decided_median_s": p(&decided_at, 50.0),
         "outage_decided_last_s": p(&decided_at, 100.0),
+        "outage_first_failing_round_s": first_failing.map(round),
+        "outage_down_round_s": down_round.map(round),
         "outage_change_median_s": p(&changed_at, 50.0),
         "outage_change_last_s": p(&changed_at, 100.0),
         "outage_verified_after_s": verified.map(|s| round(s.as_secs_f64())),
@@ -271,4 +303,34 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
         "top_warnings": top,
         "measured_s": elapsed,
     }))
+}
+
+/// mxguard's default `fail_after`: failing rounds that take a side Down.
+const FAIL_AFTER: usize = 3;
+
+/// p0's host rounds from `since`: (seconds after `since`, whether its SMTP failed), one per
+/// round, from the observations recorded per host round.
+async fn p0_rounds(
+    store: &dyn mxguard::store::Store,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Res<Vec<(f64, bool)>> {
+    let rows = store
+        .recent_observations(&mxguard::model::Fqdn::root(), 200_000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut rounds: std::collections::BTreeMap<chrono::DateTime<chrono::Utc>, bool> =
+        std::collections::BTreeMap::new();
+    for o in rows {
+        if o.target.trim_end_matches('.') != "p0.hosts.example.test"
+            || o.observed_at < since
+            || o.address.is_none()
+        {
+            continue;
+        }
+        *rounds.entry(o.observed_at).or_default() |= o.outcome != "pass";
+    }
+    Ok(rounds
+        .into_iter()
+        .map(|(at, failed)| (crate::util::ms_between(since, at) / 1000.0, failed))
+        .collect())
 }
