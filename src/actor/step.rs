@@ -55,19 +55,21 @@ impl Actor {
                 }
             }
         }
-        let rounds = json!(self.rounds.present().collect::<Vec<_>>());
+        // Each event's evidence is built when it is recorded and handed over as text: a tree of
+        // the rounds kept across the writes would be held by every actor waiting for the
+        // writer (~1 KB each; at a start, 100,000 of them at once).
         for e in &fx {
             let evidence = match e {
                 Effect::Transition { from, to, .. } => {
                     metrics::counter!("mxguard_transitions_total", "domain" => self.cfg.name.without_dot().to_string()).increment(1);
-                    json!({"from": from, "to": to, "rounds": &rounds})
+                    json!({"from": from, "to": to, "rounds": self.rounds_seen()})
                 }
-                Effect::Event { .. } => json!({"rounds": &rounds}),
+                Effect::Event { .. } => json!({"rounds": self.rounds_seen()}),
                 Effect::Ttl(c) => json!({
                     "old_ttl": c.old_ttl,
                     "new_ttl": c.new_ttl,
                     "why": c.why,
-                    "rounds": &rounds,
+                    "rounds": self.rounds_seen(),
                 }),
                 Effect::Publish { side, why, from } => {
                     tracing::info!(domain = %self.cfg.name, %side, why, snapshot = ?from, "publishing");
@@ -101,6 +103,11 @@ impl Actor {
             self.record(ev).await;
         }
         Ok(fx)
+    }
+
+    /// The latest round of each side, as an event's evidence shows them.
+    fn rounds_seen(&self) -> serde_json::Value {
+        json!(self.rounds.present().collect::<Vec<_>>())
     }
 
     pub(super) async fn event(
