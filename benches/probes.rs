@@ -34,8 +34,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// Detection trials (half refused, half 554), run concurrently.
-const TRIALS: u64 = 100;
+/// Detection trials (half refused, half 554, in pairs at the same moments), run concurrently.
+const TRIALS: u64 = 200;
 const OK: u8 = 0;
 const BANNER_554: u8 = 1;
 const REFUSE: u8 = 2;
