@@ -44,6 +44,17 @@ impl Scripted {
         })
     }
 
+    /// `mx1.example.test` down from 8 s on, and `host`'s probes taking `secs` each.
+    fn mx1_down_at_8_with_slow(clock: &ManualClock, host: &str, secs: f64) -> Arc<Scripted> {
+        let mut s = Arc::into_inner(Scripted::new(
+            clock,
+            &[("mx1.example.test.", 8.0, f64::MAX)],
+        ))
+        .expect("not shared yet");
+        s.slow.insert(host.into(), secs);
+        Arc::new(s)
+    }
+
     /// Up everywhere, but every host refuses the postmaster of `domains`.
     fn refusing(clock: &ManualClock, domains: &[&str]) -> Arc<Scripted> {
         let mut s = Arc::into_inner(Scripted::new(clock, &[])).expect("not shared yet");
@@ -326,13 +337,7 @@ async fn a_slow_backup_does_not_delay_the_primarys_detection() {
     // The backup takes 15 s to probe (healthy, each reply just under the phase timeout): the
     // primary's rounds and confirmations run on their own loop and never wait for it.
     let clock = ManualClock::new();
-    let mut prober = Arc::into_inner(Scripted::new(
-        &clock,
-        &[("mx1.example.test.", 8.0, f64::MAX)],
-    ))
-    .expect("not shared yet");
-    prober.slow.insert("backup.example.net.".into(), 15.0);
-    let prober = Arc::new(prober);
+    let prober = Scripted::mx1_down_at_8_with_slow(&clock, "backup.example.net.", 15.0);
     let mut monitors = monitors_on(&clock, 0.5);
     let rxs = vec![monitors.add(
         Fqdn::parse("example.test").unwrap(),
@@ -366,13 +371,7 @@ async fn rounds_and_confirmations_keep_their_cadence_from_each_round_start() {
     // rounds are due every interval and the confirmations every confirm_interval from the
     // start of the round before, so the time a round takes does not add to detection.
     let clock = ManualClock::new();
-    let mut prober = Arc::into_inner(Scripted::new(
-        &clock,
-        &[("mx1.example.test.", 8.0, f64::MAX)],
-    ))
-    .expect("not shared yet");
-    prober.slow.insert("mx1.example.test.".into(), 0.2);
-    let prober = Arc::new(prober);
+    let prober = Scripted::mx1_down_at_8_with_slow(&clock, "mx1.example.test.", 0.2);
     let mut monitors = monitors_on(&clock, 0.5);
     let rxs = vec![monitors.add(
         Fqdn::parse("example.test").unwrap(),
