@@ -10,8 +10,7 @@
 //!   **fast confirmation**: while any of its domains has a side that failed a round but is not
 //!   Down yet, the host is re-probed every `confirm_interval`. Detection then costs about half
 //!   an interval plus (fail_after − 1) × confirm_interval, while a single lost probe still
-//!   cannot take a side Down. Both are counted from each round's start, so the DNS asks and
-//!   the session a round takes do not add to the wait before the next.
+//!   cannot take a side Down.
 //! * A domain's side completes a round when every target of that side has reported since its
 //!   last round (one target: every host round), so the hysteresis counts rounds as it did
 //!   when each domain probed for itself.
@@ -25,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -467,13 +466,12 @@ impl Monitors {
                 _ = shutdown.cancelled() => return,
                 _ = self.clock.sleep(wait) => {}
             }
-            let started = self.clock.now();
             let (confirming, listening) = self.round(h, confirmation).await;
             if !listening {
                 return;
             }
             confirmation = confirming;
-            due = next_due(started, self.clock.now(), self.next_delay(h, confirming));
+            due = self.clock.now() + self.next_delay(h, confirming);
         }
     }
 
@@ -499,19 +497,6 @@ impl Monitors {
             let (this, shutdown) = (this.clone(), shutdown.clone());
             tasks.spawn(async move { this.run_host(h, shutdown).await });
         }
-    }
-}
-
-/// When the round after one that ran from `started` to `ended` is due: `delay` after its start,
-/// so that a host is re-probed every `confirm_interval` (its round's DNS asks and session do
-/// not add to each confirmation's wait); a round that took longer than `delay` is followed
-/// by a full `delay` of rest instead of a round straight after it.
-fn next_due(started: Instant, ended: Instant, delay: Duration) -> Instant {
-    let cadence = started + delay;
-    if ended < cadence {
-        cadence
-    } else {
-        ended + delay
     }
 }
 

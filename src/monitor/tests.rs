@@ -366,40 +366,6 @@ async fn a_slow_backup_does_not_delay_the_primarys_detection() {
 }
 
 #[tokio::test]
-async fn rounds_and_confirmations_keep_their_cadence_from_each_round_start() {
-    // Each primary round takes 0.2 s (DNS asks and a session); it starts failing at 8 s. The
-    // rounds are due every interval and the confirmations every confirm_interval from the
-    // start of the round before, so the time a round takes does not add to detection.
-    let clock = ManualClock::new();
-    let prober = Scripted::mx1_down_at_8_with_slow(&clock, "mx1.example.test.", 0.2);
-    let mut monitors = monitors_on(&clock, 0.5);
-    let rxs = vec![monitors.add(
-        Fqdn::parse("example.test").unwrap(),
-        vec![spec(Side::Primary, "mx1.example.test")],
-        settings(),
-        prober.clone(),
-    )];
-    let seen = run_until(&clock, monitors, rxs, |seen| {
-        seen[0].iter().any(|r| r.health.health == Health::Down)
-    })
-    .await;
-    assert_eq!(
-        prober.calls_of("mx1.example.test."),
-        [2.5, 7.5, 12.5, 13.0, 13.5],
-        "{seen:?}"
-    );
-}
-
-#[test]
-fn a_round_slower_than_its_delay_is_followed_by_a_full_delay() {
-    let t0 = std::time::Instant::now();
-    let ms = Duration::from_millis;
-    assert_eq!(next_due(t0, t0 + ms(200), ms(500)), t0 + ms(500));
-    assert_eq!(next_due(t0, t0 + ms(500), ms(500)), t0 + ms(1000));
-    assert_eq!(next_due(t0, t0 + ms(3000), ms(500)), t0 + ms(3500));
-}
-
-#[tokio::test]
 async fn backup_keeps_its_own_schedule_while_primary_is_confirmed() {
     let (_, _, prober) = detect(8.0, 0.5).await;
     let backup = prober.calls_of("backup.example.net.");
