@@ -258,7 +258,9 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
         let rounds = p0_rounds(store.as_ref(), outage_at).await?;
         let failing: Vec<f64> = rounds.iter().filter(|r| r.1).map(|r| r.0).collect();
         first_failing = failing.first().copied();
-        down_round = failing.get(FAIL_AFTER - 1).copied();
+        // The lab leaves `fail_after` at mxguard's default.
+        let fail_after = mxguard::config::Checks::default().fail_after as usize;
+        down_round = failing.get(fail_after.saturating_sub(1)).copied();
         eprintln!("  p0's rounds after the outage (s, failed): {rounds:?}");
     }
     let p = |v: &[f64], q: f64| (crate::util::percentile(v, q) * 10.0).round() / 10.0;
@@ -304,9 +306,6 @@ async fn one(domains: usize, hosts: usize, secs: u64) -> Res<Value> {
         "measured_s": elapsed,
     }))
 }
-
-/// mxguard's default `fail_after`: failing rounds that take a side Down.
-const FAIL_AFTER: usize = 3;
 
 /// p0's host rounds from `since`: (seconds after `since`, whether its SMTP failed), one per
 /// round, from the observations recorded per host round.

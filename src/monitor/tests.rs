@@ -44,17 +44,6 @@ impl Scripted {
         })
     }
 
-    /// `mx1.example.test` down from 8 s on, and `host`'s probes taking `secs` each.
-    fn mx1_down_at_8_with_slow(clock: &ManualClock, host: &str, secs: f64) -> Arc<Scripted> {
-        let mut s = Arc::into_inner(Scripted::new(
-            clock,
-            &[("mx1.example.test.", 8.0, f64::MAX)],
-        ))
-        .expect("not shared yet");
-        s.slow.insert(host.into(), secs);
-        Arc::new(s)
-    }
-
     /// Up everywhere, but every host refuses the postmaster of `domains`.
     fn refusing(clock: &ManualClock, domains: &[&str]) -> Arc<Scripted> {
         let mut s = Arc::into_inner(Scripted::new(clock, &[])).expect("not shared yet");
@@ -337,7 +326,13 @@ async fn a_slow_backup_does_not_delay_the_primarys_detection() {
     // The backup takes 15 s to probe (healthy, each reply just under the phase timeout): the
     // primary's rounds and confirmations run on their own loop and never wait for it.
     let clock = ManualClock::new();
-    let prober = Scripted::mx1_down_at_8_with_slow(&clock, "backup.example.net.", 15.0);
+    let mut prober = Arc::into_inner(Scripted::new(
+        &clock,
+        &[("mx1.example.test.", 8.0, f64::MAX)],
+    ))
+    .expect("not shared yet");
+    prober.slow.insert("backup.example.net.".into(), 15.0);
+    let prober = Arc::new(prober);
     let mut monitors = monitors_on(&clock, 0.5);
     let rxs = vec![monitors.add(
         Fqdn::parse("example.test").unwrap(),
